@@ -1,0 +1,6 @@
+"""convnext-kernels: fused Triton and C++/CUDA kernels for ConvNeXt blocks."""
+from .backends import available_backends
+from .ops.dwconv import dwconv2d
+
+__all__ = ["available_backends", "dwconv2d"]
+__version__ = "0.1.0"

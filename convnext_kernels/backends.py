@@ -1,0 +1,109 @@
+"""Which backends exist on this machine, and which one serves a call.
+
+torch   reference.py (eager PyTorch); always there.
+cpp     C++ CPU kernels in _C.
+triton  Triton kernels: CUDA tensors, or CPU tensors under TRITON_INTERPRET=1 (tests only).
+cuda    CUDA kernels in _C.
+auto    CPU: cpp. CUDA: cuda, else triton. A float64 tensor on CUDA, or a machine where neither
+        serves, falls back to torch with a warning, never silently.
+"""
+import os
+import warnings
+from functools import lru_cache
+
+import torch
+
+from . import _ext
+
+BACKENDS = ("torch", "cpp", "triton", "cuda")
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+CPP_DTYPES = KERNEL_DTYPES + (torch.float64,)
+
+TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def triton_importable():
+    return _triton_import_error() is None
+
+
+@lru_cache(maxsize=None)
+def _triton_import_error():
+    try:
+        import triton  # noqa: F401
+    except ImportError as error:
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
+def _unavailable_reason(name):
+    """Why `name` cannot run on this machine at all, or None."""
+    if name == "torch":
+        return None
+    if name == "cpp":
+        return None if _ext.LOADED else f"the extension _C is not built ({_ext.LOAD_ERROR})"
+    if name == "triton":
+        if _triton_import_error():
+            return f"triton does not import ({_triton_import_error()})"
+        if not (torch.cuda.is_available() or TRITON_INTERPRET):
+            return "no CUDA device, and TRITON_INTERPRET=1 is not set"
+        return None
+    if name == "cuda":
+        if not _ext.LOADED:
+            return f"the extension _C is not built ({_ext.LOAD_ERROR})"
+        if not _ext.BUILT_WITH_CUDA:
+            return "_C was built without CUDA kernels"
+        if not torch.cuda.is_available():
+            return "no CUDA device"
+        return None
+    raise ValueError(f"backend must be one of {BACKENDS + ('auto',)}, got {name!r}")
+
+
+def available_backends():
+    """The backends that can run on this machine, e.g. ['torch', 'cpp', 'triton', 'cuda']."""
+    return [name for name in BACKENDS if _unavailable_reason(name) is None]
+
+
+def _cannot_serve(name, tensor):
+    """Why `name` cannot serve `tensor` (device, dtype), or None."""
+    reason = _unavailable_reason(name)
+    if reason:
+        return reason
+    device, dtype = tensor.device.type, tensor.dtype
+    if name == "cpp":
+        if device != "cpu":
+            return f"it runs on CPU tensors, got a {device} tensor"
+        if dtype not in CPP_DTYPES:
+            return f"it takes {CPP_DTYPES}, got {dtype}"
+    elif name == "cuda":
+        if device != "cuda":
+            return f"it runs on CUDA tensors, got a {device} tensor"
+        if dtype not in KERNEL_DTYPES:
+            return f"it takes {KERNEL_DTYPES}, got {dtype}"
+    elif name == "triton":
+        if device != "cuda" and not (device == "cpu" and TRITON_INTERPRET):
+            return f"it runs on CUDA tensors (CPU only under TRITON_INTERPRET=1), got {device}"
+        if dtype not in KERNEL_DTYPES:
+            return f"it takes {KERNEL_DTYPES}, got {dtype}"
+    return None
+
+
+def resolve(backend, tensor, op):
+    """The backend that serves `op` on `tensor`; raises ValueError naming why one cannot."""
+    if not isinstance(backend, str):
+        raise TypeError(f"{op}: backend must be a str, got {type(backend).__name__}")
+    if backend != "auto":
+        reason = _cannot_serve(backend, tensor)
+        if reason:
+            raise ValueError(f"{op}: backend {backend!r} cannot serve this call: {reason}")
+        return backend
+    preferred = ("cpp",) if tensor.device.type == "cpu" else ("cuda", "triton")
+    for name in preferred:
+        if _cannot_serve(name, tensor) is None:
+            return name
+    warnings.warn(
+        f"{op}: no kernel backend serves a {tensor.device.type} {tensor.dtype} tensor here "
+        f"({'; '.join(f'{n}: {_cannot_serve(n, tensor)}' for n in preferred)}); "
+        "running the eager PyTorch reference",
+        stacklevel=3,
+    )
+    return "torch"

@@ -1,0 +1,81 @@
+"""ck.dwconv2d: depthwise k×k convolution, stride 1, padding k//2 (= F.conv2d(..., groups=C)).
+
+Backends: cpp and cuda are the C++ op convnext_kernels::dwconv2d (CPU and CUDA kernels in _C);
+triton is the Python custom op convnext_kernels::dwconv2d_triton. Both pairs share one autograd
+formula: grad_x is the forward op applied to grad_out with the flipped weight, and one backward
+op returns (grad_weight, grad_bias).
+"""
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .. import _ext, backends, reference
+from .._checks import check_dwconv_args
+
+_NS = "convnext_kernels"
+
+
+def _forward_fake(x, weight, bias):
+    return torch.empty_like(x)
+
+
+def _backward_weight_fake(grad_out, x, weight):
+    return weight.new_empty(weight.shape), weight.new_empty(weight.shape[0])
+
+
+def _register_autograd(forward_op, backward_weight_op):
+    def setup_context(ctx, inputs, output):
+        x, weight, bias = inputs
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+
+    def backward(ctx, grad_out):
+        x, weight = ctx.saved_tensors
+        grad_x = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_x = forward_op(grad_out, weight.flip([-2, -1]), None)
+        if ctx.needs_input_grad[1] or (ctx.has_bias and ctx.needs_input_grad[2]):
+            grad_weight, grad_bias = backward_weight_op(grad_out, x, weight)
+        return grad_x, grad_weight, grad_bias if ctx.has_bias else None
+
+    torch.library.register_autograd(forward_op, backward, setup_context=setup_context)
+
+
+_FORWARD = {}
+
+if _ext.LOADED:
+    torch.library.register_fake(f"{_NS}::dwconv2d")(_forward_fake)
+    torch.library.register_fake(f"{_NS}::dwconv2d_backward_weight")(_backward_weight_fake)
+    _register_autograd(torch.ops.convnext_kernels.dwconv2d.default,
+                       torch.ops.convnext_kernels.dwconv2d_backward_weight.default)
+    _FORWARD["cpp"] = _FORWARD["cuda"] = torch.ops.convnext_kernels.dwconv2d
+
+if backends.triton_importable():
+    from ..triton import dwconv as _triton_dwconv
+
+    @torch.library.custom_op(f"{_NS}::dwconv2d_triton", mutates_args=())
+    def _dwconv2d_triton(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+        return _triton_dwconv.dwconv2d_forward(x, weight, bias)
+
+    @torch.library.custom_op(f"{_NS}::dwconv2d_backward_weight_triton", mutates_args=())
+    def _dwconv2d_backward_weight_triton(grad_out: Tensor, x: Tensor,
+                                         weight: Tensor) -> Tuple[Tensor, Tensor]:
+        return _triton_dwconv.dwconv2d_backward_weight(grad_out, x, weight)
+
+    _dwconv2d_triton.register_fake(_forward_fake)
+    _dwconv2d_backward_weight_triton.register_fake(_backward_weight_fake)
+    _register_autograd(_dwconv2d_triton, _dwconv2d_backward_weight_triton)
+    _FORWARD["triton"] = _dwconv2d_triton
+
+
+def dwconv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *,
+             backend: str = "auto") -> Tensor:
+    """Depthwise conv of N,C,H,W `x` with `weight` [C,1,k,k] (odd k ≤ 31), stride 1, padding
+    k//2, optional `bias` [C]. The output keeps x's memory format; channels_last is the fast path
+    (other layouts are converted to it inside the kernels). Differentiable in x, weight, bias."""
+    check_dwconv_args("dwconv2d", x, weight, bias)
+    name = backends.resolve(backend, x, "dwconv2d")
+    if name == "torch":
+        return reference.dwconv2d(x, weight, bias)
+    return _FORWARD[name](x, weight, bias)

@@ -1,0 +1,70 @@
+"""Plain-PyTorch definition of every op: the executable spec the kernels are tested against.
+
+Every function here is differentiable by autograd, runs on any device and dtype (tests run it in
+float64), and imports nothing from this package.
+"""
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def dwconv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+    """Depthwise k×k convolution of N,C,H,W `x` with `weight` [C,1,k,k]: stride 1, padding k//2."""
+    return F.conv2d(x, weight, bias, padding=weight.shape[-1] // 2, groups=x.shape[1])
+
+
+def layer_norm_2d(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-6) -> Tensor:
+    """LayerNorm over the channels of N,C,H,W `x` (timm's LayerNorm2d, the official
+    `channels_first` LayerNorm): biased variance, eps inside the square root."""
+    mean = x.mean(1, keepdim=True)
+    var = (x - mean).pow(2).mean(1, keepdim=True)
+    return (x - mean) * torch.rsqrt(var + eps) * weight[:, None, None] + bias[:, None, None]
+
+
+def dwconv_layer_norm(x: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor], ln_weight: Tensor,
+                      ln_bias: Tensor, eps: float = 1e-6) -> Tensor:
+    return layer_norm_2d(dwconv2d(x, dw_weight, dw_bias), ln_weight, ln_bias, eps)
+
+
+def mlp(x: Tensor, fc1_w: Tensor, fc1_b: Tensor, fc2_w: Tensor, fc2_b: Tensor,
+        gamma: Optional[Tensor] = None, residual: Optional[Tensor] = None,
+        drop_scale: Optional[Tensor] = None) -> Tensor:
+    """Rows (..., C): [residual +] [drop_scale *] [gamma *] fc2(gelu(fc1(x))), exact-erf GELU.
+    `drop_scale` holds one factor per sample (the leading dimension of x)."""
+    out = F.linear(F.gelu(F.linear(x, fc1_w, fc1_b)), fc2_w, fc2_b)
+    if gamma is not None:
+        out = out * gamma
+    if drop_scale is not None:
+        out = out * drop_scale.reshape((-1,) + (1,) * (out.dim() - 1))
+    if residual is not None:
+        out = residual + out
+    return out
+
+
+def grn(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-6) -> Tensor:
+    """ConvNeXt-V2 Global Response Normalisation of N,H,W,C `x`; weight and bias hold C values,
+    as [C] (timm) or [1,1,1,C] (official)."""
+    gx = torch.linalg.vector_norm(x, ord=2, dim=(1, 2), keepdim=True)
+    nx = gx / (gx.mean(dim=-1, keepdim=True) + eps)
+    return weight.reshape(-1) * (x * nx) + bias.reshape(-1) + x
+
+
+def convnext_block(x: Tensor, dw_weight: Tensor, dw_bias: Tensor, ln_weight: Tensor,
+                   ln_bias: Tensor, fc1_w: Tensor, fc1_b: Tensor, fc2_w: Tensor, fc2_b: Tensor,
+                   gamma: Optional[Tensor] = None, grn_weight: Optional[Tensor] = None,
+                   grn_bias: Optional[Tensor] = None, drop_scale: Optional[Tensor] = None,
+                   eps: float = 1e-6) -> Tensor:
+    """One ConvNeXt block on N,C,H,W `x`. V1: `gamma` (layer scale), no GRN. V2: `grn_weight`
+    and `grn_bias`, no gamma. `drop_scale` [N] is drop-path's per-sample factor (0 or 1/keep)."""
+    y = dwconv_layer_norm(x, dw_weight, dw_bias, ln_weight, ln_bias, eps).permute(0, 2, 3, 1)
+    hidden = F.gelu(F.linear(y, fc1_w, fc1_b))
+    if grn_weight is not None:
+        hidden = grn(hidden, grn_weight, grn_bias)
+    out = F.linear(hidden, fc2_w, fc2_b)
+    if gamma is not None:
+        out = out * gamma
+    if drop_scale is not None:
+        out = out * drop_scale.reshape(-1, 1, 1, 1)
+    return x + out.permute(0, 3, 1, 2)

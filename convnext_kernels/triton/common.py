@@ -1,0 +1,42 @@
+"""Pieces shared by the Triton kernels."""
+import os
+
+import triton
+import triton.language as tl
+
+# Under TRITON_INTERPRET=1 (CPU tests) a few conversions need the care noted where it is used.
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@triton.jit
+def cast_for_store(x, dtype: tl.constexpr, INTERPRETED: tl.constexpr):
+    """fp32 -> `dtype`, rounding to nearest even. The interpreter truncates fp32 -> bf16, which
+    doubles the rounding error, so there the rounding is done on the bits."""
+    if INTERPRETED and dtype == tl.bfloat16:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = bits + 0x7FFF + ((bits >> 16) & 1)
+        return (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    else:
+        return x.to(dtype)
+
+
+class Launch:
+    """One kernel launch: kernel, grid, runtime arguments, constexprs and options. Launchers
+    build these and call them; the kernel report (benchmarks/kernel_report.py) compiles the very
+    same launches for sm_90 without a GPU."""
+
+    def __init__(self, kernel, grid, args, constexprs, num_warps=4, num_stages=None):
+        self.kernel = kernel
+        self.grid = grid
+        self.args = args
+        self.constexprs = constexprs
+        self.options = {"num_warps": num_warps}
+        if num_stages is not None:
+            self.options["num_stages"] = num_stages
+
+    def __call__(self):
+        self.kernel[self.grid](*self.args, **self.constexprs, **self.options)
+
+    @property
+    def name(self):
+        return self.kernel.fn.__name__ if hasattr(self.kernel, "fn") else self.kernel.__name__

@@ -1,0 +1,71 @@
+// CPU glue of dwconv2d: checks, layout and dtype plumbing around cpu/dwconv_kernels.h.
+#include <ATen/Parallel.h>
+#include <torch/extension.h>
+
+#include "../dwconv_args.h"
+#include "dwconv_kernels.h"
+
+namespace {
+
+auto aten_parallel_for() {
+  return [](int64_t begin, int64_t end, const auto& fn) {
+    at::parallel_for(begin, end, 1, [&](int64_t b, int64_t e) { fn(b, e); });
+  };
+}
+
+ck::cpu::DwconvShape shape_of(const at::Tensor& x, int64_t k) {
+  return {x.size(0), x.size(2), x.size(3), x.size(1), k};
+}
+
+at::Tensor dwconv2d_cpu(const at::Tensor& x, const at::Tensor& weight,
+                        const std::optional<at::Tensor>& bias) {
+  const int64_t k = ck::check_dwconv_args(x, weight, bias);
+  TORCH_CHECK_VALUE(x.device().is_cpu(), "dwconv2d (cpu): x must be on the CPU");
+  at::Tensor out = at::empty_like(x);
+  if (x.numel() == 0) return out;
+  const at::Tensor x_nhwc = ck::as_nhwc(x);
+  at::Tensor y_nhwc = ck::is_nhwc(out) ? out : at::empty_like(x_nhwc);
+  const auto acc_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const at::Tensor taps = ck::taps_by_channel(weight, acc_type);
+  const at::Tensor bias_acc = bias.has_value() ? bias->to(acc_type).contiguous() : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "dwconv2d_cpu", [&] {
+    using Acc = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    ck::cpu::dwconv_forward<scalar_t, Acc>(
+        x_nhwc.const_data_ptr<scalar_t>(), taps.const_data_ptr<Acc>(),
+        bias_acc.defined() ? bias_acc.const_data_ptr<Acc>() : nullptr,
+        y_nhwc.mutable_data_ptr<scalar_t>(), shape_of(x, k), aten_parallel_for());
+  });
+  if (!y_nhwc.is_same(out)) out.copy_(y_nhwc);
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> dwconv2d_backward_weight_cpu(const at::Tensor& grad_out,
+                                                                const at::Tensor& x,
+                                                                const at::Tensor& weight) {
+  const int64_t k = ck::check_dwconv_args(x, weight, std::nullopt);
+  TORCH_CHECK_VALUE(grad_out.sizes() == x.sizes() && grad_out.scalar_type() == x.scalar_type(),
+                    "dwconv2d_backward_weight: grad_out must match x in shape and dtype");
+  const int64_t C = x.size(1);
+  const auto acc_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor sums = at::zeros({k * k + 1, C}, x.options().dtype(acc_type));
+  if (x.numel() != 0) {
+    const at::Tensor x_nhwc = ck::as_nhwc(x);
+    const at::Tensor g_nhwc = ck::as_nhwc(grad_out);
+    AT_DISPATCH_FLOATING_TYPES_AND2(
+        at::kHalf, at::kBFloat16, x.scalar_type(), "dwconv2d_backward_weight_cpu", [&] {
+          using Acc = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+          Acc* sums_ptr = sums.mutable_data_ptr<Acc>();
+          ck::cpu::dwconv_backward_weight<scalar_t, Acc>(
+              g_nhwc.const_data_ptr<scalar_t>(), x_nhwc.const_data_ptr<scalar_t>(), sums_ptr,
+              sums_ptr + k * k * C, shape_of(x, k), aten_parallel_for());
+        });
+  }
+  return ck::split_weight_grad_sums(sums, weight);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(convnext_kernels, CPU, m) {
+  m.impl("dwconv2d", &dwconv2d_cpu);
+  m.impl("dwconv2d_backward_weight", &dwconv2d_backward_weight_cpu);
+}

@@ -1,0 +1,63 @@
+"""Build of convnext_kernels._C.
+
+C++ CPU kernels are always built. CUDA kernels are added when torch is a CUDA build and nvcc is
+found, or when FORCE_CUDA=1 or TORCH_CUDA_ARCH_LIST is set (cross-compiling with no GPU: the arch
+list then defaults to 9.0+PTX). Set CK_NO_CUDA=1 to build the CPU kernels only.
+"""
+import glob
+import os
+import shutil
+
+from setuptools import find_packages, setup
+
+# torch guesses CUDA_HOME from `which nvcc`, which may be a wrapper; prefer the real toolkit.
+if "CUDA_HOME" not in os.environ and os.path.exists("/usr/local/cuda/bin/nvcc"):
+    os.environ["CUDA_HOME"] = "/usr/local/cuda"
+
+import torch  # noqa: E402
+from torch.utils import cpp_extension  # noqa: E402
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _want_cuda():
+    if os.environ.get("CK_NO_CUDA") == "1":
+        return False
+    if os.environ.get("FORCE_CUDA") == "1" or os.environ.get("TORCH_CUDA_ARCH_LIST"):
+        return True
+    nvcc_found = cpp_extension.CUDA_HOME is not None or shutil.which("nvcc") is not None
+    return torch.version.cuda is not None and nvcc_found
+
+
+def _cuda_include_dirs():
+    """Headers of the pip NVIDIA packages (cuBLAS, cuSPARSE, ...) that ATen's CUDA headers need
+    when the system toolkit lacks them."""
+    site = os.path.dirname(os.path.dirname(torch.__file__))
+    return sorted(d for d in glob.glob(os.path.join(site, "nvidia", "*", "include")) if os.path.isdir(d))
+
+
+def _extension():
+    cpp_sources = ["csrc/ops.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+    cxx_flags = ["-O3"]
+    if not _want_cuda():
+        return cpp_extension.CppExtension(
+            "convnext_kernels._C", cpp_sources, extra_compile_args={"cxx": cxx_flags}
+        )
+    if not torch.cuda.is_available() and not os.environ.get("TORCH_CUDA_ARCH_LIST"):
+        os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0+PTX"
+    return cpp_extension.CUDAExtension(
+        "convnext_kernels._C",
+        cpp_sources + sorted(glob.glob("csrc/cuda/*.cu")),
+        include_dirs=_cuda_include_dirs(),
+        define_macros=[("WITH_CUDA", None)],
+        extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-lineinfo"]},
+    )
+
+
+setup(
+    name="convnext-kernels",
+    version="0.1.0",
+    packages=find_packages(include=["convnext_kernels", "convnext_kernels.*"]),
+    ext_modules=[_extension()],
+    cmdclass={"build_ext": cpp_extension.BuildExtension},
+)

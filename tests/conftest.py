@@ -1,0 +1,23 @@
+import os
+
+import torch
+
+# The Triton interpreter must be chosen before triton is imported (by convnext_kernels).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch.utils.deterministic  # noqa: E402
+
+
+@pytest.fixture
+def poisoned():
+    """Every tensor created by torch.empty* (ours, in Python and in C++) starts as NaN, so an
+    output element a kernel forgets to write shows up as NaN."""
+    old_mode = torch.are_deterministic_algorithms_enabled()
+    old_fill = torch.utils.deterministic.fill_uninitialized_memory
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    yield
+    torch.use_deterministic_algorithms(old_mode)
+    torch.utils.deterministic.fill_uninitialized_memory = old_fill

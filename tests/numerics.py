@@ -1,0 +1,55 @@
+"""Error measures and tolerances of DESIGN.md, and where each kernel backend runs."""
+import os
+
+import torch
+
+import convnext_kernels as ck
+
+FP32_TOLERANCE = 1e-5
+
+
+def kernel_targets():
+    """(backend, device) pairs to test: every kernel backend available here."""
+    cuda = torch.cuda.is_available()
+    targets = []
+    available = ck.available_backends()
+    if "cpp" in available:
+        targets.append(("cpp", "cpu"))
+    if "triton" in available:
+        targets.append(("triton", "cuda" if cuda else "cpu"))
+    if "cuda" in available:
+        targets.append(("cuda", "cuda"))
+    return targets
+
+
+def fresh_generator():
+    """A generator seeded from the OS: every run sees new inputs. The seed is in the repr."""
+    seed = int.from_bytes(os.urandom(4), "little")
+    gen = torch.Generator().manual_seed(seed)
+    return gen, seed
+
+
+def randn(gen, *shape, dtype=torch.float32, device="cpu", scale=1.0):
+    return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).to(device=device,
+                                                                              dtype=dtype)
+
+
+def rel_error(out, ref):
+    """max |out - ref| / max |ref|, in float64 on the CPU; NaN anywhere gives inf."""
+    out = out.detach().to("cpu", torch.float64)
+    ref = ref.detach().to("cpu", torch.float64)
+    if not torch.isfinite(out).all():
+        return float("inf")
+    scale = ref.abs().max().clamp_min(1e-30)
+    return ((out - ref).abs().max() / scale).item()
+
+
+def assert_accurate(name, out, ref, eager, dtype, seed):
+    """fp32 (and float64): relative error ≤ 1e-5. fp16/bf16: no worse than 2× the error of
+    eager PyTorch in the same dtype (`eager`), and finite."""
+    err = rel_error(out, ref)
+    if dtype in (torch.float32, torch.float64):
+        tol = FP32_TOLERANCE
+    else:
+        tol = 2 * rel_error(eager, ref)
+    assert err <= tol, f"{name}: relative error {err:.3e} > {tol:.3e} ({dtype}, seed {seed})"
