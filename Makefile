@@ -28,14 +28,13 @@ test: build
 	TRITON_INTERPRET=1 $(PY) -m pytest -q tests
 
 bench: build
-	$(PY) benchmarks/bench_dwconv.py
+	$(PY) -m benchmarks.bench_dwconv
 
-GPU_OUT := $(if $(OUT),$(OUT),benchmarks/results)
+report: build
+	$(PY) -m benchmarks.kernel_report
+
 gpu-suite:
-	@mkdir -p $(GPU_OUT)
-	set -o pipefail; MAX_JOBS=$$(nproc) python3 setup.py -q build_ext --inplace 2>&1 | tail -n 20
-	set -o pipefail; python3 -m pytest -q -x tests 2>&1 | tee $(GPU_OUT)/gpu-tests.log | tail -n 30
-	set -o pipefail; python3 benchmarks/bench_dwconv.py --out $(GPU_OUT) 2>&1 | tee $(GPU_OUT)/gpu-bench.log
+	bash benchmarks/gpu_suite.sh
 
 clean:
 	rm -rf build .build-stamp convnext_kernels/*.so

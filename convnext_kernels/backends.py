@@ -4,8 +4,9 @@ torch   reference.py (eager PyTorch); always there.
 cpp     C++ CPU kernels in _C.
 triton  Triton kernels: CUDA tensors, or CPU tensors under TRITON_INTERPRET=1 (tests only).
 cuda    CUDA kernels in _C.
-auto    CPU: cpp. CUDA: cuda, else triton. A float64 tensor on CUDA, or a machine where neither
-        serves, falls back to torch with a warning, never silently.
+auto    the fastest measured choice for the op and device (AUTO_ORDER). Where no kernel backend in
+        that order serves (a float64 tensor on CUDA, a machine without _C or triton), eager torch
+        runs with a warning, never silently.
 """
 import os
 import warnings
@@ -87,6 +88,13 @@ def _cannot_serve(name, tensor):
     return None
 
 
+# Backends tried by `auto`, per (op, device type), fastest measured first.
+# dwconv2d on CPU: eager oneDNN beat the cpp kernel in every pass measured on the 2-core CI
+# machine (benchmarks/results/dwconv-cpu-*.md: fwd 3-7x, fwd+bwd mixed), so auto keeps torch.
+AUTO_ORDER = {("dwconv2d", "cpu"): ("torch",)}
+DEFAULT_AUTO_ORDER = {"cpu": ("cpp",), "cuda": ("cuda", "triton")}
+
+
 def resolve(backend, tensor, op):
     """The backend that serves `op` on `tensor`; raises ValueError naming why one cannot."""
     if not isinstance(backend, str):
@@ -96,7 +104,8 @@ def resolve(backend, tensor, op):
         if reason:
             raise ValueError(f"{op}: backend {backend!r} cannot serve this call: {reason}")
         return backend
-    preferred = ("cpp",) if tensor.device.type == "cpu" else ("cuda", "triton")
+    device = tensor.device.type
+    preferred = AUTO_ORDER.get((op, device), DEFAULT_AUTO_ORDER.get(device, ()))
     for name in preferred:
         if _cannot_serve(name, tensor) is None:
             return name

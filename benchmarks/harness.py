@@ -1,0 +1,141 @@
+"""Timing, the measured floor, and result files shared by the benchmarks.
+
+Rules: inputs are random (never zeros), warmed up, timed per call (CUDA events on GPU,
+perf_counter on CPU), reported as median and p20/p80 of many calls, rotating through enough
+input copies that they exceed L2, and every baseline is timed in the same run.
+"""
+import datetime
+import json
+import math
+import os
+import platform
+import statistics
+import time
+
+import torch
+
+
+def device_name(device):
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def environment(device):
+    env = {"device": device_name(device), "torch": torch.__version__,
+           "cuda": torch.version.cuda, "date": datetime.date.today().isoformat()}
+    try:
+        import triton
+        env["triton"] = triton.__version__
+    except ImportError:
+        env["triton"] = None
+    return env
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def rotation(bytes_per_set, device, cap=16):
+    """How many input sets to rotate through so that together they exceed twice the L2 cache."""
+    if device.type == "cuda":
+        l2 = torch.cuda.get_device_properties(device).L2_cache_size
+    else:
+        l2 = 32 << 20  # beyond a typical CPU's L2 + L3 share
+    return max(2, min(cap, math.ceil(2 * l2 / max(1, bytes_per_set)) + 1))
+
+
+def time_calls(fn, arg_sets, device, warmup=5, reps=50):
+    """Per-call times in ms of fn(*args), cycling through arg_sets."""
+    for i in range(warmup):
+        fn(*arg_sets[i % len(arg_sets)])
+    sync(device)
+    times = []
+    if device.type == "cuda":
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                  for _ in range(reps)]
+        for i, (start, end) in enumerate(events):
+            args = arg_sets[i % len(arg_sets)]
+            start.record()
+            fn(*args)
+            end.record()
+        sync(device)
+        times = [start.elapsed_time(end) for start, end in events]
+    else:
+        for i in range(reps):
+            args = arg_sets[i % len(arg_sets)]
+            t0 = time.perf_counter()
+            fn(*args)
+            times.append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def summarize(times):
+    q = statistics.quantiles(times, n=10) if len(times) >= 2 else [times[0]] * 9
+    return {"median_ms": statistics.median(times), "p20_ms": q[1], "p80_ms": q[7],
+            "calls": len(times)}
+
+
+def copy_bandwidth(device):
+    """Bytes per second of a device-to-device copy (read + write), measured now."""
+    n = (256 << 20) if device.type == "cuda" else (64 << 20)
+    src = torch.randn(n // 4, device=device)
+    dst = torch.empty_like(src)
+    ms = statistics.median(time_calls(lambda: dst.copy_(src), [()], device, warmup=3, reps=20))
+    return 2 * src.numel() * 4 / (ms * 1e-3)
+
+
+def fma_rate(device):
+    """FLOP/s of fp32 fused multiply-adds (2 FLOPs each), measured now: a Triton register-FMA
+    kernel on GPU; on CPU the fp32 matmul rate, the best FMA throughput torch reaches there."""
+    if device.type == "cuda":
+        from benchmarks.fma_kernel import fma_flops_per_second
+        return fma_flops_per_second(device)
+    n = 1024
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    ms = statistics.median(time_calls(lambda: a @ b, [()], device, warmup=2, reps=10))
+    return 2 * n**3 / (ms * 1e-3)
+
+
+def floor_ms(bytes_moved, flops, bandwidth, flop_rate):
+    return max(bytes_moved / bandwidth, flops / flop_rate) * 1e3
+
+
+class Results:
+    """Rows of one benchmark, written as JSON and a Markdown table."""
+
+    def __init__(self, name, device):
+        self.name = name
+        self.env = environment(device)
+        self.env["label"] = "GPU" if device.type == "cuda" else "CPU"
+        self.rows = []
+        self.floors = {}
+
+    def add(self, **row):
+        self.rows.append({**row, "device": self.env["device"]})
+
+    def write(self, out_dir):
+        os.makedirs(out_dir, exist_ok=True)
+        slug = "".join(c if c.isalnum() else "-" for c in self.env["device"]).strip("-").lower()
+        base = os.path.join(out_dir, f"{self.name}-{slug[:40]}")
+        with open(base + ".json", "w") as f:
+            json.dump({"env": self.env, "floors": self.floors, "rows": self.rows}, f, indent=1)
+        with open(base + ".md", "w") as f:
+            f.write(self.markdown())
+        return base
+
+    def markdown(self):
+        env = self.env
+        lines = [f"# {self.name} on {env['device']} ({env['label']})", "",
+                 f"{env['date']}; torch {env['torch']}, triton {env['triton']}, "
+                 f"CUDA {env['cuda']}. Floors measured in this run: "
+                 + ", ".join(f"{k} {v:.3g}" for k, v in self.floors.items()), "",
+                 "| case | dtype | pass | provider | median ms | p20–p80 ms | % of floor | "
+                 "speed-up vs eager channels_last |", "|---|---|---|---|---|---|---|---|"]
+        for r in self.rows:
+            lines.append(
+                f"| {r['case']} | {r['dtype']} | {r['pass']} | {r['provider']} | "
+                f"{r['median_ms']:.4g} | {r['p20_ms']:.4g}–{r['p80_ms']:.4g} | "
+                f"{r['pct_of_floor']:.1f} | {r.get('speedup_vs_eager_channels_last', float('nan')):.2f} |")
+        return "\n".join(lines) + "\n"
