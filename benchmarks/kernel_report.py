@@ -1,6 +1,9 @@
-"""Kernel report: every Triton kernel of the project compiled for the H100 (sm_90) without a GPU,
-at the configs its launchers use, with registers, spills, shared and local memory, an occupancy
-estimate, the widest global load/store and tensor-core use, read from the cubin's SASS.
+"""Kernel report: every kernel of the project compiled for the H100 (sm_90) without a GPU, with
+registers, spills, shared and local memory, an occupancy estimate (blocks per SM), the widest
+global load/store and tensor-core use, read from the cubin's SASS.
+
+Triton kernels: at every config their launchers use for the shapes below. CUDA kernels: every
+instantiation the glue can launch (benchmarks/kernel_report_cuda.cu), with `nvcc -Xptxas -v`.
 
     python -m benchmarks.kernel_report            # writes benchmarks/results/kernel_report.{json,md}
 
@@ -10,6 +13,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import tempfile
 
@@ -87,9 +91,24 @@ def cubin_stats(cubin):
                               capture_output=True, text=True, check=True).stdout
     fields = {key: int(val) for key, val in re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", usage)}
 
+    return sass_stats(sass, fields)
+
+
+def _access_bytes(modifiers):
+    """Bytes of one LDG/STG from its modifiers: .128 / .64 vectors, .U16 / .S8 sub-words."""
+    for mod in modifiers:
+        if mod in ("128", "64"):
+            return int(mod) // 8
+        match = re.fullmatch(r"[US](8|16)", mod)
+        if match:
+            return int(match.group(1)) // 8
+    return 4
+
+
+def sass_stats(sass, fields):
     def widest(op):
-        widths = [int(w) if w else 32 for w in re.findall(rf"\b{op}\.E(?:\.[A-Z]+)*?(?:\.(\d+))?\b", sass)]
-        return max(widths, default=0) // 8
+        accesses = re.findall(rf"\b{op}((?:\.[A-Z0-9]+)*)", sass)
+        return max((_access_bytes(m.split(".")[1:]) for m in accesses), default=0)
 
     return {
         "registers": fields.get("REG", 0),
@@ -110,6 +129,75 @@ def blocks_per_sm(registers, shared_bytes, threads):
     return min(by_regs, by_threads, by_smem, H100["max_blocks_per_sm"])
 
 
+def _nvcc():
+    home = os.environ.get("CUDA_HOME", "/usr/local/cuda")
+    path = os.path.join(home, "bin", "nvcc")
+    return path if os.path.exists(path) else shutil.which("nvcc")
+
+
+def _demangle(names):
+    tool = shutil.which("cu++filt") or shutil.which("c++filt")
+    if tool is None:
+        return {n: n for n in names}
+    out = subprocess.run([tool], input="\n".join(names), capture_output=True, text=True,
+                         check=True).stdout.splitlines()
+    return dict(zip(names, out))
+
+
+_CUDA_TYPES = {"float": "float32", "__half": "float16", "__nv_bfloat16": "bfloat16"}
+
+
+def _split_template(pretty):
+    """'void ns::kernel<a, b>(args)' -> ('ns::kernel', ['a', 'b'])."""
+    signature = pretty.split("(")[0].removeprefix("void ").strip()
+    match = re.fullmatch(r"([^<]+)(?:<(.*)>)?", signature)
+    args = [a.strip() for a in match.group(2).split(",")] if match.group(2) else []
+    return match.group(1), args
+
+
+def cuda_rows():
+    """One row per CUDA kernel instantiation, or [] when there is no nvcc."""
+    nvcc = _nvcc()
+    if nvcc is None:
+        return []
+    source = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernel_report_cuda.cu")
+    with tempfile.TemporaryDirectory() as tmp:
+        cubin, ptx = os.path.join(tmp, "k.cubin"), os.path.join(tmp, "k.ptx")
+        flags = ["-arch=sm_90a", "-O3", "-std=c++17"]
+        log = subprocess.run([nvcc, "-cubin", *flags, "-Xptxas", "-v", source, "-o", cubin],
+                             capture_output=True, text=True, check=True).stderr
+        subprocess.run([nvcc, "-ptx", *flags, source, "-o", ptx], check=True)
+        ptx_text = open(ptx).read()
+        sass = subprocess.run([_cuobjdump(), "--dump-sass", cubin], capture_output=True,
+                              text=True, check=True).stdout
+    threads = {name: int(n) for name, n in
+               re.findall(r"\.entry (\S+)\((?:[^)]*)\)\s*\.maxntid (\d+)", ptx_text)}
+    ptxas = {}
+    for name, body in re.findall(r"Compiling entry function '(\S+)' for 'sm_90a'(.*?)(?=Compiling entry|\Z)",
+                                 log, re.S):
+        regs = re.search(r"Used (\d+) registers", body)
+        spill = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores", body)
+        smem = re.search(r"(\d+) bytes smem", body)
+        ptxas[name] = {"REG": int(regs.group(1)), "STACK": int(spill.group(1)),
+                       "SPILL": int(spill.group(2)), "SHARED": int(smem.group(1)) if smem else 0}
+    sass_by_name = dict(re.findall(r"Function : (\S+)\n(.*?)(?=\n\s*Function : |\Z)", sass, re.S))
+    pretty = _demangle(sorted(ptxas))
+    rows = []
+    for name, info in sorted(ptxas.items()):
+        stats = sass_stats(sass_by_name.get(name, ""), {"REG": info["REG"], "STACK": info["STACK"],
+                                                        "SHARED": info["SHARED"]})
+        stats["spill_stores"] = max(stats["spill_stores"], info["SPILL"])
+        block = threads.get(name, 1024)
+        kernel, template_args = _split_template(pretty[name])
+        rows.append({
+            "op": "dwconv2d", "kernel": kernel, "dtype": _CUDA_TYPES.get(next(iter(template_args), ""), ""),
+            "shape": [], "k": None, "source": "cuda", "template_args": ", ".join(template_args),
+            "config": {"threads": block}, "ptx_wgmma": False, **stats,
+            "blocks_per_sm": blocks_per_sm(stats["registers"], stats["shared_bytes"], block),
+        })
+    return rows
+
+
 def build_report():
     rows = []
     for op, dtype, shape, k, launch in report_launches():
@@ -119,24 +207,27 @@ def build_report():
         stats["shared_bytes"] = max(stats["shared_bytes"], compiled.metadata.shared)
         rows.append({
             "op": op, "kernel": launch.name, "dtype": str(dtype).replace("torch.", ""),
-            "shape": list(shape), "k": k,
+            "shape": list(shape), "k": k, "source": "triton", "template_args": "",
             "config": {key: val for key, val in launch.constexprs.items()
                        if key.isupper() and key not in ("INTERPRETED",)} | launch.options,
             "ptx_wgmma": "wgmma" in compiled.asm["ptx"],
             **stats,
             "blocks_per_sm": blocks_per_sm(stats["registers"], stats["shared_bytes"], threads),
         })
-    return rows
+    return rows + cuda_rows()
 
 
 def write_markdown(rows, path):
-    head = ["op", "kernel", "dtype", "shape", "k", "registers", "spill_stores", "shared_bytes",
+    head = ["source", "op", "kernel", "dtype", "shape", "k", "registers", "spill_stores", "shared_bytes",
             "blocks_per_sm", "widest_load_bytes", "widest_store_bytes", "tensor_core"]
-    lines = ["# Kernel report: Triton kernels compiled for sm_90 (no GPU needed)", "",
+    lines = ["# Kernel report: every kernel compiled for sm_90 (no GPU needed)", "",
              f"triton {triton.__version__}, torch {torch.__version__}", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
-        lines.append("| " + " | ".join(str(row[h]) for h in head) + " |")
+        cells = [str(row[h]) for h in head]
+        if row["source"] == "cuda":
+            cells[head.index("kernel")] += f"<{row['template_args']}>"
+        lines.append("| " + " | ".join(cells) + " |")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
 

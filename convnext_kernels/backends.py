@@ -10,7 +10,6 @@ auto    the fastest measured choice for the op and device (AUTO_ORDER). Where no
 """
 import os
 import warnings
-from functools import lru_cache
 
 import torch
 
@@ -23,17 +22,19 @@ CPP_DTYPES = KERNEL_DTYPES + (torch.float64,)
 TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def triton_importable():
-    return _triton_import_error() is None
-
-
-@lru_cache(maxsize=None)
-def _triton_import_error():
+def _import_triton():
     try:
         import triton  # noqa: F401
     except ImportError as error:
         return f"{type(error).__name__}: {error}"
     return None
+
+
+TRITON_IMPORT_ERROR = _import_triton()
+
+
+def triton_importable():
+    return TRITON_IMPORT_ERROR is None
 
 
 def _unavailable_reason(name):
@@ -43,8 +44,8 @@ def _unavailable_reason(name):
     if name == "cpp":
         return None if _ext.LOADED else f"the extension _C is not built ({_ext.LOAD_ERROR})"
     if name == "triton":
-        if _triton_import_error():
-            return f"triton does not import ({_triton_import_error()})"
+        if TRITON_IMPORT_ERROR:
+            return f"triton does not import ({TRITON_IMPORT_ERROR})"
         if not (torch.cuda.is_available() or TRITON_INTERPRET):
             return "no CUDA device, and TRITON_INTERPRET=1 is not set"
         return None

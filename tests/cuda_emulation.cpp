@@ -38,7 +38,7 @@ at::Tensor forward(const at::Tensor& x_nhwc, const at::Tensor& taps,
         TORCH_CHECK(s.C % VEC == 0);
         const int64_t threads = ck::cuda::forward_threads<VEC, K>(s);
         for (int64_t idx = 0; idx < threads; ++idx)
-          ck::cuda::dwconv_forward_thread<T, VEC, K, ck::cuda::strip_width<K>()>(
+          ck::cuda::dwconv_forward_thread<T, VEC, K, ck::cuda::strip_width<VEC, K>()>(
               xp, taps.const_data_ptr<float>(), bp, yp, s, idx);
       });
     });

@@ -13,8 +13,6 @@ using ck::cuda::dispatch_k;
 using ck::cuda::dispatch_vec;
 using ck::cuda::DwconvShape;
 
-constexpr int kThreads = 256;
-
 template <typename T>
 struct Tag {
   using type = T;
@@ -32,32 +30,8 @@ void dispatch_dtype(at::ScalarType dtype, F&& f) {
   }
 }
 
-template <typename T, int VEC, int K, int TW>
-__global__ void __launch_bounds__(kThreads)
-    dwconv_forward_kernel(const T* x, const float* taps, const float* bias, T* y, DwconvShape s,
-                          int64_t threads) {
-  const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (idx < threads) ck::cuda::dwconv_forward_thread<T, VEC, K, TW>(x, taps, bias, y, s, idx);
-}
-
-template <typename T, int VEC, int K>
-__global__ void __launch_bounds__(kThreads)
-    dwconv_wgrad_partial_kernel(const T* g, const T* x, float* partial, DwconvShape s,
-                                int64_t rows_per_chunk, int64_t threads) {
-  const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (idx < threads)
-    ck::cuda::dwconv_wgrad_partial_thread<T, VEC, K>(g, x, partial, s, rows_per_chunk, idx);
-}
-
-__global__ void __launch_bounds__(kThreads)
-    dwconv_wgrad_reduce_kernel(const float* partial, float* out, int64_t chunks,
-                               int64_t per_chunk) {
-  const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (idx < per_chunk) ck::cuda::dwconv_wgrad_reduce_thread(partial, out, chunks, per_chunk, idx);
-}
-
-unsigned int blocks_for(int64_t threads) {
-  const int64_t blocks = (threads + kThreads - 1) / kThreads;
+unsigned int blocks_for(int64_t threads, int block) {
+  const int64_t blocks = (threads + block - 1) / block;
   TORCH_CHECK_VALUE(blocks < (int64_t(1) << 31), "dwconv2d (cuda): tensor too large, ", threads,
                     " threads");
   return static_cast<unsigned int>(blocks);
@@ -98,9 +72,10 @@ at::Tensor dwconv2d_cuda(const at::Tensor& x, const at::Tensor& weight,
       dispatch_k(k, [&](auto k_const) {
         constexpr int VEC = decltype(vec)::value;
         constexpr int K = decltype(k_const)::value;
-        constexpr int TW = ck::cuda::strip_width<K>();
+        constexpr int TW = ck::cuda::strip_width<VEC, K>();
+        constexpr int kBlock = ck::cuda::kForwardThreads;
         const int64_t threads = ck::cuda::forward_threads<VEC, K>(s);
-        dwconv_forward_kernel<T, VEC, K, TW><<<blocks_for(threads), kThreads, 0, stream>>>(
+        ck::cuda::dwconv_forward_kernel<T, VEC, K, TW><<<blocks_for(threads, kBlock), kBlock, 0, stream>>>(
             xp, taps.const_data_ptr<float>(), bp, yp, s, threads);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
@@ -138,11 +113,15 @@ std::tuple<at::Tensor, at::Tensor> dwconv2d_backward_weight_cuda(const at::Tenso
           // Every partial slot is written by exactly one thread, so no zero-fill is needed.
           at::Tensor partial =
               at::empty({plan.chunks, taps + 1, C}, x.options().dtype(at::kFloat));
-          dwconv_wgrad_partial_kernel<T, VEC, K><<<blocks_for(plan.threads), kThreads, 0, stream>>>(
+          constexpr int kBlock = ck::cuda::kWgradThreads;
+          ck::cuda::dwconv_wgrad_partial_kernel<T, VEC, K>
+              <<<blocks_for(plan.threads, kBlock), kBlock, 0, stream>>>(
               gp, xp, partial.mutable_data_ptr<float>(), s, plan.rows_per_chunk, plan.threads);
           C10_CUDA_KERNEL_LAUNCH_CHECK();
           const int64_t per_chunk = (taps + 1) * C;
-          dwconv_wgrad_reduce_kernel<<<blocks_for(per_chunk), kThreads, 0, stream>>>(
+          constexpr int kReduceBlock = ck::cuda::kReduceThreads;
+          ck::cuda::dwconv_wgrad_reduce_kernel<<<blocks_for(per_chunk, kReduceBlock), kReduceBlock,
+                                                 0, stream>>>(
               partial.const_data_ptr<float>(), sums.mutable_data_ptr<float>(), plan.chunks,
               per_chunk);
           C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -140,7 +140,8 @@ CK_HD void dwconv_forward_thread(const T* __restrict__ x, const float* __restric
 #pragma unroll
       for (int i = 0; i < TW + K - 1; ++i) {
         const int64_t iw = w0 + i - pad;
-        window[i] = (iw >= 0 && iw < s.W) ? load_vec<T, VEC>(x_row + iw * s.C) : zero_vec<T, VEC>();
+        if (iw >= 0 && iw < s.W) window[i] = load_vec<T, VEC>(x_row + iw * s.C);
+        else window[i] = zero_vec<T, VEC>();
       }
 #pragma unroll
       for (int kx = 0; kx < K; ++kx) {
@@ -295,20 +296,26 @@ CK_HD void dwconv_wgrad_reduce_thread(const float* __restrict__ partial, float* 
 // Launch plan: which instantiation serves a call and how many threads it takes. Host code,
 // shared by the CUDA glue (dwconv.cu) and the thread-by-thread CPU emulation in the tests.
 
-// Forward output pixels per thread when k is a template argument (register window TW + K - 1).
-constexpr int kStripWidth = 4;
+// Threads per block. The weight-gradient thread keeps K*VEC fp32 sums and a K-pixel window in
+// registers (~150 at K = 7, VEC = 8): 128-thread blocks fit three to an SM where 256 fit one.
+constexpr int kForwardThreads = 256;
+constexpr int kWgradThreads = 128;
+constexpr int kReduceThreads = 256;
 // Stage 1 of the weight gradient aims at this many threads: enough loads in flight to cover HBM
 // latency, few enough chunks that the fp32 partials stay small next to x and grad.
 constexpr int64_t kWgradTargetThreads = int64_t(1) << 16;
 
-template <int K>
+// Forward output pixels per thread when k is a template argument: the register window holds
+// TW + K - 1 vectors; with 8-wide (bf16/fp16) vectors TW = 2 keeps a thread at 80 registers
+// instead of 144 (kernel report), with 4-wide fp32 vectors TW = 4 stays at 110.
+template <int VEC, int K>
 constexpr int strip_width() {
-  return K > 0 ? kStripWidth : 1;
+  return K == 0 ? 1 : (VEC >= 8 ? 2 : 4);
 }
 
 template <int VEC, int K>
 int64_t forward_threads(const DwconvShape& s) {
-  constexpr int TW = strip_width<K>();
+  constexpr int TW = strip_width<VEC, K>();
   return s.N * s.H * ((s.W + TW - 1) / TW) * (s.C / VEC);
 }
 
@@ -348,5 +355,54 @@ void dispatch_vec(int64_t C, std::initializer_list<const void*> ptrs, F&& f) {
   if (aligned) return f(std::integral_constant<int, kVec>{});
   return f(std::integral_constant<int, 1>{});
 }
+
+#if defined(__CUDACC__)
+// The kernels: one thread per body call, 1-D grids.
+template <typename T, int VEC, int K, int TW>
+__global__ void __launch_bounds__(kForwardThreads)
+    dwconv_forward_kernel(const T* x, const float* taps, const float* bias, T* y, DwconvShape s,
+                          int64_t threads) {
+  const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx < threads) dwconv_forward_thread<T, VEC, K, TW>(x, taps, bias, y, s, idx);
+}
+
+template <typename T, int VEC, int K>
+__global__ void __launch_bounds__(kWgradThreads)
+    dwconv_wgrad_partial_kernel(const T* g, const T* x, float* partial, DwconvShape s,
+                                int64_t rows_per_chunk, int64_t threads) {
+  const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx < threads) dwconv_wgrad_partial_thread<T, VEC, K>(g, x, partial, s, rows_per_chunk, idx);
+}
+
+__global__ void __launch_bounds__(kReduceThreads)
+    dwconv_wgrad_reduce_kernel(const float* partial, float* out, int64_t chunks,
+                               int64_t per_chunk) {
+  const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx < per_chunk) dwconv_wgrad_reduce_thread(partial, out, chunks, per_chunk, idx);
+}
+
+// Every instantiation the glue can launch for storage type T, each passed to
+// visit(kernel pointer, threads per block, name): the kernel report compiles them all.
+template <typename T, typename Visit>
+void for_each_dwconv_kernel(Visit&& visit) {
+  for (const int64_t C : {int64_t(16), int64_t(1)}) {  // 16-byte vectors, then the scalar path
+    for (const int64_t k : {3, 5, 7, 9}) {              // 9: the generic kernel
+      dispatch_vec<T>(C, {}, [&](auto vec) {
+        dispatch_k(k, [&](auto k_const) {
+          constexpr int VEC = decltype(vec)::value;
+          constexpr int K = decltype(k_const)::value;
+          visit(reinterpret_cast<const void*>(
+                    &dwconv_forward_kernel<T, VEC, K, strip_width<VEC, K>()>),
+                kForwardThreads, "dwconv_forward");
+          visit(reinterpret_cast<const void*>(&dwconv_wgrad_partial_kernel<T, VEC, K>),
+                kWgradThreads, "dwconv_wgrad_partial");
+        });
+      });
+    }
+  }
+  visit(reinterpret_cast<const void*>(&dwconv_wgrad_reduce_kernel), kReduceThreads,
+        "dwconv_wgrad_reduce");
+}
+#endif
 
 }  // namespace ck::cuda
