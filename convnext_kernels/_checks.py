@@ -46,3 +46,19 @@ def check_dwconv_args(op, x, weight, bias):
     if bias is not None and tuple(bias.shape) != (C,):
         raise ValueError(f"{op}: bias must have shape [{C}], got {tuple(bias.shape)}")
     return k
+
+
+def check_layer_norm_args(op, x, weight, bias, eps):
+    """x N,C,H,W; weight and bias [C]; eps a positive number."""
+    check_nchw(op, x)
+    check_same(op, x, weight=weight, bias=bias)
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is None:
+            raise TypeError(f"{op}: {name} must be a tensor of shape [C], got None")
+        if tuple(t.shape) != (x.shape[1],):
+            raise ValueError(f"{op}: {name} must have shape [{x.shape[1]}] (C of x), "
+                             f"got {tuple(t.shape)}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
+        raise TypeError(f"{op}: eps must be a float, got {type(eps).__name__}")
+    if not eps > 0:
+        raise ValueError(f"{op}: eps must be > 0, got {eps}")

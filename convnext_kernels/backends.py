@@ -96,19 +96,22 @@ AUTO_ORDER = {("dwconv2d", "cpu"): ("torch",)}
 DEFAULT_AUTO_ORDER = {"cpu": ("cpp",), "cuda": ("cuda", "triton")}
 
 
-def resolve(backend, tensor, op):
-    """The backend that serves `op` on `tensor`; raises ValueError naming why one cannot."""
+def resolve(backend, tensor, op, implemented=BACKENDS):
+    """The backend that serves `op` on `tensor`, among the backends that implement `op`; raises
+    ValueError naming why a requested one cannot."""
     if not isinstance(backend, str):
         raise TypeError(f"{op}: backend must be a str, got {type(backend).__name__}")
     if backend != "auto":
         reason = _cannot_serve(backend, tensor)
+        if reason is None and backend not in implemented:
+            reason = f"{op} is implemented on {implemented} only"
         if reason:
             raise ValueError(f"{op}: backend {backend!r} cannot serve this call: {reason}")
         return backend
     device = tensor.device.type
     preferred = AUTO_ORDER.get((op, device), DEFAULT_AUTO_ORDER.get(device, ()))
     for name in preferred:
-        if _cannot_serve(name, tensor) is None:
+        if name in implemented and _cannot_serve(name, tensor) is None:
             return name
     warnings.warn(
         f"{op}: no kernel backend serves a {tensor.device.type} {tensor.dtype} tensor here "

@@ -8,6 +8,11 @@ TORCH_LIBRARY(convnext_kernels, m) {
   m.def("dwconv2d(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
   // (grad_weight [C,1,k,k], grad_bias [C]) of dwconv2d, in the weight's dtype, fp32-accumulated.
   m.def("dwconv2d_backward_weight(Tensor grad_out, Tensor x, Tensor weight) -> (Tensor, Tensor)");
+  // LayerNorm over C of N,C,H,W x: (y with x's strides, mean [N,H,W] fp32, rstd [N,H,W] fp32).
+  m.def("layer_norm_2d(Tensor x, Tensor weight, Tensor bias, float eps) -> (Tensor, Tensor, Tensor)");
+  // (grad_x, grad_weight, grad_bias) of layer_norm_2d from its saved mean and rstd.
+  m.def("layer_norm_2d_backward(Tensor grad_y, Tensor x, Tensor weight, Tensor mean, Tensor rstd) "
+        "-> (Tensor, Tensor, Tensor)");
 }
 
 namespace {

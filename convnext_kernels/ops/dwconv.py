@@ -75,7 +75,7 @@ def dwconv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *,
     k//2, optional `bias` [C]. The output keeps x's memory format; channels_last is the fast path
     (other layouts are converted to it inside the kernels). Differentiable in x, weight, bias."""
     check_dwconv_args("dwconv2d", x, weight, bias)
-    name = backends.resolve(backend, x, "dwconv2d")
+    name = backends.resolve(backend, x, "dwconv2d", implemented=("torch",) + tuple(_FORWARD))
     if name == "torch":
         return reference.dwconv2d(x, weight, bias)
     return _FORWARD[name](x, weight, bias)

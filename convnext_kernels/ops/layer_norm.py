@@ -1,0 +1,145 @@
+"""ck.layer_norm_2d (LayerNorm over C of an N,C,H,W tensor) and ck.dwconv_layer_norm (depthwise
+conv then that LayerNorm, fused).
+
+Backends: cpp is the C++ op convnext_kernels::layer_norm_2d (CPU kernels in _C); triton is the
+Python custom ops convnext_kernels::layer_norm_2d_triton and ::dwconv_layer_norm_triton. The ops
+return (y, mean, rstd) [and the conv output]; autograd saves those and runs the matching
+backward op. dwconv_layer_norm's backward is the LayerNorm backward on the kept conv output
+followed by the dwconv backward (the input gradient of the conv needs the LayerNorm gradient of
+a k×k neighbourhood, so the two are not fused). cpp composes the two CPU ops.
+"""
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .. import _ext, backends, reference
+from .._checks import check_dwconv_args, check_layer_norm_args
+from . import dwconv as dwconv_ops
+
+_NS = "convnext_kernels"
+
+
+def _stats_dtype(x):
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _layer_norm_fake(x, weight, bias, eps):
+    N, _, H, W = x.shape
+    stats = x.new_empty(N, H, W, dtype=_stats_dtype(x))
+    return torch.empty_like(x), stats, torch.empty_like(stats)
+
+
+def _layer_norm_backward_fake(grad_y, x, weight, mean, rstd):
+    return torch.empty_like(x), weight.new_empty(weight.shape), weight.new_empty(weight.shape)
+
+
+def _register_layer_norm_autograd(forward_op, backward_op):
+    def setup_context(ctx, inputs, output):
+        x, weight, _, _ = inputs
+        _, mean, rstd = output
+        ctx.mark_non_differentiable(mean, rstd)
+        ctx.save_for_backward(x, weight, mean, rstd)
+
+    def backward(ctx, grad_y, _grad_mean, _grad_rstd):
+        x, weight, mean, rstd = ctx.saved_tensors
+        grad_x, grad_weight, grad_bias = backward_op(grad_y, x, weight, mean, rstd)
+        return grad_x, grad_weight, grad_bias, None
+
+    torch.library.register_autograd(forward_op, backward, setup_context=setup_context)
+
+
+_LAYER_NORM = {}
+_DWCONV_LAYER_NORM = {}
+
+if _ext.LOADED:
+    torch.library.register_fake(f"{_NS}::layer_norm_2d")(_layer_norm_fake)
+    torch.library.register_fake(f"{_NS}::layer_norm_2d_backward")(_layer_norm_backward_fake)
+    _register_layer_norm_autograd(torch.ops.convnext_kernels.layer_norm_2d.default,
+                                  torch.ops.convnext_kernels.layer_norm_2d_backward.default)
+    _LAYER_NORM["cpp"] = torch.ops.convnext_kernels.layer_norm_2d
+
+if backends.triton_importable():
+    from ..triton import dwconv as _triton_dwconv
+    from ..triton import dwconv_layer_norm as _triton_fused
+    from ..triton import layer_norm as _triton_layer_norm
+
+    @torch.library.custom_op(f"{_NS}::layer_norm_2d_triton", mutates_args=())
+    def _layer_norm_2d_triton(x: Tensor, weight: Tensor, bias: Tensor,
+                              eps: float) -> Tuple[Tensor, Tensor, Tensor]:
+        return _triton_layer_norm.layer_norm_2d_forward(x, weight, bias, eps)
+
+    @torch.library.custom_op(f"{_NS}::layer_norm_2d_backward_triton", mutates_args=())
+    def _layer_norm_2d_backward_triton(grad_y: Tensor, x: Tensor, weight: Tensor, mean: Tensor,
+                                       rstd: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        return _triton_layer_norm.layer_norm_2d_backward(grad_y, x, weight, mean, rstd)
+
+    @torch.library.custom_op(f"{_NS}::dwconv_layer_norm_triton", mutates_args=())
+    def _dwconv_layer_norm_triton(x: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor],
+                                  ln_weight: Tensor, ln_bias: Tensor,
+                                  eps: float) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        return _triton_fused.dwconv_layer_norm_forward(x, dw_weight, dw_bias, ln_weight,
+                                                       ln_bias, eps)
+
+    _layer_norm_2d_triton.register_fake(_layer_norm_fake)
+    _layer_norm_2d_backward_triton.register_fake(_layer_norm_backward_fake)
+    _register_layer_norm_autograd(_layer_norm_2d_triton, _layer_norm_2d_backward_triton)
+
+    @_dwconv_layer_norm_triton.register_fake
+    def _(x, dw_weight, dw_bias, ln_weight, ln_bias, eps):
+        y, mean, rstd = _layer_norm_fake(x, ln_weight, ln_bias, eps)
+        return y, torch.empty_like(x), mean, rstd
+
+    def _fused_setup_context(ctx, inputs, output):
+        x, dw_weight, dw_bias, ln_weight, _, _ = inputs
+        _, conv, mean, rstd = output
+        ctx.mark_non_differentiable(conv, mean, rstd)
+        ctx.save_for_backward(x, dw_weight, ln_weight, conv, mean, rstd)
+        ctx.has_dw_bias = dw_bias is not None
+
+    def _fused_backward(ctx, grad_y, _grad_conv, _grad_mean, _grad_rstd):
+        x, dw_weight, ln_weight, conv, mean, rstd = ctx.saved_tensors
+        grad_conv, grad_ln_weight, grad_ln_bias = _layer_norm_2d_backward_triton(
+            grad_y, conv, ln_weight, mean, rstd)
+        grad_x = grad_dw_weight = grad_dw_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_x = dwconv_ops._FORWARD["triton"](grad_conv, dw_weight.flip([-2, -1]), None)
+        if ctx.needs_input_grad[1] or (ctx.has_dw_bias and ctx.needs_input_grad[2]):
+            grad_dw_weight, grad_dw_bias = torch.ops.convnext_kernels.\
+                dwconv2d_backward_weight_triton(grad_conv, x, dw_weight)
+        return (grad_x, grad_dw_weight, grad_dw_bias if ctx.has_dw_bias else None,
+                grad_ln_weight, grad_ln_bias, None)
+
+    _dwconv_layer_norm_triton.register_autograd(_fused_backward,
+                                                setup_context=_fused_setup_context)
+    _LAYER_NORM["triton"] = _layer_norm_2d_triton
+    _DWCONV_LAYER_NORM["triton"] = _dwconv_layer_norm_triton
+
+
+def layer_norm_2d(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-6, *,
+                  backend: str = "auto") -> Tensor:
+    """LayerNorm over the channels of N,C,H,W `x` (timm's LayerNorm2d, the official
+    channels_first LayerNorm) with `weight`, `bias` [C]; fp32 statistics. The output keeps x's
+    memory format; channels_last is the fast path. Differentiable in x, weight, bias."""
+    check_layer_norm_args("layer_norm_2d", x, weight, bias, eps)
+    name = backends.resolve(backend, x, "layer_norm_2d", implemented=("torch",) + tuple(_LAYER_NORM))
+    if name == "torch":
+        return reference.layer_norm_2d(x, weight, bias, eps)
+    return _LAYER_NORM[name](x, weight, bias, float(eps))[0]
+
+
+def dwconv_layer_norm(x: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor],
+                      ln_weight: Tensor, ln_bias: Tensor, eps: float = 1e-6, *,
+                      backend: str = "auto") -> Tensor:
+    """layer_norm_2d(dwconv2d(x, dw_weight, dw_bias), ln_weight, ln_bias, eps), with the norm
+    fused into the conv's epilogue on triton. cpp runs the two CPU ops one after the other."""
+    check_dwconv_args("dwconv_layer_norm", x, dw_weight, dw_bias)
+    check_layer_norm_args("dwconv_layer_norm", x, ln_weight, ln_bias, eps)
+    implemented = ("torch",) + tuple(_DWCONV_LAYER_NORM) + (("cpp",) if "cpp" in _LAYER_NORM else ())
+    name = backends.resolve(backend, x, "dwconv_layer_norm", implemented=implemented)
+    if name == "torch":
+        return reference.dwconv_layer_norm(x, dw_weight, dw_bias, ln_weight, ln_bias, eps)
+    if name == "cpp":
+        conv = dwconv_ops.dwconv2d(x, dw_weight, dw_bias, backend="cpp")
+        return _LAYER_NORM["cpp"](conv, ln_weight, ln_bias, float(eps))[0]
+    return _DWCONV_LAYER_NORM[name](x, dw_weight, dw_bias, ln_weight, ln_bias, float(eps))[0]

@@ -1,0 +1,109 @@
+"""Depthwise k×k conv followed by LayerNorm over C, in one Triton kernel (forward).
+
+A program owns BLOCK_W pixels of one output row and all C channels: it accumulates the conv as
+the dwconv kernel does, adds the conv bias, normalises each pixel's fp32 accumulator over C and
+writes y, the conv output (kept for the backward) and the per-pixel mean and rstd. The backward
+is the LayerNorm backward (on the kept conv output) followed by the dwconv backward.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from .common import INTERPRETED, Launch, cast_for_store
+from .dwconv import _UNROLL_MAX, _accumulate_tap, _taps
+from .layer_norm import MAX_CHANNELS, new_row_stats
+
+_TILE = 2048
+
+
+@triton.jit
+def _dwconv_layer_norm_kernel(x_ptr, taps_ptr, dw_bias_ptr, ln_w_ptr, ln_b_ptr, y_ptr, conv_ptr,
+                              mean_ptr, rstd_ptr, H, W, C, eps,
+                              K: tl.constexpr, HAS_DW_BIAS: tl.constexpr,
+                              BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
+                              INTERPRETED: tl.constexpr):
+    row = tl.program_id(0)  # n*H + h
+    h = row % H
+    offs_w = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
+    offs_c = tl.arange(0, BLOCK_C)
+    mask_c = offs_c < C
+    acc = tl.zeros([BLOCK_W, BLOCK_C], dtype=tl.float32)
+    for ky in range(K):
+        ih = h + ky - K // 2
+        row_ok = (ih >= 0) & (ih < H)
+        x_row = x_ptr + (row + ky - K // 2).to(tl.int64) * W * C
+        if K <= _UNROLL_MAX:
+            for kx in tl.static_range(K):
+                acc = _accumulate_tap(acc, x_row, taps_ptr, ky, kx, row_ok, offs_w, offs_c,
+                                      mask_c, W, C, K)
+        else:
+            for kx in range(K):
+                acc = _accumulate_tap(acc, x_row, taps_ptr, ky, kx, row_ok, offs_w, offs_c,
+                                      mask_c, W, C, K)
+    if HAS_DW_BIAS:
+        acc += tl.load(dw_bias_ptr + offs_c, mask=mask_c, other=0.0)[None, :]
+    mask_w = offs_w < W
+    mask = mask_w[:, None] & mask_c[None, :]
+    offs = row.to(tl.int64) * W * C + offs_w[:, None] * C + offs_c[None, :]
+    tl.store(conv_ptr + offs, cast_for_store(acc, conv_ptr.dtype.element_ty, INTERPRETED),
+             mask=mask)
+    mean = tl.sum(acc, axis=1) / C  # masked channels hold 0
+    diff = tl.where(mask, acc - mean[:, None], 0.0)
+    rstd = 1.0 / tl.sqrt(tl.sum(diff * diff, axis=1) / C + eps)
+    w = tl.load(ln_w_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)
+    b = tl.load(ln_b_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)
+    y = diff * rstd[:, None] * w[None, :] + b[None, :]
+    tl.store(y_ptr + offs, cast_for_store(y, y_ptr.dtype.element_ty, INTERPRETED), mask=mask)
+    pixels = row.to(tl.int64) * W + offs_w
+    tl.store(mean_ptr + pixels, mean, mask=mask_w)
+    tl.store(rstd_ptr + pixels, rstd, mask=mask_w)
+
+
+def config(C, W):
+    block_c = triton.next_power_of_2(C)
+    return {"BLOCK_W": max(1, min(triton.next_power_of_2(W), _TILE // block_c)),
+            "BLOCK_C": block_c}
+
+
+def forward_launch(x_nhwc, taps, dw_bias_f, ln_weight, ln_bias, y, conv, mean, rstd, k, eps):
+    N, C, H, W = x_nhwc.shape
+    cfg = config(C, W)
+    grid = (N * H, triton.cdiv(W, cfg["BLOCK_W"]))
+    dw_bias_arg = dw_bias_f if dw_bias_f is not None else taps  # unread without HAS_DW_BIAS
+    return Launch(_dwconv_layer_norm_kernel, grid,
+                  (x_nhwc, taps, dw_bias_arg, ln_weight, ln_bias, y, conv, mean, rstd, H, W, C,
+                   eps),
+                  dict(K=k, HAS_DW_BIAS=dw_bias_f is not None, INTERPRETED=INTERPRETED, **cfg),
+                  num_warps=8 if cfg["BLOCK_C"] >= 2048 else 4)
+
+
+def dwconv_layer_norm_forward(x, dw_weight, dw_bias, ln_weight, ln_bias, eps):
+    """(y, conv output, mean, rstd): y and conv in x's memory format, statistics [N,H,W] fp32."""
+    if x.shape[1] > MAX_CHANNELS:
+        raise ValueError(f"dwconv_layer_norm (triton): at most {MAX_CHANNELS} channels, "
+                         f"got {x.shape[1]}")
+    y, conv = torch.empty_like(x), torch.empty_like(x)
+    mean, rstd = new_row_stats(x)
+    if x.numel() == 0:
+        return y, conv, mean, rstd
+    x_nhwc = x.contiguous(memory_format=torch.channels_last)
+    outs = [t if t.is_contiguous(memory_format=torch.channels_last) else torch.empty_like(x_nhwc)
+            for t in (y, conv)]
+    dw_bias_f = dw_bias.float().contiguous() if dw_bias is not None else None
+    forward_launch(x_nhwc, _taps(dw_weight), dw_bias_f, ln_weight.contiguous(),
+                   ln_bias.contiguous(), outs[0], outs[1], mean, rstd, dw_weight.shape[-1], eps)()
+    for final, computed in zip((y, conv), outs):
+        if computed is not final:
+            final.copy_(computed)
+    return y, conv, mean, rstd
+
+
+def launches(dtype, N, C, H, W, k, device="meta"):
+    """The launch dwconv_layer_norm's forward makes for one shape (meta tensors)."""
+    x = torch.empty(N, C, H, W, dtype=dtype, device=device).contiguous(
+        memory_format=torch.channels_last)
+    taps = torch.empty(k * k, C, dtype=torch.float32, device=device)
+    w = torch.empty(C, dtype=dtype, device=device)
+    mean, rstd = new_row_stats(x)
+    return [forward_launch(x, taps, taps[0], w, w, torch.empty_like(x), torch.empty_like(x),
+                           mean, rstd, k, 1e-6)]

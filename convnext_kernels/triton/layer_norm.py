@@ -1,0 +1,167 @@
+"""LayerNorm over the C contiguous channels of each pixel of an N,H,W,C buffer, in Triton.
+
+Forward: a program normalises BLOCK_M pixels, each whole row of C channels in registers; fp32
+statistics (two-pass variance on the registers) are saved for the backward.
+Backward: a program walks ROWS_PER_PROGRAM pixels in BLOCK_M steps, writes grad_x and keeps fp32
+sums of g*xhat and g for its rows; the per-program partials are added afterwards in a fixed order
+(deterministic).
+"""
+import torch
+import triton
+import triton.language as tl
+
+from .common import INTERPRETED, Launch, cast_for_store
+
+MAX_CHANNELS = 4096
+# [pixels, channels] elements a program holds; beyond it registers spill (kernel report).
+_TILE = 4096
+_BACKWARD_PROGRAMS = 1024
+
+
+@triton.jit
+def _layer_norm_forward_kernel(x_ptr, w_ptr, b_ptr, y_ptr, mean_ptr, rstd_ptr, ROWS, C, eps,
+                               BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+                               INTERPRETED: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_c = tl.arange(0, BLOCK_C)
+    mask_c = offs_c < C
+    mask = (rows < ROWS)[:, None] & mask_c[None, :]
+    offs = rows.to(tl.int64)[:, None] * C + offs_c[None, :]
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    mean = tl.sum(x, axis=1) / C
+    diff = tl.where(mask, x - mean[:, None], 0.0)
+    rstd = 1.0 / tl.sqrt(tl.sum(diff * diff, axis=1) / C + eps)
+    w = tl.load(w_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)
+    b = tl.load(b_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)
+    y = diff * rstd[:, None] * w[None, :] + b[None, :]
+    tl.store(y_ptr + offs, cast_for_store(y, y_ptr.dtype.element_ty, INTERPRETED), mask=mask)
+    tl.store(mean_ptr + rows, mean, mask=rows < ROWS)
+    tl.store(rstd_ptr + rows, rstd, mask=rows < ROWS)
+
+
+@triton.jit
+def _layer_norm_backward_kernel(g_ptr, x_ptr, w_ptr, mean_ptr, rstd_ptr, gx_ptr, partial_ptr,
+                                ROWS, C, ROWS_PER_PROGRAM,
+                                BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+                                INTERPRETED: tl.constexpr):
+    pid = tl.program_id(0)
+    offs_c = tl.arange(0, BLOCK_C)
+    mask_c = offs_c < C
+    w = tl.load(w_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)
+    sum_gw = tl.zeros([BLOCK_C], dtype=tl.float32)
+    sum_gb = tl.zeros([BLOCK_C], dtype=tl.float32)
+    first = pid * ROWS_PER_PROGRAM
+    for start in range(first, first + ROWS_PER_PROGRAM, BLOCK_M):
+        rows = start + tl.arange(0, BLOCK_M)
+        row_ok = (rows < ROWS) & (rows < first + ROWS_PER_PROGRAM)
+        mask = row_ok[:, None] & mask_c[None, :]
+        offs = rows.to(tl.int64)[:, None] * C + offs_c[None, :]
+        g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        mean = tl.load(mean_ptr + rows, mask=row_ok, other=0.0)
+        rstd = tl.load(rstd_ptr + rows, mask=row_ok, other=0.0)
+        xhat = tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
+        gh = g * w[None, :]
+        mean_gh = tl.sum(gh, axis=1) / C
+        mean_gh_xhat = tl.sum(gh * xhat, axis=1) / C
+        gx = rstd[:, None] * (gh - mean_gh[:, None] - xhat * mean_gh_xhat[:, None])
+        tl.store(gx_ptr + offs, cast_for_store(gx, gx_ptr.dtype.element_ty, INTERPRETED),
+                 mask=mask)
+        sum_gw += tl.sum(g * xhat, axis=0)
+        sum_gb += tl.sum(g, axis=0)
+    tl.store(partial_ptr + pid * 2 * C + offs_c, sum_gw, mask=mask_c)
+    tl.store(partial_ptr + pid * 2 * C + C + offs_c, sum_gb, mask=mask_c)
+
+
+def config(C):
+    block_c = triton.next_power_of_2(C)
+    return {"BLOCK_M": max(1, min(64, _TILE // block_c)), "BLOCK_C": block_c}
+
+
+def _num_warps(block_c):
+    return 8 if block_c >= 2048 else 4
+
+
+def forward_launch(x_nhwc, weight, bias, y, mean, rstd, eps):
+    C = x_nhwc.shape[1]
+    rows = mean.numel()
+    cfg = config(C)
+    grid = (triton.cdiv(rows, cfg["BLOCK_M"]),)
+    return Launch(_layer_norm_forward_kernel, grid,
+                  (x_nhwc, weight, bias, y, mean, rstd, rows, C, eps),
+                  dict(INTERPRETED=INTERPRETED, **cfg), num_warps=_num_warps(cfg["BLOCK_C"]))
+
+
+def backward_rows_per_program(rows, block_m):
+    """From the shape alone (reproducible): enough programs to fill the GPU, whole row blocks."""
+    per_program = triton.cdiv(rows, _BACKWARD_PROGRAMS)
+    return triton.cdiv(per_program, block_m) * block_m
+
+
+def backward_launch(g_nhwc, x_nhwc, weight, mean, rstd, grad_x, partial):
+    C = x_nhwc.shape[1]
+    rows = mean.numel()
+    cfg = config(C)
+    grid = (partial.shape[0],)
+    return Launch(_layer_norm_backward_kernel, grid,
+                  (g_nhwc, x_nhwc, weight, mean, rstd, grad_x, partial, rows, C,
+                   backward_rows_per_program(rows, cfg["BLOCK_M"])),
+                  dict(INTERPRETED=INTERPRETED, **cfg), num_warps=_num_warps(cfg["BLOCK_C"]))
+
+
+def backward_programs(rows, C):
+    return triton.cdiv(rows, backward_rows_per_program(rows, config(C)["BLOCK_M"]))
+
+
+def new_row_stats(x):
+    N, _, H, W = x.shape
+    return (torch.empty(N, H, W, device=x.device, dtype=torch.float32),
+            torch.empty(N, H, W, device=x.device, dtype=torch.float32))
+
+
+def layer_norm_2d_forward(x, weight, bias, eps):
+    """(y in x's memory format, mean [N,H,W] fp32, rstd [N,H,W] fp32)."""
+    if x.shape[1] > MAX_CHANNELS:
+        raise ValueError(f"layer_norm_2d (triton): at most {MAX_CHANNELS} channels, "
+                         f"got {x.shape[1]}")
+    out = torch.empty_like(x)
+    mean, rstd = new_row_stats(x)
+    if x.numel() == 0:
+        return out, mean, rstd
+    x_nhwc = x.contiguous(memory_format=torch.channels_last)
+    y = out if out.is_contiguous(memory_format=torch.channels_last) else torch.empty_like(x_nhwc)
+    forward_launch(x_nhwc, weight.contiguous(), bias.contiguous(), y, mean, rstd, eps)()
+    if y is not out:
+        out.copy_(y)
+    return out, mean, rstd
+
+
+def layer_norm_2d_backward(grad_y, x, weight, mean, rstd):
+    """(grad_x in x's memory format, grad_weight, grad_bias in the weight's dtype)."""
+    C = x.shape[1]
+    grad_x = torch.empty_like(x)
+    if x.numel() == 0:
+        return grad_x, weight.new_zeros(C), weight.new_zeros(C)
+    x_nhwc = x.contiguous(memory_format=torch.channels_last)
+    g_nhwc = grad_y.contiguous(memory_format=torch.channels_last)
+    gx = grad_x if grad_x.is_contiguous(memory_format=torch.channels_last) \
+        else torch.empty_like(x_nhwc)
+    partial = torch.empty(backward_programs(mean.numel(), C), 2, C, device=x.device,
+                          dtype=torch.float32)
+    backward_launch(g_nhwc, x_nhwc, weight.contiguous(), mean, rstd, gx, partial)()
+    if gx is not grad_x:
+        grad_x.copy_(gx)
+    sums = partial.sum(0)
+    return grad_x, sums[0].to(weight.dtype, copy=True), sums[1].to(weight.dtype, copy=True)
+
+
+def launches(dtype, N, C, H, W, device="meta"):
+    """Every launch layer_norm_2d makes, forward and backward, for one shape (meta tensors)."""
+    x = torch.empty(N, C, H, W, dtype=dtype, device=device).contiguous(
+        memory_format=torch.channels_last)
+    w = torch.empty(C, dtype=dtype, device=device)
+    mean, rstd = new_row_stats(x)
+    partial = torch.empty(backward_programs(mean.numel(), C), 2, C, dtype=torch.float32,
+                          device=device)
+    return [forward_launch(x, w, w, torch.empty_like(x), mean, rstd, 1e-6),
+            backward_launch(x, x, w, mean, rstd, torch.empty_like(x), partial)]

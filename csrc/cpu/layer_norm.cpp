@@ -1,0 +1,76 @@
+// CPU glue of layer_norm_2d: checks, layout and dtype plumbing around cpu/layer_norm_kernels.h.
+#include <ATen/Parallel.h>
+#include <torch/extension.h>
+
+#include "../dwconv_args.h"
+#include "../layer_norm_args.h"
+#include "layer_norm_kernels.h"
+
+namespace {
+
+auto aten_parallel_for() {
+  return [](int64_t begin, int64_t end, const auto& fn) {
+    at::parallel_for(begin, end, 1, [&](int64_t b, int64_t e) { fn(b, e); });
+  };
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_2d_cpu(const at::Tensor& x,
+                                                                 const at::Tensor& weight,
+                                                                 const at::Tensor& bias,
+                                                                 double eps) {
+  ck::check_layer_norm_args(x, weight, bias, eps);
+  TORCH_CHECK_VALUE(x.device().is_cpu(), "layer_norm_2d (cpu): x must be on the CPU");
+  at::Tensor out = at::empty_like(x);
+  at::Tensor mean = ck::new_row_stats(x), rstd = ck::new_row_stats(x);
+  if (x.numel() == 0) return {out, mean, rstd};
+  const at::Tensor x_nhwc = ck::as_nhwc(x);
+  at::Tensor y_nhwc = ck::is_nhwc(out) ? out : at::empty_like(x_nhwc);
+  const at::Tensor w = weight.contiguous(), b = bias.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "layer_norm_2d_cpu", [&] {
+    using Acc = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    ck::cpu::layer_norm_forward<scalar_t, Acc>(
+        x_nhwc.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
+        b.const_data_ptr<scalar_t>(), y_nhwc.mutable_data_ptr<scalar_t>(),
+        mean.mutable_data_ptr<Acc>(), rstd.mutable_data_ptr<Acc>(), mean.numel(), x.size(1),
+        static_cast<Acc>(eps), aten_parallel_for());
+  });
+  if (!y_nhwc.is_same(out)) out.copy_(y_nhwc);
+  return {out, mean, rstd};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_2d_backward_cpu(
+    const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& weight,
+    const at::Tensor& mean, const at::Tensor& rstd) {
+  ck::check_layer_norm_args(x, weight, weight, 1.0);
+  TORCH_CHECK_VALUE(grad_y.sizes() == x.sizes() && grad_y.scalar_type() == x.scalar_type(),
+                    "layer_norm_2d_backward: grad_y must match x in shape and dtype");
+  const int64_t C = x.size(1);
+  const auto acc_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor grad_x = at::empty_like(x);
+  at::Tensor sums = at::zeros({2, C}, x.options().dtype(acc_type));
+  if (x.numel() != 0) {
+    const at::Tensor x_nhwc = ck::as_nhwc(x), g_nhwc = ck::as_nhwc(grad_y);
+    at::Tensor gx_nhwc = ck::is_nhwc(grad_x) ? grad_x : at::empty_like(x_nhwc);
+    const at::Tensor w = weight.contiguous(), m = mean.contiguous(), r = rstd.contiguous();
+    AT_DISPATCH_FLOATING_TYPES_AND2(
+        at::kHalf, at::kBFloat16, x.scalar_type(), "layer_norm_2d_backward_cpu", [&] {
+          using Acc = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+          Acc* sums_ptr = sums.mutable_data_ptr<Acc>();
+          ck::cpu::layer_norm_backward<scalar_t, Acc>(
+              g_nhwc.const_data_ptr<scalar_t>(), x_nhwc.const_data_ptr<scalar_t>(),
+              w.const_data_ptr<scalar_t>(), m.const_data_ptr<Acc>(), r.const_data_ptr<Acc>(),
+              gx_nhwc.mutable_data_ptr<scalar_t>(), sums_ptr, sums_ptr + C, m.numel(), C,
+              aten_parallel_for());
+        });
+    if (!gx_nhwc.is_same(grad_x)) grad_x.copy_(gx_nhwc);
+  }
+  return {grad_x, sums[0].to(weight.scalar_type(), false, true),
+          sums[1].to(weight.scalar_type(), false, true)};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(convnext_kernels, CPU, m) {
+  m.impl("layer_norm_2d", &layer_norm_2d_cpu);
+  m.impl("layer_norm_2d_backward", &layer_norm_2d_backward_cpu);
+}
