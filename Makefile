@@ -29,6 +29,7 @@ test: build
 
 bench: build
 	$(PY) -m benchmarks.bench_dwconv
+	$(PY) -m benchmarks.bench_layernorm
 
 report: build
 	$(PY) -m benchmarks.kernel_report

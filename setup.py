@@ -38,7 +38,7 @@ def _cuda_include_dirs():
 
 def _extension():
     cpp_sources = ["csrc/ops.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
-    cxx_flags = ["-O3"]
+    cxx_flags = ["-O3", "-fopenmp-simd"]
     if not _want_cuda():
         return cpp_extension.CppExtension(
             "convnext_kernels._C", cpp_sources, extra_compile_args={"cxx": cxx_flags}

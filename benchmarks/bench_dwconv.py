@@ -45,12 +45,11 @@ def providers(device, with_autotune):
     return table
 
 
-def run_case(results, device, dtype, name, N, C, HW, table, reps, bandwidth, flop_rate):
+def run_case(results, device, dtype, name, N, C, HW, table, reps, floors):
     elem = torch.tensor([], dtype=dtype).element_size()
     numel = N * C * HW * HW
-    per_set = 2 * numel * elem
     sets = []
-    for _ in range(harness.rotation(per_set, device)):
+    for _ in range(harness.rotation(2 * numel * elem, device)):
         x = torch.randn(N, C, HW, HW, device=device, dtype=dtype)
         sets.append((x, torch.randn(C, 1, K, K, device=device, dtype=dtype) / K,
                      torch.randn(C, device=device, dtype=dtype), torch.randn_like(x)))
@@ -59,47 +58,9 @@ def run_case(results, device, dtype, name, N, C, HW, table, reps, bandwidth, flo
     cost = {"fwd": (2 * numel * elem, 2 * numel * K * K),
             "bwd": (3 * numel * elem, 4 * numel * K * K),
             "fwd+bwd": (5 * numel * elem, 6 * numel * K * K)}
-    timings = {}
-    for provider, (fmt, fn) in table.items():
-        inputs = [tuple(t.contiguous(memory_format=fmt) if t.dim() == 4 else t for t in s)
-                  for s in sets]
-        leaves = [tuple(t.detach().requires_grad_() for t in s[:3]) + (s[3],) for s in inputs]
-
-        def fwd(x, w, b, g):
-            with torch.no_grad():
-                fn(x, w, b)
-
-        def fwd_bwd(x, w, b, g):
-            torch.autograd.grad(fn(x, w, b), (x, w, b), g)
-
-        kept = [(fn(x, w, b), x, w, b, g) for x, w, b, g in leaves]
-
-        def bwd(y, x, w, b, g):
-            torch.autograd.grad(y, (x, w, b), g, retain_graph=True)
-
-        for pass_name, f, args in (("fwd", fwd, inputs), ("bwd", bwd, kept),
-                                   ("fwd+bwd", fwd_bwd, leaves)):
-            try:
-                stats = harness.summarize(harness.time_calls(f, args, device, reps=reps))
-            except Exception as error:  # e.g. a compiled graph that refuses retain_graph
-                print(f"  {provider} {pass_name}: not measured ({type(error).__name__}: {error})")
-                continue
-            bytes_moved, flops = cost[pass_name]
-            floor = harness.floor_ms(bytes_moved, flops, bandwidth, flop_rate)
-            timings[(provider, pass_name)] = stats["median_ms"]
-            results.add(case=f"{name} {N}x{C}x{HW}x{HW} k{K}", stage=name, dtype=str(dtype)[6:],
-                        shape=[N, C, HW, HW], k=K, memory_format=str(fmt)[6:], provider=provider,
-                        **{"pass": pass_name}, **stats, bytes=bytes_moved, flops=flops,
-                        floor_ms=floor, pct_of_floor=100 * floor / stats["median_ms"])
-        del kept
-    for row in results.rows:
-        if row["stage"] == name and row["dtype"] == str(dtype)[6:]:
-            for base in ("eager NCHW", "eager channels_last", "compile default",
-                         "compile max-autotune"):
-                ref = timings.get((base, row["pass"]))
-                if ref:
-                    row["speedup_vs_" + base.replace(" ", "_").replace("-", "_")] = \
-                        ref / row["median_ms"]
+    case = {"case": f"{name} {N}x{C}x{HW}x{HW} k{K}", "stage": name,
+            "dtype": str(dtype).replace("torch.", ""), "shape": [N, C, HW, HW], "k": K}
+    harness.run_providers(results, device, case, table, sets, cost, reps, floors)
 
 
 def main(argv=None):
@@ -128,8 +89,8 @@ def main(argv=None):
         for j, (name, C, HW) in enumerate(stages):
             print(f"[{i * len(stages) + j + 1}/{len(dtypes) * len(stages)}] {dt} {name} "
                   f"{batch}x{C}x{HW}x{HW}", flush=True)
-            run_case(results, device, DTYPES[dt], name, batch, C, HW, table, reps, bandwidth,
-                     flop_rate)
+            run_case(results, device, DTYPES[dt], name, batch, C, HW, table, reps,
+                     (bandwidth, flop_rate))
     base = results.write(args.out)
     print(results.markdown())
     print(f"wrote {base}.json and {base}.md")

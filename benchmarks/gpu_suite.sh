@@ -10,15 +10,20 @@ mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
 
-MAX_JOBS=$(nproc) python3 setup.py -q build_ext --inplace > "$out/gpu-build.log" 2>&1
+# $OUT brings back at most 8 files: gpu-suite.log (build + tests), gpu-bench.log, and the
+# kernel report's and the benchmarks' .json/.md pairs.
+log="$out/gpu-suite.log"
+MAX_JOBS=$(nproc) python3 setup.py -q build_ext --inplace > "$log" 2>&1
 build_rc=$?
-tail -n 5 "$out/gpu-build.log"
-[ $build_rc -eq 0 ] || { echo "build failed (see gpu-build.log)"; exit $build_rc; }
+tail -n 5 "$log"
+[ $build_rc -eq 0 ] || { echo "build failed (see gpu-suite.log)"; exit $build_rc; }
 
-python3 -m pytest -q -p no:cacheprovider tests 2>&1 | tee "$out/gpu-tests.log" | tail -n 25
+python3 -m pytest -q -p no:cacheprovider tests 2>&1 | tee -a "$log" | tail -n 25
 tests_rc=${PIPESTATUS[0]}
 
 python3 -m benchmarks.kernel_report --out "$out" > /dev/null 2>&1 || echo "kernel report failed"
-python3 -m benchmarks.bench_dwconv --quick --out "$out" 2>&1 | tee "$out/gpu-bench.log" | tail -n 40
+{ python3 -m benchmarks.bench_dwconv --quick --out "$out"
+  python3 -m benchmarks.bench_layernorm --quick --out "$out"; } 2>&1 | tee "$out/gpu-bench.log" \
+  | grep -E "^\| .*(ours|eager channels_last)" | grep -E "bfloat16" | tail -n 60
 echo "tests exit code: $tests_rc"
 exit $tests_rc

@@ -102,6 +102,55 @@ def floor_ms(bytes_moved, flops, bandwidth, flop_rate):
     return max(bytes_moved / bandwidth, flops / flop_rate) * 1e3
 
 
+def run_providers(results, device, case, table, input_sets, cost, reps, floors,
+                  baselines=("eager NCHW", "eager channels_last", "compile default",
+                             "compile max-autotune")):
+    """Times every provider of `table` (name -> (memory format, fn(*inputs))) on `input_sets`
+    (each: the differentiable inputs, then the output gradient), in three passes: fwd
+    (inference), bwd (gradients from a kept graph), fwd+bwd; adds a row per provider and pass
+    with its % of floor (cost: pass -> (bytes, flops)) and its speed-up over each baseline."""
+    timings, rows = {}, []
+    for provider, (fmt, fn) in table.items():
+        inputs = [tuple(t.contiguous(memory_format=fmt) if t is not None and t.dim() == 4 else t
+                        for t in s) for s in input_sets]
+        leaves = [tuple(t.detach().requires_grad_() for t in s[:-1]) + (s[-1],) for s in inputs]
+
+        def fwd(*args):
+            with torch.no_grad():
+                fn(*args[:-1])
+
+        def fwd_bwd(*args):
+            torch.autograd.grad(fn(*args[:-1]), args[:-1], args[-1])
+
+        kept = [(fn(*s[:-1]),) + s for s in leaves]
+
+        def bwd(y, *args):
+            torch.autograd.grad(y, args[:-1], args[-1], retain_graph=True)
+
+        for pass_name, f, args in (("fwd", fwd, inputs), ("bwd", bwd, kept),
+                                   ("fwd+bwd", fwd_bwd, leaves)):
+            try:
+                stats = summarize(time_calls(f, args, device, reps=reps))
+            except Exception as error:  # e.g. a compiled graph that refuses retain_graph
+                print(f"  {provider} {pass_name}: not measured ({type(error).__name__}: {error})")
+                continue
+            bytes_moved, flops = cost[pass_name]
+            floor = floor_ms(bytes_moved, flops, *floors)
+            timings[(provider, pass_name)] = stats["median_ms"]
+            row = dict(case, provider=provider, memory_format=str(fmt).replace("torch.", ""),
+                       **{"pass": pass_name}, **stats, bytes=bytes_moved, flops=flops,
+                       floor_ms=floor, pct_of_floor=100 * floor / stats["median_ms"])
+            rows.append(row)
+        del kept
+    for row in rows:
+        for base in baselines:
+            ref = timings.get((base, row["pass"]))
+            if ref:
+                key = "speedup_vs_" + base.replace(" ", "_").replace("-", "_")
+                row[key] = ref / row["median_ms"]
+        results.add(**row)
+
+
 class Results:
     """Rows of one benchmark, written as JSON and a Markdown table."""
 

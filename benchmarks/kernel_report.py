@@ -22,7 +22,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from convnext_kernels.triton import dwconv
+from convnext_kernels.triton import dwconv, dwconv_layer_norm, layer_norm
 
 H100 = {"arch": 90, "regs_per_sm": 65536, "max_threads_per_sm": 2048, "smem_per_sm": 228 * 1024,
         "max_blocks_per_sm": 32}
@@ -31,6 +31,10 @@ _TRITON_TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "
 # ConvNeXt-T stages at batch 64 (N, C, H, W), plus odd shapes the kernels must also serve.
 DWCONV_SHAPES = [(64, 96, 56, 56), (64, 192, 28, 28), (64, 384, 14, 14), (64, 768, 7, 7),
                  (2, 40, 13, 17)]
+# LayerNorm adds the channel counts of other ConvNeXt sizes: 80 and 1408 (not powers of two),
+# 1024 (B stage 4) and the 4096 limit.
+LAYER_NORM_SHAPES = DWCONV_SHAPES + [(64, 80, 56, 56), (64, 1408, 7, 7), (64, 1024, 7, 7),
+                                     (8, 4096, 7, 7)]
 
 
 def report_launches():
@@ -41,6 +45,11 @@ def report_launches():
             for k in (3, 7, 31) if shape[1] == 40 else (7,):
                 for launch in dwconv.launches(dtype, *shape, k):
                     rows.append(("dwconv2d", dtype, shape, k, launch))
+                for launch in dwconv_layer_norm.launches(dtype, *shape, k):
+                    rows.append(("dwconv_layer_norm", dtype, shape, k, launch))
+        for shape in LAYER_NORM_SHAPES:
+            for launch in layer_norm.launches(dtype, *shape):
+                rows.append(("layer_norm_2d", dtype, shape, None, launch))
     return rows
 
 
@@ -58,6 +67,9 @@ def _signature(launch):
         if isinstance(value, torch.Tensor):
             signature[name] = "*" + _TRITON_TYPES[value.dtype]
             aligned = True  # torch allocations are 256-byte aligned
+        elif isinstance(value, float):
+            signature[name] = "fp32"
+            aligned = False
         else:
             signature[name] = "i32" if -2**31 <= value < 2**31 else "i64"
             aligned = value % 16 == 0

@@ -13,8 +13,10 @@ import triton.language as tl
 from .common import INTERPRETED, Launch, cast_for_store
 
 MAX_CHANNELS = 4096
-# [pixels, channels] elements a program holds; beyond it registers spill (kernel report).
-_TILE = 4096
+# [pixels, channels] elements a program holds; beyond them registers spill (kernel report). The
+# backward holds four such tiles (g, x, xhat, g*w) where the forward holds two.
+_FORWARD_TILE = 4096
+_BACKWARD_TILE = 2048
 _BACKWARD_PROGRAMS = 1024
 
 
@@ -73,19 +75,19 @@ def _layer_norm_backward_kernel(g_ptr, x_ptr, w_ptr, mean_ptr, rstd_ptr, gx_ptr,
     tl.store(partial_ptr + pid * 2 * C + C + offs_c, sum_gb, mask=mask_c)
 
 
-def config(C):
+def config(C, tile):
     block_c = triton.next_power_of_2(C)
-    return {"BLOCK_M": max(1, min(64, _TILE // block_c)), "BLOCK_C": block_c}
+    return {"BLOCK_M": max(1, min(64, tile // block_c)), "BLOCK_C": block_c}
 
 
 def _num_warps(block_c):
-    return 8 if block_c >= 2048 else 4
+    return 8 if block_c >= 1024 else 4
 
 
 def forward_launch(x_nhwc, weight, bias, y, mean, rstd, eps):
     C = x_nhwc.shape[1]
     rows = mean.numel()
-    cfg = config(C)
+    cfg = config(C, _FORWARD_TILE)
     grid = (triton.cdiv(rows, cfg["BLOCK_M"]),)
     return Launch(_layer_norm_forward_kernel, grid,
                   (x_nhwc, weight, bias, y, mean, rstd, rows, C, eps),
@@ -101,7 +103,7 @@ def backward_rows_per_program(rows, block_m):
 def backward_launch(g_nhwc, x_nhwc, weight, mean, rstd, grad_x, partial):
     C = x_nhwc.shape[1]
     rows = mean.numel()
-    cfg = config(C)
+    cfg = config(C, _BACKWARD_TILE)
     grid = (partial.shape[0],)
     return Launch(_layer_norm_backward_kernel, grid,
                   (g_nhwc, x_nhwc, weight, mean, rstd, grad_x, partial, rows, C,
@@ -110,7 +112,7 @@ def backward_launch(g_nhwc, x_nhwc, weight, mean, rstd, grad_x, partial):
 
 
 def backward_programs(rows, C):
-    return triton.cdiv(rows, backward_rows_per_program(rows, config(C)["BLOCK_M"]))
+    return triton.cdiv(rows, backward_rows_per_program(rows, config(C, _BACKWARD_TILE)["BLOCK_M"]))
 
 
 def new_row_stats(x):

@@ -1,6 +1,7 @@
 // LayerNorm over the C contiguous channels of each pixel (row) of an N,H,W,C buffer, for the CPU.
 // Torch-free; see dwconv_kernels.h for the conventions (T storage, Acc accumulation,
-// parallel_for(begin, end, fn)).
+// parallel_for(begin, end, fn)). The row reductions are `omp simd` loops (built with
+// -fopenmp-simd): without them the compiler may not reorder a float sum and runs it serially.
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -23,12 +24,14 @@ void layer_norm_forward(const T* x, const T* weight, const T* bias, T* y, Acc* m
     for (int64_t row = begin; row < end; ++row) {
       const T* xr = x + row * C;
       Acc sum = 0;
+#pragma omp simd reduction(+ : sum)
       for (int64_t c = 0; c < C; ++c) {
         v[c] = static_cast<Acc>(xr[c]);
         sum += v[c];
       }
       const Acc mean = sum / C;
       Acc sq = 0;
+#pragma omp simd reduction(+ : sq)
       for (int64_t c = 0; c < C; ++c) sq += (v[c] - mean) * (v[c] - mean);
       const Acc rstd = Acc(1) / std::sqrt(sq / C + eps);
       T* yr = y + row * C;
@@ -67,6 +70,7 @@ void layer_norm_backward(const T* g, const T* x, const T* weight, const Acc* mea
         const T* gr = g + row * C;
         const T* xr = x + row * C;
         Acc sum_gh = 0, sum_gh_xhat = 0;
+#pragma omp simd reduction(+ : sum_gh, sum_gh_xhat)
         for (int64_t c = 0; c < C; ++c) {
           const Acc gv = static_cast<Acc>(gr[c]);
           xhat[c] = (static_cast<Acc>(xr[c]) - mean[row]) * rstd[row];

@@ -1,0 +1,222 @@
+import pytest
+import torch
+
+import convnext_kernels as ck
+from convnext_kernels import reference
+from numerics import assert_accurate, fresh_generator, kernel_targets, randn
+
+TARGETS = [t for t in kernel_targets() if t[0] != "cuda"]  # no CUDA LayerNorm kernels yet
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+# (N, C, H, W): ConvNeXt channel counts that are not powers of two (40, 80, 1408), C = 1,
+# 1×1 and 7×7 images.
+LN_SHAPES = [(2, 40, 5, 7), (1, 80, 3, 3), (1, 1408, 2, 2), (1, 16, 7, 7), (3, 24, 1, 1),
+             (2, 1, 3, 2)]
+# (N, C, H, W, k) for the fused op.
+FUSED_SHAPES = [(2, 40, 5, 7, 7), (1, 80, 7, 7, 7), (1, 16, 1, 1, 7), (1, 1408, 2, 3, 3),
+                (1, 8, 4, 3, 9)]
+
+
+def _forward_backward(fn, inputs, grad):
+    leaves = [t.detach().requires_grad_() if t is not None else None for t in inputs]
+    y = fn(*leaves)
+    y.backward(grad)
+    return [y] + [t.grad for t in leaves if t is not None]
+
+
+def _check_all(names, ours, ref, eager, dtype, seed):
+    for name, o, r, e in zip(names, ours, ref, eager):
+        assert o.dtype == dtype and o.shape == r.shape, name
+        assert_accurate(name, o, r, e, dtype, seed)
+
+
+def _ln_inputs(gen, shape, dtype, device, channels_last):
+    N, C, H, W = shape
+    x = randn(gen, N, C, H, W, dtype=dtype, device=device, scale=3.0) + 0.5
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    weight = randn(gen, C, dtype=dtype, device=device)
+    bias = randn(gen, C, dtype=dtype, device=device)
+    return x, weight, bias, randn(gen, N, C, H, W, dtype=dtype, device=device)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("shape", LN_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("backend,device", TARGETS)
+def test_layer_norm_matches_float64_reference(backend, device, dtype, shape, channels_last,
+                                              poisoned):
+    gen, seed = fresh_generator()
+    x, weight, bias, grad = _ln_inputs(gen, shape, dtype, device, channels_last)
+    ours = _forward_backward(lambda *a: ck.layer_norm_2d(*a, backend=backend),
+                             (x, weight, bias), grad)
+    ref = _forward_backward(reference.layer_norm_2d,
+                            [t.double().cpu() for t in (x, weight, bias)], grad.double().cpu())
+    eager = _forward_backward(reference.layer_norm_2d, (x, weight, bias), grad)
+    _check_all(["y", "grad_x", "grad_weight", "grad_bias"], ours, ref, eager, dtype, seed)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    assert ours[0].is_contiguous(memory_format=fmt)
+
+
+@pytest.mark.parametrize("shape", FUSED_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("backend,device", TARGETS)
+def test_dwconv_layer_norm_matches_float64_reference(backend, device, dtype, shape, poisoned):
+    gen, seed = fresh_generator()
+    N, C, H, W, k = shape
+    x, ln_weight, ln_bias, grad = _ln_inputs(gen, (N, C, H, W), dtype, device, True)
+    dw_weight = randn(gen, C, 1, k, k, dtype=dtype, device=device, scale=1 / k)
+    dw_bias = randn(gen, C, dtype=dtype, device=device)
+    inputs = (x, dw_weight, dw_bias, ln_weight, ln_bias)
+    ours = _forward_backward(lambda *a: ck.dwconv_layer_norm(*a, backend=backend), inputs, grad)
+    ref = _forward_backward(reference.dwconv_layer_norm, [t.double().cpu() for t in inputs],
+                            grad.double().cpu())
+    eager = _forward_backward(reference.dwconv_layer_norm, inputs, grad)
+    _check_all(["y", "grad_x", "grad_dw_weight", "grad_dw_bias", "grad_ln_weight",
+                "grad_ln_bias"], ours, ref, eager, dtype, seed)
+    assert ours[0].is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("backend,device", TARGETS)
+def test_fused_without_conv_bias(backend, device, poisoned):
+    gen, seed = fresh_generator()
+    x, ln_weight, ln_bias, grad = _ln_inputs(gen, (2, 24, 6, 5), torch.float32, device, False)
+    dw_weight = randn(gen, 24, 1, 3, 3, dtype=torch.float32, device=device)
+    ours = _forward_backward(lambda x, w, lw, lb: ck.dwconv_layer_norm(
+        x, w, None, lw, lb, backend=backend), (x, dw_weight, ln_weight, ln_bias), grad)
+    ref = _forward_backward(lambda x, w, lw, lb: reference.dwconv_layer_norm(x, w, None, lw, lb),
+                            [t.double().cpu() for t in (x, dw_weight, ln_weight, ln_bias)],
+                            grad.double().cpu())
+    _check_all(["y", "grad_x", "grad_dw_weight", "grad_ln_weight", "grad_ln_bias"], ours, ref,
+               ref, torch.float32, seed)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("backend,device", TARGETS)
+def test_constant_pixel_gives_finite_output(backend, device, dtype):
+    x = torch.full((1, 40, 2, 3), 3.25, dtype=dtype, device=device)
+    weight = torch.randn(40, dtype=dtype, device=device)
+    bias = torch.randn(40, dtype=dtype, device=device)
+    y = ck.layer_norm_2d(x, weight, bias, backend=backend)
+    assert torch.isfinite(y).all()
+    torch.testing.assert_close(y, bias[None, :, None, None].expand_as(y), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend,device", TARGETS)
+def test_weight_grads_are_deterministic(backend, device):
+    gen, _ = fresh_generator()
+    x, weight, bias, grad = _ln_inputs(gen, (2, 48, 9, 7), torch.float32, device, True)
+    runs = [_forward_backward(lambda *a: ck.layer_norm_2d(*a, backend=backend),
+                              (x, weight, bias), grad) for _ in range(2)]
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
+def test_gradcheck_cpp_float64():
+    gen, _ = fresh_generator()
+    x = randn(gen, 2, 5, 3, 4, dtype=torch.float64).requires_grad_()
+    ln_w, ln_b = (randn(gen, 5, dtype=torch.float64).requires_grad_() for _ in range(2))
+    dw_w = randn(gen, 5, 1, 3, 3, dtype=torch.float64).requires_grad_()
+    dw_b = randn(gen, 5, dtype=torch.float64).requires_grad_()
+    assert torch.autograd.gradcheck(lambda *a: ck.layer_norm_2d(*a, backend="cpp"),
+                                    (x, ln_w, ln_b))
+    assert torch.autograd.gradcheck(lambda *a: ck.dwconv_layer_norm(*a, backend="cpp"),
+                                    (x, dw_w, dw_b, ln_w, ln_b))
+
+
+def _opcheck_cases():
+    cases = []
+    available = ck.available_backends()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if "cpp" in available:
+        cases.append(("cpp", torch.ops.convnext_kernels.layer_norm_2d.default,
+                      torch.ops.convnext_kernels.layer_norm_2d_backward.default, "cpu"))
+    if "triton" in available:
+        cases.append(("triton", torch.ops.convnext_kernels.layer_norm_2d_triton.default,
+                      torch.ops.convnext_kernels.layer_norm_2d_backward_triton.default, device))
+    return cases
+
+
+@pytest.mark.parametrize("name,forward_op,backward_op,device", _opcheck_cases(),
+                         ids=lambda v: v if isinstance(v, str) else "")
+def test_opcheck(name, forward_op, backward_op, device):
+    x = torch.randn(1, 24, 3, 4, device=device).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(24, device=device, requires_grad=True)
+    b = torch.randn(24, device=device, requires_grad=True)
+    torch.library.opcheck(forward_op, (x.requires_grad_(), w, b, 1e-6))
+    y, mean, rstd = forward_op(x.detach(), w.detach(), b.detach(), 1e-6)
+    torch.library.opcheck(backward_op, (torch.randn_like(x), x.detach(), w.detach(), mean, rstd))
+    if name == "triton":
+        dw = torch.randn(24, 1, 3, 3, device=device, requires_grad=True)
+        torch.library.opcheck(torch.ops.convnext_kernels.dwconv_layer_norm_triton.default,
+                              (x, dw, None, w, b, 1e-6))
+
+
+@pytest.mark.parametrize("backend,device", TARGETS)
+def test_torch_compile_fullgraph(backend, device):
+    torch._dynamo.reset()
+    gen, _ = fresh_generator()
+    x, w, b, _ = _ln_inputs(gen, (2, 16, 4, 5), torch.float32, device, True)
+    dw = randn(gen, 16, 1, 3, 3, dtype=torch.float32, device=device)
+
+    def fn(x, dw, w, b):
+        y = ck.dwconv_layer_norm(x, dw, None, w, b, backend=backend)
+        return ck.layer_norm_2d(y, w, b, backend=backend).square().sum()
+
+    leaves_c = [t.detach().requires_grad_() for t in (x, dw, w, b)]
+    leaves_e = [t.detach().requires_grad_() for t in (x, dw, w, b)]
+    torch.compile(fn, fullgraph=True)(*leaves_c).backward()
+    fn(*leaves_e).backward()
+    for c, e in zip(leaves_c, leaves_e):
+        torch.testing.assert_close(c.grad, e.grad, rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------- bad input
+
+def _good():
+    return torch.randn(1, 4, 3, 3), torch.randn(4), torch.randn(4)
+
+
+LN_BAD = [
+    ("weight size", lambda x, w, b: (x, torch.randn(5), b, 1e-6), ValueError, "weight must have shape"),
+    ("bias size", lambda x, w, b: (x, w, torch.randn(3), 1e-6), ValueError, "bias must have shape"),
+    ("bias None", lambda x, w, b: (x, w, None, 1e-6), TypeError, "bias must be a tensor"),
+    ("eps zero", lambda x, w, b: (x, w, b, 0.0), ValueError, "eps must be > 0"),
+    ("eps negative", lambda x, w, b: (x, w, b, -1e-5), ValueError, "eps must be > 0"),
+    ("eps str", lambda x, w, b: (x, w, b, "1e-6"), TypeError, "eps must be a float"),
+    ("3-D x", lambda x, w, b: (x[0], w, b, 1e-6), ValueError, "4-D"),
+    ("int x", lambda x, w, b: (x.long(), w, b, 1e-6), TypeError, "floating"),
+    ("dtype mix", lambda x, w, b: (x, w.half(), b, 1e-6), TypeError, "weight has dtype"),
+    ("device mix", lambda x, w, b: (x, w, b.to("meta"), 1e-6), ValueError, "bias is on meta"),
+]
+
+
+@pytest.mark.parametrize("backend", ["auto", "torch", "cpp", "triton"])
+@pytest.mark.parametrize("case,make,error,match", LN_BAD, ids=[c[0] for c in LN_BAD])
+def test_layer_norm_bad_input(backend, case, make, error, match):
+    with pytest.raises(error, match=match):
+        ck.layer_norm_2d(*make(*_good()), backend=backend)
+
+
+@pytest.mark.parametrize("backend", ["auto", "torch", "cpp", "triton"])
+def test_dwconv_layer_norm_bad_input(backend):
+    x, w, b = _good()
+    dw = torch.randn(4, 1, 3, 3)
+    with pytest.raises(ValueError, match="odd"):
+        ck.dwconv_layer_norm(x, torch.randn(4, 1, 2, 2), None, w, b, backend=backend)
+    with pytest.raises(ValueError, match="ln_weight|weight must have shape"):
+        ck.dwconv_layer_norm(x, dw, None, torch.randn(5), b, backend=backend)
+    with pytest.raises(ValueError, match="eps must be > 0"):
+        ck.dwconv_layer_norm(x, dw, None, w, b, eps=0.0, backend=backend)
+
+
+def test_cuda_backend_refused_by_name():
+    with pytest.raises(ValueError, match="backend 'cuda' cannot serve"):
+        ck.layer_norm_2d(*_good(), backend="cuda")
+
+
+def test_cpp_op_checks_its_arguments_too():
+    x, w, b = _good()
+    with pytest.raises(ValueError, match="eps must be > 0"):
+        torch.ops.convnext_kernels.layer_norm_2d(x, w, b, 0.0)
+    with pytest.raises(ValueError, match="weight must have shape"):
+        torch.ops.convnext_kernels.layer_norm_2d(x, torch.randn(3), b, 1e-6)
