@@ -7,19 +7,12 @@ On a GPU: batch 64 at 224 px, bf16 and fp32, ours = triton and cuda backends. On
 a short run, labelled CPU, with ours = cpp backend, small batch, fp32.
 Passes: fwd (inference), bwd (grads of x, weight, bias from a kept graph), fwd+bwd.
 """
-import argparse
-import os
-
 import torch
 import torch.nn.functional as F
 
 import convnext_kernels as ck
 from benchmarks import harness
 
-# (name, C, H=W) at 224 px: ConvNeXt-T stages, then ConvNeXt-B stages.
-STAGES = [("T1", 96, 56), ("T2", 192, 28), ("T3", 384, 14), ("T4", 768, 7),
-          ("B1", 128, 56), ("B2", 256, 28), ("B3", 512, 14), ("B4", 1024, 7)]
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 K = 7
 
 
@@ -64,36 +57,18 @@ def run_case(results, device, dtype, name, N, C, HW, table, reps, floors):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="ck.dwconv2d benchmark")
-    parser.add_argument("--out", default=os.path.join("benchmarks", "results"))
-    parser.add_argument("--quick", action="store_true", help="ConvNeXt-T stages only, few calls")
-    parser.add_argument("--dtype", nargs="+", choices=sorted(DTYPES), default=None)
+    parser = harness.parser("ck.dwconv2d benchmark")
     parser.add_argument("--autotune", action="store_true",
                         help="add torch.compile max-autotune (minutes of compiling per shape)")
     args = parser.parse_args(argv)
-
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    gpu = device.type == "cuda"
-    dtypes = args.dtype or (["bf16", "fp32"] if gpu else ["fp32"])
-    stages = STAGES[:4] if (args.quick or not gpu) else STAGES
-    batch = 64 if gpu else 2
-    reps = (30 if args.quick else 100) if gpu else 10
-
-    results = harness.Results("dwconv", device)
-    bandwidth, flop_rate = harness.copy_bandwidth(device), harness.fma_rate(device)
-    results.floors = {"copy_bandwidth_GBps": bandwidth / 1e9, "fma_TFLOPs": flop_rate / 1e12}
-    print(f"dwconv on {results.env['device']}: copy {bandwidth / 1e9:.0f} GB/s, "
-          f"FMA {flop_rate / 1e12:.1f} TFLOP/s")
-    table = providers(device, with_autotune=gpu and args.autotune)
-    for i, dt in enumerate(dtypes):
-        for j, (name, C, HW) in enumerate(stages):
-            print(f"[{i * len(stages) + j + 1}/{len(dtypes) * len(stages)}] {dt} {name} "
-                  f"{batch}x{C}x{HW}x{HW}", flush=True)
-            run_case(results, device, DTYPES[dt], name, batch, C, HW, table, reps,
-                     (bandwidth, flop_rate))
-    base = results.write(args.out)
-    print(results.markdown())
-    print(f"wrote {base}.json and {base}.md")
+    plan = harness.Plan("dwconv", args)
+    table = providers(plan.device, with_autotune=plan.gpu and args.autotune)
+    cases = [(dtype, stage) for dtype in plan.dtypes for stage in plan.stages]
+    for i, (dtype, (name, C, HW)) in enumerate(cases):
+        print(f"[{i + 1}/{len(cases)}] {dtype} {name} {plan.batch}x{C}x{HW}x{HW}", flush=True)
+        run_case(plan.results, plan.device, dtype, name, plan.batch, C, HW, table, plan.reps,
+                 plan.floors)
+    plan.finish()
 
 
 if __name__ == "__main__":

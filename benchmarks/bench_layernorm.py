@@ -7,15 +7,11 @@ N,H,W,C view), torch.compile and the measured floor, at the ConvNeXt-T/B stage s
 On a GPU: batch 64 at 224 px, bf16 and fp32, ours = triton. On a CPU (no GPU): a short run,
 labelled CPU, with ours = cpp (the fused op composes the cpp dwconv and LayerNorm there).
 """
-import argparse
-import os
-
 import torch
 import torch.nn.functional as F
 
 import convnext_kernels as ck
 from benchmarks import harness
-from benchmarks.bench_dwconv import DTYPES, STAGES
 
 K = 7
 EPS = 1e-6
@@ -72,32 +68,17 @@ def run_case(results, device, dtype, name, N, C, HW, fused, table, reps, floors)
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="ck.layer_norm_2d / dwconv_layer_norm benchmark")
-    parser.add_argument("--out", default=os.path.join("benchmarks", "results"))
-    parser.add_argument("--quick", action="store_true", help="ConvNeXt-T stages only, few calls")
-    parser.add_argument("--dtype", nargs="+", choices=sorted(DTYPES), default=None)
-    args = parser.parse_args(argv)
-
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    gpu = device.type == "cuda"
-    dtypes = args.dtype or (["bf16", "fp32"] if gpu else ["fp32"])
-    stages = STAGES[:4] if (args.quick or not gpu) else STAGES
-    batch = 64 if gpu else 2
-    reps = (30 if args.quick else 100) if gpu else 10
-
-    results = harness.Results("layernorm", device)
-    floors = (harness.copy_bandwidth(device), harness.fma_rate(device))
-    results.floors = {"copy_bandwidth_GBps": floors[0] / 1e9, "fma_TFLOPs": floors[1] / 1e12}
-    tables = {fused: providers(device, fused) for fused in (False, True)}
-    cases = [(dt, stage, fused) for dt in dtypes for stage in stages for fused in (False, True)]
-    for i, (dt, (name, C, HW), fused) in enumerate(cases):
-        print(f"[{i + 1}/{len(cases)}] {dt} {'dwconv+LN' if fused else 'LN'} {name} "
-              f"{batch}x{C}x{HW}x{HW}", flush=True)
-        run_case(results, device, DTYPES[dt], name, batch, C, HW, fused, tables[fused], reps,
-                 floors)
-    base = results.write(args.out)
-    print(results.markdown())
-    print(f"wrote {base}.json and {base}.md")
+    args = harness.parser("ck.layer_norm_2d / dwconv_layer_norm benchmark").parse_args(argv)
+    plan = harness.Plan("layernorm", args)
+    tables = {fused: providers(plan.device, fused) for fused in (False, True)}
+    cases = [(dtype, stage, fused) for dtype in plan.dtypes for stage in plan.stages
+             for fused in (False, True)]
+    for i, (dtype, (name, C, HW), fused) in enumerate(cases):
+        print(f"[{i + 1}/{len(cases)}] {dtype} {'dwconv+LN' if fused else 'LN'} {name} "
+              f"{plan.batch}x{C}x{HW}x{HW}", flush=True)
+        run_case(plan.results, plan.device, dtype, name, plan.batch, C, HW, fused,
+                 tables[fused], plan.reps, plan.floors)
+    plan.finish()
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ Rules: inputs are random (never zeros), warmed up, timed per call (CUDA events o
 perf_counter on CPU), reported as median and p20/p80 of many calls, rotating through enough
 input copies that they exceed L2, and every baseline is timed in the same run.
 """
+import argparse
 import datetime
 import json
 import math
@@ -13,6 +14,47 @@ import statistics
 import time
 
 import torch
+
+
+# (name, C, H=W) at 224 px: ConvNeXt-T stages, then ConvNeXt-B stages.
+STAGES = [("T1", 96, 56), ("T2", 192, 28), ("T3", 384, 14), ("T4", 768, 7),
+          ("B1", 128, 56), ("B2", 256, 28), ("B3", 512, 14), ("B4", 1024, 7)]
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def parser(description):
+    """The options every op benchmark takes."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--out", default=os.path.join("benchmarks", "results"))
+    p.add_argument("--quick", action="store_true", help="ConvNeXt-T stages only, few calls")
+    p.add_argument("--dtype", nargs="+", choices=sorted(DTYPES), default=None)
+    return p
+
+
+class Plan:
+    """What a run covers on this machine: GPU: batch 64, bf16 and fp32, T and B stages (T only
+    with --quick); CPU: a short run, batch 2, fp32, T stages. Measures the floors now."""
+
+    def __init__(self, name, args):
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.gpu = self.device.type == "cuda"
+        self.dtypes = [DTYPES[d] for d in (args.dtype or (["bf16", "fp32"] if self.gpu
+                                                          else ["fp32"]))]
+        self.stages = STAGES[:4] if (args.quick or not self.gpu) else STAGES
+        self.batch = 64 if self.gpu else 2
+        self.reps = (30 if args.quick else 100) if self.gpu else 10
+        self.out = args.out
+        self.results = Results(name, self.device)
+        self.floors = (copy_bandwidth(self.device), fma_rate(self.device))
+        self.results.floors = {"copy_bandwidth_GBps": self.floors[0] / 1e9,
+                               "fma_TFLOPs": self.floors[1] / 1e12}
+        print(f"{name} on {self.results.env['device']}: copy {self.floors[0] / 1e9:.0f} GB/s, "
+              f"FMA {self.floors[1] / 1e12:.1f} TFLOP/s")
+
+    def finish(self):
+        base = self.results.write(self.out)
+        print(self.results.markdown())
+        print(f"wrote {base}.json and {base}.md")
 
 
 def device_name(device):

@@ -38,15 +38,10 @@ def _accumulate_tap(acc, x_row, taps_ptr, ky, kx, row_ok, offs_w, offs_c, mask_c
 
 
 @triton.jit
-def _dwconv_forward_kernel(x_ptr, taps_ptr, bias_ptr, y_ptr, H, W, C,
-                           K: tl.constexpr, HAS_BIAS: tl.constexpr,
-                           BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
-                           INTERPRETED: tl.constexpr):
-    row = tl.program_id(0)  # n*H + h
+def conv_tile(x_ptr, taps_ptr, row, H, W, C, offs_w, offs_c, mask_c, K: tl.constexpr,
+              BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr):
+    """fp32 [BLOCK_W, BLOCK_C] conv (no bias) of output row `row` (= n*H + h), pixels offs_w."""
     h = row % H
-    offs_w = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
-    offs_c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask_c = offs_c < C
     acc = tl.zeros([BLOCK_W, BLOCK_C], dtype=tl.float32)
     for ky in range(K):
         ih = h + ky - K // 2
@@ -61,6 +56,19 @@ def _dwconv_forward_kernel(x_ptr, taps_ptr, bias_ptr, y_ptr, H, W, C,
             for kx in range(K):
                 acc = _accumulate_tap(acc, x_row, taps_ptr, ky, kx, row_ok, offs_w, offs_c,
                                       mask_c, W, C, K)
+    return acc
+
+
+@triton.jit
+def _dwconv_forward_kernel(x_ptr, taps_ptr, bias_ptr, y_ptr, H, W, C,
+                           K: tl.constexpr, HAS_BIAS: tl.constexpr,
+                           BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
+                           INTERPRETED: tl.constexpr):
+    row = tl.program_id(0)  # n*H + h
+    offs_w = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
+    offs_c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask_c = offs_c < C
+    acc = conv_tile(x_ptr, taps_ptr, row, H, W, C, offs_w, offs_c, mask_c, K, BLOCK_W, BLOCK_C)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + offs_c, mask=mask_c, other=0.0)[None, :]
     y_ptrs = y_ptr + row.to(tl.int64) * W * C + offs_w[:, None] * C + offs_c[None, :]

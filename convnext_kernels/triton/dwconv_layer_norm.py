@@ -10,8 +10,8 @@ import triton
 import triton.language as tl
 
 from .common import INTERPRETED, Launch, cast_for_store
-from .dwconv import _UNROLL_MAX, _accumulate_tap, _taps
-from .layer_norm import MAX_CHANNELS, new_row_stats
+from .dwconv import _taps, conv_tile
+from .layer_norm import MAX_CHANNELS, new_row_stats, normalize_rows
 
 _TILE = 2048
 
@@ -23,23 +23,10 @@ def _dwconv_layer_norm_kernel(x_ptr, taps_ptr, dw_bias_ptr, ln_w_ptr, ln_b_ptr, 
                               BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
                               INTERPRETED: tl.constexpr):
     row = tl.program_id(0)  # n*H + h
-    h = row % H
     offs_w = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
     offs_c = tl.arange(0, BLOCK_C)
     mask_c = offs_c < C
-    acc = tl.zeros([BLOCK_W, BLOCK_C], dtype=tl.float32)
-    for ky in range(K):
-        ih = h + ky - K // 2
-        row_ok = (ih >= 0) & (ih < H)
-        x_row = x_ptr + (row + ky - K // 2).to(tl.int64) * W * C
-        if K <= _UNROLL_MAX:
-            for kx in tl.static_range(K):
-                acc = _accumulate_tap(acc, x_row, taps_ptr, ky, kx, row_ok, offs_w, offs_c,
-                                      mask_c, W, C, K)
-        else:
-            for kx in range(K):
-                acc = _accumulate_tap(acc, x_row, taps_ptr, ky, kx, row_ok, offs_w, offs_c,
-                                      mask_c, W, C, K)
+    acc = conv_tile(x_ptr, taps_ptr, row, H, W, C, offs_w, offs_c, mask_c, K, BLOCK_W, BLOCK_C)
     if HAS_DW_BIAS:
         acc += tl.load(dw_bias_ptr + offs_c, mask=mask_c, other=0.0)[None, :]
     mask_w = offs_w < W
@@ -47,12 +34,7 @@ def _dwconv_layer_norm_kernel(x_ptr, taps_ptr, dw_bias_ptr, ln_w_ptr, ln_b_ptr, 
     offs = row.to(tl.int64) * W * C + offs_w[:, None] * C + offs_c[None, :]
     tl.store(conv_ptr + offs, cast_for_store(acc, conv_ptr.dtype.element_ty, INTERPRETED),
              mask=mask)
-    mean = tl.sum(acc, axis=1) / C  # masked channels hold 0
-    diff = tl.where(mask, acc - mean[:, None], 0.0)
-    rstd = 1.0 / tl.sqrt(tl.sum(diff * diff, axis=1) / C + eps)
-    w = tl.load(ln_w_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)
-    b = tl.load(ln_b_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)
-    y = diff * rstd[:, None] * w[None, :] + b[None, :]
+    y, mean, rstd = normalize_rows(acc, mask, offs_c, mask_c, ln_w_ptr, ln_b_ptr, C, eps)
     tl.store(y_ptr + offs, cast_for_store(y, y_ptr.dtype.element_ty, INTERPRETED), mask=mask)
     pixels = row.to(tl.int64) * W + offs_w
     tl.store(mean_ptr + pixels, mean, mask=mask_w)

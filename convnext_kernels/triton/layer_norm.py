@@ -21,6 +21,18 @@ _BACKWARD_PROGRAMS = 1024
 
 
 @triton.jit
+def normalize_rows(x, mask, offs_c, mask_c, w_ptr, b_ptr, C, eps):
+    """LayerNorm of each row of fp32 `x` [rows, BLOCK_C] over its C valid channels (masked
+    entries hold 0): (y fp32, mean, rstd), two-pass variance."""
+    mean = tl.sum(x, axis=1) / C
+    diff = tl.where(mask, x - mean[:, None], 0.0)
+    rstd = 1.0 / tl.sqrt(tl.sum(diff * diff, axis=1) / C + eps)
+    w = tl.load(w_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)
+    b = tl.load(b_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)
+    return diff * rstd[:, None] * w[None, :] + b[None, :], mean, rstd
+
+
+@triton.jit
 def _layer_norm_forward_kernel(x_ptr, w_ptr, b_ptr, y_ptr, mean_ptr, rstd_ptr, ROWS, C, eps,
                                BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
                                INTERPRETED: tl.constexpr):
@@ -30,12 +42,7 @@ def _layer_norm_forward_kernel(x_ptr, w_ptr, b_ptr, y_ptr, mean_ptr, rstd_ptr, R
     mask = (rows < ROWS)[:, None] & mask_c[None, :]
     offs = rows.to(tl.int64)[:, None] * C + offs_c[None, :]
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    mean = tl.sum(x, axis=1) / C
-    diff = tl.where(mask, x - mean[:, None], 0.0)
-    rstd = 1.0 / tl.sqrt(tl.sum(diff * diff, axis=1) / C + eps)
-    w = tl.load(w_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)
-    b = tl.load(b_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)
-    y = diff * rstd[:, None] * w[None, :] + b[None, :]
+    y, mean, rstd = normalize_rows(x, mask, offs_c, mask_c, w_ptr, b_ptr, C, eps)
     tl.store(y_ptr + offs, cast_for_store(y, y_ptr.dtype.element_ty, INTERPRETED), mask=mask)
     tl.store(mean_ptr + rows, mean, mask=rows < ROWS)
     tl.store(rstd_ptr + rows, rstd, mask=rows < ROWS)
