@@ -4,7 +4,7 @@ N,H,W,C view), torch.compile and the measured floor, at the ConvNeXt-T/B stage s
 
     python -m benchmarks.bench_layernorm [--quick] [--out DIR] [--dtype bf16 fp32]
 
-On a GPU: batch 64 at 224 px, bf16 and fp32, ours = triton. On a CPU (no GPU): a short run,
+On a GPU: batch 64 at 224 px, bf16 and fp32, ours = triton and cuda. On a CPU (no GPU): a short run,
 labelled CPU, with ours = cpp (the fused op composes the cpp dwconv and LayerNorm there).
 """
 import torch
@@ -33,8 +33,8 @@ def providers(device, fused):
     cl, nchw = torch.channels_last, torch.contiguous_format
     table = {"eager NCHW": (nchw, eager), "eager channels_last": (cl, eager),
              "compile default": (cl, torch.compile(eager, dynamic=False))}
-    ours = ["triton"] if device.type == "cuda" else ["cpp"]
-    for backend in ours:
+    ours = ["triton", "cuda"] if device.type == "cuda" else ["cpp"]
+    for backend in (b for b in ours if b in ck.available_backends()):
         if fused:
             fn = lambda x, dw, dwb, w, b, backend=backend: ck.dwconv_layer_norm(  # noqa: E731
                 x, dw, dwb, w, b, EPS, backend=backend)

@@ -5,7 +5,7 @@ import convnext_kernels as ck
 from convnext_kernels import reference
 from numerics import assert_accurate, fresh_generator, kernel_targets, randn
 
-TARGETS = [t for t in kernel_targets() if t[0] != "cuda"]  # no CUDA LayerNorm kernels yet
+TARGETS = kernel_targets()
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 # (N, C, H, W): ConvNeXt channel counts that are not powers of two (40, 80, 1408), C = 1,
 # 1×1 and 7×7 images.

@@ -1,10 +1,10 @@
 """ck.layer_norm_2d (LayerNorm over C of an N,C,H,W tensor) and ck.dwconv_layer_norm (depthwise
 conv then that LayerNorm, fused).
 
-Backends: cpp is the C++ op convnext_kernels::layer_norm_2d (CPU kernels in _C); triton is the
-Python custom ops convnext_kernels::layer_norm_2d_triton and ::dwconv_layer_norm_triton. The ops
-return (y, mean, rstd) [and the conv output]; autograd saves those and runs the matching
-backward op. dwconv_layer_norm's backward is the LayerNorm backward on the kept conv output
+Backends: cpp and cuda are the C++ ops convnext_kernels::layer_norm_2d (CPU and CUDA kernels
+in _C) and ::dwconv_layer_norm (CUDA only); triton is the Python custom ops
+convnext_kernels::layer_norm_2d_triton and ::dwconv_layer_norm_triton. The ops return
+(y, mean, rstd) [and the conv output]; autograd saves those and runs the matching backward op. dwconv_layer_norm's backward is the LayerNorm backward on the kept conv output
 followed by the dwconv backward (the input gradient of the conv needs the LayerNorm gradient of
 a k×k neighbourhood, so the two are not fused). cpp composes the two CPU ops.
 """
@@ -34,6 +34,35 @@ def _layer_norm_backward_fake(grad_y, x, weight, mean, rstd):
     return torch.empty_like(x), weight.new_empty(weight.shape), weight.new_empty(weight.shape)
 
 
+def _dwconv_layer_norm_fake(x, dw_weight, dw_bias, ln_weight, ln_bias, eps):
+    y, mean, rstd = _layer_norm_fake(x, ln_weight, ln_bias, eps)
+    return y, torch.empty_like(x), mean, rstd
+
+
+def _register_fused_autograd(fused_op, layer_norm_backward_op, dwconv_forward_op,
+                             dwconv_backward_weight_op):
+    def setup_context(ctx, inputs, output):
+        x, dw_weight, dw_bias, ln_weight, _, _ = inputs
+        _, conv, mean, rstd = output
+        ctx.mark_non_differentiable(conv, mean, rstd)
+        ctx.save_for_backward(x, dw_weight, ln_weight, conv, mean, rstd)
+        ctx.has_dw_bias = dw_bias is not None
+
+    def backward(ctx, grad_y, _grad_conv, _grad_mean, _grad_rstd):
+        x, dw_weight, ln_weight, conv, mean, rstd = ctx.saved_tensors
+        grad_conv, grad_ln_weight, grad_ln_bias = layer_norm_backward_op(
+            grad_y, conv, ln_weight, mean, rstd)
+        grad_x = grad_dw_weight = grad_dw_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_x = dwconv_forward_op(grad_conv, dw_weight.flip([-2, -1]), None)
+        if ctx.needs_input_grad[1] or (ctx.has_dw_bias and ctx.needs_input_grad[2]):
+            grad_dw_weight, grad_dw_bias = dwconv_backward_weight_op(grad_conv, x, dw_weight)
+        return (grad_x, grad_dw_weight, grad_dw_bias if ctx.has_dw_bias else None,
+                grad_ln_weight, grad_ln_bias, None)
+
+    torch.library.register_autograd(fused_op, backward, setup_context=setup_context)
+
+
 def _register_layer_norm_autograd(forward_op, backward_op):
     def setup_context(ctx, inputs, output):
         x, weight, _, _ = inputs
@@ -57,10 +86,17 @@ if _ext.LOADED:
     torch.library.register_fake(f"{_NS}::layer_norm_2d_backward")(_layer_norm_backward_fake)
     _register_layer_norm_autograd(torch.ops.convnext_kernels.layer_norm_2d.default,
                                   torch.ops.convnext_kernels.layer_norm_2d_backward.default)
+    torch.library.register_fake(f"{_NS}::dwconv_layer_norm")(_dwconv_layer_norm_fake)
+    _register_fused_autograd(torch.ops.convnext_kernels.dwconv_layer_norm.default,
+                             torch.ops.convnext_kernels.layer_norm_2d_backward.default,
+                             torch.ops.convnext_kernels.dwconv2d.default,
+                             torch.ops.convnext_kernels.dwconv2d_backward_weight.default)
     _LAYER_NORM["cpp"] = torch.ops.convnext_kernels.layer_norm_2d
+    if _ext.BUILT_WITH_CUDA:
+        _LAYER_NORM["cuda"] = torch.ops.convnext_kernels.layer_norm_2d
+        _DWCONV_LAYER_NORM["cuda"] = torch.ops.convnext_kernels.dwconv_layer_norm
 
 if backends.triton_importable():
-    from ..triton import dwconv as _triton_dwconv
     from ..triton import dwconv_layer_norm as _triton_fused
     from ..triton import layer_norm as _triton_layer_norm
 
@@ -85,33 +121,10 @@ if backends.triton_importable():
     _layer_norm_2d_backward_triton.register_fake(_layer_norm_backward_fake)
     _register_layer_norm_autograd(_layer_norm_2d_triton, _layer_norm_2d_backward_triton)
 
-    @_dwconv_layer_norm_triton.register_fake
-    def _(x, dw_weight, dw_bias, ln_weight, ln_bias, eps):
-        y, mean, rstd = _layer_norm_fake(x, ln_weight, ln_bias, eps)
-        return y, torch.empty_like(x), mean, rstd
-
-    def _fused_setup_context(ctx, inputs, output):
-        x, dw_weight, dw_bias, ln_weight, _, _ = inputs
-        _, conv, mean, rstd = output
-        ctx.mark_non_differentiable(conv, mean, rstd)
-        ctx.save_for_backward(x, dw_weight, ln_weight, conv, mean, rstd)
-        ctx.has_dw_bias = dw_bias is not None
-
-    def _fused_backward(ctx, grad_y, _grad_conv, _grad_mean, _grad_rstd):
-        x, dw_weight, ln_weight, conv, mean, rstd = ctx.saved_tensors
-        grad_conv, grad_ln_weight, grad_ln_bias = _layer_norm_2d_backward_triton(
-            grad_y, conv, ln_weight, mean, rstd)
-        grad_x = grad_dw_weight = grad_dw_bias = None
-        if ctx.needs_input_grad[0]:
-            grad_x = dwconv_ops._FORWARD["triton"](grad_conv, dw_weight.flip([-2, -1]), None)
-        if ctx.needs_input_grad[1] or (ctx.has_dw_bias and ctx.needs_input_grad[2]):
-            grad_dw_weight, grad_dw_bias = torch.ops.convnext_kernels.\
-                dwconv2d_backward_weight_triton(grad_conv, x, dw_weight)
-        return (grad_x, grad_dw_weight, grad_dw_bias if ctx.has_dw_bias else None,
-                grad_ln_weight, grad_ln_bias, None)
-
-    _dwconv_layer_norm_triton.register_autograd(_fused_backward,
-                                                setup_context=_fused_setup_context)
+    _dwconv_layer_norm_triton.register_fake(_dwconv_layer_norm_fake)
+    _register_fused_autograd(_dwconv_layer_norm_triton, _layer_norm_2d_backward_triton,
+                             dwconv_ops._FORWARD["triton"],
+                             torch.ops.convnext_kernels.dwconv2d_backward_weight_triton)
     _LAYER_NORM["triton"] = _layer_norm_2d_triton
     _DWCONV_LAYER_NORM["triton"] = _dwconv_layer_norm_triton
 
@@ -131,8 +144,8 @@ def layer_norm_2d(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-6, *,
 def dwconv_layer_norm(x: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor],
                       ln_weight: Tensor, ln_bias: Tensor, eps: float = 1e-6, *,
                       backend: str = "auto") -> Tensor:
-    """layer_norm_2d(dwconv2d(x, dw_weight, dw_bias), ln_weight, ln_bias, eps), with the norm
-    fused into the conv's epilogue on triton. cpp runs the two CPU ops one after the other."""
+    """layer_norm_2d(dwconv2d(x, dw_weight, dw_bias), ln_weight, ln_bias, eps), fused into one
+    kernel on triton and cuda. cpp runs the two CPU ops one after the other."""
     check_dwconv_args("dwconv_layer_norm", x, dw_weight, dw_bias)
     check_layer_norm_args("dwconv_layer_norm", x, ln_weight, ln_bias, eps)
     implemented = ("torch",) + tuple(_DWCONV_LAYER_NORM) + (("cpp",) if "cpp" in _LAYER_NORM else ())

@@ -1,7 +1,7 @@
 // Depthwise k×k convolution (stride 1, padding k/2) on N,H,W,C-contiguous buffers, for CUDA.
 //
 // Torch-free. Each kernel is a per-thread body `*_thread(..., idx)` plus a thin __global__
-// wrapper in dwconv.cu. The bodies are __host__ __device__ so that tests can run them on the CPU,
+// wrapper at the end of this file. The bodies are __host__ __device__ so that tests can run them on the CPU,
 // thread by thread, and check the indexing of the GPU kernels on a machine without a GPU.
 //
 // Layout: a thread owns VEC consecutive channels (16 bytes of storage when VEC > 1) and, in the
@@ -12,13 +12,7 @@
 #include <initializer_list>
 #include <type_traits>
 
-#if defined(__CUDACC__)
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#define CK_HD __host__ __device__ __forceinline__
-#else
-#define CK_HD inline
-#endif
+#include "common.cuh"
 
 namespace ck::cuda {
 
@@ -26,75 +20,6 @@ struct DwconvShape {
   int64_t N, H, W, C;
   int k;
 };
-
-CK_HD float to_float(float v) { return v; }
-#if defined(__CUDACC__)
-CK_HD float to_float(__half v) { return __half2float(v); }
-CK_HD float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-#endif
-
-template <typename T>
-struct FromFloat {
-  static CK_HD T cast(float v) { return static_cast<T>(v); }
-};
-#if defined(__CUDACC__)
-template <>
-struct FromFloat<__half> {
-  static CK_HD __half cast(float v) { return __float2half_rn(v); }
-};
-template <>
-struct FromFloat<__nv_bfloat16> {
-  static CK_HD __nv_bfloat16 cast(float v) { return __float2bfloat16_rn(v); }
-};
-#endif
-
-// VEC elements moved as one aligned access (LDG/STG.128 for 16 bytes).
-template <typename T, int VEC>
-struct alignas(sizeof(T) * VEC) Vec {
-  T v[VEC];
-};
-
-template <typename T, int VEC>
-CK_HD Vec<T, VEC> load_vec(const T* p) {
-  return *reinterpret_cast<const Vec<T, VEC>*>(p);
-}
-
-template <typename T, int VEC>
-CK_HD void store_vec(T* p, const Vec<T, VEC>& v) {
-  *reinterpret_cast<Vec<T, VEC>*>(p) = v;
-}
-
-template <typename T, int VEC>
-CK_HD Vec<T, VEC> zero_vec() {
-  Vec<T, VEC> z;
-#pragma unroll
-  for (int i = 0; i < VEC; ++i) z.v[i] = FromFloat<T>::cast(0.f);
-  return z;
-}
-
-// VEC fp32 values, read 16 bytes at a time when VEC allows.
-template <int VEC>
-CK_HD void load_floats(const float* p, float (&out)[VEC]) {
-  constexpr int kStep = VEC % 4 == 0 ? 4 : 1;
-#pragma unroll
-  for (int i = 0; i < VEC; i += kStep) {
-    const Vec<float, kStep> part = load_vec<float, kStep>(p + i);
-#pragma unroll
-    for (int j = 0; j < kStep; ++j) out[i + j] = part.v[j];
-  }
-}
-
-template <int VEC>
-CK_HD void store_floats(float* p, const float (&in)[VEC]) {
-  constexpr int kStep = VEC % 4 == 0 ? 4 : 1;
-#pragma unroll
-  for (int i = 0; i < VEC; i += kStep) {
-    Vec<float, kStep> part;
-#pragma unroll
-    for (int j = 0; j < kStep; ++j) part.v[j] = in[i + j];
-    store_vec<float, kStep>(p + i, part);
-  }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Forward: y[n,h,w,c] = bias[c] + sum_{ky,kx} x[n, h+ky-k/2, w+kx-k/2, c] * taps[ky*k+kx][c].
@@ -282,16 +207,6 @@ CK_HD void dwconv_wgrad_partial_thread(const T* __restrict__ g, const T* __restr
   if (sums_bias) store_floats<VEC>(part + int64_t(k) * k * s.C, bias_acc);
 }
 
-// Weight gradient, stage 2: out[i] = sum over chunks, in chunk order, of partial[chunk][i];
-// deterministic. Threads: (k*k + 1) * C.
-CK_HD void dwconv_wgrad_reduce_thread(const float* __restrict__ partial, float* __restrict__ out,
-                                      const int64_t chunks, const int64_t per_chunk,
-                                      const int64_t idx) {
-  float sum = 0.f;
-  for (int64_t chunk = 0; chunk < chunks; ++chunk) sum += partial[chunk * per_chunk + idx];
-  out[idx] = sum;
-}
-
 // ---------------------------------------------------------------------------------------------
 // Launch plan: which instantiation serves a call and how many threads it takes. Host code,
 // shared by the CUDA glue (dwconv.cu) and the thread-by-thread CPU emulation in the tests.
@@ -300,7 +215,6 @@ CK_HD void dwconv_wgrad_reduce_thread(const float* __restrict__ partial, float* 
 // registers (~150 at K = 7, VEC = 8): 128-thread blocks fit three to an SM where 256 fit one.
 constexpr int kForwardThreads = 256;
 constexpr int kWgradThreads = 128;
-constexpr int kReduceThreads = 256;
 // Stage 1 of the weight gradient aims at this many threads: enough loads in flight to cover HBM
 // latency, few enough chunks that the fp32 partials stay small next to x and grad.
 constexpr int64_t kWgradTargetThreads = int64_t(1) << 16;
@@ -309,7 +223,7 @@ constexpr int64_t kWgradTargetThreads = int64_t(1) << 16;
 // TW + K - 1 vectors; with 8-wide (bf16/fp16) vectors TW = 2 keeps a thread at 80 registers
 // instead of 144 (kernel report), with 4-wide fp32 vectors TW = 4 stays at 110.
 template <int VEC, int K>
-constexpr int strip_width() {
+CK_HOST_DEVICE constexpr int strip_width() {
   return K == 0 ? 1 : (VEC >= 8 ? 2 : 4);
 }
 
@@ -374,13 +288,6 @@ __global__ void __launch_bounds__(kWgradThreads)
   if (idx < threads) dwconv_wgrad_partial_thread<T, VEC, K>(g, x, partial, s, rows_per_chunk, idx);
 }
 
-__global__ void __launch_bounds__(kReduceThreads)
-    dwconv_wgrad_reduce_kernel(const float* partial, float* out, int64_t chunks,
-                               int64_t per_chunk) {
-  const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (idx < per_chunk) dwconv_wgrad_reduce_thread(partial, out, chunks, per_chunk, idx);
-}
-
 // Every instantiation the glue can launch for storage type T, each passed to
 // visit(kernel pointer, threads per block, name): the kernel report compiles them all.
 template <typename T, typename Visit>
@@ -400,8 +307,8 @@ void for_each_dwconv_kernel(Visit&& visit) {
       });
     }
   }
-  visit(reinterpret_cast<const void*>(&dwconv_wgrad_reduce_kernel), kReduceThreads,
-        "dwconv_wgrad_reduce");
+  visit(reinterpret_cast<const void*>(&sum_partials_kernel<float>), kSumPartialsThreads,
+        "sum_partials");
 }
 #endif
 
