@@ -133,6 +133,9 @@ def _opcheck_cases():
     if "triton" in available:
         cases.append(("triton", torch.ops.convnext_kernels.layer_norm_2d_triton.default,
                       torch.ops.convnext_kernels.layer_norm_2d_backward_triton.default, device))
+    if "cuda" in available:
+        cases.append(("cuda", torch.ops.convnext_kernels.layer_norm_2d.default,
+                      torch.ops.convnext_kernels.layer_norm_2d_backward.default, "cuda"))
     return cases
 
 
@@ -145,10 +148,11 @@ def test_opcheck(name, forward_op, backward_op, device):
     torch.library.opcheck(forward_op, (x.requires_grad_(), w, b, 1e-6))
     y, mean, rstd = forward_op(x.detach(), w.detach(), b.detach(), 1e-6)
     torch.library.opcheck(backward_op, (torch.randn_like(x), x.detach(), w.detach(), mean, rstd))
-    if name == "triton":
+    fused = {"triton": "dwconv_layer_norm_triton", "cuda": "dwconv_layer_norm"}.get(name)
+    if fused is not None:
+        fused = getattr(torch.ops.convnext_kernels, fused).default
         dw = torch.randn(24, 1, 3, 3, device=device, requires_grad=True)
-        torch.library.opcheck(torch.ops.convnext_kernels.dwconv_layer_norm_triton.default,
-                              (x, dw, None, w, b, 1e-6))
+        torch.library.opcheck(fused, (x, dw, None, w, b, 1e-6))
 
 
 @pytest.mark.parametrize("backend,device", TARGETS)
