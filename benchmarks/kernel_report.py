@@ -159,6 +159,15 @@ def _demangle(names):
 _CUDA_TYPES = {"float": "float32", "__half": "float16", "__nv_bfloat16": "bfloat16"}
 
 
+def _cuda_op(kernel):
+    name = kernel.split("::")[-1]
+    for prefix, op in (("dwconv_layer_norm", "dwconv_layer_norm"), ("dwconv", "dwconv2d"),
+                       ("layer_norm", "layer_norm_2d")):
+        if name.startswith(prefix):
+            return op
+    return "(shared)"
+
+
 def _split_template(pretty):
     """'void ns::kernel<a, b>(args)' -> ('ns::kernel', ['a', 'b'])."""
     signature = pretty.split("(")[0].removeprefix("void ").strip()
@@ -202,7 +211,7 @@ def cuda_rows():
         block = threads.get(name, 1024)
         kernel, template_args = _split_template(pretty[name])
         rows.append({
-            "op": "dwconv2d", "kernel": kernel, "dtype": _CUDA_TYPES.get(next(iter(template_args), ""), ""),
+            "op": _cuda_op(kernel), "kernel": kernel, "dtype": _CUDA_TYPES.get(next(iter(template_args), ""), ""),
             "shape": [], "k": None, "source": "cuda", "template_args": ", ".join(template_args),
             "config": {"threads": block}, "ptx_wgmma": False, **stats,
             "blocks_per_sm": blocks_per_sm(stats["registers"], stats["shared_bytes"], block),
