@@ -28,8 +28,7 @@ test: build
 	TRITON_INTERPRET=1 $(PY) -m pytest -q tests
 
 bench: build
-	$(PY) -m benchmarks.bench_dwconv
-	$(PY) -m benchmarks.bench_layernorm
+	$(PY) -m benchmarks
 
 report: build
 	$(PY) -m benchmarks.kernel_report

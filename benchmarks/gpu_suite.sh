@@ -10,8 +10,8 @@ mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
 
-# $OUT brings back at most 8 files: gpu-suite.log (build + tests), gpu-bench.log, and the
-# kernel report's and the benchmarks' .json/.md pairs.
+# $OUT brings back at most 8 files: gpu-suite.log (build + tests), gpu-bench.log, the kernel
+# report's .json/.md, and the suite's <device>-<date>/ results.json, results.md and two plots.
 log="$out/gpu-suite.log"
 MAX_JOBS=$(nproc) python3 setup.py -q build_ext --inplace > "$log" 2>&1
 build_rc=$?
@@ -22,8 +22,7 @@ python3 -m pytest -q -p no:cacheprovider tests 2>&1 | tee -a "$log" | tail -n 25
 tests_rc=${PIPESTATUS[0]}
 
 python3 -m benchmarks.kernel_report --out "$out" > /dev/null 2>&1 || echo "kernel report failed"
-{ python3 -m benchmarks.bench_dwconv --quick --out "$out"
-  python3 -m benchmarks.bench_layernorm --quick --out "$out"; } 2>&1 | tee "$out/gpu-bench.log" \
+python3 -m benchmarks --quick --out "$out" 2>&1 | tee "$out/gpu-bench.log" \
   | grep -E "^\| .*(ours|eager channels_last)" | grep -E "bfloat16" | tail -n 60
 echo "tests exit code: $tests_rc"
 exit $tests_rc

@@ -28,6 +28,9 @@ def parser(description):
     p.add_argument("--out", default=os.path.join("benchmarks", "results"))
     p.add_argument("--quick", action="store_true", help="ConvNeXt-T stages only, few calls")
     p.add_argument("--dtype", nargs="+", choices=sorted(DTYPES), default=None)
+    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile baselines")
+    p.add_argument("--tiny", action="store_true",
+                   help="one tiny shape, few calls: checks the harness, measures nothing useful")
     return p
 
 
@@ -43,6 +46,9 @@ class Plan:
         self.stages = STAGES[:4] if (args.quick or not self.gpu) else STAGES
         self.batch = 64 if self.gpu else 2
         self.reps = (30 if args.quick else 100) if self.gpu else 10
+        if args.tiny:
+            self.stages, self.batch, self.reps = [("tiny", 16, 8)], 2, 3
+        self.compile = not args.no_compile
         self.out = args.out
         self.results = Results(name, self.device)
         self.floors = (copy_bandwidth(self.device), fma_rate(self.device))
@@ -55,6 +61,30 @@ class Plan:
         base = self.results.write(self.out)
         print(self.results.markdown())
         print(f"wrote {base}.json and {base}.md")
+
+
+def run_suite(suite, plan, args, progress=None):
+    """Runs every case of a benchmark module (cases / providers / run_case) into plan.results."""
+    table = suite.providers(plan, args)
+    for case in suite.cases(plan):
+        if progress is not None:
+            progress.set_description(suite.describe(plan, case))
+        else:
+            print(suite.describe(plan, case), flush=True)
+        suite.run_case(plan, table, case)
+        if progress is not None:
+            progress.update()
+
+
+def main_for(suite, argv=None):
+    """The command line of one benchmark module."""
+    p = parser(suite.__doc__.splitlines()[0])
+    if hasattr(suite, "add_options"):
+        suite.add_options(p)
+    args = p.parse_args(argv)
+    plan = Plan(suite.NAME, args)
+    run_suite(suite, plan, args)
+    plan.finish()
 
 
 def device_name(device):
@@ -140,6 +170,16 @@ def fma_rate(device):
     return 2 * n**3 / (ms * 1e-3)
 
 
+def activation_pass_cost(N, C, H, W, taps, elem):
+    """(bytes, FLOPs) per pass at the floor of an op on one N,C,H,W activation with `taps`
+    depthwise taps (0: none): fwd reads x and writes y; bwd reads grad and x and writes grad_x
+    (parameters are negligible); 2 FLOPs a tap FMA, bwd computes grad_x and grad_weight."""
+    numel = N * C * H * W
+    return {"fwd": (2 * numel * elem, 2 * numel * taps),
+            "bwd": (3 * numel * elem, 4 * numel * taps),
+            "fwd+bwd": (5 * numel * elem, 6 * numel * taps)}
+
+
 def floor_ms(bytes_moved, flops, bandwidth, flop_rate):
     return max(bytes_moved / bandwidth, flops / flop_rate) * 1e3
 
@@ -171,6 +211,8 @@ def run_providers(results, device, case, table, input_sets, cost, reps, floors,
 
         for pass_name, f, args in (("fwd", fwd, inputs), ("bwd", bwd, kept),
                                    ("fwd+bwd", fwd_bwd, leaves)):
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
             try:
                 stats = summarize(time_calls(f, args, device, reps=reps))
             except Exception as error:  # e.g. a compiled graph that refuses retain_graph
@@ -179,9 +221,11 @@ def run_providers(results, device, case, table, input_sets, cost, reps, floors,
             bytes_moved, flops = cost[pass_name]
             floor = floor_ms(bytes_moved, flops, *floors)
             timings[(provider, pass_name)] = stats["median_ms"]
+            peak = (torch.cuda.max_memory_allocated(device) / 2**20
+                    if device.type == "cuda" else None)
             row = dict(case, provider=provider, memory_format=str(fmt).replace("torch.", ""),
-                       **{"pass": pass_name}, **stats, bytes=bytes_moved, flops=flops,
-                       floor_ms=floor, pct_of_floor=100 * floor / stats["median_ms"])
+                       **{"pass": pass_name}, **stats, peak_memory_MiB=peak, bytes=bytes_moved,
+                       flops=flops, floor_ms=floor, pct_of_floor=100 * floor / stats["median_ms"])
             rows.append(row)
         del kept
     for row in rows:
@@ -204,7 +248,9 @@ class Results:
         self.floors = {}
 
     def add(self, **row):
-        self.rows.append({**row, "device": self.env["device"]})
+        versions = {key: self.env[key] for key in ("torch", "triton", "cuda")}
+        self.rows.append({**row, "device": self.env["device"], "label": self.env["label"],
+                          **versions})
 
     def write(self, out_dir):
         os.makedirs(out_dir, exist_ok=True)
@@ -221,12 +267,15 @@ class Results:
         lines = [f"# {self.name} on {env['device']} ({env['label']})", "",
                  f"{env['date']}; torch {env['torch']}, triton {env['triton']}, "
                  f"CUDA {env['cuda']}. Floors measured in this run: "
-                 + ", ".join(f"{k} {v:.3g}" for k, v in self.floors.items()), "",
-                 "| case | dtype | pass | provider | median ms | p20–p80 ms | % of floor | "
-                 "speed-up vs eager channels_last |", "|---|---|---|---|---|---|---|---|"]
-        for r in self.rows:
-            lines.append(
-                f"| {r['case']} | {r['dtype']} | {r['pass']} | {r['provider']} | "
-                f"{r['median_ms']:.4g} | {r['p20_ms']:.4g}–{r['p80_ms']:.4g} | "
-                f"{r['pct_of_floor']:.1f} | {r.get('speedup_vs_eager_channels_last', float('nan')):.2f} |")
+                 + ", ".join(f"{k} {v:.3g}" for k, v in self.floors.items())]
+        for op in dict.fromkeys(r.get("op", self.name) for r in self.rows):
+            lines += ["", f"## {op} ({env['label']})", "",
+                      "| case | dtype | pass | provider | median ms | p20–p80 ms | % of floor | "
+                      "speed-up vs eager channels_last |", "|---|---|---|---|---|---|---|---|"]
+            for r in (r for r in self.rows if r.get("op", self.name) == op):
+                lines.append(
+                    f"| {r['case']} | {r['dtype']} | {r['pass']} | {r['provider']} | "
+                    f"{r['median_ms']:.4g} | {r['p20_ms']:.4g}–{r['p80_ms']:.4g} | "
+                    f"{r['pct_of_floor']:.1f} | "
+                    f"{r.get('speedup_vs_eager_channels_last', float('nan')):.2f} |")
         return "\n".join(lines) + "\n"

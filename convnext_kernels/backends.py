@@ -91,8 +91,9 @@ def _cannot_serve(name, tensor):
 
 # Backends tried by `auto`, per (op, device type), fastest measured first. On the 2-core CI
 # machine eager PyTorch beat the cpp kernels in the forward of every op measured so far
-# (benchmarks/results/*-cpu-*.md: dwconv 3-7x via oneDNN, LayerNorm 1.3-2x), so auto keeps
-# torch on CPU for them; `backend="cpp"` still runs ours.
+# (benchmarks/results/cpu-*/results.md: our dwconv forward 0.14-0.40x oneDNN's, LayerNorm
+# 0.38-0.62x ATen's; fwd+bwd mixed), so auto keeps torch on CPU for them; `backend="cpp"` still
+# runs ours.
 AUTO_ORDER = {("dwconv2d", "cpu"): ("torch",), ("layer_norm_2d", "cpu"): ("torch",),
               ("dwconv_layer_norm", "cpu"): ("torch",)}
 DEFAULT_AUTO_ORDER = {"cpu": ("cpp",), "cuda": ("cuda", "triton")}

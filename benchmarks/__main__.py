@@ -1,0 +1,73 @@
+"""The benchmark suite (`make bench`): op, block and model benchmarks for the device at hand.
+
+    python -m benchmarks [--ops] [--block] [--model] [--quick] [--dtype bf16 fp32] [--out DIR]
+
+Writes DIR/<device>-<date>/results.json (one row per case, provider and pass), results.md
+(tables) and PNG plots. Without a GPU it runs the CPU suite (cpp backend against eager and
+torch.compile on CPU, small shapes), labelled CPU everywhere.
+"""
+import datetime
+import json
+import os
+import sys
+
+from benchmarks import bench_dwconv, bench_layernorm, harness
+from benchmarks.plots import write_plots
+
+# Block and model benchmarks arrive with FusedConvNeXtBlock and ck.models.
+SUITES = {"ops": [bench_dwconv, bench_layernorm], "block": [], "model": []}
+
+
+def results_dir(out, env):
+    slug = "".join(c if c.isalnum() else "-" for c in env["device"]).strip("-").lower()
+    while "--" in slug:
+        slug = slug.replace("--", "-")
+    return os.path.join(out, f"{slug[:40]}-{env['date']}")
+
+
+def write_results(results, out):
+    directory = results_dir(out, results.env)
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, "results.json"), "w") as f:
+        json.dump({"env": results.env, "floors": results.floors, "rows": results.rows}, f,
+                  indent=1)
+    with open(os.path.join(directory, "results.md"), "w") as f:
+        f.write(results.markdown())
+    plots = write_plots(results.rows, results.env, directory)
+    with open(os.path.join(directory, "results.md"), "a") as f:
+        f.write("\n" + "\n".join(f"![{os.path.basename(p)}]({os.path.basename(p)})"
+                                 for p in plots) + "\n")
+    return directory
+
+
+def main(argv=None):
+    parser = harness.parser(__doc__.splitlines()[0])
+    for group in SUITES:
+        parser.add_argument(f"--{group}", action="store_true", help=f"run the {group} benchmarks")
+    args = parser.parse_args(argv)
+    groups = [g for g in SUITES if getattr(args, g)] or list(SUITES)
+    missing = [g for g in groups if not SUITES[g]]
+    if missing:
+        print(f"not built yet, skipped: {', '.join(missing)} benchmarks (they need "
+              "FusedConvNeXtBlock and ck.models)")
+    suites = [s for g in groups for s in SUITES[g]]
+    if not suites:
+        sys.exit("nothing to run")
+    plan = harness.Plan("benchmarks", args)
+    try:
+        from tqdm import tqdm
+        progress = tqdm(total=sum(len(s.cases(plan)) for s in suites), unit="case")
+    except ImportError:
+        progress = None
+    for suite in suites:
+        harness.run_suite(suite, plan, args, progress)
+    if progress is not None:
+        progress.close()
+    directory = write_results(plan.results, args.out)
+    print(plan.results.markdown())
+    print(f"wrote {directory}/results.json, results.md and plots "
+          f"({datetime.datetime.now():%H:%M})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""PNG plots of a results table: speed-up per stage shape, and % of floor per kernel."""
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+BASELINE = "eager channels_last"
+
+
+def _grouped_bars(ax, rows, value, providers, stages):
+    width = 0.8 / max(1, len(providers))
+    for i, provider in enumerate(providers):
+        heights = []
+        for stage in stages:
+            match = [r[value] for r in rows if r["provider"] == provider and r["stage"] == stage]
+            heights.append(match[0] if match else 0.0)
+        ax.bar([s + i * width for s in range(len(stages))], heights, width, label=provider)
+    ax.set_xticks([s + width * (len(providers) - 1) / 2 for s in range(len(stages))], stages)
+
+
+def _by_op(rows, dtype, pass_name):
+    ops = sorted({r["op"] for r in rows})
+    return [(op, [r for r in rows if r["op"] == op and r["dtype"] == dtype
+                  and r["pass"] == pass_name]) for op in ops]
+
+
+def write_plots(rows, env, out_dir):
+    """speedup.png (fwd+bwd speed-up over eager channels_last, per op and stage) and floor.png
+    (% of floor of our kernels, per op, pass and stage), for the first dtype in the rows.
+    Returns the paths written."""
+    if not rows:
+        return []
+    dtype = rows[0]["dtype"]
+    title = f"{env['device']} ({env['label']}), {dtype}, {env['date']}"
+    paths = []
+    for name, value, pass_name, pick, ylabel in (
+            ("speedup.png", "speedup_vs_eager_channels_last", "fwd+bwd",
+             lambda p: p != BASELINE, f"fwd+bwd speed-up over {BASELINE}"),
+            ("floor.png", "pct_of_floor", "fwd", lambda p: p.startswith("ours"),
+             "forward: % of the measured floor")):
+        groups = _by_op(rows, dtype, pass_name)
+        fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4), squeeze=False)
+        for ax, (op, op_rows) in zip(axes[0], groups):
+            providers = sorted({r["provider"] for r in op_rows if pick(r["provider"])})
+            stages = list(dict.fromkeys(r["stage"] for r in op_rows))
+            _grouped_bars(ax, op_rows, value, providers, stages)
+            ax.set_title(op)
+            ax.set_ylabel(ylabel)
+            if value.startswith("speedup"):
+                ax.axhline(1.0, color="black", linewidth=0.8)
+            ax.legend(fontsize=7)
+        fig.suptitle(title, fontsize=9)
+        fig.tight_layout()
+        path = os.path.join(out_dir, name)
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        paths.append(path)
+    return paths

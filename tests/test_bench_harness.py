@@ -1,0 +1,57 @@
+"""The benchmark harness itself: floor arithmetic against hand counts, the results schema, the
+tables and the plot files."""
+import json
+import os
+
+import pytest
+import torch
+
+from benchmarks import __main__ as suite
+from benchmarks import harness
+
+
+def test_activation_pass_cost_by_hand():
+    # ConvNeXt-T stage 1, batch 64, bf16, 7×7: 64*96*56*56 = 19,267,584 elements of 2 bytes.
+    cost = harness.activation_pass_cost(64, 96, 56, 56, 49, 2)
+    numel = 19_267_584
+    assert cost["fwd"] == (2 * 2 * numel, 2 * 49 * numel)          # read x, write y
+    assert cost["bwd"] == (3 * 2 * numel, 4 * 49 * numel)          # read g, x; write grad_x
+    assert cost["fwd+bwd"] == (5 * 2 * numel, 6 * 49 * numel)
+    assert harness.activation_pass_cost(1, 8, 2, 2, 0, 4)["fwd"] == (2 * 4 * 32, 0)
+
+
+def test_floor_is_the_slower_of_memory_and_compute():
+    assert harness.floor_ms(3e9, 0, 3e12, 1e12) == pytest.approx(1.0)      # 1 ms of traffic
+    assert harness.floor_ms(1e3, 5e10, 3e12, 1e13) == pytest.approx(5.0)   # 5 ms of FMAs
+
+
+def test_rotation_exceeds_twice_l2():
+    sets = harness.rotation(1 << 20, torch.device("cpu"))
+    assert sets * (1 << 20) > 2 * (32 << 20) or sets == 16
+
+
+REQUIRED = {"device", "label", "torch", "triton", "cuda", "op", "dtype", "shape", "memory_format",
+            "provider", "pass", "median_ms", "p20_ms", "p80_ms", "calls", "peak_memory_MiB",
+            "bytes", "flops", "floor_ms", "pct_of_floor", "speedup_vs_eager_channels_last"}
+
+
+def test_suite_writes_schema_tables_and_plots(tmp_path):
+    suite.main(["--tiny", "--no-compile", "--out", str(tmp_path)])
+    (directory,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    data = json.loads((directory / "results.json").read_text())
+    assert data["floors"]["copy_bandwidth_GBps"] > 0 and data["floors"]["fma_TFLOPs"] > 0
+    rows = data["rows"]
+    assert {r["op"] for r in rows} == {"dwconv2d", "layer_norm_2d", "dwconv_layer_norm"}
+    for row in rows:
+        assert REQUIRED <= row.keys(), REQUIRED - row.keys()
+        assert row["p20_ms"] <= row["median_ms"] <= row["p80_ms"]
+        assert row["median_ms"] > 0 and 0 < row["pct_of_floor"]
+        assert row["pct_of_floor"] == pytest.approx(100 * row["floor_ms"] / row["median_ms"])
+    label = "GPU" if torch.cuda.is_available() else "CPU"
+    assert all(r["label"] == label for r in rows)
+    markdown = (directory / "results.md").read_text()
+    assert f"({label})" in markdown and "![speedup.png]" in markdown
+    for plot in ("speedup.png", "floor.png"):
+        with open(directory / plot, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert os.path.basename(directory).endswith(data["env"]["date"])
