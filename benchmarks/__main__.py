@@ -18,15 +18,8 @@ from benchmarks.plots import write_plots
 SUITES = {"ops": [bench_dwconv, bench_layernorm], "block": [], "model": []}
 
 
-def results_dir(out, env):
-    slug = "".join(c if c.isalnum() else "-" for c in env["device"]).strip("-").lower()
-    while "--" in slug:
-        slug = slug.replace("--", "-")
-    return os.path.join(out, f"{slug[:40]}-{env['date']}")
-
-
 def write_results(results, out):
-    directory = results_dir(out, results.env)
+    directory = os.path.join(out, f"{results.device_slug()}-{results.env['date']}")
     os.makedirs(directory, exist_ok=True)
     with open(os.path.join(directory, "results.json"), "w") as f:
         json.dump({"env": results.env, "floors": results.floors, "rows": results.rows}, f,

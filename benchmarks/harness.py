@@ -252,10 +252,16 @@ class Results:
         self.rows.append({**row, "device": self.env["device"], "label": self.env["label"],
                           **versions})
 
-    def write(self, out_dir):
-        os.makedirs(out_dir, exist_ok=True)
+    def device_slug(self):
         slug = "".join(c if c.isalnum() else "-" for c in self.env["device"]).strip("-").lower()
-        base = os.path.join(out_dir, f"{self.name}-{slug[:40]}")
+        while "--" in slug:
+            slug = slug.replace("--", "-")
+        return slug[:40]
+
+    def write(self, out_dir):
+        """Files of a single-op run: <out>/<name>-<device>.{json,md}."""
+        os.makedirs(out_dir, exist_ok=True)
+        base = os.path.join(out_dir, f"{self.name}-{self.device_slug()}")
         with open(base + ".json", "w") as f:
             json.dump({"env": self.env, "floors": self.floors, "rows": self.rows}, f, indent=1)
         with open(base + ".md", "w") as f:
