@@ -54,6 +54,9 @@ class Plan:
         self.floors = (copy_bandwidth(self.device), fma_rate(self.device))
         self.results.floors = {"copy_bandwidth_GBps": self.floors[0] / 1e9,
                                "fma_TFLOPs": self.floors[1] / 1e12}
+        for dtype in (torch.bfloat16, torch.float32) if self.gpu else (torch.float32,):
+            rate = matmul_rate(self.device, dtype)
+            self.results.floors[f"{str(dtype)[6:]}_matmul_TFLOPs"] = rate / 1e12
         print(f"{name} on {self.results.env['device']}: copy {self.floors[0] / 1e9:.0f} GB/s, "
               f"FMA {self.floors[1] / 1e12:.1f} TFLOP/s")
 
@@ -158,16 +161,23 @@ def copy_bandwidth(device):
     return 2 * src.numel() * 4 / (ms * 1e-3)
 
 
+def matmul_rate(device, dtype):
+    """FLOP/s of a large square matmul in `dtype`, measured now (the compute floor of the GEMM
+    ops)."""
+    n = 8192 if device.type == "cuda" else 1024
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    ms = statistics.median(time_calls(lambda: a @ b, [()], device, warmup=2, reps=10))
+    return 2 * n**3 / (ms * 1e-3)
+
+
 def fma_rate(device):
     """FLOP/s of fp32 fused multiply-adds (2 FLOPs each), measured now: a Triton register-FMA
     kernel on GPU; on CPU the fp32 matmul rate, the best FMA throughput torch reaches there."""
     if device.type == "cuda":
         from benchmarks.fma_kernel import fma_flops_per_second
         return fma_flops_per_second(device)
-    n = 1024
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    ms = statistics.median(time_calls(lambda: a @ b, [()], device, warmup=2, reps=10))
-    return 2 * n**3 / (ms * 1e-3)
+    return matmul_rate(device, torch.float32)
 
 
 def activation_pass_cost(N, C, H, W, taps, elem):

@@ -39,7 +39,9 @@ def test_suite_writes_schema_tables_and_plots(tmp_path):
     suite.main(["--tiny", "--no-compile", "--out", str(tmp_path)])
     (directory,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     data = json.loads((directory / "results.json").read_text())
-    assert data["floors"]["copy_bandwidth_GBps"] > 0 and data["floors"]["fma_TFLOPs"] > 0
+    floors = data["floors"]
+    assert floors["copy_bandwidth_GBps"] > 0 and floors["fma_TFLOPs"] > 0
+    assert floors["float32_matmul_TFLOPs"] > 0
     rows = data["rows"]
     assert {r["op"] for r in rows} == {"dwconv2d", "layer_norm_2d", "dwconv_layer_norm"}
     for row in rows:
