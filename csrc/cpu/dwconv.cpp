@@ -1,17 +1,11 @@
 // CPU glue of dwconv2d: checks, layout and dtype plumbing around cpu/dwconv_kernels.h.
-#include <ATen/Parallel.h>
 #include <torch/extension.h>
 
 #include "../dwconv_args.h"
 #include "dwconv_kernels.h"
+#include "parallel.h"
 
 namespace {
-
-auto aten_parallel_for() {
-  return [](int64_t begin, int64_t end, const auto& fn) {
-    at::parallel_for(begin, end, 1, [&](int64_t b, int64_t e) { fn(b, e); });
-  };
-}
 
 ck::cpu::DwconvShape shape_of(const at::Tensor& x, int64_t k) {
   return {x.size(0), x.size(2), x.size(3), x.size(1), k};
@@ -33,7 +27,8 @@ at::Tensor dwconv2d_cpu(const at::Tensor& x, const at::Tensor& weight,
     ck::cpu::dwconv_forward<scalar_t, Acc>(
         x_nhwc.const_data_ptr<scalar_t>(), taps.const_data_ptr<Acc>(),
         bias_acc.defined() ? bias_acc.const_data_ptr<Acc>() : nullptr,
-        y_nhwc.mutable_data_ptr<scalar_t>(), shape_of(x, k), aten_parallel_for());
+        y_nhwc.mutable_data_ptr<scalar_t>(), shape_of(x, k),
+        ck::cpu::aten_parallel_for());
   });
   if (!y_nhwc.is_same(out)) out.copy_(y_nhwc);
   return out;
@@ -57,7 +52,7 @@ std::tuple<at::Tensor, at::Tensor> dwconv2d_backward_weight_cpu(const at::Tensor
           Acc* sums_ptr = sums.mutable_data_ptr<Acc>();
           ck::cpu::dwconv_backward_weight<scalar_t, Acc>(
               g_nhwc.const_data_ptr<scalar_t>(), x_nhwc.const_data_ptr<scalar_t>(), sums_ptr,
-              sums_ptr + k * k * C, shape_of(x, k), aten_parallel_for());
+              sums_ptr + k * k * C, shape_of(x, k), ck::cpu::aten_parallel_for());
         });
   }
   return ck::split_weight_grad_sums(sums, weight);

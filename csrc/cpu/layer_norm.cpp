@@ -1,18 +1,12 @@
 // CPU glue of layer_norm_2d: checks, layout and dtype plumbing around cpu/layer_norm_kernels.h.
-#include <ATen/Parallel.h>
 #include <torch/extension.h>
 
 #include "../dwconv_args.h"
 #include "../layer_norm_args.h"
 #include "layer_norm_kernels.h"
+#include "parallel.h"
 
 namespace {
-
-auto aten_parallel_for() {
-  return [](int64_t begin, int64_t end, const auto& fn) {
-    at::parallel_for(begin, end, 1, [&](int64_t b, int64_t e) { fn(b, e); });
-  };
-}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_2d_cpu(const at::Tensor& x,
                                                                  const at::Tensor& weight,
@@ -32,7 +26,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_2d_cpu(const at::Tenso
         x_nhwc.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
         b.const_data_ptr<scalar_t>(), y_nhwc.mutable_data_ptr<scalar_t>(),
         mean.mutable_data_ptr<Acc>(), rstd.mutable_data_ptr<Acc>(), mean.numel(), x.size(1),
-        static_cast<Acc>(eps), aten_parallel_for());
+        static_cast<Acc>(eps), ck::cpu::aten_parallel_for());
   });
   if (!y_nhwc.is_same(out)) out.copy_(y_nhwc);
   return {out, mean, rstd};
@@ -60,7 +54,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_2d_backward_cpu(
               g_nhwc.const_data_ptr<scalar_t>(), x_nhwc.const_data_ptr<scalar_t>(),
               w.const_data_ptr<scalar_t>(), m.const_data_ptr<Acc>(), r.const_data_ptr<Acc>(),
               gx_nhwc.mutable_data_ptr<scalar_t>(), sums_ptr, sums_ptr + C, m.numel(), C,
-              aten_parallel_for());
+              ck::cpu::aten_parallel_for());
         });
     if (!gx_nhwc.is_same(grad_x)) grad_x.copy_(gx_nhwc);
   }

@@ -115,6 +115,18 @@ CK_HD int wgrad_units(int k) {
   return K > 0 ? k : k * k;
 }
 
+// The output gradient at one pixel as fp32, added to bias_acc by the thread that sums the bias.
+template <typename T, int VEC>
+CK_HD void load_grad(const T* g, bool sums_bias, float (&gf)[VEC], float (&bias_acc)[VEC]) {
+  const Vec<T, VEC> gv = load_vec<T, VEC>(g);
+#pragma unroll
+  for (int v = 0; v < VEC; ++v) gf[v] = to_float(gv.v[v]);
+  if (sums_bias) {
+#pragma unroll
+    for (int v = 0; v < VEC; ++v) bias_acc[v] += gf[v];
+  }
+}
+
 template <typename T, int VEC, int K>
 CK_HD void dwconv_wgrad_partial_thread(const T* __restrict__ g, const T* __restrict__ x,
                                        float* __restrict__ partial, const DwconvShape s,
@@ -165,14 +177,8 @@ CK_HD void dwconv_wgrad_partial_thread(const T* __restrict__ g, const T* __restr
         const int64_t iw_new = w + K - 1 - pad;
         window[K - 1] = (row_in && iw_new < s.W) ? load_vec<T, VEC>(x_row + iw_new * s.C)
                                                  : zero_vec<T, VEC>();
-        const Vec<T, VEC> gv = load_vec<T, VEC>(g_row + w * s.C);
         float gf[VEC];
-#pragma unroll
-        for (int v = 0; v < VEC; ++v) gf[v] = to_float(gv.v[v]);
-        if (sums_bias) {
-#pragma unroll
-          for (int v = 0; v < VEC; ++v) bias_acc[v] += gf[v];
-        }
+        load_grad<T, VEC>(g_row + w * s.C, sums_bias, gf, bias_acc);
 #pragma unroll
         for (int kx = 0; kx < K; ++kx)
 #pragma unroll
@@ -180,14 +186,8 @@ CK_HD void dwconv_wgrad_partial_thread(const T* __restrict__ g, const T* __restr
       }
     } else {
       for (int64_t w = 0; w < s.W; ++w) {
-        const Vec<T, VEC> gv = load_vec<T, VEC>(g_row + w * s.C);
         float gf[VEC];
-#pragma unroll
-        for (int v = 0; v < VEC; ++v) gf[v] = to_float(gv.v[v]);
-        if (sums_bias) {
-#pragma unroll
-          for (int v = 0; v < VEC; ++v) bias_acc[v] += gf[v];
-        }
+        load_grad<T, VEC>(g_row + w * s.C, sums_bias, gf, bias_acc);
         const int64_t iw = w + kx_only - pad;
         if (row_in && iw >= 0 && iw < s.W) {
           const Vec<T, VEC> xv = load_vec<T, VEC>(x_row + iw * s.C);
