@@ -4,9 +4,10 @@ conv then that LayerNorm, fused).
 Backends: cpp and cuda are the C++ ops convnext_kernels::layer_norm_2d (CPU and CUDA kernels
 in _C) and ::dwconv_layer_norm (CUDA only); triton is the Python custom ops
 convnext_kernels::layer_norm_2d_triton and ::dwconv_layer_norm_triton. The ops return
-(y, mean, rstd) [and the conv output]; autograd saves those and runs the matching backward op. dwconv_layer_norm's backward is the LayerNorm backward on the kept conv output
-followed by the dwconv backward (the input gradient of the conv needs the LayerNorm gradient of
-a k×k neighbourhood, so the two are not fused). cpp composes the two CPU ops.
+(y, mean, rstd) [and the conv output]; autograd saves those and runs the matching backward op.
+dwconv_layer_norm's backward is the LayerNorm backward on the kept conv output followed by the
+dwconv backward (the input gradient of the conv needs the LayerNorm gradient of a k×k
+neighbourhood, so the two are not fused). cpp composes the two CPU ops.
 """
 from typing import Optional, Tuple
 
@@ -135,7 +136,8 @@ def layer_norm_2d(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-6, *,
     channels_first LayerNorm) with `weight`, `bias` [C]; fp32 statistics. The output keeps x's
     memory format; channels_last is the fast path. Differentiable in x, weight, bias."""
     check_layer_norm_args("layer_norm_2d", x, weight, bias, eps)
-    name = backends.resolve(backend, x, "layer_norm_2d", implemented=("torch",) + tuple(_LAYER_NORM))
+    name = backends.resolve(backend, x, "layer_norm_2d",
+                            implemented=("torch",) + tuple(_LAYER_NORM))
     if name == "torch":
         return reference.layer_norm_2d(x, weight, bias, eps)
     return _LAYER_NORM[name](x, weight, bias, float(eps))[0]
@@ -148,7 +150,8 @@ def dwconv_layer_norm(x: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor],
     kernel on triton and cuda. cpp runs the two CPU ops one after the other."""
     check_dwconv_args("dwconv_layer_norm", x, dw_weight, dw_bias)
     check_layer_norm_args("dwconv_layer_norm", x, ln_weight, ln_bias, eps)
-    implemented = ("torch",) + tuple(_DWCONV_LAYER_NORM) + (("cpp",) if "cpp" in _LAYER_NORM else ())
+    composed = ("cpp",) if "cpp" in _LAYER_NORM else ()
+    implemented = ("torch",) + tuple(_DWCONV_LAYER_NORM) + composed
     name = backends.resolve(backend, x, "dwconv_layer_norm", implemented=implemented)
     if name == "torch":
         return reference.dwconv_layer_norm(x, dw_weight, dw_bias, ln_weight, ln_bias, eps)

@@ -1,6 +1,7 @@
 """Pieces shared by the Triton kernels."""
 import os
 
+import torch
 import triton
 import triton.language as tl
 
@@ -18,6 +19,15 @@ def cast_for_store(x, dtype: tl.constexpr, INTERPRETED: tl.constexpr):
         return (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
     else:
         return x.to(dtype)
+
+
+def nhwc_buffer(out):
+    """Where a kernel writes output `out` (N,H,W,C-contiguous buffers only): `out` itself when it
+    is channels_last, else a channels_last twin that the caller copies into `out` afterwards
+    (outputs keep the input's memory format)."""
+    if out.is_contiguous(memory_format=torch.channels_last):
+        return out
+    return torch.empty_like(out, memory_format=torch.channels_last)
 
 
 class Launch:

@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import INTERPRETED, Launch, cast_for_store
+from .common import INTERPRETED, Launch, cast_for_store, nhwc_buffer
 
 # Forward tiles hold this many [pixel, channel] elements: more raises registers past 128 a thread
 # at 4 warps (benchmarks/kernel_report.py).
@@ -174,7 +174,7 @@ def dwconv2d_forward(x, weight, bias):
     if out.numel() == 0:
         return out
     x_nhwc = x.contiguous(memory_format=torch.channels_last)
-    y = out if out.is_contiguous(memory_format=torch.channels_last) else torch.empty_like(x_nhwc)
+    y = nhwc_buffer(out)
     bias_f = bias.float().contiguous() if bias is not None else None
     forward_launch(x_nhwc, _taps(weight), bias_f, y, weight.shape[-1])()
     if y is not out:

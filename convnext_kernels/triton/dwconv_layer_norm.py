@@ -9,7 +9,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import INTERPRETED, Launch, cast_for_store
+from .common import INTERPRETED, Launch, cast_for_store, nhwc_buffer
 from .dwconv import _taps, conv_tile
 from .layer_norm import MAX_CHANNELS, new_row_stats, normalize_rows
 
@@ -69,8 +69,7 @@ def dwconv_layer_norm_forward(x, dw_weight, dw_bias, ln_weight, ln_bias, eps):
     if x.numel() == 0:
         return y, conv, mean, rstd
     x_nhwc = x.contiguous(memory_format=torch.channels_last)
-    outs = [t if t.is_contiguous(memory_format=torch.channels_last) else torch.empty_like(x_nhwc)
-            for t in (y, conv)]
+    outs = [nhwc_buffer(t) for t in (y, conv)]
     dw_bias_f = dw_bias.float().contiguous() if dw_bias is not None else None
     forward_launch(x_nhwc, _taps(dw_weight), dw_bias_f, ln_weight.contiguous(),
                    ln_bias.contiguous(), outs[0], outs[1], mean, rstd, dw_weight.shape[-1], eps)()

@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import INTERPRETED, Launch, cast_for_store
+from .common import INTERPRETED, Launch, cast_for_store, nhwc_buffer
 
 MAX_CHANNELS = 4096
 # [pixels, channels] elements a program holds; beyond them registers spill (kernel report). The
@@ -138,7 +138,7 @@ def layer_norm_2d_forward(x, weight, bias, eps):
     if x.numel() == 0:
         return out, mean, rstd
     x_nhwc = x.contiguous(memory_format=torch.channels_last)
-    y = out if out.is_contiguous(memory_format=torch.channels_last) else torch.empty_like(x_nhwc)
+    y = nhwc_buffer(out)
     forward_launch(x_nhwc, weight.contiguous(), bias.contiguous(), y, mean, rstd, eps)()
     if y is not out:
         out.copy_(y)
@@ -153,8 +153,7 @@ def layer_norm_2d_backward(grad_y, x, weight, mean, rstd):
         return grad_x, weight.new_zeros(C), weight.new_zeros(C)
     x_nhwc = x.contiguous(memory_format=torch.channels_last)
     g_nhwc = grad_y.contiguous(memory_format=torch.channels_last)
-    gx = grad_x if grad_x.is_contiguous(memory_format=torch.channels_last) \
-        else torch.empty_like(x_nhwc)
+    gx = nhwc_buffer(grad_x)
     partial = torch.empty(backward_programs(mean.numel(), C), 2, C, device=x.device,
                           dtype=torch.float32)
     backward_launch(g_nhwc, x_nhwc, weight.contiguous(), mean, rstd, gx, partial)()
