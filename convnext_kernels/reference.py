@@ -30,10 +30,15 @@ def dwconv_layer_norm(x: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor], l
 
 def mlp(x: Tensor, fc1_w: Tensor, fc1_b: Tensor, fc2_w: Tensor, fc2_b: Tensor,
         gamma: Optional[Tensor] = None, residual: Optional[Tensor] = None,
-        drop_scale: Optional[Tensor] = None) -> Tensor:
-    """Rows (..., C): [residual +] [drop_scale *] [gamma *] fc2(gelu(fc1(x))), exact-erf GELU.
-    `drop_scale` holds one factor per sample (the leading dimension of x)."""
-    out = F.linear(F.gelu(F.linear(x, fc1_w, fc1_b)), fc2_w, fc2_b)
+        drop_scale: Optional[Tensor] = None, grn_weight: Optional[Tensor] = None,
+        grn_bias: Optional[Tensor] = None, grn_eps: float = 1e-6) -> Tensor:
+    """Rows (..., C): [residual +] [drop_scale *] [gamma *] fc2([grn](gelu(fc1(x)))), exact-erf
+    GELU. `drop_scale` holds one factor per sample (the leading dimension of x); with GRN, x is
+    N,H,W,C."""
+    hidden = F.gelu(F.linear(x, fc1_w, fc1_b))
+    if grn_weight is not None:
+        hidden = grn(hidden, grn_weight, grn_bias, grn_eps)
+    out = F.linear(hidden, fc2_w, fc2_b)
     if gamma is not None:
         out = out * gamma
     if drop_scale is not None:
@@ -59,12 +64,5 @@ def convnext_block(x: Tensor, dw_weight: Tensor, dw_bias: Tensor, ln_weight: Ten
     """One ConvNeXt block on N,C,H,W `x`. V1: `gamma` (layer scale), no GRN. V2: `grn_weight`
     and `grn_bias`, no gamma. `drop_scale` [N] is drop-path's per-sample factor (0 or 1/keep)."""
     y = dwconv_layer_norm(x, dw_weight, dw_bias, ln_weight, ln_bias, eps).permute(0, 2, 3, 1)
-    hidden = F.gelu(F.linear(y, fc1_w, fc1_b))
-    if grn_weight is not None:
-        hidden = grn(hidden, grn_weight, grn_bias)
-    out = F.linear(hidden, fc2_w, fc2_b)
-    if gamma is not None:
-        out = out * gamma
-    if drop_scale is not None:
-        out = out * drop_scale.reshape(-1, 1, 1, 1)
+    out = mlp(y, fc1_w, fc1_b, fc2_w, fc2_b, gamma, None, drop_scale, grn_weight, grn_bias)
     return x + out.permute(0, 3, 1, 2)

@@ -1,0 +1,139 @@
+"""ck.mlp: the ConvNeXt pointwise MLP on rows (..., C), with layer scale, drop path and residual
+in its epilogue, and optionally ConvNeXt-V2's GRN between GELU and fc2.
+
+Backends: cpp is the C++ op convnext_kernels::mlp (ATen GEMMs + fused C++ passes); triton is the
+Python custom op convnext_kernels::mlp_triton (matmul.py's GEMM with prologues/epilogues, a fully
+fused forward for small C). Both return (out, kept pre-activation, y2, GRN norm, GRN nx) and share
+one autograd formula (the matching backward op). By default the backward recomputes fc1's
+pre-activation: the MLP saves its input (and y2 [M, C] with a learnable gamma, GRN's [N, H]
+statistics), not its [M, H] hidden tensor; keep_hidden=True saves that instead.
+"""
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .. import _ext, backends, reference
+from .._checks import check_mlp_args
+
+_NS = "convnext_kernels"
+
+
+def _forward_fake(x, fc1_w, fc1_b, fc2_w, fc2_b, gamma, residual, drop_scale, grn_weight,
+                  grn_bias, rows_per_sample, eps, keep_hidden, save_y2):
+    M, H = x.shape[0], fc1_w.shape[0]
+    hidden = x.new_empty(M, H) if keep_hidden else x.new_empty(0)
+    y2 = torch.empty_like(x) if save_y2 else x.new_empty(0)
+    stats_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    if grn_weight is not None:
+        stats = x.new_empty(M // rows_per_sample, H, dtype=stats_dtype)
+    else:
+        stats = x.new_empty(0, dtype=stats_dtype)
+    return torch.empty_like(x), hidden, y2, stats, torch.empty_like(stats)
+
+
+def _backward_fake(grad_out, x, fc1_w, fc1_b, fc2_w, gamma, drop_scale, grn_weight, grn_bias,
+                   hidden, y2, grn_norm, grn_nx, rows_per_sample, eps):
+    def like(t):
+        return torch.empty_like(t) if t is not None else x.new_empty(0)
+    return (torch.empty_like(x), like(fc1_w), like(fc1_b), like(fc2_w),
+            x.new_empty(fc2_w.shape[0]), like(gamma), like(grn_weight), like(grn_bias))
+
+
+def _register_autograd(forward_op, backward_op):
+    def setup_context(ctx, inputs, output):
+        (x, fc1_w, fc1_b, fc2_w, _, gamma, residual, drop_scale, grn_weight, grn_bias,
+         rows_per_sample, eps, _, _) = inputs
+        _, hidden, y2, norm, nx = output
+        ctx.mark_non_differentiable(hidden, y2, norm, nx)
+        ctx.save_for_backward(x, fc1_w, fc1_b, fc2_w, gamma, drop_scale, grn_weight, grn_bias,
+                              hidden, y2, norm, nx)
+        ctx.rows_per_sample, ctx.eps = rows_per_sample, eps
+        ctx.has = [t is not None for t in (gamma, residual, grn_weight, grn_bias)]
+
+    def backward(ctx, grad_out, *_unused):
+        (x, fc1_w, fc1_b, fc2_w, gamma, drop_scale, grn_weight, grn_bias, hidden, y2, norm,
+         nx) = ctx.saved_tensors
+        grads = backward_op(grad_out.contiguous(), x, fc1_w, fc1_b, fc2_w, gamma, drop_scale,
+                            grn_weight, grn_bias, hidden, y2, norm, nx, ctx.rows_per_sample,
+                            ctx.eps)
+        has_gamma, has_residual, has_grn_w, has_grn_b = ctx.has
+        grad_x, gw1, gb1, gw2, gb2, ggamma, ggrn_w, ggrn_b = grads
+        return (grad_x, gw1, gb1, gw2, gb2, ggamma if has_gamma else None,
+                grad_out if has_residual else None, None,
+                ggrn_w if has_grn_w else None, ggrn_b if has_grn_b else None,
+                None, None, None, None)
+
+    torch.library.register_autograd(forward_op, backward, setup_context=setup_context)
+
+
+_MLP = {}
+
+if _ext.LOADED:
+    torch.library.register_fake(f"{_NS}::mlp")(_forward_fake)
+    torch.library.register_fake(f"{_NS}::mlp_backward")(_backward_fake)
+    _register_autograd(torch.ops.convnext_kernels.mlp.default,
+                       torch.ops.convnext_kernels.mlp_backward.default)
+    _MLP["cpp"] = torch.ops.convnext_kernels.mlp
+
+if backends.triton_importable():
+    from ..triton import mlp as _triton_mlp
+
+    @torch.library.custom_op(f"{_NS}::mlp_triton", mutates_args=())
+    def _mlp_triton(x: Tensor, fc1_w: Tensor, fc1_b: Tensor, fc2_w: Tensor, fc2_b: Tensor,
+                    gamma: Optional[Tensor], residual: Optional[Tensor],
+                    drop_scale: Optional[Tensor], grn_weight: Optional[Tensor],
+                    grn_bias: Optional[Tensor], rows_per_sample: int, eps: float,
+                    keep_hidden: bool,
+                    save_y2: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        return _triton_mlp.mlp_forward(x, fc1_w, fc1_b, fc2_w, fc2_b, gamma, residual,
+                                       drop_scale, grn_weight, grn_bias, rows_per_sample, eps,
+                                       keep_hidden, save_y2)
+
+    @torch.library.custom_op(f"{_NS}::mlp_backward_triton", mutates_args=())
+    def _mlp_backward_triton(grad_out: Tensor, x: Tensor, fc1_w: Tensor, fc1_b: Tensor,
+                             fc2_w: Tensor, gamma: Optional[Tensor],
+                             drop_scale: Optional[Tensor], grn_weight: Optional[Tensor],
+                             grn_bias: Optional[Tensor], hidden: Tensor, y2: Tensor,
+                             grn_norm: Tensor, grn_nx: Tensor, rows_per_sample: int,
+                             eps: float) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
+                                                  Tensor, Tensor]:
+        return _triton_mlp.mlp_backward(grad_out, x, fc1_w, fc1_b, fc2_w, gamma, drop_scale,
+                                        grn_weight, grn_bias, hidden, y2, grn_norm, grn_nx,
+                                        rows_per_sample, eps)
+
+    _mlp_triton.register_fake(_forward_fake)
+    _mlp_backward_triton.register_fake(_backward_fake)
+    _register_autograd(_mlp_triton, _mlp_backward_triton)
+    _MLP["triton"] = _mlp_triton
+
+
+def mlp(x: Tensor, fc1_w: Tensor, fc1_b: Tensor, fc2_w: Tensor, fc2_b: Tensor,
+        gamma: Optional[Tensor] = None, residual: Optional[Tensor] = None,
+        drop_scale: Optional[Tensor] = None, *, grn_weight: Optional[Tensor] = None,
+        grn_bias: Optional[Tensor] = None, grn_eps: float = 1e-6, keep_hidden: bool = False,
+        backend: str = "auto") -> Tensor:
+    """[residual +] [drop_scale (per sample) *] [gamma *] fc2(gelu(fc1(x))) on rows (..., C),
+    exact-erf GELU; fc1_w [H, C], fc1_b [H], fc2_w [C, H], fc2_b [C], gamma [C], residual like x,
+    drop_scale [x.shape[0]] (drop path's per-sample factor; not differentiated). With
+    grn_weight/grn_bias (H values, [H] or [1,1,1,H]) x is N,H,W,C and GRN (ConvNeXt V2) runs
+    between GELU and fc2. keep_hidden saves fc1's [M, H] pre-activation for the backward instead
+    of recomputing it. Differentiable in x, the weights, gamma, residual and GRN's parameters."""
+    check_mlp_args("mlp", x, fc1_w, fc1_b, fc2_w, fc2_b, gamma, residual, drop_scale,
+                   grn_weight, grn_bias, grn_eps)
+    name = backends.resolve(backend, x, "mlp", implemented=("torch",) + tuple(_MLP))
+    if name == "torch":
+        return reference.mlp(x, fc1_w, fc1_b, fc2_w, fc2_b, gamma, residual, drop_scale,
+                             grn_weight=grn_weight, grn_bias=grn_bias, grn_eps=grn_eps)
+    C = x.shape[-1]
+    rows = x.reshape(-1, C)
+    per_sample = drop_scale is not None or grn_weight is not None
+    rows_per_sample = max(1, rows.shape[0] // x.shape[0]) if per_sample and x.shape[0] else 1
+    save_y2 = gamma is not None and gamma.requires_grad and torch.is_grad_enabled()
+    out = _MLP[name](rows.contiguous(), fc1_w.contiguous(), fc1_b.contiguous(),
+                     fc2_w.contiguous(), fc2_b.contiguous(),
+                     gamma.reshape(-1) if gamma is not None else None,
+                     residual.reshape(-1, C).contiguous() if residual is not None else None,
+                     drop_scale.contiguous() if drop_scale is not None else None, grn_weight, grn_bias, rows_per_sample, float(grn_eps),
+                     keep_hidden, save_y2)[0]
+    return out.view(x.shape)

@@ -1,0 +1,256 @@
+"""One tiled GEMM, out = A @ B, with the prologues and epilogues the ConvNeXt MLP needs, picked by
+constexpr flags so that every pass of the MLP's forward and backward is one kernel with no
+separate elementwise pass over the 4C-wide hidden tensor.
+
+A is [M, K] and B is [K, N], both by strides (a transposed operand is a stride swap, no copy).
+Operand prologues (fp32 math on the loaded tile, then back to the dot dtype, as eager rounds):
+  A_ROW_SCALE / A_COL_SCALE  A[m, k] * row_scale[m // a_row_div] * col_scale[k // a_col_div]
+                             (the output gradient times drop-path scale and layer scale)
+  A_GRN                      A[m, k] * grn_scale[m // rows_per_sample, k]   (GRN before fc2)
+  B_GELU, B_GRN              gelu(B[k, n]) [* grn_scale[k // rows_per_sample, n] + grn_bias[n]]
+Epilogues, in order:
+  HAS_BIAS                   + bias[n]
+  EPILOGUE == GELU           out = gelu(acc); STORE_PRE also writes acc (the pre-activation)
+  EPILOGUE == GELU_GRAD      out = acc * gelu'(aux[m, n])
+  EPILOGUE == GRN_GRAD       out = acc; per (sample, n): sums += acc * gelu(aux), sums2 += acc
+  SUMSQ                      per (sample, n): sums += out^2 (GRN's statistics, from fc1)
+  STORE_Y2                   y2 = acc before the scales (layer scale's gradient needs it)
+  OUT_COL_SCALE, OUT_ROW_SCALE, RESIDUAL:  out = residual + row_scale[m // rps] * col[n] * acc
+PARTIALS (split-K): program_id(1) owns a K range and writes fp32 partials out[split, m, n],
+summed afterwards in a fixed order (deterministic weight gradients). ROW_SUM writes the fp32 row
+sums of the transformed A over the program's K range to row_sum[split, m] (the bias gradients).
+Per-sample sums use fp32 atomics (their order is not fixed).
+"""
+import torch
+import triton
+import triton.language as tl
+
+from .common import INTERPRETED, Launch, cast_for_store
+
+PLAIN, GELU, GELU_GRAD, GRN_GRAD = 0, 1, 2, 3
+
+
+@triton.jit
+def gelu(x):
+    return 0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))
+
+
+@triton.jit
+def gelu_grad(x):
+    cdf = 0.5 * (1.0 + tl.math.erf(x * 0.7071067811865476))
+    return cdf + x * tl.exp(-0.5 * x * x) * 0.3989422804014327
+
+
+@triton.jit
+def add_per_sample_sums(sums_ptr, values, rows, row_mask, cols, col_mask, N, rows_per_sample,
+                        first_row, last_row):
+    """sums[rows // rows_per_sample, cols] += values, one atomic vector per sample in the tile."""
+    for sample in range(first_row // rows_per_sample, last_row // rows_per_sample + 1):
+        in_sample = ((rows // rows_per_sample) == sample) & row_mask
+        part = tl.sum(tl.where(in_sample[:, None], values, 0.0), axis=0)
+        tl.atomic_add(sums_ptr + sample * N + cols, part, mask=col_mask)
+
+
+@triton.jit
+def output_epilogue(acc, rows, row_mask, cols, col_mask, N, out_ptr, y2_ptr, col_scale_ptr,
+                    row_scale_ptr, residual_ptr, rows_per_sample,
+                    STORE_Y2: tl.constexpr, OUT_COL_SCALE: tl.constexpr,
+                    OUT_ROW_SCALE: tl.constexpr, RESIDUAL: tl.constexpr,
+                    INTERPRETED: tl.constexpr):
+    """residual + row_scale * col_scale * acc, stored in out's dtype (and acc as y2)."""
+    mask = row_mask[:, None] & col_mask[None, :]
+    offs = rows.to(tl.int64)[:, None] * N + cols[None, :]
+    if STORE_Y2:
+        tl.store(y2_ptr + offs, cast_for_store(acc, y2_ptr.dtype.element_ty, INTERPRETED),
+                 mask=mask)
+    if OUT_COL_SCALE:
+        acc = acc * tl.load(col_scale_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
+    if OUT_ROW_SCALE:
+        acc = acc * tl.load(row_scale_ptr + rows // rows_per_sample, mask=row_mask,
+                            other=0.0).to(tl.float32)[:, None]
+    if RESIDUAL:
+        acc += tl.load(residual_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + offs, cast_for_store(acc, out_ptr.dtype.element_ty, INTERPRETED),
+             mask=mask)
+
+
+@triton.jit
+def _matmul_kernel(
+        a_ptr, b_ptr, out_ptr, M, N, K, stride_am, stride_ak, stride_bk, stride_bn,
+        a_row_scale_ptr, a_col_scale_ptr, a_row_div, a_col_div,
+        grn_scale_ptr, grn_bias_ptr, rows_per_sample,
+        bias_ptr, pre_ptr, aux_ptr, y2_ptr, sums_ptr, sums2_ptr,
+        out_col_scale_ptr, out_row_scale_ptr, residual_ptr, row_sum_ptr, k_per_split,
+        A_ROW_SCALE: tl.constexpr, A_COL_SCALE: tl.constexpr, A_GRN: tl.constexpr,
+        B_GELU: tl.constexpr, B_GRN: tl.constexpr, HAS_BIAS: tl.constexpr,
+        EPILOGUE: tl.constexpr, STORE_PRE: tl.constexpr, SUMSQ: tl.constexpr,
+        STORE_Y2: tl.constexpr, OUT_COL_SCALE: tl.constexpr, OUT_ROW_SCALE: tl.constexpr,
+        RESIDUAL: tl.constexpr, PARTIALS: tl.constexpr, ROW_SUM: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+        GROUP_M: tl.constexpr, DOT_FP32: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+        INTERPRETED: tl.constexpr):
+    # Grouped tile order: GROUP_M row tiles share their B column tiles in L2.
+    pid = tl.program_id(0)
+    tiles_m = tl.cdiv(M, BLOCK_M)
+    tiles_n = tl.cdiv(N, BLOCK_N)
+    group = pid // (GROUP_M * tiles_n)
+    first_m = group * GROUP_M
+    group_size = tl.minimum(tiles_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % (GROUP_M * tiles_n)) % group_size
+    pid_n = (pid % (GROUP_M * tiles_n)) // group_size
+    split = tl.program_id(1)
+
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_mask = rows < M
+    col_mask = cols < N
+    a_rows = a_ptr + rows.to(tl.int64)[:, None] * stride_am
+    b_cols = b_ptr + cols.to(tl.int64)[None, :] * stride_bn
+    if A_ROW_SCALE:
+        a_row_scale = tl.load(a_row_scale_ptr + rows // a_row_div, mask=row_mask,
+                              other=0.0).to(tl.float32)
+    if A_GRN:
+        a_samples = rows // rows_per_sample
+    if B_GRN:
+        grn_bias = tl.load(grn_bias_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
+
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    row_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
+    k_start = split * k_per_split
+    k_end = tl.minimum(K, k_start + k_per_split)
+    for k0 in range(k_start, k_end, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        k_mask = ks < k_end
+        a_mask = row_mask[:, None] & k_mask[None, :]
+        b_mask = k_mask[:, None] & col_mask[None, :]
+        a = tl.load(a_rows + ks.to(tl.int64)[None, :] * stride_ak, mask=a_mask, other=0.0)
+        b = tl.load(b_cols + ks.to(tl.int64)[:, None] * stride_bk, mask=b_mask, other=0.0)
+        if A_ROW_SCALE or A_COL_SCALE or A_GRN or ROW_SUM:
+            a32 = a.to(tl.float32)
+            if A_ROW_SCALE:
+                a32 = a32 * a_row_scale[:, None]
+            if A_COL_SCALE:
+                a32 = a32 * tl.load(a_col_scale_ptr + ks // a_col_div, mask=k_mask,
+                                    other=0.0).to(tl.float32)[None, :]
+            if A_GRN:
+                a32 = a32 * tl.load(grn_scale_ptr + a_samples[:, None] * K + ks[None, :],
+                                    mask=a_mask, other=0.0)
+            a = a32.to(a_ptr.dtype.element_ty)
+            if ROW_SUM:
+                row_sum += tl.sum(a.to(tl.float32), axis=1)
+        if B_GELU or B_GRN:
+            b32 = b.to(tl.float32)
+            if B_GELU:
+                b32 = gelu(b32)
+            if B_GRN:
+                b_samples = ks // rows_per_sample
+                b32 = b32 * tl.load(grn_scale_ptr + b_samples[:, None] * N + cols[None, :],
+                                    mask=b_mask, other=0.0) + grn_bias[None, :]
+                b32 = tl.where(b_mask, b32, 0.0)
+            b = b32.to(b_ptr.dtype.element_ty)
+        if DOT_FP32:
+            acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc)
+        else:
+            acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+
+    if PARTIALS:
+        if ROW_SUM:
+            tl.store(row_sum_ptr + split * M + rows, row_sum, mask=row_mask & (pid_n == 0))
+        offs = split.to(tl.int64) * M * N + rows.to(tl.int64)[:, None] * N + cols[None, :]
+        tl.store(out_ptr + offs, acc, mask=row_mask[:, None] & col_mask[None, :])
+    else:
+        if HAS_BIAS:
+            acc += tl.load(bias_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
+        mask = row_mask[:, None] & col_mask[None, :]
+        offs = rows.to(tl.int64)[:, None] * N + cols[None, :]
+        first_row = pid_m * BLOCK_M
+        last_row = tl.minimum(first_row + BLOCK_M, M) - 1
+        if EPILOGUE == 1:
+            if STORE_PRE:
+                tl.store(pre_ptr + offs, cast_for_store(acc, pre_ptr.dtype.element_ty,
+                                                        INTERPRETED), mask=mask)
+            acc = gelu(acc)
+        elif EPILOGUE == 2:
+            acc = acc * gelu_grad(tl.load(aux_ptr + offs, mask=mask, other=0.0).to(tl.float32))
+        elif EPILOGUE == 3:
+            hidden = gelu(tl.load(aux_ptr + offs, mask=mask, other=0.0).to(tl.float32))
+            add_per_sample_sums(sums_ptr, acc * hidden, rows, row_mask, cols, col_mask, N,
+                                rows_per_sample, first_row, last_row)
+            add_per_sample_sums(sums2_ptr, acc, rows, row_mask, cols, col_mask, N,
+                                rows_per_sample, first_row, last_row)
+        if SUMSQ:
+            # GRN's statistics are taken of the hidden values as stored (rounded), as eager does.
+            stored = cast_for_store(acc, out_ptr.dtype.element_ty, INTERPRETED).to(tl.float32)
+            add_per_sample_sums(sums_ptr, stored * stored, rows, row_mask, cols, col_mask, N,
+                                rows_per_sample, first_row, last_row)
+        output_epilogue(acc, rows, row_mask, cols, col_mask, N, out_ptr, y2_ptr,
+                        out_col_scale_ptr, out_row_scale_ptr, residual_ptr, rows_per_sample,
+                        STORE_Y2, OUT_COL_SCALE, OUT_ROW_SCALE, RESIDUAL, INTERPRETED)
+
+
+def input_precision(dtype):
+    """IEEE fp32 products for fp32 inputs unless the user allowed TF32 (as torch.matmul does)."""
+    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+        return "ieee"
+    return "tf32"
+
+
+def dot_in_fp32(dtype):
+    """The interpreter's dot on fp16/bf16 tiles rounds to the input dtype; give it fp32 tiles."""
+    return INTERPRETED and dtype != torch.float32
+
+
+def config(dtype):
+    if INTERPRETED:  # few, wide tiles: the interpreter pays per program and per loop step
+        return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, GROUP_M=8), 4, None
+    if dtype == torch.float32:
+        return dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=32, GROUP_M=8), 4, 3
+    return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8), 8, 3
+
+
+# Programs a split-K GEMM aims for: two waves of the H100's 132 SMs.
+_SPLIT_K_PROGRAMS = 264
+
+
+def split_k(M, N, K):
+    """Splits of K for a weight-gradient GEMM (small M×N output, K = rows): from the shape only,
+    so results are reproducible; each split keeps at least 4 K steps."""
+    cfg, _, _ = config(torch.bfloat16)
+    tiles = triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(N, cfg["BLOCK_N"])
+    wanted = triton.cdiv(_SPLIT_K_PROGRAMS, tiles)
+    return max(1, min(wanted, K // (4 * cfg["BLOCK_K"])))
+
+
+def matmul_launch(a, b, out, *, bias=None, epilogue=PLAIN, pre=None, aux=None, y2=None,
+                  sums=None, sums2=None, sumsq=False, out_col_scale=None, out_row_scale=None,
+                  residual=None, a_row_scale=None, a_row_div=1, a_col_scale=None, a_col_div=1,
+                  a_grn_scale=None, b_gelu=False, b_grn_scale=None, b_grn_bias=None,
+                  rows_per_sample=1, splits=1, partials=False, row_sum=None):
+    """The launch computing out = epilogue(prologue(a) @ prologue(b)); see the module docstring.
+    `out` is [M, N] contiguous, or with `partials` fp32 [splits, M, N]."""
+    M, K = a.shape
+    N = b.shape[1]
+    cfg, num_warps, num_stages = config(a.dtype)
+    if partials:
+        k_per_split = triton.cdiv(triton.cdiv(K, splits), cfg["BLOCK_K"]) * cfg["BLOCK_K"]
+    else:
+        k_per_split = max(K, 1)
+    grn_scale = a_grn_scale if a_grn_scale is not None else b_grn_scale
+    unused = out
+    args = (a, b, out, M, N, K, a.stride(0), a.stride(1), b.stride(0), b.stride(1),
+            *(t if t is not None else unused for t in (a_row_scale, a_col_scale)),
+            a_row_div, a_col_div,
+            *(t if t is not None else unused for t in (grn_scale, b_grn_bias)), rows_per_sample,
+            *(t if t is not None else unused for t in (bias, pre, aux, y2, sums, sums2,
+                                                       out_col_scale, out_row_scale, residual,
+                                                       row_sum)),
+            k_per_split)
+    flags = dict(A_ROW_SCALE=a_row_scale is not None, A_COL_SCALE=a_col_scale is not None,
+                 A_GRN=a_grn_scale is not None, B_GELU=b_gelu, B_GRN=b_grn_scale is not None,
+                 HAS_BIAS=bias is not None, EPILOGUE=epilogue, STORE_PRE=pre is not None,
+                 SUMSQ=sumsq, STORE_Y2=y2 is not None, OUT_COL_SCALE=out_col_scale is not None,
+                 OUT_ROW_SCALE=out_row_scale is not None, RESIDUAL=residual is not None,
+                 PARTIALS=partials, ROW_SUM=row_sum is not None, DOT_FP32=dot_in_fp32(a.dtype),
+                 INPUT_PRECISION=input_precision(a.dtype), INTERPRETED=INTERPRETED, **cfg)
+    grid = (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(N, cfg["BLOCK_N"]), splits)
+    return Launch(_matmul_kernel, grid, args, flags, num_warps=num_warps, num_stages=num_stages)

@@ -1,0 +1,283 @@
+"""The ConvNeXt MLP on rows [M, C] in Triton: fc1 (C -> H) -> exact GELU [-> GRN] -> fc2 (H -> C),
+then [* gamma] [* drop_scale per sample] [+ residual], forward and backward.
+
+Forward strategies:
+  fused (C <= FUSED_MAX_CHANNELS, no GRN, hidden not kept): one kernel per row tile loops over
+      the hidden dimension in chunks; each chunk's GELU activations stay in registers and are
+      multiplied into the fc2 accumulator at once, so the [M, H] hidden tensor never exists.
+  two GEMMs: fc1 with bias + GELU in the epilogue (and GRN's sums of squares), fc2 with GRN's
+      scale in its prologue and bias, gamma, drop_scale and residual in its epilogue.
+Backward (all matmul.py launches, no elementwise pass over [M, H] without GRN):
+  h  = x @ fc1_w^T + fc1_b                      recomputed, unless kept by the forward
+  gH = (g * ds * gamma) @ fc2_w * gelu'(h)      (GRN: a scaled-sum pass adds GRN's backward)
+  fc2_w' = (g * ds * gamma)^T @ gelu(h)[GRN]    split-K, fp32 partials; fc2_b' = its row sums
+  fc1_w' = gH^T @ x                             split-K; fc1_b' = its row sums
+  x'     = gH @ fc1_w
+  gamma' = sum over rows of g * ds * y2, with y2 = fc2's output before the scales (saved).
+"""
+import torch
+import triton
+import triton.language as tl
+
+from .common import INTERPRETED, Launch, cast_for_store
+from .grn import column_sums_launch, grn_input_grad_scales, grn_scales, scaled_sum_launch
+from .matmul import (GELU, GELU_GRAD, GRN_GRAD, PLAIN, dot_in_fp32, gelu, input_precision,
+                     matmul_launch, output_epilogue, split_k)
+
+# Widest C the fused forward takes: x, the fc2 accumulator and two weight chunks of
+# [64 rows, C] stay on chip (kernel report: no spills at 128). Not yet measured against the
+# two-GEMM path on a GPU.
+FUSED_MAX_CHANNELS = 128
+_FUSED_BLOCK_H = 64
+
+
+@triton.jit
+def _fused_mlp_kernel(x_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, out_ptr, y2_ptr, gamma_ptr,
+                      drop_scale_ptr, residual_ptr, M, C, HID, rows_per_sample,
+                      STORE_Y2: tl.constexpr, HAS_GAMMA: tl.constexpr,
+                      HAS_DROP_SCALE: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+                      BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr,
+                      DOT_FP32: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+                      INTERPRETED: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_mask = rows < M
+    offs_c = tl.arange(0, BLOCK_C)
+    c_mask = offs_c < C
+    x = tl.load(x_ptr + rows.to(tl.int64)[:, None] * C + offs_c[None, :],
+                mask=row_mask[:, None] & c_mask[None, :], other=0.0)
+    if DOT_FP32:
+        x = x.to(tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
+    for h0 in range(0, HID, BLOCK_H):
+        offs_h = h0 + tl.arange(0, BLOCK_H)
+        h_mask = offs_h < HID
+        w_mask = c_mask[:, None] & h_mask[None, :]
+        w1 = tl.load(w1_ptr + offs_h[None, :] * C + offs_c[:, None], mask=w_mask, other=0.0)
+        b1 = tl.load(b1_ptr + offs_h, mask=h_mask, other=0.0).to(tl.float32)
+        if DOT_FP32:
+            pre = tl.dot(x, w1.to(tl.float32)) + b1[None, :]
+        else:
+            pre = tl.dot(x, w1, input_precision=INPUT_PRECISION) + b1[None, :]
+        # Rounded to the input dtype before fc2, as eager stores its hidden tensor.
+        act = cast_for_store(gelu(pre), w2_ptr.dtype.element_ty, INTERPRETED)
+        w2 = tl.load(w2_ptr + offs_c[None, :] * HID + offs_h[:, None],
+                     mask=h_mask[:, None] & c_mask[None, :], other=0.0)
+        if DOT_FP32:
+            acc = tl.dot(act.to(tl.float32), w2.to(tl.float32), acc)
+        else:
+            acc = tl.dot(act, w2, acc, input_precision=INPUT_PRECISION)
+    acc += tl.load(b2_ptr + offs_c, mask=c_mask, other=0.0).to(tl.float32)[None, :]
+    output_epilogue(acc, rows, row_mask, offs_c, c_mask, C, out_ptr, y2_ptr, gamma_ptr,
+                    drop_scale_ptr, residual_ptr, rows_per_sample, STORE_Y2, HAS_GAMMA,
+                    HAS_DROP_SCALE, HAS_RESIDUAL, INTERPRETED)
+
+
+@triton.jit
+def _scaled_product_column_sums_kernel(g_ptr, y_ptr, row_scale_ptr, partial_ptr, M, C,
+                                       rows_per_sample, rows_per_program,
+                                       HAS_ROW_SCALE: tl.constexpr, BLOCK_M: tl.constexpr,
+                                       BLOCK_C: tl.constexpr):
+    """partial[pid, c] = sum over the program's rows of g * y * row_scale[row // rps]."""
+    pid = tl.program_id(0)
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    col_mask = cols < C
+    total = tl.zeros([BLOCK_C], dtype=tl.float32)
+    first = pid * rows_per_program
+    for r0 in range(first, first + rows_per_program, BLOCK_M):
+        rows = r0 + tl.arange(0, BLOCK_M)
+        row_mask = (rows < M) & (rows < first + rows_per_program)
+        mask = row_mask[:, None] & col_mask[None, :]
+        offs = rows.to(tl.int64)[:, None] * C + cols[None, :]
+        prod = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32) \
+            * tl.load(y_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        if HAS_ROW_SCALE:
+            prod *= tl.load(row_scale_ptr + rows // rows_per_sample, mask=row_mask,
+                            other=0.0).to(tl.float32)[:, None]
+        total += tl.sum(prod, axis=0)
+    tl.store(partial_ptr + pid * C + cols, total, mask=col_mask)
+
+
+_COLUMN_SUM_PROGRAMS = 512
+
+
+def fused_launch(x, w1, b1, w2, b2, out, y2, gamma, drop_scale, residual, rows_per_sample):
+    M, C = x.shape
+    block_c = max(16, triton.next_power_of_2(C))
+    block_m = 64 if INTERPRETED or block_c <= 64 else 128
+    return Launch(_fused_mlp_kernel, (triton.cdiv(M, block_m),),
+                  (x, w1, b1, w2, b2, out, *(t if t is not None else out for t in
+                                             (y2, gamma, drop_scale, residual)),
+                   M, C, w1.shape[0], rows_per_sample),
+                  dict(STORE_Y2=y2 is not None, HAS_GAMMA=gamma is not None,
+                       HAS_DROP_SCALE=drop_scale is not None,
+                       HAS_RESIDUAL=residual is not None, BLOCK_M=block_m, BLOCK_C=block_c,
+                       BLOCK_H=_FUSED_BLOCK_H, DOT_FP32=dot_in_fp32(x.dtype),
+                       INPUT_PRECISION=input_precision(x.dtype), INTERPRETED=INTERPRETED),
+                  num_warps=8 if block_m * block_c >= 128 * 128 else 4)
+
+
+def column_sums_programs(M):
+    return max(1, min(_COLUMN_SUM_PROGRAMS, triton.cdiv(M, 64)))
+
+
+def scaled_product_column_sums_launch(g, y, row_scale, partial, rows_per_sample):
+    M, C = g.shape
+    programs = partial.shape[0]
+    block_c = min(triton.next_power_of_2(C), 256)
+    block_m = max(1, min(64, 4096 // block_c))
+    rows_per_program = triton.cdiv(triton.cdiv(M, programs), block_m) * block_m
+    return Launch(_scaled_product_column_sums_kernel, (programs, triton.cdiv(C, block_c)),
+                  (g, y, row_scale if row_scale is not None else g, partial, M, C,
+                   rows_per_sample, rows_per_program),
+                  dict(HAS_ROW_SCALE=row_scale is not None, BLOCK_M=block_m, BLOCK_C=block_c))
+
+
+def uses_fused_forward(C, grn, keep_hidden):
+    return C <= FUSED_MAX_CHANNELS and not grn and not keep_hidden
+
+
+def _grn_bias_of_fc2(fc2_w, fc2_b, grn_bias):
+    """fc2(a*s + beta) = (a*s) @ fc2_w^T + (fc2_b + fc2_w @ beta): GRN's bias folds into fc2's."""
+    return fc2_b.float() + fc2_w.float() @ grn_bias.reshape(-1).float()
+
+
+def mlp_forward(x, fc1_w, fc1_b, fc2_w, fc2_b, gamma, residual, drop_scale, grn_weight,
+                grn_bias, rows_per_sample, eps, keep_hidden, save_y2):
+    """(out [M, C], hidden pre-activation [M, H] if keep_hidden, y2 [M, C] if save_y2,
+    GRN's G [N, H] fp32, GRN's nx [N, H] fp32); absent outputs are empty."""
+    M, C = x.shape
+    H = fc1_w.shape[0]
+    grn = grn_weight is not None
+    out = torch.empty_like(x)
+    y2 = torch.empty_like(x) if save_y2 else x.new_empty(0)
+    hidden = x.new_empty(M, H) if keep_hidden else x.new_empty(0)
+    samples = M // rows_per_sample if M else 0
+    G, nx = (x.new_empty(0, dtype=torch.float32) for _ in range(2))
+    if M == 0:
+        if grn:
+            G, nx = (torch.zeros(0, H, device=x.device, dtype=torch.float32) for _ in range(2))
+        return out, hidden, y2, G, nx
+    y2_arg = y2 if save_y2 else None
+    if uses_fused_forward(C, grn, keep_hidden):
+        fused_launch(x, fc1_w, fc1_b, fc2_w, fc2_b, out, y2_arg, gamma, drop_scale, residual,
+                     rows_per_sample)()
+        return out, hidden, y2, G, nx
+    act = x.new_empty(M, H)
+    sumsq = torch.zeros(samples, H, device=x.device, dtype=torch.float32) if grn else None
+    matmul_launch(x, fc1_w.t(), act, bias=fc1_b, epilogue=GELU,
+                  pre=hidden if keep_hidden else None, sums=sumsq, sumsq=grn,
+                  rows_per_sample=rows_per_sample)()
+    fc2_bias, grn_scale = fc2_b, None
+    if grn:
+        G, nx, grn_scale = grn_scales(sumsq, grn_weight, eps)
+        fc2_bias = _grn_bias_of_fc2(fc2_w, fc2_b, grn_bias)
+    matmul_launch(act, fc2_w.t(), out, bias=fc2_bias, a_grn_scale=grn_scale, y2=y2_arg,
+                  out_col_scale=gamma, out_row_scale=drop_scale, residual=residual,
+                  rows_per_sample=rows_per_sample)()
+    return out, hidden, y2, G, nx
+
+
+def _weight_grad(a, b, weight, row_sum_dtype, **prologues):
+    """(a @ b, row sums of a) by split-K: fp32 partials summed in a fixed order."""
+    M, K = a.shape
+    N = b.shape[1]
+    splits = split_k(M, N, K)
+    partial = torch.empty(splits, M, N, device=a.device, dtype=torch.float32)
+    row_sum = torch.empty(splits, M, device=a.device, dtype=torch.float32)
+    matmul_launch(a, b, partial, splits=splits, partials=True, row_sum=row_sum, **prologues)()
+    return (partial.sum(0).to(weight.dtype, copy=True),
+            row_sum.sum(0).to(row_sum_dtype, copy=True))
+
+
+def mlp_backward(grad_out, x, fc1_w, fc1_b, fc2_w, gamma, drop_scale, grn_weight, grn_bias,
+                 hidden, y2, G, nx, rows_per_sample, eps):
+    """(grad_x, grad_fc1_w, grad_fc1_b, grad_fc2_w, grad_fc2_b, grad_gamma, grad_grn_weight,
+    grad_grn_bias); the grads of absent parameters are empty."""
+    M, C = x.shape
+    H = fc1_w.shape[0]
+    grn = grn_weight is not None
+
+    def zeros_or_empty(t):
+        return torch.zeros_like(t) if t is not None else x.new_empty(0)
+    if M == 0:
+        return (torch.empty_like(x), *(zeros_or_empty(t) for t in (
+            fc1_w, fc1_b, fc2_w, fc2_w[:, 0], gamma, grn_weight, grn_bias)))
+    if hidden.numel() == 0:
+        hidden = x.new_empty(M, H)
+        matmul_launch(x, fc1_w.t(), hidden, bias=fc1_b, epilogue=PLAIN)()
+    g = grad_out
+    grad_scales = dict(a_row_scale=drop_scale, a_row_div=rows_per_sample, a_col_scale=gamma)
+    grad_hidden = x.new_empty(M, H)
+    grad_grn_weight, grad_grn_bias = x.new_empty(0), x.new_empty(0)
+    b_prologue = dict(b_gelu=True)
+    if grn:
+        samples = M // rows_per_sample
+        grad_dot_act = torch.zeros(samples, H, device=x.device, dtype=torch.float32)
+        grad_sum = torch.zeros_like(grad_dot_act)
+        # gY = g' @ fc2_w, with GRN's per-sample sums of gY * gelu(h) and of gY on the fly.
+        matmul_launch(g, fc2_w, grad_hidden, epilogue=GRN_GRAD, aux=hidden, sums=grad_dot_act,
+                      sums2=grad_sum, rows_per_sample=rows_per_sample, **grad_scales)()
+        scale = 1.0 + grn_weight.reshape(-1).float() * nx
+        coef = grn_input_grad_scales(G, nx, grn_weight, grad_dot_act, eps)
+        h3, gh3 = (t.reshape(samples, rows_per_sample, H) for t in (hidden, grad_hidden))
+        scaled_sum_launch(gh3, scale, gh3, v=h3, s_v=coef, v_is_pre_gelu=True)()
+        grad_grn_weight = (nx * grad_dot_act).sum(0).to(grn_weight.dtype).reshape(
+            grn_weight.shape)
+        grad_grn_bias = grad_sum.sum(0).to(grn_bias.dtype).reshape(grn_bias.shape)
+        b_prologue.update(b_grn_scale=scale, b_grn_bias=grn_bias.reshape(-1).contiguous(),
+                          rows_per_sample=rows_per_sample)
+    else:
+        matmul_launch(g, fc2_w, grad_hidden, epilogue=GELU_GRAD, aux=hidden, **grad_scales)()
+    grad_fc2_w, grad_fc2_b = _weight_grad(
+        g.t(), hidden, fc2_w, fc2_w.dtype, a_row_scale=gamma, a_col_scale=drop_scale,
+        a_col_div=rows_per_sample, **b_prologue)
+    grad_fc1_w, grad_fc1_b = _weight_grad(grad_hidden.t(), x, fc1_w, fc1_b.dtype)
+    grad_x = torch.empty_like(x)
+    matmul_launch(grad_hidden, fc1_w, grad_x)()
+    grad_gamma = x.new_empty(0)
+    if gamma is not None:
+        partial = torch.empty(column_sums_programs(M), C, device=x.device, dtype=torch.float32)
+        scaled_product_column_sums_launch(g, y2, drop_scale, partial, rows_per_sample)()
+        grad_gamma = partial.sum(0).to(gamma.dtype)
+    return (grad_x, grad_fc1_w, grad_fc1_b, grad_fc2_w, grad_fc2_b, grad_gamma,
+            grad_grn_weight, grad_grn_bias)
+
+
+def launches(dtype, M, C, H, rows_per_sample, device="meta"):
+    """The launches of one V1 MLP forward (both strategies) and backward, and of the GRN
+    variant's, for one shape (meta tensors)."""
+    def t(*shape, dt=dtype):
+        return torch.empty(*shape, dtype=dt, device=device)
+    x, w1, w2, b1, c = t(M, C), t(H, C), t(C, H), t(H), t(C)
+    hid = t(M, H)
+    samples = max(1, M // rows_per_sample)
+    stats, ds = t(samples, H, dt=torch.float32), t(samples)
+    scales = dict(a_row_scale=ds, a_row_div=rows_per_sample, a_col_scale=c)
+    splits2, splits1 = split_k(C, H, M), split_k(H, C, M)
+    return [
+        fused_launch(x, w1, b1, w2, c, x, x, c, ds, x, rows_per_sample),
+        matmul_launch(x, w1.t(), hid, bias=b1, epilogue=GELU),
+        matmul_launch(hid, w2.t(), x, bias=c, y2=x, out_col_scale=c, out_row_scale=ds,
+                      residual=x, rows_per_sample=rows_per_sample),
+        matmul_launch(x, w1.t(), hid, bias=b1, epilogue=PLAIN),
+        matmul_launch(x, w2, hid, epilogue=GELU_GRAD, aux=hid, **scales),
+        matmul_launch(x.t(), hid, t(splits2, C, H, dt=torch.float32), splits=splits2,
+                      partials=True, row_sum=t(splits2, C, dt=torch.float32), a_row_scale=c,
+                      a_col_scale=ds, a_col_div=rows_per_sample, b_gelu=True),
+        matmul_launch(hid.t(), x, t(splits1, H, C, dt=torch.float32), splits=splits1,
+                      partials=True, row_sum=t(splits1, H, dt=torch.float32)),
+        matmul_launch(hid, w1, x),
+        scaled_product_column_sums_launch(x, x, ds, t(column_sums_programs(M), C,
+                                                      dt=torch.float32), rows_per_sample),
+        # GRN variant
+        matmul_launch(x, w1.t(), hid, bias=b1, epilogue=GELU, sums=stats, sumsq=True,
+                      rows_per_sample=rows_per_sample),
+        matmul_launch(hid, w2.t(), x, bias=c, a_grn_scale=stats, y2=x,
+                      rows_per_sample=rows_per_sample),
+        matmul_launch(x, w2, hid, epilogue=GRN_GRAD, aux=hid, sums=stats, sums2=stats,
+                      rows_per_sample=rows_per_sample, **scales),
+        matmul_launch(x.t(), hid, t(splits2, C, H, dt=torch.float32), splits=splits2,
+                      partials=True, row_sum=t(splits2, C, dt=torch.float32), a_row_scale=c,
+                      a_col_scale=ds, a_col_div=rows_per_sample, b_gelu=True,
+                      b_grn_scale=stats, b_grn_bias=b1, rows_per_sample=rows_per_sample),
+    ]

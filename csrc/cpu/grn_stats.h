@@ -1,0 +1,36 @@
+// GRN's per-(sample, channel) statistics, [samples, C] tensors in the accumulation dtype, shared
+// by the CPU GRN and the GRN variant of the CPU MLP (the Triton path computes the same in
+// convnext_kernels/triton/grn.py). Tiny next to the passes over the data, so plain ATen.
+//   G = sqrt(sum of squares), nx = G / (mean_c G + eps), scale = 1 + w * nx
+//   grad_x = grad_y * scale + x * coef, coef from grad_dot_x = per-sample sums of grad_y * x.
+#pragma once
+#include <torch/extension.h>
+
+namespace ck::cpu {
+
+struct GrnStats {
+  at::Tensor norm, nx, scale;
+};
+
+inline GrnStats grn_stats(const at::Tensor& sumsq, const at::Tensor& weight, double eps) {
+  at::Tensor norm = sumsq.sqrt();
+  at::Tensor nx = norm / (norm.mean(-1, true) + eps);
+  return {norm, nx, 1 + weight.reshape(-1).to(sumsq.scalar_type()) * nx};
+}
+
+inline at::Tensor grn_scale(const at::Tensor& nx, const at::Tensor& weight) {
+  return 1 + weight.reshape(-1).to(nx.scalar_type()) * nx;
+}
+
+// G = 0 (an all-zero channel) passes no gradient through the norm, as vector_norm's backward.
+inline at::Tensor grn_input_grad_coef(const at::Tensor& norm, const at::Tensor& nx,
+                                      const at::Tensor& weight, const at::Tensor& grad_dot_x,
+                                      double eps) {
+  const int64_t C = norm.size(-1);
+  at::Tensor denom = norm.mean(-1, true) + eps;
+  at::Tensor grad_nx = weight.reshape(-1).to(norm.scalar_type()) * grad_dot_x;
+  at::Tensor grad_norm = grad_nx / denom - (grad_nx * nx).sum(-1, true) / (denom * C);
+  return at::where(norm > 0, grad_norm / norm.clamp_min(1e-30), at::zeros_like(norm));
+}
+
+}  // namespace ck::cpu
