@@ -1,0 +1,125 @@
+import pytest
+import torch
+
+import convnext_kernels as ck
+from convnext_kernels import reference
+from numerics import assert_accurate, fresh_generator, kernel_targets, randn
+
+TARGETS = kernel_targets()
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+# (N, H, W, C): a ConvNeXt-V2 hidden width that is not a power of two (160 = 4 × 40), 1×1
+# images, one sample, C wider than a channel tile (384 > 256).
+SHAPES = [(2, 5, 7, 160), (3, 1, 1, 24), (1, 7, 7, 384), (2, 3, 2, 8)]
+
+
+def _inputs(gen, shape, dtype, device, official_shape, zero_channel):
+    N, H, W, C = shape
+    x = randn(gen, N, H, W, C, dtype=dtype, device=device)
+    if zero_channel:  # G = 0: no gradient through the norm (as vector_norm's backward)
+        x[0, ..., 1] = 0
+    pshape = (1, 1, 1, C) if official_shape else (C,)
+    weight = randn(gen, *pshape, dtype=dtype, device=device)
+    bias = randn(gen, *pshape, dtype=dtype, device=device)
+    return x, weight, bias, randn(gen, N, H, W, C, dtype=dtype, device=device)
+
+
+def _forward_backward(fn, x, weight, bias, grad):
+    leaves = [t.detach().requires_grad_() for t in (x, weight, bias)]
+    y = fn(*leaves)
+    y.backward(grad)
+    return [y] + [t.grad for t in leaves]
+
+
+def _grad_scales(x, grad):
+    """weight and bias gradients are sums over N*H*W pixels: judged against the sum of the terms'
+    magnitudes (a bound for any summation order)."""
+    x, grad = x.double().cpu(), grad.double().cpu()
+    nx = torch.linalg.vector_norm(x, dim=(1, 2), keepdim=True)
+    nx = nx / (nx.mean(-1, keepdim=True) + 1e-6)
+    return {"grad_weight": (grad * x * nx).abs().sum((0, 1, 2)).max(),
+            "grad_bias": grad.abs().sum((0, 1, 2)).max()}
+
+
+@pytest.mark.parametrize("official_shape", [False, True], ids=["timm", "official"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("backend,device", TARGETS)
+def test_grn_matches_float64_reference(backend, device, dtype, shape, official_shape, poisoned):
+    gen, seed = fresh_generator()
+    x, w, b, grad = _inputs(gen, shape, dtype, device, official_shape, zero_channel=True)
+    ours = _forward_backward(lambda *a: ck.grn(*a, backend=backend), x, w, b, grad)
+    ref = _forward_backward(reference.grn, *[t.double().cpu() for t in (x, w, b, grad)])
+    eager = _forward_backward(reference.grn, x, w, b, grad)
+    scales = _grad_scales(x, grad)
+    for name, o, r, e in zip(["y", "grad_x", "grad_weight", "grad_bias"], ours, ref, eager):
+        assert o.shape == r.shape and o.dtype == dtype, name
+        assert_accurate(name, o, r, e, dtype, seed, scales.get(name))
+
+
+def test_gradcheck_cpp_float64():
+    gen, _ = fresh_generator()
+    x, w, b, _ = _inputs(gen, (2, 3, 2, 5), torch.float64, "cpu", False, zero_channel=False)
+    assert torch.autograd.gradcheck(lambda *a: ck.grn(*a, backend="cpp"),
+                                    [t.requires_grad_() for t in (x, w, b)])
+
+
+def _opcheck_cases():
+    cases = []
+    available = ck.available_backends()
+    if "cpp" in available:
+        cases.append((torch.ops.convnext_kernels.grn.default,
+                      torch.ops.convnext_kernels.grn_backward.default, "cpu"))
+    if "triton" in available:
+        cases.append((torch.ops.convnext_kernels.grn_triton.default,
+                      torch.ops.convnext_kernels.grn_backward_triton.default,
+                      "cuda" if torch.cuda.is_available() else "cpu"))
+    return cases
+
+
+@pytest.mark.parametrize("forward_op,backward_op,device", _opcheck_cases())
+def test_opcheck(forward_op, backward_op, device):
+    x = torch.randn(2, 3, 4, 24, device=device)
+    w = torch.randn(24, device=device, requires_grad=True)
+    b = torch.randn(24, device=device, requires_grad=True)
+    torch.library.opcheck(forward_op, (x.requires_grad_(), w, b, 1e-6))
+    _, norm, nx = forward_op(x.detach(), w.detach(), b.detach(), 1e-6)
+    torch.library.opcheck(backward_op, (torch.randn_like(x), x.detach(), w.detach(), norm, nx,
+                                        1e-6))
+
+
+@pytest.mark.parametrize("backend,device", TARGETS)
+def test_torch_compile_fullgraph(backend, device):
+    torch._dynamo.reset()
+    gen, _ = fresh_generator()
+    x, w, b, _ = _inputs(gen, (2, 3, 4, 16), torch.float32, device, False, False)
+
+    def fn(x, w, b):
+        return ck.grn(x, w, b, backend=backend).square().sum()
+
+    leaves_c = [t.detach().requires_grad_() for t in (x, w, b)]
+    leaves_e = [t.detach().requires_grad_() for t in (x, w, b)]
+    torch.compile(fn, fullgraph=True)(*leaves_c).backward()
+    fn(*leaves_e).backward()
+    for c, e in zip(leaves_c, leaves_e):
+        torch.testing.assert_close(c.grad, e.grad, rtol=1e-4, atol=1e-4)
+
+
+GRN_BAD = [
+    ("3-D x", lambda x, w, b: (x[0], w, b), ValueError, "4-D"),
+    ("weight size", lambda x, w, b: (x, torch.randn(5), b), ValueError, "weight must hold 4"),
+    ("bias None", lambda x, w, b: (x, w, None), TypeError, "bias must be a tensor"),
+    ("dtype mix", lambda x, w, b: (x, w.double(), b), TypeError, "weight has dtype"),
+    ("int x", lambda x, w, b: (x.long(), w, b), TypeError, "floating"),
+]
+
+
+@pytest.mark.parametrize("backend", ["auto", "torch", "cpp", "triton"])
+@pytest.mark.parametrize("case,make,error,match", GRN_BAD, ids=[c[0] for c in GRN_BAD])
+def test_grn_bad_input(backend, case, make, error, match):
+    with pytest.raises(error, match=match):
+        ck.grn(*make(torch.randn(2, 3, 3, 4), torch.randn(4), torch.randn(4)), backend=backend)
+
+
+def test_grn_eps_checked():
+    with pytest.raises(ValueError, match="eps must be > 0"):
+        ck.grn(torch.randn(1, 2, 2, 4), torch.randn(4), torch.randn(4), eps=0.0)

@@ -1,0 +1,300 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+import convnext_kernels as ck
+from convnext_kernels import reference
+from numerics import assert_accurate, fresh_generator, kernel_targets, randn
+
+TARGETS = kernel_targets()
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+# (N, H, W, C, mlp_ratio): ConvNeXt channel counts (40, 80, 96; 1408 with ratio 1 to keep the
+# interpreter's time down), rows N*H*W not a multiple of any tile (30, 98, 63, 6).
+SHAPES = [(2, 3, 5, 40, 4), (2, 7, 7, 80, 4), (1, 7, 9, 96, 2), (1, 2, 3, 1408, 1)]
+# (gamma, residual, drop_scale, grn)
+VARIANTS = {"v1": (True, True, True, False), "plain": (False, False, False, False),
+            "gamma": (True, False, False, False), "v2": (False, True, True, True)}
+
+
+def _inputs(gen, shape, variant, dtype, device):
+    N, H, W, C, ratio = shape
+    hid = C * ratio
+    has_gamma, has_residual, has_drop, has_grn = VARIANTS[variant]
+
+    def r(*s, scale=1.0):
+        return randn(gen, *s, dtype=dtype, device=device, scale=scale)
+    x = r(N, H, W, C)
+    params = [r(hid, C, scale=C ** -0.5), r(hid, scale=0.5), r(C, hid, scale=hid ** -0.5),
+              r(C, scale=0.5)]
+    gamma = r(C) if has_gamma else None
+    residual = r(N, H, W, C) if has_residual else None
+    # One dropped sample (0) and kept ones (1/keep), as drop path makes.
+    drop = (torch.tensor([0.0] + [1 / 0.75] * (N - 1), dtype=dtype, device=device)
+            if has_drop else None)
+    grn_w, grn_b = (r(hid), r(hid)) if has_grn else (None, None)
+    return x, params, gamma, residual, drop, grn_w, grn_b, r(N, H, W, C)
+
+
+def _run(fn, x, params, gamma, residual, drop, grn_w, grn_b, grad, **kwargs):
+    leaves = [t.detach().requires_grad_() if t is not None else None
+              for t in [x, *params, gamma, residual, grn_w, grn_b]]
+    x_, w1, b1, w2, b2, g_, res_, gw, gb = leaves
+    out = fn(x_, w1, b1, w2, b2, g_, res_, drop, grn_weight=gw, grn_bias=gb, **kwargs)
+    out.backward(grad)
+    names = ["out", "x", "fc1_w", "fc1_b", "fc2_w", "fc2_b", "gamma", "residual", "grn_weight",
+             "grn_bias"]
+    values = [out] + [t.grad if t is not None else None for t in leaves]
+    return {n: v for n, v in zip(names, values) if v is not None}
+
+
+def _magnitude_scales(x, params, gamma, drop, grn_w, grn_b, grad):
+    """The parameter gradients are sums over rows that can cancel; their error is judged
+    against the sum of the terms' magnitudes (the bound of any summation order)."""
+    x, grad = x.double().cpu(), grad.double().cpu()
+    w1, b1, w2, b2 = (p.double().cpu() for p in params)
+    C = x.shape[-1]
+    rows = x.reshape(-1, C)
+    pre = F.linear(rows, w1, b1)
+    act = F.gelu(pre)
+    if grn_w is not None:
+        act = reference.grn(act.reshape(*x.shape[:3], -1), grn_w.double().cpu(),
+                            grn_b.double().cpu()).reshape(rows.shape[0], -1)
+    g = grad.reshape(-1, C)
+    g_out = g.clone()
+    if gamma is not None:
+        g_out = g_out * gamma.double().cpu()
+    if drop is not None:
+        g_out = g_out * drop.double().cpu().repeat_interleave(rows.shape[0] // x.shape[0])[:, None]
+    g_hidden = (g_out @ w2).abs()
+    scales = {"fc2_w": (g_out.abs().t() @ act.abs()).max(), "fc2_b": g_out.abs().sum(0).max(),
+              "fc1_w": (g_hidden.t() @ rows.abs()).max(), "fc1_b": g_hidden.sum(0).max()}
+    if gamma is not None:
+        y2 = F.linear(act, w2, b2)
+        scales["gamma"] = (g * y2).abs().sum(0).max()
+    return scales
+
+
+def _check(ours, ref, eager, dtype, seed, scales):
+    assert ours.keys() == ref.keys()
+    for name in ref:
+        assert ours[name].shape == ref[name].shape, name
+        assert ours[name].dtype == dtype, name
+        assert_accurate(name, ours[name], ref[name], eager[name], dtype, seed, scales.get(name))
+
+
+def _accuracy_cases():
+    """Every dtype × shape × variant, except that C = 1408 runs in fp32 for V1 and V2 only (the
+    interpreter's time)."""
+    return [(dtype, shape, variant) for dtype in DTYPES for shape in SHAPES for variant in VARIANTS
+            if shape[3] != 1408 or (dtype == torch.float32 and variant in ("v1", "v2"))]
+
+
+@pytest.mark.parametrize("dtype,shape,variant", _accuracy_cases(),
+                         ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else str(v))
+@pytest.mark.parametrize("backend,device", TARGETS)
+def test_mlp_matches_float64_reference(backend, device, dtype, shape, variant, poisoned):
+    gen, seed = fresh_generator()
+    x, params, gamma, residual, drop, grn_w, grn_b, grad = _inputs(gen, shape, variant, dtype,
+                                                                   device)
+    args = (x, params, gamma, residual, drop, grn_w, grn_b, grad)
+    ours = _run(ck.mlp, *args, backend=backend)
+    ref = _run(reference.mlp, *[_to64(a) for a in args])
+    eager = _run(reference.mlp, *args)
+    _check(ours, ref, eager, dtype, seed, _magnitude_scales(x, params, gamma, drop, grn_w,
+                                                            grn_b, grad))
+
+
+def _to64(a):
+    if isinstance(a, list):
+        return [_to64(t) for t in a]
+    return a.double().cpu() if a is not None else None
+
+
+@pytest.mark.parametrize("keep_hidden", [False, True], ids=["recompute", "keep"])
+@pytest.mark.parametrize("variant", ["v1", "v2"])
+@pytest.mark.parametrize("backend,device", TARGETS)
+def test_keep_hidden_and_both_triton_strategies(backend, device, variant, keep_hidden,
+                                                poisoned, monkeypatch):
+    """The kept-hidden backward, and (triton) the two-GEMM forward at a C the fused forward
+    would take, agree with the reference."""
+    if backend == "triton":
+        from convnext_kernels.triton import mlp as triton_mlp
+        monkeypatch.setattr(triton_mlp, "FUSED_MAX_CHANNELS", 0 if keep_hidden else 128)
+    gen, seed = fresh_generator()
+    args = _inputs(gen, (2, 3, 5, 40, 4), variant, torch.float32, device)
+    ours = _run(ck.mlp, *args, backend=backend, keep_hidden=keep_hidden)
+    ref = _run(reference.mlp, *[_to64(a) for a in args])
+    _check(ours, ref, ref, torch.float32, seed, _magnitude_scales(*args[:3], *args[4:]))
+
+
+def test_triton_picks_the_fused_forward_for_small_c_only():
+    pytest.importorskip("triton")
+    from convnext_kernels.triton.mlp import uses_fused_forward
+    assert uses_fused_forward(96, grn=False, keep_hidden=False)
+    assert not uses_fused_forward(192, grn=False, keep_hidden=False)
+    assert not uses_fused_forward(96, grn=True, keep_hidden=False)
+    assert not uses_fused_forward(96, grn=False, keep_hidden=True)
+
+
+@pytest.mark.parametrize("backend,device", TARGETS)
+def test_recompute_saves_input_sized_activations(backend, device):
+    """By default the MLP keeps its input (and y2 for a learnable gamma), not the [M, 4C] hidden
+    tensor; keep_hidden saves it. Measured on what autograd actually saves."""
+    gen, _ = fresh_generator()
+    x, params, gamma, residual, drop, _, _, _ = _inputs(gen, (2, 7, 7, 40, 4), "v1",
+                                                        torch.float32, device)
+    leaves = [t.detach().requires_grad_() for t in [x, *params, gamma]]
+
+    def saved_bytes(**kwargs):
+        seen = {}
+
+        def pack(t):
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            ck.mlp(*leaves, residual, drop, backend=backend, **kwargs)
+        return sum(seen.values())
+
+    param_bytes = sum(t.numel() * 4 for t in leaves[1:])
+    recompute = saved_bytes() - param_bytes
+    kept = saved_bytes(keep_hidden=True) - param_bytes
+    eager = _eager_saved_bytes(leaves, residual, drop) - param_bytes
+    assert recompute <= 2 * x.numel() * 4 + 64  # x and y2
+    assert kept >= recompute + 4 * x.numel() * 4  # + the [M, 4C] pre-activation
+    assert recompute <= 0.3 * eager
+
+
+def _eager_saved_bytes(leaves, residual, drop):
+    seen = {}
+
+    def pack(t):
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        reference.mlp(*leaves, residual, drop)
+    return sum(seen.values())
+
+
+def test_gradcheck_cpp_float64():
+    gen, _ = fresh_generator()
+    x, params, gamma, residual, drop, _, _, _ = _inputs(gen, (2, 2, 3, 4, 2), "v1",
+                                                        torch.float64, "cpu")
+    leaves = [t.requires_grad_() for t in [x, *params, gamma, residual]]
+    assert torch.autograd.gradcheck(
+        lambda *a: ck.mlp(*a[:7], drop, backend="cpp"), leaves)
+    grn_w, grn_b = (randn(gen, 8, dtype=torch.float64).requires_grad_() for _ in range(2))
+    assert torch.autograd.gradcheck(
+        lambda *a: ck.mlp(*a[:5], None, a[5], drop, grn_weight=a[6], grn_bias=a[7],
+                          backend="cpp"), leaves[:5] + [residual, grn_w, grn_b])
+
+
+def _opcheck_cases():
+    cases = []
+    available = ck.available_backends()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if "cpp" in available:
+        cases.append(("cpp", torch.ops.convnext_kernels.mlp.default,
+                      torch.ops.convnext_kernels.mlp_backward.default, "cpu"))
+    if "triton" in available:
+        cases.append(("triton", torch.ops.convnext_kernels.mlp_triton.default,
+                      torch.ops.convnext_kernels.mlp_backward_triton.default, device))
+    return cases
+
+
+@pytest.mark.parametrize("grn", [False, True], ids=["v1", "v2"])
+@pytest.mark.parametrize("name,forward_op,backward_op,device", _opcheck_cases(),
+                         ids=lambda v: v if isinstance(v, str) else "")
+def test_opcheck(name, forward_op, backward_op, device, grn):
+    gen, _ = fresh_generator()
+    x, params, gamma, residual, drop, grn_w, grn_b, grad = _inputs(
+        gen, (2, 2, 3, 16, 2), "v2" if grn else "v1", torch.float32, device)
+    rows = x.reshape(-1, 16)
+    args = (rows.requires_grad_(), *[p.requires_grad_() for p in params],
+            gamma.requires_grad_() if gamma is not None else None,
+            residual.reshape(-1, 16), drop, grn_w, grn_b, 6, 1e-6, False, gamma is not None)
+    torch.library.opcheck(forward_op, args)
+    out, hidden, y2, norm, nx = forward_op(*[a.detach() if isinstance(a, torch.Tensor) else a
+                                             for a in args])
+    torch.library.opcheck(backward_op, (grad.reshape(-1, 16), rows.detach(),
+                                        params[0].detach(), params[1].detach(),
+                                        params[2].detach(),
+                                        gamma.detach() if gamma is not None else None, drop,
+                                        grn_w, grn_b, hidden, y2, norm, nx, 6, 1e-6))
+
+
+@pytest.mark.parametrize("backend,device", TARGETS)
+def test_torch_compile_fullgraph(backend, device):
+    torch._dynamo.reset()
+    gen, _ = fresh_generator()
+    x, params, gamma, residual, drop, _, _, _ = _inputs(gen, (2, 3, 4, 16, 4), "v1",
+                                                        torch.float32, device)
+
+    def fn(x, w1, b1, w2, b2, gamma, residual):
+        return ck.mlp(x, w1, b1, w2, b2, gamma, residual, drop, backend=backend).square().sum()
+
+    base = [x, *params, gamma, residual]
+    leaves_c = [t.detach().requires_grad_() for t in base]
+    leaves_e = [t.detach().requires_grad_() for t in base]
+    torch.compile(fn, fullgraph=True)(*leaves_c).backward()
+    fn(*leaves_e).backward()
+    for c, e in zip(leaves_c, leaves_e):
+        torch.testing.assert_close(c.grad, e.grad, rtol=1e-4, atol=1e-4)
+
+
+def test_empty_rows():
+    for backend, device in TARGETS:
+        gen, _ = fresh_generator()
+        x, params, gamma, _, _, _, _, _ = _inputs(gen, (1, 1, 1, 8, 2), "gamma", torch.float32,
+                                                  device)
+        x = x[:0].detach().requires_grad_()
+        out = ck.mlp(x, *params, gamma, backend=backend)
+        assert out.shape == x.shape
+        out.sum().backward()
+        assert x.grad.shape == x.shape
+
+
+# ---------------------------------------------------------------------------------- bad input
+
+def _good():
+    x = torch.randn(2, 3, 3, 8)
+    return dict(x=x, fc1_w=torch.randn(32, 8), fc1_b=torch.randn(32), fc2_w=torch.randn(8, 32),
+                fc2_b=torch.randn(8))
+
+
+MLP_BAD = [
+    ("fc1 C mismatch", dict(fc1_w=torch.randn(32, 7)), ValueError, "fc1_w must have shape"),
+    ("fc2 H mismatch", dict(fc2_w=torch.randn(8, 31)), ValueError, "fc2_w must have shape"),
+    ("fc2 transposed", dict(fc2_w=torch.randn(32, 8)), ValueError, "fc2_w must have shape"),
+    ("fc1_b size", dict(fc1_b=torch.randn(8)), ValueError, "fc1_b must have shape"),
+    ("fc2_b size", dict(fc2_b=torch.randn(32)), ValueError, "fc2_b must have shape"),
+    ("gamma size", dict(gamma=torch.randn(7)), ValueError, "gamma must hold 8 values"),
+    ("residual shape", dict(residual=torch.randn(2, 3, 3, 7)), ValueError, "residual must"),
+    ("drop_scale size", dict(drop_scale=torch.ones(3)), ValueError, "drop_scale must"),
+    ("grn half", dict(grn_weight=torch.randn(32)), TypeError, "both grn_weight and grn_bias"),
+    ("grn size", dict(grn_weight=torch.randn(8), grn_bias=torch.randn(8)), ValueError,
+     "grn_weight must hold 32"),
+    ("int x", dict(x=torch.ones(2, 3, 3, 8, dtype=torch.long)), TypeError, "floating"),
+    ("dtype mix", dict(fc2_w=torch.randn(8, 32, dtype=torch.float64)), TypeError,
+     "fc2_w has dtype"),
+    ("device mix", dict(fc1_b=torch.randn(32, device="meta")), ValueError, "fc1_b is on meta"),
+]
+
+
+@pytest.mark.parametrize("backend", ["auto", "torch", "cpp", "triton"])
+@pytest.mark.parametrize("case,change,error,match", MLP_BAD, ids=[c[0] for c in MLP_BAD])
+def test_mlp_bad_input(backend, case, change, error, match):
+    kwargs = {**_good(), **change}
+    with pytest.raises(error, match=match):
+        ck.mlp(**kwargs, backend=backend)
+
+
+def test_grn_mlp_needs_nhwc():
+    kwargs = _good()
+    kwargs["x"] = kwargs["x"].reshape(18, 8)
+    with pytest.raises(ValueError, match="with GRN, x must be 4-D"):
+        ck.mlp(**kwargs, grn_weight=torch.randn(32), grn_bias=torch.randn(32))
+
+
+def test_cuda_backend_refused_by_name():
+    with pytest.raises(ValueError, match="backend 'cuda' cannot serve"):
+        ck.mlp(**_good(), backend="cuda")
