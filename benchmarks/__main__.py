@@ -11,11 +11,11 @@ import json
 import os
 import sys
 
-from benchmarks import bench_dwconv, bench_layernorm, harness
+from benchmarks import bench_dwconv, bench_layernorm, bench_mlp, harness
 from benchmarks.plots import write_plots
 
 # Block and model benchmarks arrive with FusedConvNeXtBlock and ck.models.
-SUITES = {"ops": [bench_dwconv, bench_layernorm], "block": [], "model": []}
+SUITES = {"ops": [bench_dwconv, bench_layernorm, bench_mlp], "block": [], "model": []}
 
 
 def write_results(results, out):

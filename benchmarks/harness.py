@@ -54,11 +54,19 @@ class Plan:
         self.floors = (copy_bandwidth(self.device), fma_rate(self.device))
         self.results.floors = {"copy_bandwidth_GBps": self.floors[0] / 1e9,
                                "fma_TFLOPs": self.floors[1] / 1e12}
+        self.matmul_rates = {}
         for dtype in (torch.bfloat16, torch.float32) if self.gpu else (torch.float32,):
-            rate = matmul_rate(self.device, dtype)
-            self.results.floors[f"{str(dtype)[6:]}_matmul_TFLOPs"] = rate / 1e12
+            self.matmul_rates[dtype] = matmul_rate(self.device, dtype)
+            self.results.floors[f"{str(dtype)[6:]}_matmul_TFLOPs"] = \
+                self.matmul_rates[dtype] / 1e12
         print(f"{name} on {self.results.env['device']}: copy {self.floors[0] / 1e9:.0f} GB/s, "
               f"FMA {self.floors[1] / 1e12:.1f} TFLOP/s")
+
+    def matmul_rate(self, dtype):
+        """The measured matmul rate of `dtype` (fp16 counts at bf16's: the same tensor cores)."""
+        if dtype in self.matmul_rates:
+            return self.matmul_rates[dtype]
+        return self.matmul_rates.get(torch.bfloat16, self.matmul_rates[torch.float32])
 
     def finish(self):
         base = self.results.write(self.out)
@@ -196,11 +204,12 @@ def floor_ms(bytes_moved, flops, bandwidth, flop_rate):
 
 def run_providers(results, device, case, table, input_sets, cost, reps, floors,
                   baselines=("eager NCHW", "eager channels_last", "compile default",
-                             "compile max-autotune")):
+                             "compile max-autotune"), extras=None):
     """Times every provider of `table` (name -> (memory format, fn(*inputs))) on `input_sets`
     (each: the differentiable inputs, then the output gradient), in three passes: fwd
     (inference), bwd (gradients from a kept graph), fwd+bwd; adds a row per provider and pass
-    with its % of floor (cost: pass -> (bytes, flops)) and its speed-up over each baseline."""
+    with its % of floor (cost: pass -> (bytes, flops)) and its speed-up over each baseline;
+    extras: provider -> fields added to its rows."""
     timings, rows = {}, []
     for provider, (fmt, fn) in table.items():
         inputs = [tuple(t.contiguous(memory_format=fmt) if t is not None and t.dim() == 4 else t
@@ -235,7 +244,8 @@ def run_providers(results, device, case, table, input_sets, cost, reps, floors,
                     if device.type == "cuda" else None)
             row = dict(case, provider=provider, memory_format=str(fmt).replace("torch.", ""),
                        **{"pass": pass_name}, **stats, peak_memory_MiB=peak, bytes=bytes_moved,
-                       flops=flops, floor_ms=floor, pct_of_floor=100 * floor / stats["median_ms"])
+                       flops=flops, floor_ms=floor, pct_of_floor=100 * floor / stats["median_ms"],
+                       **(extras or {}).get(provider, {}))
             rows.append(row)
         del kept
     for row in rows:
@@ -245,6 +255,12 @@ def run_providers(results, device, case, table, input_sets, cost, reps, floors,
                 key = "speedup_vs_" + base.replace(" ", "_").replace("-", "_")
                 row[key] = ref / row["median_ms"]
         results.add(**row)
+
+
+def speedup_over_eager(row):
+    """Speed-up over the eager baseline users run: channels_last where an op has NCHW and
+    channels_last forms, else plain eager."""
+    return row.get("speedup_vs_eager_channels_last", row.get("speedup_vs_eager", float("nan")))
 
 
 class Results:
@@ -287,11 +303,12 @@ class Results:
         for op in dict.fromkeys(r.get("op", self.name) for r in self.rows):
             lines += ["", f"## {op} ({env['label']})", "",
                       "| case | dtype | pass | provider | median ms | p20–p80 ms | % of floor | "
-                      "speed-up vs eager channels_last |", "|---|---|---|---|---|---|---|---|"]
+                      "speed-up vs eager | vs compile |", "|---|---|---|---|---|---|---|---|---|"]
             for r in (r for r in self.rows if r.get("op", self.name) == op):
                 lines.append(
                     f"| {r['case']} | {r['dtype']} | {r['pass']} | {r['provider']} | "
                     f"{r['median_ms']:.4g} | {r['p20_ms']:.4g}–{r['p80_ms']:.4g} | "
                     f"{r['pct_of_floor']:.1f} | "
-                    f"{r.get('speedup_vs_eager_channels_last', float('nan')):.2f} |")
+                    f"{speedup_over_eager(r):.2f} | "
+                    f"{r.get('speedup_vs_compile_default', float('nan')):.2f} |")
         return "\n".join(lines) + "\n"

@@ -22,7 +22,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from convnext_kernels.triton import dwconv, dwconv_layer_norm, layer_norm
+from convnext_kernels.triton import dwconv, dwconv_layer_norm, grn, layer_norm, mlp
 
 H100 = {"arch": 90, "regs_per_sm": 65536, "max_threads_per_sm": 2048, "smem_per_sm": 228 * 1024,
         "max_blocks_per_sm": 32}
@@ -35,6 +35,13 @@ DWCONV_SHAPES = [(64, 96, 56, 56), (64, 192, 28, 28), (64, 384, 14, 14), (64, 76
 # 1024 (B stage 4) and the 4096 limit.
 LAYER_NORM_SHAPES = DWCONV_SHAPES + [(64, 80, 56, 56), (64, 1408, 7, 7), (64, 1024, 7, 7),
                                      (8, 4096, 7, 7)]
+
+# MLP rows (M, C, H, rows per sample): ConvNeXt-T stages 1 and 4 at batch 64, an odd small C
+# (the fused forward) and a wide odd one (1408, two GEMMs).
+MLP_SHAPES = [(64 * 56 * 56, 96, 384, 56 * 56), (64 * 7 * 7, 768, 3072, 7 * 7),
+              (30, 40, 160, 15), (98, 1408, 5632, 49)]
+# GRN on the V2 hidden tensor (N, H, W, 4C): ConvNeXtV2-T stages 1 and 4, an odd one.
+GRN_SHAPES = [(64, 56, 56, 384), (64, 7, 7, 3072), (2, 5, 7, 160)]
 
 
 def report_launches():
@@ -50,6 +57,12 @@ def report_launches():
         for shape in LAYER_NORM_SHAPES:
             for launch in layer_norm.launches(dtype, *shape):
                 rows.append(("layer_norm_2d", dtype, shape, None, launch))
+        for shape in MLP_SHAPES:
+            for launch in mlp.launches(dtype, *shape):
+                rows.append(("mlp", dtype, shape, None, launch))
+        for shape in GRN_SHAPES:
+            for launch in grn.launches(dtype, *shape):
+                rows.append(("grn", dtype, shape, None, launch))
     return rows
 
 

@@ -6,7 +6,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-BASELINE = "eager channels_last"
+from benchmarks.harness import speedup_over_eager  # noqa: E402
+
+BASELINES = ("eager channels_last", "eager")
 
 
 def _grouped_bars(ax, rows, value, providers, stages):
@@ -14,7 +16,7 @@ def _grouped_bars(ax, rows, value, providers, stages):
     for i, provider in enumerate(providers):
         heights = []
         for stage in stages:
-            match = [r[value] for r in rows if r["provider"] == provider and r["stage"] == stage]
+            match = [value(r) for r in rows if r["provider"] == provider and r["stage"] == stage]
             heights.append(match[0] if match else 0.0)
         ax.bar([s + i * width for s in range(len(stages))], heights, width, label=provider)
     ax.set_xticks([s + width * (len(providers) - 1) / 2 for s in range(len(stages))], stages)
@@ -27,7 +29,8 @@ def _by_op(rows, dtype, pass_name):
 
 
 def write_plots(rows, env, out_dir):
-    """speedup.png (fwd+bwd speed-up over eager channels_last, per op and stage) and floor.png
+    """speedup.png (fwd+bwd speed-up over eager, channels_last where it applies, per op and
+    stage) and floor.png
     (% of floor of our kernels, per op, pass and stage), for the first dtype in the rows.
     Returns the paths written."""
     if not rows:
@@ -36,9 +39,9 @@ def write_plots(rows, env, out_dir):
     title = f"{env['device']} ({env['label']}), {dtype}, {env['date']}"
     paths = []
     for name, value, pass_name, pick, ylabel in (
-            ("speedup.png", "speedup_vs_eager_channels_last", "fwd+bwd",
-             lambda p: p != BASELINE, f"fwd+bwd speed-up over {BASELINE}"),
-            ("floor.png", "pct_of_floor", "fwd", lambda p: p.startswith("ours"),
+            ("speedup.png", speedup_over_eager, "fwd+bwd", lambda p: p not in BASELINES,
+             "fwd+bwd speed-up over eager (channels_last)"),
+            ("floor.png", lambda r: r["pct_of_floor"], "fwd", lambda p: p.startswith("ours"),
              "forward: % of the measured floor")):
         groups = _by_op(rows, dtype, pass_name)
         fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4), squeeze=False)
@@ -48,7 +51,7 @@ def write_plots(rows, env, out_dir):
             _grouped_bars(ax, op_rows, value, providers, stages)
             ax.set_title(op)
             ax.set_ylabel(ylabel)
-            if value.startswith("speedup"):
+            if name == "speedup.png":
                 ax.axhline(1.0, color="black", linewidth=0.8)
             ax.legend(fontsize=7)
         fig.suptitle(title, fontsize=9)

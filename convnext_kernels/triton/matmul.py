@@ -200,12 +200,15 @@ def dot_in_fp32(dtype):
     return INTERPRETED and dtype != torch.float32
 
 
-def config(dtype):
+def config(dtype, prologue=False):
+    """(tile constexprs, num_warps, num_stages). Operand prologues hold the A or B tile in
+    registers in fp32 on the way to the tensor cores; at BLOCK_K = 64 that spilled (kernel
+    report: 79-105 spill stores), at 32 it does not. Not yet tuned on a GPU."""
     if INTERPRETED:  # few, wide tiles: the interpreter pays per program and per loop step
         return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, GROUP_M=8), 4, None
     if dtype == torch.float32:
         return dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=32, GROUP_M=8), 4, 3
-    return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8), 8, 3
+    return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32 if prologue else 64, GROUP_M=8), 8, 3
 
 
 # Programs a split-K GEMM aims for: two waves of the H100's 132 SMs.
@@ -214,7 +217,7 @@ _SPLIT_K_PROGRAMS = 264
 
 def split_k(M, N, K):
     """Splits of K for a weight-gradient GEMM (small M×N output, K = rows): from the shape only,
-    so results are reproducible; each split keeps at least 4 K steps."""
+    so results are reproducible; each split keeps at least 4 K steps of 64."""
     cfg, _, _ = config(torch.bfloat16)
     tiles = triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(N, cfg["BLOCK_N"])
     wanted = triton.cdiv(_SPLIT_K_PROGRAMS, tiles)
@@ -230,7 +233,9 @@ def matmul_launch(a, b, out, *, bias=None, epilogue=PLAIN, pre=None, aux=None, y
     `out` is [M, N] contiguous, or with `partials` fp32 [splits, M, N]."""
     M, K = a.shape
     N = b.shape[1]
-    cfg, num_warps, num_stages = config(a.dtype)
+    prologue = any(t is not None for t in (a_row_scale, a_col_scale, a_grn_scale, b_grn_scale,
+                                           row_sum)) or b_gelu
+    cfg, num_warps, num_stages = config(a.dtype, prologue)
     if partials:
         k_per_split = triton.cdiv(triton.cdiv(K, splits), cfg["BLOCK_K"]) * cfg["BLOCK_K"]
     else:

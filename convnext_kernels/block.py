@@ -1,0 +1,177 @@
+"""FusedConvNeXtBlock: the ConvNeXt V1/V2 block as two fused ops,
+
+    y   = dwconv_layer_norm(x)                          (one kernel on GPU)
+    out = mlp(y, residual=x, gamma, drop_scale, grn)    (fc1+GELU[+GRN sums], fc2+scales+residual)
+
+on channels_last data, where the N,H,W,C views of x and y are the MLP's rows: no permute copies.
+
+Its parameters live where the source block keeps them. Built directly, the layout is the
+official one (dwconv, norm, pwconv1, [grn], pwconv2, gamma), so official checkpoints load
+unchanged; built by `from_block` from a timm or torchvision block, the fused block adopts that
+block's own submodules (same Parameter objects, same state_dict keys) and reads the weights
+through `LAYOUTS` (a 1×1 conv weight or torchvision's [C,1,1] layer scale is a view).
+"""
+import functools
+
+import torch
+from torch import nn
+
+from . import reference
+from .ops.layer_norm import dwconv_layer_norm, layer_norm_2d
+from .ops.mlp import mlp
+
+# Where each weight of a block lives, per source layout (attribute paths).
+LAYOUTS = {
+    "official": dict(dw_weight="dwconv.weight", dw_bias="dwconv.bias", ln_weight="norm.weight",
+                     ln_bias="norm.bias", fc1_w="pwconv1.weight", fc1_b="pwconv1.bias",
+                     fc2_w="pwconv2.weight", fc2_b="pwconv2.bias", gamma="gamma",
+                     grn_weight="grn.gamma", grn_bias="grn.beta"),
+    "timm": dict(dw_weight="conv_dw.weight", dw_bias="conv_dw.bias", ln_weight="norm.weight",
+                 ln_bias="norm.bias", fc1_w="mlp.fc1.weight", fc1_b="mlp.fc1.bias",
+                 fc2_w="mlp.fc2.weight", fc2_b="mlp.fc2.bias", gamma="gamma",
+                 grn_weight="mlp.grn.weight", grn_bias="mlp.grn.bias"),
+    "torchvision": dict(dw_weight="block.0.weight", dw_bias="block.0.bias",
+                        ln_weight="block.2.weight", ln_bias="block.2.bias",
+                        fc1_w="block.3.weight", fc1_b="block.3.bias", fc2_w="block.5.weight",
+                        fc2_b="block.5.bias", gamma="layer_scale", grn_weight=None,
+                        grn_bias=None),
+}
+
+
+class GRN(nn.Module):
+    """The official ConvNeXt-V2 GRN's parameters (gamma, beta [1,1,1,C], zero-initialised), so
+    that state_dict keys match; the computation is fused into the MLP."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.zeros(1, 1, 1, dim))
+        self.beta = nn.Parameter(torch.zeros(1, 1, 1, dim))
+
+    def forward(self, x):
+        return reference.grn(x, self.gamma, self.beta)
+
+
+def _lookup(module, path):
+    if path is None:
+        return None
+    return functools.reduce(getattr, path.split("."), module)
+
+
+class FusedConvNeXtBlock(nn.Module):
+    """ConvNeXt block on N,C,H,W input: dwconv k×k → LayerNorm → Linear(C, r·C) → GELU → [GRN] →
+    Linear(r·C, C) → [·gamma] → drop path → + x. V1: layer scale (layer_scale_init_value > 0),
+    V2: use_grn=True (no layer scale). channels_last input is the fast path and the output keeps
+    the input's memory format. `backend` as for every ck op."""
+
+    def __init__(self, dim, drop_path=0.0, layer_scale_init_value=1e-6, kernel_size=7,
+                 mlp_ratio=4, use_grn=False, eps=1e-6, backend="auto"):
+        super().__init__()
+        if kernel_size % 2 == 0:
+            raise ValueError(f"FusedConvNeXtBlock: kernel_size must be odd, got {kernel_size}")
+        if not isinstance(mlp_ratio, int) or mlp_ratio < 1:
+            raise ValueError(f"FusedConvNeXtBlock: mlp_ratio must be a positive int, got "
+                             f"{mlp_ratio!r}")
+        hidden = mlp_ratio * dim
+        self.dwconv = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
+        self.norm = nn.LayerNorm(dim, eps=eps)
+        self.pwconv1 = nn.Linear(dim, hidden)
+        if use_grn:
+            self.grn = GRN(hidden)
+        self.pwconv2 = nn.Linear(hidden, dim)
+        use_gamma = layer_scale_init_value is not None and layer_scale_init_value > 0
+        self.gamma = nn.Parameter(layer_scale_init_value * torch.ones(dim)) if use_gamma else None
+        self._configure("official", drop_path, eps, backend, use_grn)
+
+    def _configure(self, layout, drop_path, eps, backend, use_grn, grn_eps=1e-6):
+        if not 0.0 <= drop_path < 1.0:
+            raise ValueError(f"FusedConvNeXtBlock: drop_path must be in [0, 1), got {drop_path}")
+        self.layout = layout
+        # Not `drop_path`: the anchors keep their DropPath module under that name.
+        self.drop_prob = float(drop_path)
+        self.eps = float(eps)
+        self.grn_eps = float(grn_eps)
+        self.backend = backend
+        self.use_grn = use_grn
+
+    @classmethod
+    def from_block(cls, block, backend="auto"):
+        """A fused block computing what `block` computes (an official V1/V2 Block, a timm
+        ConvNeXtBlock or a torchvision CNBlock), adopting its submodules and parameters."""
+        from .convert import describe_block  # convert.py knows the anchors' classes
+        spec = describe_block(block)
+        fused = cls.__new__(cls)
+        nn.Module.__init__(fused)
+        for name, child in block.named_children():
+            fused.add_module(name, child)
+        for name, param in block.named_parameters(recurse=False):
+            fused.register_parameter(name, param)
+        gamma_path = LAYOUTS[spec["layout"]]["gamma"]
+        if not hasattr(fused, gamma_path):  # no layer scale (V2): the anchors set it to None
+            setattr(fused, gamma_path, None)
+        fused._configure(spec["layout"], spec["drop_path"], spec["eps"], backend,
+                         spec["use_grn"], spec["grn_eps"])
+        return fused
+
+    def weights(self):
+        """name -> tensor of every weight the ops take (views where the layout's shape differs,
+        e.g. a 1×1 conv's [r·C, C, 1, 1] weight as [r·C, C])."""
+        grn = ("grn_weight", "grn_bias")
+        w = {name: _lookup(self, path) if self.use_grn or name not in grn else None
+             for name, path in LAYOUTS[self.layout].items()}
+        for name in ("fc1_w", "fc2_w"):
+            w[name] = w[name].flatten(1)
+        if w["gamma"] is not None:
+            w["gamma"] = w["gamma"].reshape(-1)
+        return w
+
+    def forward(self, x):
+        if x.dim() != 4:
+            raise ValueError(f"FusedConvNeXtBlock: x must be 4-D (N, C, H, W), got shape "
+                             f"{tuple(x.shape)}")
+        w = self.weights()
+        channels_last = x.is_contiguous(memory_format=torch.channels_last)
+        x_cl = x if channels_last else x.contiguous(memory_format=torch.channels_last)
+        y = dwconv_layer_norm(x_cl, w["dw_weight"], w["dw_bias"], w["ln_weight"], w["ln_bias"],
+                              self.eps, backend=self.backend)
+        drop_scale = None
+        if self.training and self.drop_prob > 0.0:
+            keep = 1.0 - self.drop_prob
+            drop_scale = x.new_empty(x.shape[0]).bernoulli_(keep).div_(keep)
+        out = mlp(y.permute(0, 2, 3, 1), w["fc1_w"], w["fc1_b"], w["fc2_w"], w["fc2_b"],
+                  w["gamma"], x_cl.permute(0, 2, 3, 1), drop_scale, grn_weight=w["grn_weight"],
+                  grn_bias=w["grn_bias"], grn_eps=self.grn_eps,
+                  backend=self.backend).permute(0, 3, 1, 2)
+        return out if channels_last else out.contiguous()
+
+    def extra_repr(self):
+        return (f"layout={self.layout}, drop_path={self.drop_prob}, eps={self.eps}, "
+                f"use_grn={self.use_grn}, backend={self.backend!r}")
+
+
+class LayerNorm2d(nn.Module):
+    """LayerNorm over the channels of N,C,H,W input (the stem's and downsampling layers' norm)
+    with ck.layer_norm_2d; parameters `weight` and `bias` [C] as timm's, torchvision's and the
+    official channels_first LayerNorm name them."""
+
+    def __init__(self, dim, eps=1e-6, backend="auto"):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim))
+        self.eps = float(eps)
+        self.backend = backend
+
+    @classmethod
+    def from_norm(cls, norm, backend="auto"):
+        """Adopts the weight and bias Parameters of a channels-first LayerNorm module."""
+        fused = cls.__new__(cls)
+        nn.Module.__init__(fused)
+        fused.weight, fused.bias = norm.weight, norm.bias
+        fused.eps = float(norm.eps)
+        fused.backend = backend
+        return fused
+
+    def forward(self, x):
+        return layer_norm_2d(x, self.weight, self.bias, self.eps, backend=self.backend)
+
+    def extra_repr(self):
+        return f"{self.weight.shape[0]}, eps={self.eps}, backend={self.backend!r}"
