@@ -51,6 +51,14 @@ class GRN(nn.Module):
         return reference.grn(x, self.gamma, self.beta)
 
 
+def autocast_dtype(x):
+    """The dtype autocast runs matmuls in for x's device, or None outside autocast. The fused
+    ops take one dtype: under autocast they run in it (statistics stay fp32 inside)."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return None
+
+
 def _lookup(module, path):
     if path is None:
         return None
@@ -110,7 +118,7 @@ class FusedConvNeXtBlock(nn.Module):
             setattr(fused, gamma_path, None)
         fused._configure(spec["layout"], spec["drop_path"], spec["eps"], backend,
                          spec["use_grn"], spec["grn_eps"])
-        return fused
+        return fused.train(block.training)
 
     def weights(self):
         """name -> tensor of every weight the ops take (views where the layout's shape differs,
@@ -129,6 +137,10 @@ class FusedConvNeXtBlock(nn.Module):
             raise ValueError(f"FusedConvNeXtBlock: x must be 4-D (N, C, H, W), got shape "
                              f"{tuple(x.shape)}")
         w = self.weights()
+        dtype = autocast_dtype(x)
+        if dtype is not None:
+            x = x.to(dtype)
+            w = {name: t.to(dtype) if t is not None else None for name, t in w.items()}
         channels_last = x.is_contiguous(memory_format=torch.channels_last)
         x_cl = x if channels_last else x.contiguous(memory_format=torch.channels_last)
         y = dwconv_layer_norm(x_cl, w["dw_weight"], w["dw_bias"], w["ln_weight"], w["ln_bias"],
@@ -168,10 +180,13 @@ class LayerNorm2d(nn.Module):
         fused.weight, fused.bias = norm.weight, norm.bias
         fused.eps = float(norm.eps)
         fused.backend = backend
-        return fused
+        return fused.train(norm.training)
 
     def forward(self, x):
-        return layer_norm_2d(x, self.weight, self.bias, self.eps, backend=self.backend)
+        weight, bias = self.weight, self.bias
+        if autocast_dtype(x) is not None:  # x keeps its dtype, as layer_norm under autocast
+            weight, bias = weight.to(x.dtype), bias.to(x.dtype)
+        return layer_norm_2d(x, weight, bias, self.eps, backend=self.backend)
 
     def extra_repr(self):
         return f"{self.weight.shape[0]}, eps={self.eps}, backend={self.backend!r}"

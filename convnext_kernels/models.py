@@ -19,6 +19,25 @@ class PlainLayerNorm2d(nn.LayerNorm):
         return reference.layer_norm_2d(x, self.weight, self.bias, self.eps)
 
 
+class DropPath(nn.Module):
+    """Per-sample stochastic depth scaled by 1/keep (timm's DropPath, which the official code
+    uses)."""
+
+    def __init__(self, drop_prob=0.0):
+        super().__init__()
+        self.drop_prob = drop_prob
+        self.scale_by_keep = True
+
+    def forward(self, x):
+        if not self.training or self.drop_prob == 0.0:
+            return x
+        keep = 1 - self.drop_prob
+        return x * x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep).div_(keep)
+
+    def extra_repr(self):
+        return f"drop_prob={self.drop_prob}"
+
+
 class ConvNeXtBlock(nn.Module):
     """The plain PyTorch ConvNeXt block (official structure and names): dwconv → permute →
     LayerNorm → Linear → GELU → [GRN] → Linear → [·gamma] → permute → drop path → + x."""
@@ -35,7 +54,7 @@ class ConvNeXtBlock(nn.Module):
         self.pwconv2 = nn.Linear(mlp_ratio * dim, dim)
         use_gamma = layer_scale_init_value is not None and layer_scale_init_value > 0
         self.gamma = nn.Parameter(layer_scale_init_value * torch.ones(dim)) if use_gamma else None
-        self.drop_prob = drop_path
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x):
         y = self.norm(self.dwconv(x).permute(0, 2, 3, 1))
@@ -45,11 +64,7 @@ class ConvNeXtBlock(nn.Module):
         y = self.pwconv2(y)
         if self.gamma is not None:
             y = y * self.gamma
-        y = y.permute(0, 3, 1, 2)
-        if self.training and self.drop_prob > 0:
-            keep = 1 - self.drop_prob
-            y = y * x.new_empty(x.shape[0], 1, 1, 1).bernoulli_(keep).div_(keep)
-        return x + y
+        return x + self.drop_path(y.permute(0, 3, 1, 2))
 
 
 class ConvNeXt(nn.Module):
@@ -79,7 +94,8 @@ class ConvNeXt(nn.Module):
             + [nn.Sequential(norm2d(dims[i]), nn.Conv2d(dims[i], dims[i + 1], kernel_size=2,
                                                         stride=2))
                for i in range(3)])
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        total = sum(depths)
+        rates = [drop_path_rate * i / max(1, total - 1) for i in range(total)]  # linear decay
         starts = [sum(depths[:i]) for i in range(4)]
         self.stages = nn.ModuleList(
             nn.Sequential(*(block(dims[i], rates[starts[i] + j]) for j in range(depths[i])))

@@ -1,0 +1,184 @@
+import pytest
+import torch
+from torch import nn
+
+import convnext_kernels as ck
+from convnext_kernels import reference
+from convnext_kernels.models import ConvNeXtBlock
+from numerics import assert_accurate, fresh_generator, kernel_targets
+
+TARGETS = kernel_targets()
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+def _randomise(module, gen):
+    """Non-trivial values for every parameter (zero-initialised GRN and 1e-6 layer scale would
+    hide errors in their paths)."""
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64) * 0.5)
+
+
+def _pair(gen, dim, use_grn, dtype=torch.float64, **kwargs):
+    """A plain block and a fused one with the same weights (loaded through state_dict)."""
+    plain = ConvNeXtBlock(dim, use_grn=use_grn, layer_scale_init_value=0.0 if use_grn else 1e-6,
+                          **kwargs).to(torch.float64)
+    _randomise(plain, gen)
+    fused = ck.FusedConvNeXtBlock(dim, use_grn=use_grn,
+                                  layer_scale_init_value=0.0 if use_grn else 1e-6,
+                                  **kwargs).to(torch.float64)
+    fused.load_state_dict(plain.state_dict())
+    return plain, fused
+
+
+def _grads(block, x, grad):
+    x = x.detach().requires_grad_()
+    block.zero_grad()
+    out = block(x)
+    out.backward(grad)
+    return out, {"x": x.grad, **{n: p.grad for n, p in block.named_parameters()}}
+
+
+@pytest.mark.parametrize("channels_last", [True, False], ids=["nhwc", "nchw"])
+@pytest.mark.parametrize("version", ["v1", "v2"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("backend,device", TARGETS)
+def test_block_matches_float64_reference(backend, device, dtype, version, channels_last,
+                                         poisoned):
+    gen, seed = fresh_generator()
+    plain, fused = _pair(gen, 24, version == "v2")
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(2, 24, 6, 7, generator=gen, dtype=torch.float64).contiguous(
+        memory_format=fmt)
+    grad = torch.randn(x.shape, generator=gen, dtype=torch.float64)
+    ref_out, ref = _grads(plain, x, grad)
+    eager_block = plain.to(device=device, dtype=dtype)
+    eager_out, eager = _grads(eager_block, x.to(device, dtype), grad.to(device, dtype))
+    fused.backend = backend
+    fused = fused.to(device=device, dtype=dtype)
+    out, ours = _grads(fused, x.to(device, dtype), grad.to(device, dtype))
+    assert out.is_contiguous(memory_format=fmt)
+    assert_accurate("out", out, ref_out, eager_out, dtype, seed)
+    for name in ref:
+        assert ours[name].dtype == dtype
+        assert_accurate(name, ours[name], ref[name], eager[name], dtype, seed)
+
+
+@pytest.mark.parametrize("backend,device", TARGETS)
+def test_drop_path_per_sample_as_timm(backend, device):
+    """Training mode draws one keep/drop per sample, scaled by 1/keep, from the same RNG calls as
+    the eager block (so seeded runs agree); eval mode is the identity."""
+    gen, _ = fresh_generator()
+    plain, fused = _pair(gen, 16, False, drop_path=0.5)
+    fused.backend = backend
+    plain, fused = plain.float().to(device), fused.float().to(device)
+    x = torch.randn(8, 16, 5, 5, generator=gen).to(device)
+    for mode in (True, False):
+        plain.train(mode)
+        fused.train(mode)
+        torch.manual_seed(3)
+        expected = plain(x)
+        torch.manual_seed(3)
+        torch.testing.assert_close(fused(x), expected, rtol=1e-5, atol=1e-5)
+    fused.train()
+    dropped = [(fused(x) - x).flatten(1).abs().amax(1) == 0 for _ in range(4)]
+    assert torch.stack(dropped).any()  # some sample dropped at p = 0.5 over 32 draws
+
+
+def test_state_dict_keys_are_the_official_blocks():
+    for use_grn, extra in ((False, {"gamma"}), (True, {"grn.gamma", "grn.beta"})):
+        keys = set(ck.FusedConvNeXtBlock(8, use_grn=use_grn,
+                                         layer_scale_init_value=0 if use_grn else 1e-6
+                                         ).state_dict())
+        base = {f"{m}.{p}" for m in ("dwconv", "norm", "pwconv1", "pwconv2")
+                for p in ("weight", "bias")}
+        assert keys == base | extra
+    fused = ck.FusedConvNeXtBlock(8, use_grn=True, layer_scale_init_value=0)
+    assert fused.grn.gamma.shape == (1, 1, 1, 32) and fused.pwconv1.weight.shape == (32, 8)
+
+
+def test_from_block_shares_parameters_and_matches():
+    timm = pytest.importorskip("timm")
+    from timm.models.convnext import ConvNeXtBlock as TimmBlock
+    from torchvision.models.convnext import CNBlock
+
+    gen, _ = fresh_generator()
+    blocks = [TimmBlock(16, conv_mlp=True), TimmBlock(16, use_grn=True, ls_init_value=None),
+              TimmBlock(16, conv_mlp=False), CNBlock(16, 1e-6, 0.0),
+              ConvNeXtBlock(16, use_grn=True, layer_scale_init_value=0)]
+    assert timm is not None
+    for block in blocks:
+        _randomise(block, gen)
+        block.eval()
+        x = torch.randn(2, 16, 6, 6, generator=gen)
+        fused = ck.FusedConvNeXtBlock.from_block(block, backend="cpp").eval()
+        assert {n: id(p) for n, p in fused.named_parameters()} == \
+            {n: id(p) for n, p in block.named_parameters()}
+        assert fused.state_dict().keys() == block.state_dict().keys()
+        torch.testing.assert_close(fused(x), block(x), rtol=1e-5, atol=1e-5)
+
+
+def _timm_block(**kwargs):
+    from timm.models.convnext import ConvNeXtBlock as TimmBlock
+    return TimmBlock(16, **kwargs)
+
+
+REFUSED = [
+    ("dilation", lambda: _timm_block(dilation=2), "dilation 1"),
+    ("tanh gelu", lambda: _timm_block(act_layer="gelu_tanh"), "exact \\(erf\\) GELU"),
+    ("channel change", lambda: _timm_block(out_chs=32), "shortcut is not the identity|depthwise"),
+    ("not a block", lambda: nn.Linear(3, 3), "not a ConvNeXt block"),
+]
+
+
+@pytest.mark.parametrize("case,make,match", REFUSED, ids=[c[0] for c in REFUSED])
+def test_from_block_refuses_what_it_cannot_compute(case, make, match):
+    pytest.importorskip("timm")
+    with pytest.raises(ValueError, match=match):
+        ck.FusedConvNeXtBlock.from_block(make())
+
+
+def test_constructor_checks():
+    with pytest.raises(ValueError, match="kernel_size must be odd"):
+        ck.FusedConvNeXtBlock(8, kernel_size=4)
+    with pytest.raises(ValueError, match="drop_path must be in"):
+        ck.FusedConvNeXtBlock(8, drop_path=1.0)
+    with pytest.raises(ValueError, match="mlp_ratio must be a positive int"):
+        ck.FusedConvNeXtBlock(8, mlp_ratio=0)
+    with pytest.raises(ValueError, match="4-D"):
+        ck.FusedConvNeXtBlock(8)(torch.randn(8, 5, 5))
+
+
+def test_activation_checkpointing_half_and_state_dict_round_trip():
+    gen, _ = fresh_generator()
+    _, fused = _pair(gen, 16, False)
+    fused = fused.float()
+    fused.backend = "cpp"
+    x = torch.randn(2, 16, 5, 5, generator=gen).contiguous(memory_format=torch.channels_last)
+    out, grads = _grads(fused, x, torch.ones_like(x))
+    xc = x.detach().requires_grad_()
+    fused.zero_grad()
+    torch.utils.checkpoint.checkpoint(fused, xc, use_reentrant=False).backward(
+        torch.ones_like(x))
+    torch.testing.assert_close(xc.grad, grads["x"])
+    for n, p in fused.named_parameters():
+        torch.testing.assert_close(p.grad, grads[n])
+
+    copy = ck.FusedConvNeXtBlock(16, backend="cpp")
+    copy.load_state_dict(fused.state_dict())
+    torch.testing.assert_close(copy(x), out)
+    half = copy.half()
+    assert all(p.dtype == torch.float16 for p in half.parameters())
+    assert half(x.half()).dtype == torch.float16
+
+
+def test_reference_block_agrees_with_plain_block():
+    """reference.convnext_block (the executable spec) and the plain module agree."""
+    gen, _ = fresh_generator()
+    plain, _ = _pair(gen, 8, True)
+    x = torch.randn(2, 8, 4, 4, generator=gen, dtype=torch.float64)
+    expected = reference.convnext_block(
+        x, plain.dwconv.weight, plain.dwconv.bias, plain.norm.weight, plain.norm.bias,
+        plain.pwconv1.weight, plain.pwconv1.bias, plain.pwconv2.weight, plain.pwconv2.bias,
+        grn_weight=plain.grn.gamma, grn_bias=plain.grn.beta)
+    torch.testing.assert_close(plain(x), expected)
