@@ -34,7 +34,7 @@ report: build
 	$(PY) -m benchmarks.kernel_report
 
 gpu-suite:
-	bash benchmarks/gpu_suite.sh
+	PART=$(or $(PART),all) bash benchmarks/gpu_suite.sh
 
 clean:
 	rm -rf build .build-stamp convnext_kernels/*.so

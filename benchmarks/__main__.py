@@ -1,6 +1,7 @@
 """The benchmark suite (`make bench`): op, block and model benchmarks for the device at hand.
 
-    python -m benchmarks [--ops] [--block] [--model] [--quick] [--dtype bf16 fp32] [--out DIR]
+    python -m benchmarks [--ops] [--block] [--model] [--quick] [--autotune] [--dtype bf16 fp32]
+                         [--out DIR]
 
 Writes DIR/<device>-<date>/results.json (one row per case, provider and pass), results.md
 (tables) and PNG plots. Without a GPU it runs the CPU suite (cpp backend against eager and
@@ -11,11 +12,12 @@ import json
 import os
 import sys
 
-from benchmarks import bench_dwconv, bench_layernorm, bench_mlp, harness
+from benchmarks import (bench_block, bench_dwconv, bench_layernorm, bench_mlp, bench_model,
+                        harness)
 from benchmarks.plots import write_plots
 
-# Block and model benchmarks arrive with FusedConvNeXtBlock and ck.models.
-SUITES = {"ops": [bench_dwconv, bench_layernorm, bench_mlp], "block": [], "model": []}
+SUITES = {"ops": [bench_dwconv, bench_layernorm, bench_mlp], "block": [bench_block],
+          "model": [bench_model]}
 
 
 def write_results(results, out):
@@ -35,14 +37,12 @@ def write_results(results, out):
 
 def main(argv=None):
     parser = harness.parser(__doc__.splitlines()[0])
+    parser.add_argument("--autotune", action="store_true",
+                        help="add torch.compile max-autotune baselines (long compiles)")
     for group in SUITES:
         parser.add_argument(f"--{group}", action="store_true", help=f"run the {group} benchmarks")
     args = parser.parse_args(argv)
     groups = [g for g in SUITES if getattr(args, g)] or list(SUITES)
-    missing = [g for g in groups if not SUITES[g]]
-    if missing:
-        print(f"not built yet, skipped: {', '.join(missing)} benchmarks (they need "
-              "FusedConvNeXtBlock and ck.models)")
     suites = [s for g in groups for s in SUITES[g]]
     if not suites:
         sys.exit("nothing to run")

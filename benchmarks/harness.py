@@ -46,6 +46,7 @@ class Plan:
         self.stages = STAGES[:4] if (args.quick or not self.gpu) else STAGES
         self.batch = 64 if self.gpu else 2
         self.reps = (30 if args.quick else 100) if self.gpu else 10
+        self.quick = args.quick or args.tiny
         if args.tiny:
             self.stages, self.batch, self.reps = [("tiny", 16, 8)], 2, 3
         self.compile = not args.no_compile
@@ -301,10 +302,14 @@ class Results:
                  f"CUDA {env['cuda']}. Floors measured in this run: "
                  + ", ".join(f"{k} {v:.3g}" for k, v in self.floors.items())]
         for op in dict.fromkeys(r.get("op", self.name) for r in self.rows):
+            op_rows = [r for r in self.rows if r.get("op", self.name) == op]
+            if "images_per_s" in op_rows[0]:
+                lines += self._images_table(op, op_rows)
+                continue
             lines += ["", f"## {op} ({env['label']})", "",
                       "| case | dtype | pass | provider | median ms | p20–p80 ms | % of floor | "
                       "speed-up vs eager | vs compile |", "|---|---|---|---|---|---|---|---|---|"]
-            for r in (r for r in self.rows if r.get("op", self.name) == op):
+            for r in op_rows:
                 lines.append(
                     f"| {r['case']} | {r['dtype']} | {r['pass']} | {r['provider']} | "
                     f"{r['median_ms']:.4g} | {r['p20_ms']:.4g}–{r['p80_ms']:.4g} | "
@@ -312,3 +317,15 @@ class Results:
                     f"{speedup_over_eager(r):.2f} | "
                     f"{r.get('speedup_vs_compile_default', float('nan')):.2f} |")
         return "\n".join(lines) + "\n"
+
+    def _images_table(self, op, rows):
+        lines = ["", f"## {op} ({self.env['label']}): images/s", "",
+                 "| case | dtype | provider | median ms | images/s | peak MiB | speed-up vs eager "
+                 "channels_last | vs compile |", "|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            peak = f"{r['peak_memory_MiB']:.0f}" if r.get("peak_memory_MiB") else "n/a"
+            lines.append(
+                f"| {r['case']} | {r['dtype']} | {r['provider']} | {r['median_ms']:.4g} | "
+                f"{r['images_per_s']:.1f} | {peak} | {speedup_over_eager(r):.2f} | "
+                f"{r.get('speedup_vs_compile_default', float('nan')):.2f} |")
+        return lines

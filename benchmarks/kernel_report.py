@@ -68,9 +68,10 @@ def report_launches():
 
 def _signature(launch):
     """Triton signature, constexprs and divisibility attributes of a launch, as the JIT would
-    specialise them (pointers and ints divisible by 16 get tt.divisibility = 16)."""
+    specialise them: pointers and ints divisible by 16 get tt.divisibility = 16, ints equal to 1
+    (unit strides) become constants."""
     fn = launch.kernel
-    signature, attrs = {}, {}
+    signature, attrs, constexprs = {}, {}, dict(launch.constexprs)
     args = iter(launch.args)
     for index, name in enumerate(fn.arg_names):
         if name in launch.constexprs:
@@ -83,19 +84,23 @@ def _signature(launch):
         elif isinstance(value, float):
             signature[name] = "fp32"
             aligned = False
+        elif value == 1:
+            signature[name] = "constexpr"
+            constexprs[name] = 1
+            continue
         else:
             signature[name] = "i32" if -2**31 <= value < 2**31 else "i64"
             aligned = value % 16 == 0
         if aligned:
             attrs[(index,)] = [["tt.divisibility", 16]]
-    return signature, attrs
+    return signature, attrs, constexprs
 
 
 def compile_for_sm90(launch):
     if not isinstance(launch.kernel, triton.runtime.jit.JITFunction):
         raise RuntimeError("kernel report: unset TRITON_INTERPRET (the interpreter is active)")
-    signature, attrs = _signature(launch)
-    source = ASTSource(launch.kernel, signature, constexprs=launch.constexprs, attrs=attrs)
+    signature, attrs, constexprs = _signature(launch)
+    source = ASTSource(launch.kernel, signature, constexprs=constexprs, attrs=attrs)
     return triton.compile(source, target=GPUTarget("cuda", H100["arch"], 32),
                           options=launch.options)
 

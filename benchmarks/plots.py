@@ -29,15 +29,17 @@ def _by_op(rows, dtype, pass_name):
 
 
 def write_plots(rows, env, out_dir):
-    """speedup.png (fwd+bwd speed-up over eager, channels_last where it applies, per op and
-    stage) and floor.png
+    """images.png (training images/s per model, when model rows exist), speedup.png (fwd+bwd
+    speed-up over eager, channels_last where it applies, per op and stage) and floor.png
     (% of floor of our kernels, per op, pass and stage), for the first dtype in the rows.
     Returns the paths written."""
+    model_rows = [r for r in rows if r.get("op") == "model" and r["pass"] == "train"]
+    rows = [r for r in rows if r.get("op") != "model"]
+    paths = [_images_plot(model_rows, env, out_dir)] if model_rows else []
     if not rows:
-        return []
+        return paths
     dtype = rows[0]["dtype"]
     title = f"{env['device']} ({env['label']}), {dtype}, {env['date']}"
-    paths = []
     for name, value, pass_name, pick, ylabel in (
             ("speedup.png", speedup_over_eager, "fwd+bwd", lambda p: p not in BASELINES,
              "fwd+bwd speed-up over eager (channels_last)"),
@@ -61,3 +63,20 @@ def write_plots(rows, env, out_dir):
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+def _images_plot(rows, env, out_dir):
+    """images.png: training images/s per model and provider."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    providers = list(dict.fromkeys(r["provider"] for r in rows))
+    models = list(dict.fromkeys(r["stage"] for r in rows))
+    _grouped_bars(ax, rows, lambda r: r["images_per_s"], providers, models)
+    ax.set_ylabel("training images/s")
+    ax.legend(fontsize=7)
+    fig.suptitle(f"{env['device']} ({env['label']}), {rows[0]['dtype']}, {env['date']}",
+                 fontsize=9)
+    fig.tight_layout()
+    path = os.path.join(out_dir, "images.png")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -200,15 +200,18 @@ def dot_in_fp32(dtype):
     return INTERPRETED and dtype != torch.float32
 
 
-def config(dtype, prologue=False):
+def config(dtype, prologue=False, N=None):
     """(tile constexprs, num_warps, num_stages). Operand prologues hold the A or B tile in
     registers in fp32 on the way to the tensor cores; at BLOCK_K = 64 that spilled (kernel
-    report: 79-105 spill stores), at 32 it does not. Not yet tuned on a GPU."""
+    report: 79-105 spill stores), at 32 it does not. A narrow output (N < 128, e.g. fc2 at
+    C = 40) gets a narrower tile (spilled at 128). IEEE fp32 products run on FMA units and hold
+    more per element: smaller tiles. Not yet tuned on a GPU."""
     if INTERPRETED:  # few, wide tiles: the interpreter pays per program and per loop step
         return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, GROUP_M=8), 4, None
+    block_n = 128 if N is None else max(16, min(128, triton.next_power_of_2(N)))
     if dtype == torch.float32:
-        return dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=32, GROUP_M=8), 4, 3
-    return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32 if prologue else 64, GROUP_M=8), 8, 3
+        return dict(BLOCK_M=64, BLOCK_N=min(64, block_n), BLOCK_K=16, GROUP_M=8), 8, 3
+    return dict(BLOCK_M=128, BLOCK_N=block_n, BLOCK_K=32 if prologue else 64, GROUP_M=8), 8, 3
 
 
 # Programs a split-K GEMM aims for: two waves of the H100's 132 SMs.
@@ -218,7 +221,7 @@ _SPLIT_K_PROGRAMS = 264
 def split_k(M, N, K):
     """Splits of K for a weight-gradient GEMM (small M×N output, K = rows): from the shape only,
     so results are reproducible; each split keeps at least 4 K steps of 64."""
-    cfg, _, _ = config(torch.bfloat16)
+    cfg, _, _ = config(torch.bfloat16, N=N)
     tiles = triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(N, cfg["BLOCK_N"])
     wanted = triton.cdiv(_SPLIT_K_PROGRAMS, tiles)
     return max(1, min(wanted, K // (4 * cfg["BLOCK_K"])))
@@ -235,7 +238,7 @@ def matmul_launch(a, b, out, *, bias=None, epilogue=PLAIN, pre=None, aux=None, y
     N = b.shape[1]
     prologue = any(t is not None for t in (a_row_scale, a_col_scale, a_grn_scale, b_grn_scale,
                                            row_sum)) or b_gelu
-    cfg, num_warps, num_stages = config(a.dtype, prologue)
+    cfg, num_warps, num_stages = config(a.dtype, prologue, N)
     if partials:
         k_per_split = triton.cdiv(triton.cdiv(K, splits), cfg["BLOCK_K"]) * cfg["BLOCK_K"]
     else:

@@ -132,8 +132,11 @@ def scaled_product_column_sums_launch(g, y, row_scale, partial, rows_per_sample)
                   dict(HAS_ROW_SCALE=row_scale is not None, BLOCK_M=block_m, BLOCK_C=block_c))
 
 
-def uses_fused_forward(C, grn, keep_hidden):
-    return C <= FUSED_MAX_CHANNELS and not grn and not keep_hidden
+def uses_fused_forward(C, grn, keep_hidden, dtype=torch.bfloat16):
+    """The fused forward serves fp16/bf16 (tensor cores). In IEEE fp32 the products run on FMA
+    units and its tiles spilled at every size tried (kernel report), so fp32 takes two GEMMs."""
+    return (C <= FUSED_MAX_CHANNELS and not grn and not keep_hidden
+            and (dtype != torch.float32 or INTERPRETED))
 
 
 def _grn_bias_of_fc2(fc2_w, fc2_b, grn_bias):
@@ -158,7 +161,7 @@ def mlp_forward(x, fc1_w, fc1_b, fc2_w, fc2_b, gamma, residual, drop_scale, grn_
             G, nx = (torch.zeros(0, H, device=x.device, dtype=torch.float32) for _ in range(2))
         return out, hidden, y2, G, nx
     y2_arg = y2 if save_y2 else None
-    if uses_fused_forward(C, grn, keep_hidden):
+    if uses_fused_forward(C, grn, keep_hidden, x.dtype):
         fused_launch(x, fc1_w, fc1_b, fc2_w, fc2_b, out, y2_arg, gamma, drop_scale, residual,
                      rows_per_sample)()
         return out, hidden, y2, G, nx
@@ -244,8 +247,8 @@ def mlp_backward(grad_out, x, fc1_w, fc1_b, fc2_w, gamma, drop_scale, grn_weight
 
 
 def launches(dtype, M, C, H, rows_per_sample, device="meta"):
-    """The launches of one V1 MLP forward (both strategies) and backward, and of the GRN
-    variant's, for one shape (meta tensors)."""
+    """The launches of one V1 MLP forward (the fused one where C allows it, and the two GEMMs)
+    and backward, and of the GRN variant's, for one shape (meta tensors)."""
     def t(*shape, dt=dtype):
         return torch.empty(*shape, dtype=dt, device=device)
     x, w1, w2, b1, c = t(M, C), t(H, C), t(C, H), t(H), t(C)
@@ -254,8 +257,9 @@ def launches(dtype, M, C, H, rows_per_sample, device="meta"):
     stats, ds = t(samples, H, dt=torch.float32), t(samples)
     scales = dict(a_row_scale=ds, a_row_div=rows_per_sample, a_col_scale=c)
     splits2, splits1 = split_k(C, H, M), split_k(H, C, M)
-    return [
-        fused_launch(x, w1, b1, w2, c, x, x, c, ds, x, rows_per_sample),
+    fused = ([fused_launch(x, w1, b1, w2, c, x, x, c, ds, x, rows_per_sample)]
+             if uses_fused_forward(C, grn=False, keep_hidden=False, dtype=dtype) else [])
+    return fused + [
         matmul_launch(x, w1.t(), hid, bias=b1, epilogue=GELU),
         matmul_launch(hid, w2.t(), x, bias=c, y2=x, out_col_scale=c, out_row_scale=ds,
                       residual=x, rows_per_sample=rows_per_sample),

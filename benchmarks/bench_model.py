@@ -1,0 +1,122 @@
+"""Model benchmark: ConvNeXt-T/S/B training images/s (one SGD step: forward, backward,
+update; AMP bf16, channels_last, batch 128, 224 px) and inference images/s (batch 256), with
+peak memory, for: eager NCHW, eager channels_last, torch.compile (default; max-autotune with
+--autotune), ours (ck.models, fused blocks) and ours + compile.
+
+    python -m benchmarks.bench_model [--quick] [--autotune] [--out DIR]
+
+On a CPU: ConvNeXt-atto, batch 4, 64 px, fp32 (no AMP), labelled CPU: it checks the harness
+end to end and measures only what a CPU does.
+"""
+import sys
+
+import torch
+
+import convnext_kernels as ck
+from benchmarks import harness
+
+NAME = "model"
+
+
+def add_options(parser):
+    parser.add_argument("--autotune", action="store_true",
+                        help="add torch.compile max-autotune (long compile per model)")
+
+
+def providers(plan, args):
+    """size -> name -> (memory format, model); built per case."""
+    def table(size):
+        builder = getattr(ck.models, f"convnext_{size}")
+        plain = builder(fused=False).to(plan.device)
+        fused = builder().to(plan.device)
+        fused.load_state_dict(plain.state_dict())
+        cl, nchw = torch.channels_last, torch.contiguous_format
+        rows = {"eager NCHW": (nchw, plain), "eager channels_last": (cl, plain)}
+        if plan.compile:
+            rows["compile default"] = (cl, torch.compile(plain))
+            if plan.gpu and getattr(args, "autotune", False):
+                rows["compile max-autotune"] = (
+                    cl, torch.compile(plain, mode="max-autotune-no-cudagraphs"))
+        rows["ours"] = (cl, fused)
+        if plan.compile:
+            rows["ours + compile"] = (cl, torch.compile(fused))
+        return rows
+    return table
+
+
+def settings(plan):
+    """(sizes, train batch, inference batch, resolution, autocast dtype or None)."""
+    if plan.gpu:
+        return (["tiny"] if plan.quick else ["tiny", "small", "base"]), 128, 256, 224, \
+            torch.bfloat16
+    return ["atto"], 4, 8, 64, None
+
+
+def cases(plan):
+    sizes = settings(plan)[0]
+    return [(size, mode) for size in sizes for mode in ("train", "inference")]
+
+
+def describe(plan, case):
+    return f"ConvNeXt-{case[0]} {case[1]}"
+
+
+def _time_steps(step, batches, device, reps):
+    times = harness.time_calls(step, [(b,) for b in batches], device, warmup=3, reps=reps)
+    return harness.summarize(times)
+
+
+def run_case(plan, tables, case):
+    size, mode = case
+    _, train_batch, infer_batch, px, amp = settings(plan)
+    batch = train_batch if mode == "train" else infer_batch
+    device = plan.device
+    timings, rows = {}, []
+    for provider, (fmt, model) in tables(size).items():
+        batches = [torch.randn(batch, 3, px, px, device=device).contiguous(memory_format=fmt)
+                   for _ in range(2)]
+        target = torch.randint(0, 1000, (batch,), device=device)
+        model = model.to(memory_format=fmt)
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+
+        def step(x):
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                if mode == "train":
+                    loss = torch.nn.functional.cross_entropy(model(x), target)
+                else:
+                    with torch.no_grad():
+                        model(x)
+            if mode == "train":
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+        model.train(mode == "train")
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        try:
+            stats = _time_steps(step, batches, device, max(3, plan.reps // 5))
+        except Exception as error:  # a compile that fails on this machine: reported, not hidden
+            print(f"  {provider} {mode}: not measured ({type(error).__name__}: {error})")
+            continue
+        peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+        timings[provider] = stats["median_ms"]
+        rows.append(dict(op="model", case=f"ConvNeXt-{size} {mode} batch {batch} {px}px",
+                         stage=size, dtype=str(amp or torch.float32).replace("torch.", ""),
+                         shape=[batch, 3, px, px], provider=provider,
+                         memory_format=str(fmt).replace("torch.", ""), **{"pass": mode},
+                         **stats, images_per_s=batch / (stats["median_ms"] * 1e-3),
+                         peak_memory_MiB=peak))
+    for row in rows:
+        for base in ("eager channels_last", "compile default", "compile max-autotune"):
+            if base in timings:
+                row["speedup_vs_" + base.replace(" ", "_").replace("-", "_")] = \
+                    timings[base] / row["median_ms"]
+        plan.results.add(**row)
+
+
+def main(argv=None):
+    harness.main_for(sys.modules[__name__], argv)
+
+
+if __name__ == "__main__":
+    main()
