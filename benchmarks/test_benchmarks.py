@@ -1,5 +1,5 @@
-"""The op benchmark cases through pytest-benchmark: fwd+bwd of every provider at the quick
-plan's ConvNeXt-T shapes, the device synchronised inside each timed call.
+"""The op benchmark cases (dwconv, LayerNorm, MLP) through pytest-benchmark: fwd+bwd of every
+provider at the quick plan's ConvNeXt-T shapes, the device synchronised inside each timed call.
 
     pytest benchmarks/ --benchmark-only --benchmark-json=out.json
 """
@@ -9,9 +9,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from benchmarks import bench_dwconv, bench_layernorm, harness
+from benchmarks import bench_dwconv, bench_layernorm, bench_mlp, harness
 
-SUITES = (bench_dwconv, bench_layernorm)
+SUITES = (bench_dwconv, bench_layernorm, bench_mlp)
 ARGS = argparse.Namespace(autotune=False)
 _gpu = torch.cuda.is_available()
 PLAN = SimpleNamespace(device=torch.device("cuda" if _gpu else "cpu"), gpu=_gpu, compile=True,

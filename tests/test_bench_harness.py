@@ -30,9 +30,23 @@ def test_rotation_exceeds_twice_l2():
     assert sets * (1 << 20) > 2 * (32 << 20) or sets == 16
 
 
-REQUIRED = {"device", "label", "torch", "triton", "cuda", "op", "dtype", "shape", "memory_format",
-            "provider", "pass", "median_ms", "p20_ms", "p80_ms", "calls", "peak_memory_MiB",
-            "bytes", "flops", "floor_ms", "pct_of_floor", "speedup_vs_eager_channels_last"}
+def test_mlp_and_block_costs_by_hand():
+    from benchmarks.bench_block import block_cost
+    from benchmarks.bench_mlp import mlp_cost
+    # ConvNeXt-T stage 4 at batch 64: M = 64*7*7 = 3136 rows, C = 768, H = 3072, bf16.
+    cost = mlp_cost(3136, 768, 3072, 2)
+    gemm = 2 * 3136 * 768 * 3072  # one GEMM's FLOPs
+    assert cost["fwd"] == (3 * 3136 * 768 * 2, 2 * gemm)       # x, residual in; out
+    assert cost["bwd"] == (2 * 3136 * 768 * 2, 4 * gemm)       # grad in; grad_x out
+    assert cost["fwd+bwd"] == (5 * 3136 * 768 * 2, 6 * gemm)
+    block = block_cost(64, 768, 7, 2)
+    assert block["fwd"] == (2 * 2 * 64 * 768 * 49, 2 * 49 * 64 * 768 * 49 + 2 * gemm)
+
+
+COMMON = {"device", "label", "torch", "triton", "cuda", "op", "dtype", "shape", "memory_format",
+          "provider", "pass", "median_ms", "p20_ms", "p80_ms", "calls", "peak_memory_MiB"}
+REQUIRED = COMMON | {"bytes", "flops", "floor_ms", "pct_of_floor"}
+REQUIRED_MODEL = COMMON | {"images_per_s", "speedup_vs_eager_channels_last"}
 
 
 def test_suite_writes_schema_tables_and_plots(tmp_path):
@@ -43,17 +57,25 @@ def test_suite_writes_schema_tables_and_plots(tmp_path):
     assert floors["copy_bandwidth_GBps"] > 0 and floors["fma_TFLOPs"] > 0
     assert floors["float32_matmul_TFLOPs"] > 0
     rows = data["rows"]
-    assert {r["op"] for r in rows} == {"dwconv2d", "layer_norm_2d", "dwconv_layer_norm"}
+    assert {r["op"] for r in rows} == {"dwconv2d", "layer_norm_2d", "dwconv_layer_norm", "mlp",
+                                       "block", "model"}
     for row in rows:
+        assert row["p20_ms"] <= row["median_ms"] <= row["p80_ms"] and row["median_ms"] > 0
+        if row["op"] == "model":
+            assert REQUIRED_MODEL <= row.keys(), REQUIRED_MODEL - row.keys()
+            assert row["images_per_s"] == pytest.approx(
+                row["shape"][0] / (row["median_ms"] * 1e-3))
+            continue
         assert REQUIRED <= row.keys(), REQUIRED - row.keys()
-        assert row["p20_ms"] <= row["median_ms"] <= row["p80_ms"]
-        assert row["median_ms"] > 0 and 0 < row["pct_of_floor"]
+        assert 0 < row["pct_of_floor"]
         assert row["pct_of_floor"] == pytest.approx(100 * row["floor_ms"] / row["median_ms"])
+        assert harness.speedup_over_eager(row) > 0
+    assert all("saved_activation_MiB" in r for r in rows if r["op"] == "mlp")
     label = "GPU" if torch.cuda.is_available() else "CPU"
     assert all(r["label"] == label for r in rows)
     markdown = (directory / "results.md").read_text()
     assert f"({label})" in markdown and "![speedup.png]" in markdown
-    for plot in ("speedup.png", "floor.png"):
+    for plot in ("speedup.png", "floor.png", "images.png"):
         with open(directory / plot, "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert os.path.basename(directory).endswith(data["env"]["date"])

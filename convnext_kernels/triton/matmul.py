@@ -3,7 +3,8 @@ constexpr flags so that every pass of the MLP's forward and backward is one kern
 separate elementwise pass over the 4C-wide hidden tensor.
 
 A is [M, K] and B is [K, N], both by strides (a transposed operand is a stride swap, no copy).
-Operand prologues (fp32 math on the loaded tile, then back to the dot dtype, as eager rounds):
+Operand prologues (fp32 math on the loaded tile, then rounded back to the dot dtype, as eager
+rounds; cast_for_store because the interpreter would truncate):
   A_ROW_SCALE / A_COL_SCALE  A[m, k] * row_scale[m // a_row_div] * col_scale[k // a_col_div]
                              (the output gradient times drop-path scale and layer scale)
   A_GRN                      A[m, k] * grn_scale[m // rows_per_sample, k]   (GRN before fc2)
@@ -135,7 +136,7 @@ def _matmul_kernel(
             if A_GRN:
                 a32 = a32 * tl.load(grn_scale_ptr + a_samples[:, None] * K + ks[None, :],
                                     mask=a_mask, other=0.0)
-            a = a32.to(a_ptr.dtype.element_ty)
+            a = cast_for_store(a32, a_ptr.dtype.element_ty, INTERPRETED)
             if ROW_SUM:
                 row_sum += tl.sum(a.to(tl.float32), axis=1)
         if B_GELU or B_GRN:
@@ -147,7 +148,7 @@ def _matmul_kernel(
                 b32 = b32 * tl.load(grn_scale_ptr + b_samples[:, None] * N + cols[None, :],
                                     mask=b_mask, other=0.0) + grn_bias[None, :]
                 b32 = tl.where(b_mask, b32, 0.0)
-            b = b32.to(b_ptr.dtype.element_ty)
+            b = cast_for_store(b32, b_ptr.dtype.element_ty, INTERPRETED)
         if DOT_FP32:
             acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc)
         else:
