@@ -90,18 +90,21 @@ def _cannot_serve(name, tensor):
 
 
 # Backends tried by `auto`, per (op, device type), fastest measured first. On the 2-core CI
-# machine eager PyTorch beat the cpp kernels in the forward of every op measured so far
-# (benchmarks/results/cpu-*/results.md: our dwconv forward 0.14-0.40x oneDNN's, LayerNorm
-# 0.38-0.62x ATen's; fwd+bwd mixed), so auto keeps torch on CPU for them; `backend="cpp"` still
-# runs ours.
+# machine (benchmarks/results/cpu-*/results.md) eager PyTorch beat the cpp kernels in the
+# forward of dwconv (ours 0.14-0.40x oneDNN's) and LayerNorm (0.38-0.62x ATen's), and the cpp
+# MLP without GRN is 0.76-0.95x eager in fwd+bwd (its backward recomputes fc1: one more GEMM on
+# a compute-bound CPU), so auto keeps torch on CPU for them; `backend="cpp"` still runs ours.
+# The cpp GRN (fwd 3-6x, fwd+bwd 1.3-3x eager) and the cpp MLP with GRN (fwd 1.1-2x, fwd+bwd
+# 0.96-1.03x) are the CPU default.
 AUTO_ORDER = {("dwconv2d", "cpu"): ("torch",), ("layer_norm_2d", "cpu"): ("torch",),
-              ("dwconv_layer_norm", "cpu"): ("torch",)}
+              ("dwconv_layer_norm", "cpu"): ("torch",), ("mlp", "cpu"): ("torch",)}
 DEFAULT_AUTO_ORDER = {"cpu": ("cpp",), "cuda": ("cuda", "triton")}
 
 
-def resolve(backend, tensor, op, implemented=BACKENDS):
+def resolve(backend, tensor, op, implemented=BACKENDS, variant=None):
     """The backend that serves `op` on `tensor`, among the backends that implement `op`; raises
-    ValueError naming why a requested one cannot."""
+    ValueError naming why a requested one cannot. `variant` names a form of the op with its own
+    auto order (e.g. "mlp_grn")."""
     if not isinstance(backend, str):
         raise TypeError(f"{op}: backend must be a str, got {type(backend).__name__}")
     if backend != "auto":
@@ -112,7 +115,7 @@ def resolve(backend, tensor, op, implemented=BACKENDS):
             raise ValueError(f"{op}: backend {backend!r} cannot serve this call: {reason}")
         return backend
     device = tensor.device.type
-    preferred = AUTO_ORDER.get((op, device), DEFAULT_AUTO_ORDER.get(device, ()))
+    preferred = AUTO_ORDER.get((variant or op, device), DEFAULT_AUTO_ORDER.get(device, ()))
     for name in preferred:
         if name in implemented and _cannot_serve(name, tensor) is None:
             return name

@@ -121,7 +121,8 @@ def mlp(x: Tensor, fc1_w: Tensor, fc1_b: Tensor, fc2_w: Tensor, fc2_b: Tensor,
     of recomputing it. Differentiable in x, the weights, gamma, residual and GRN's parameters."""
     check_mlp_args("mlp", x, fc1_w, fc1_b, fc2_w, fc2_b, gamma, residual, drop_scale,
                    grn_weight, grn_bias, grn_eps)
-    name = backends.resolve(backend, x, "mlp", implemented=("torch",) + tuple(_MLP))
+    name = backends.resolve(backend, x, "mlp", implemented=("torch",) + tuple(_MLP),
+                            variant="mlp_grn" if grn_weight is not None else None)
     if name == "torch":
         return reference.mlp(x, fc1_w, fc1_b, fc2_w, fc2_b, gamma, residual, drop_scale,
                              grn_weight=grn_weight, grn_bias=grn_bias, grn_eps=grn_eps)

@@ -45,7 +45,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> grn_cpu(const at::Tensor& x,
     using Acc = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     ck::cpu::scaled_sum<scalar_t, Acc>(
         xc.const_data_ptr<scalar_t>(), scale.const_data_ptr<Acc>(), nullptr, nullptr,
-        b.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), false, xc.numel() / C,
+        b.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), xc.numel() / C,
         C, rows_per_sample, ck::cpu::aten_parallel_for());
   });
   return {y, stats.norm, stats.nx};
@@ -76,7 +76,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> grn_backward_cpu(
     ck::cpu::scaled_sum<scalar_t, Acc>(
         gc.const_data_ptr<scalar_t>(), scale.const_data_ptr<Acc>(),
         xc.const_data_ptr<scalar_t>(), coef.const_data_ptr<Acc>(), nullptr,
-        grad_x.mutable_data_ptr<scalar_t>(), false, xc.numel() / C, C, rows_per_sample,
+        grad_x.mutable_data_ptr<scalar_t>(), xc.numel() / C, C, rows_per_sample,
         ck::cpu::aten_parallel_for());
   });
   return {grad_x, (nx * grad_dot_x).sum(0).to(weight.scalar_type()).reshape(weight.sizes()),

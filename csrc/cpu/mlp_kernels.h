@@ -1,43 +1,14 @@
 // The elementwise and reduction passes of the ConvNeXt MLP and of GRN on the CPU, between the
-// GEMMs (ATen's, in mlp.cpp). Torch-free; T is the storage type, Acc the accumulation type
+// GEMMs and GELU (ATen's, in mlp.cpp). Torch-free; T is the storage type, Acc the accumulation type
 // (float, or double for double); parallel_for(begin, end, fn) as in dwconv_kernels.h.
 // Rows are [rows, C] contiguous; "samples" are consecutive groups of rows_per_sample rows
 // (N,H,W,C: a sample is an image). Every reduction has a fixed order (bitwise reproducible).
 #pragma once
 #include <algorithm>
-#include <cmath>
 #include <cstdint>
 #include <vector>
 
 namespace ck::cpu {
-
-template <typename Acc>
-inline Acc gelu(Acc x) {
-  return Acc(0.5) * x * (Acc(1) + std::erf(x * Acc(0.70710678118654752440)));
-}
-
-template <typename Acc>
-inline Acc gelu_grad(Acc x) {
-  const Acc cdf = Acc(0.5) * (Acc(1) + std::erf(x * Acc(0.70710678118654752440)));
-  return cdf + x * std::exp(Acc(-0.5) * x * x) * Acc(0.39894228040143267794);
-}
-
-// out = gelu(h), elementwise over n values.
-template <typename T, typename Acc, typename ParallelFor>
-void gelu_forward(const T* h, T* out, int64_t n, ParallelFor parallel_for) {
-  parallel_for(0, n, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) out[i] = static_cast<T>(gelu(static_cast<Acc>(h[i])));
-  });
-}
-
-// out = grad * gelu'(h), elementwise (out may be grad).
-template <typename T, typename Acc, typename ParallelFor>
-void gelu_backward(const T* grad, const T* h, T* out, int64_t n, ParallelFor parallel_for) {
-  parallel_for(0, n, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i)
-      out[i] = static_cast<T>(static_cast<Acc>(grad[i]) * gelu_grad(static_cast<Acc>(h[i])));
-  });
-}
 
 // out = [residual +] [row_scale[row / rows_per_sample] *] [col_scale *] y, each optional (null).
 template <typename T, typename Acc, typename ParallelFor>
@@ -80,23 +51,17 @@ void per_sample_column_sums(const T* u, const T* v, Acc* uv, Acc* u_sum, int64_t
   });
 }
 
-// out = u*s_u[s][c] [+ v*s_v[s][c]] [+ bias[c]] (s = row's sample). With v_pre_gelu, v is a
-// pre-activation: out = (u*s_u + gelu(v)*s_v) * gelu'(v) (the MLP's GRN backward). out may be u.
+// out = u*s_u[s][c] [+ v*s_v[s][c]] [+ bias[c]] (s = row's sample). out may be u.
 template <typename T, typename Acc, typename ParallelFor>
 void scaled_sum(const T* u, const Acc* s_u, const T* v, const Acc* s_v, const T* bias, T* out,
-                bool v_pre_gelu, int64_t rows, int64_t C, int64_t rows_per_sample,
-                ParallelFor parallel_for) {
+                int64_t rows, int64_t C, int64_t rows_per_sample, ParallelFor parallel_for) {
   parallel_for(0, rows, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const int64_t s = r / rows_per_sample;
       for (int64_t c = 0; c < C; ++c) {
         const int64_t i = r * C + c;
         Acc o = static_cast<Acc>(u[i]) * s_u[s * C + c];
-        if (v) {
-          const Acc vi = static_cast<Acc>(v[i]);
-          o = v_pre_gelu ? (o + gelu(vi) * s_v[s * C + c]) * gelu_grad(vi)
-                         : o + vi * s_v[s * C + c];
-        }
+        if (v) o += static_cast<Acc>(v[i]) * s_v[s * C + c];
         if (bias) o += static_cast<Acc>(bias[c]);
         out[i] = static_cast<T>(o);
       }
