@@ -69,7 +69,8 @@ class FusedConvNeXtBlock(nn.Module):
     """ConvNeXt block on N,C,H,W input: dwconv k×k → LayerNorm → Linear(C, r·C) → GELU → [GRN] →
     Linear(r·C, C) → [·gamma] → drop path → + x. V1: layer scale (layer_scale_init_value > 0),
     V2: use_grn=True (no layer scale). channels_last input is the fast path and the output keeps
-    the input's memory format. `backend` as for every ck op."""
+    the input's memory format. `backend` as for every ck op; "cuda" runs the CUDA dwconv+norm
+    kernel and the Triton MLP (the MLP's GEMMs have no hand-written CUDA kernel)."""
 
     def __init__(self, dim, drop_path=0.0, layer_scale_init_value=1e-6, kernel_size=7,
                  mlp_ratio=4, use_grn=False, eps=1e-6, backend="auto"):
@@ -152,7 +153,8 @@ class FusedConvNeXtBlock(nn.Module):
         out = mlp(y.permute(0, 2, 3, 1), w["fc1_w"], w["fc1_b"], w["fc2_w"], w["fc2_b"],
                   w["gamma"], x_cl.permute(0, 2, 3, 1), drop_scale, grn_weight=w["grn_weight"],
                   grn_bias=w["grn_bias"], grn_eps=self.grn_eps,
-                  backend=self.backend).permute(0, 3, 1, 2)
+                  backend="triton" if self.backend == "cuda" else self.backend
+                  ).permute(0, 3, 1, 2)
         return out if channels_last else out.contiguous()
 
     def extra_repr(self):

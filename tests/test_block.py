@@ -154,6 +154,9 @@ def test_constructor_checks():
         ck.FusedConvNeXtBlock(8, mlp_ratio=0)
     with pytest.raises(ValueError, match="4-D"):
         ck.FusedConvNeXtBlock(8)(torch.randn(8, 5, 5))
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="backend 'cuda' cannot serve"):
+            ck.FusedConvNeXtBlock(8, backend="cuda")(torch.randn(1, 8, 5, 5))
 
 
 def test_activation_checkpointing_half_and_state_dict_round_trip():
