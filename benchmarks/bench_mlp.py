@@ -99,7 +99,9 @@ def run_case(plan, table, case):
     sets = [make_inputs(plan, case) for _ in range(harness.rotation(3 * M * C * elem, device))]
     row = {"op": "mlp", "case": f"MLP {name} {N}x{HW}x{HW}x{C}", "stage": name,
            "dtype": str(dtype).replace("torch.", ""), "shape": [M, C, H]}
-    extras = {provider: {"saved_activation_MiB":
+    # Under saved_tensors_hooks a compiled function does not save what it saves without them,
+    # so the compile rows carry no activation-memory figure (None) rather than a wrong one.
+    extras = {provider: {"saved_activation_MiB": None if provider.startswith("compile") else
                          saved_activation_bytes(fn, sets[0][:-1]) / 2**20}
               for provider, (_, fn) in table.items()}
     floors = (plan.floors[0], plan.matmul_rate(dtype))
