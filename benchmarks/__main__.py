@@ -37,8 +37,7 @@ def write_results(results, out):
 
 def main(argv=None):
     parser = harness.parser(__doc__.splitlines()[0])
-    parser.add_argument("--autotune", action="store_true",
-                        help="add torch.compile max-autotune baselines (long compiles)")
+    harness.add_autotune_option(parser)
     for group in SUITES:
         parser.add_argument(f"--{group}", action="store_true", help=f"run the {group} benchmarks")
     args = parser.parse_args(argv)

@@ -22,9 +22,7 @@ NAME = "block"
 K = 7
 
 
-def add_options(parser):
-    parser.add_argument("--autotune", action="store_true",
-                        help="add torch.compile max-autotune (minutes of compiling per shape)")
+add_options = harness.add_autotune_option
 
 
 def _functional(module):
@@ -45,12 +43,8 @@ def providers(plan, args):
         fused.load_state_dict(plain.state_dict())
         cl, nchw = torch.channels_last, torch.contiguous_format
         rows = {"eager NCHW": (nchw, _functional(plain)),
-                "eager channels_last": (cl, _functional(plain))}
-        if plan.compile:
-            rows["compile default"] = (cl, torch.compile(_functional(plain), dynamic=False))
-            if plan.gpu and getattr(args, "autotune", False):
-                rows["compile max-autotune"] = (cl, torch.compile(
-                    _functional(plain), mode="max-autotune-no-cudagraphs", dynamic=False))
+                "eager channels_last": (cl, _functional(plain)),
+                **harness.compile_providers(plan, args, cl, _functional(plain))}
         rows["ours"] = (cl, _functional(fused))
         if plan.compile:
             rows["ours + compile"] = (cl, torch.compile(_functional(fused), dynamic=False))

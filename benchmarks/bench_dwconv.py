@@ -25,20 +25,14 @@ def _eager(x, w, b):
 NAME = "dwconv"
 
 
-def add_options(parser):
-    parser.add_argument("--autotune", action="store_true",
-                        help="add torch.compile max-autotune (minutes of compiling per shape)")
+add_options = harness.add_autotune_option
 
 
 def providers(plan, args):
     """name -> (memory format of x, function of (x, w, b))."""
     cl, nchw = torch.channels_last, torch.contiguous_format
-    table = {"eager NCHW": (nchw, _eager), "eager channels_last": (cl, _eager)}
-    if plan.compile:
-        table["compile default"] = (cl, torch.compile(_eager, dynamic=False))
-        if plan.gpu and getattr(args, "autotune", False):
-            table["compile max-autotune"] = (
-                cl, torch.compile(_eager, mode="max-autotune-no-cudagraphs", dynamic=False))
+    table = {"eager NCHW": (nchw, _eager), "eager channels_last": (cl, _eager),
+             **harness.compile_providers(plan, args, cl, _eager)}
     for backend in ("triton", "cuda") if plan.gpu else ("cpp",):
         if backend in ck.available_backends():
             table[f"ours {backend}"] = (

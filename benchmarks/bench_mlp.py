@@ -24,19 +24,12 @@ def _eager(x, w1, b1, w2, b2, gamma, residual):
     return reference.mlp(x, w1, b1, w2, b2, gamma, residual)
 
 
-def add_options(parser):
-    parser.add_argument("--autotune", action="store_true",
-                        help="add torch.compile max-autotune (minutes of compiling per shape)")
+add_options = harness.add_autotune_option
 
 
 def providers(plan, args):
     fmt = torch.contiguous_format  # rows: N,H,W,C tensors, C contiguous
-    table = {"eager": (fmt, _eager)}
-    if plan.compile:
-        table["compile default"] = (fmt, torch.compile(_eager, dynamic=False))
-        if plan.gpu and getattr(args, "autotune", False):
-            table["compile max-autotune"] = (
-                fmt, torch.compile(_eager, mode="max-autotune-no-cudagraphs", dynamic=False))
+    table = {"eager": (fmt, _eager), **harness.compile_providers(plan, args, fmt, _eager)}
     for backend in ("triton",) if plan.gpu else ("cpp",):
         if backend in ck.available_backends():
             table[f"ours {backend}"] = (fmt, lambda *a, backend=backend: ck.mlp(

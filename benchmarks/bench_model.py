@@ -18,9 +18,7 @@ from benchmarks import harness
 NAME = "model"
 
 
-def add_options(parser):
-    parser.add_argument("--autotune", action="store_true",
-                        help="add torch.compile max-autotune (long compile per model)")
+add_options = harness.add_autotune_option
 
 
 def providers(plan, args):

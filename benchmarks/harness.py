@@ -88,6 +88,23 @@ def run_suite(suite, plan, args, progress=None):
             progress.update()
 
 
+def add_autotune_option(parser):
+    parser.add_argument("--autotune", action="store_true",
+                        help="add torch.compile max-autotune baselines (long compiles)")
+
+
+def compile_providers(plan, args, fmt, fn):
+    """The torch.compile baselines of eager `fn`: default, and with --autotune on a GPU
+    max-autotune (no CUDA graphs); none with --no-compile. name -> (memory format, fn)."""
+    if not plan.compile:
+        return {}
+    table = {"compile default": (fmt, torch.compile(fn, dynamic=False))}
+    if plan.gpu and getattr(args, "autotune", False):
+        table["compile max-autotune"] = (
+            fmt, torch.compile(fn, mode="max-autotune-no-cudagraphs", dynamic=False))
+    return table
+
+
 def main_for(suite, argv=None):
     """The command line of one benchmark module."""
     p = parser(suite.__doc__.splitlines()[0])

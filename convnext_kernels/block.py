@@ -59,7 +59,8 @@ def autocast_dtype(x):
     return None
 
 
-def _lookup(module, path):
+def lookup(module, path):
+    """The attribute at dotted `path` of `module` (None for no path); AttributeError if absent."""
     if path is None:
         return None
     return functools.reduce(getattr, path.split("."), module)
@@ -125,7 +126,7 @@ class FusedConvNeXtBlock(nn.Module):
         """name -> tensor of every weight the ops take (views where the layout's shape differs,
         e.g. a 1×1 conv's [r·C, C, 1, 1] weight as [r·C, C])."""
         grn = ("grn_weight", "grn_bias")
-        w = {name: _lookup(self, path) if self.use_grn or name not in grn else None
+        w = {name: lookup(self, path) if self.use_grn or name not in grn else None
              for name, path in LAYOUTS[self.layout].items()}
         for name in ("fc1_w", "fc2_w"):
             w[name] = w[name].flatten(1)

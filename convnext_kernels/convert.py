@@ -8,7 +8,7 @@ is refused by name rather than converted into something that computes differentl
 """
 from torch import nn
 
-from .block import LAYOUTS, FusedConvNeXtBlock, LayerNorm2d
+from .block import LAYOUTS, FusedConvNeXtBlock, LayerNorm2d, lookup
 
 
 def _layout(block):
@@ -84,20 +84,15 @@ def describe_block(block):
     for name in ("weight", "bias"):
         if getattr(norm, name, None) is None or getattr(norm, name).shape != (C,):
             _refuse(block, f"the norm needs an affine {name} of shape [{C}]")
-    for fc in ("fc1", "fc2"):
-        for part in ("_w", "_b"):
-            if _get(block, paths[fc + part]) is None:
-                _refuse(block, f"{paths[fc + part]} is missing (bias-free MLPs not supported)")
+    for name in ("fc1_w", "fc1_b", "fc2_w", "fc2_b"):
+        try:
+            missing = lookup(block, paths[name]) is None
+        except AttributeError:
+            missing = True
+        if missing:
+            _refuse(block, f"{paths[name]} is missing (bias-free MLPs not supported)")
     return {"layout": layout, "eps": float(norm.eps), "drop_path": drop,
             "use_grn": grn is not None, "grn_eps": float(getattr(grn, "eps", 1e-6))}
-
-
-def _get(module, path):
-    for part in path.split("."):
-        module = getattr(module, part, None)
-        if module is None:
-            return None
-    return module
 
 
 def _check_depthwise_same(block, conv):

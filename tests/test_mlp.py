@@ -3,6 +3,7 @@ import torch
 import torch.nn.functional as F
 
 import convnext_kernels as ck
+from benchmarks.bench_mlp import saved_activation_bytes
 from convnext_kernels import reference
 from numerics import assert_accurate, fresh_generator, kernel_targets, randn
 
@@ -143,36 +144,16 @@ def test_recompute_saves_input_sized_activations(backend, device):
     gen, _ = fresh_generator()
     x, params, gamma, residual, drop, _, _, _ = _inputs(gen, (2, 7, 7, 40, 4), "v1",
                                                         torch.float32, device)
-    leaves = [t.detach().requires_grad_() for t in [x, *params, gamma]]
+    inputs = [x, *params, gamma]
 
-    def saved_bytes(**kwargs):
-        seen = {}
-
-        def pack(t):
-            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-            return t
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            ck.mlp(*leaves, residual, drop, backend=backend, **kwargs)
-        return sum(seen.values())
-
-    param_bytes = sum(t.numel() * 4 for t in leaves[1:])
-    recompute = saved_bytes() - param_bytes
-    kept = saved_bytes(keep_hidden=True) - param_bytes
-    eager = _eager_saved_bytes(leaves, residual, drop) - param_bytes
+    def ours(**kwargs):
+        return lambda *a: ck.mlp(*a, residual, drop, backend=backend, **kwargs)
+    recompute = saved_activation_bytes(ours(), inputs)
+    kept = saved_activation_bytes(ours(keep_hidden=True), inputs)
+    eager = saved_activation_bytes(lambda *a: reference.mlp(*a, residual, drop), inputs)
     assert recompute <= 2 * x.numel() * 4 + 64  # x and y2
     assert kept >= recompute + 4 * x.numel() * 4  # + the [M, 4C] pre-activation
     assert recompute <= 0.3 * eager
-
-
-def _eager_saved_bytes(leaves, residual, drop):
-    seen = {}
-
-    def pack(t):
-        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        reference.mlp(*leaves, residual, drop)
-    return sum(seen.values())
 
 
 def test_gradcheck_cpp_float64():

@@ -1,6 +1,7 @@
 // CPU glue of dwconv2d: checks, layout and dtype plumbing around cpu/dwconv_kernels.h.
 #include <torch/extension.h>
 
+#include "accumulate.h"
 #include "../dwconv_args.h"
 #include "dwconv_kernels.h"
 #include "parallel.h"
@@ -19,11 +20,11 @@ at::Tensor dwconv2d_cpu(const at::Tensor& x, const at::Tensor& weight,
   if (x.numel() == 0) return out;
   const at::Tensor x_nhwc = ck::as_nhwc(x);
   at::Tensor y_nhwc = ck::is_nhwc(out) ? out : at::empty_like(x_nhwc);
-  const auto acc_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto acc_type = ck::cpu::acc_type(x);
   const at::Tensor taps = ck::taps_by_channel(weight, acc_type);
   const at::Tensor bias_acc = bias.has_value() ? bias->to(acc_type).contiguous() : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "dwconv2d_cpu", [&] {
-    using Acc = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    using Acc = ck::cpu::acc_t<scalar_t>;
     ck::cpu::dwconv_forward<scalar_t, Acc>(
         x_nhwc.const_data_ptr<scalar_t>(), taps.const_data_ptr<Acc>(),
         bias_acc.defined() ? bias_acc.const_data_ptr<Acc>() : nullptr,
@@ -41,14 +42,14 @@ std::tuple<at::Tensor, at::Tensor> dwconv2d_backward_weight_cpu(const at::Tensor
   TORCH_CHECK_VALUE(grad_out.sizes() == x.sizes() && grad_out.scalar_type() == x.scalar_type(),
                     "dwconv2d_backward_weight: grad_out must match x in shape and dtype");
   const int64_t C = x.size(1);
-  const auto acc_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto acc_type = ck::cpu::acc_type(x);
   at::Tensor sums = at::zeros({k * k + 1, C}, x.options().dtype(acc_type));
   if (x.numel() != 0) {
     const at::Tensor x_nhwc = ck::as_nhwc(x);
     const at::Tensor g_nhwc = ck::as_nhwc(grad_out);
     AT_DISPATCH_FLOATING_TYPES_AND2(
         at::kHalf, at::kBFloat16, x.scalar_type(), "dwconv2d_backward_weight_cpu", [&] {
-          using Acc = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+          using Acc = ck::cpu::acc_t<scalar_t>;
           Acc* sums_ptr = sums.mutable_data_ptr<Acc>();
           ck::cpu::dwconv_backward_weight<scalar_t, Acc>(
               g_nhwc.const_data_ptr<scalar_t>(), x_nhwc.const_data_ptr<scalar_t>(), sums_ptr,

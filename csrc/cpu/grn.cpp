@@ -2,15 +2,12 @@
 // plumbing around the passes of cpu/mlp_kernels.h and the statistics of cpu/grn_stats.h.
 #include <torch/extension.h>
 
+#include "accumulate.h"
 #include "grn_stats.h"
 #include "mlp_kernels.h"
 #include "parallel.h"
 
 namespace {
-
-at::ScalarType acc_type(const at::Tensor& x) {
-  return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
 
 void check_grn_args(const char* op, const at::Tensor& x, const at::Tensor& weight,
                     const at::Tensor& bias) {
@@ -31,9 +28,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> grn_cpu(const at::Tensor& x,
   const int64_t N = x.size(0), C = x.size(3), rows_per_sample = x.size(1) * x.size(2);
   const at::Tensor xc = x.contiguous(), b = bias.reshape(-1).contiguous();
   at::Tensor y = at::empty_like(xc);
-  at::Tensor sumsq = at::empty({N, C}, x.options().dtype(acc_type(x)));
+  at::Tensor sumsq = at::empty({N, C}, x.options().dtype(ck::cpu::acc_type(x)));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "grn_cpu", [&] {
-    using Acc = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    using Acc = ck::cpu::acc_t<scalar_t>;
     ck::cpu::per_sample_column_sums<scalar_t, Acc>(
         xc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(),
         sumsq.mutable_data_ptr<Acc>(), nullptr, N, rows_per_sample, C,
@@ -42,7 +39,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> grn_cpu(const at::Tensor& x,
   auto stats = ck::cpu::grn_stats(sumsq, weight, eps);
   const at::Tensor scale = stats.scale.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "grn_cpu", [&] {
-    using Acc = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    using Acc = ck::cpu::acc_t<scalar_t>;
     ck::cpu::scaled_sum<scalar_t, Acc>(
         xc.const_data_ptr<scalar_t>(), scale.const_data_ptr<Acc>(), nullptr, nullptr,
         b.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), xc.numel() / C,
@@ -59,10 +56,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> grn_backward_cpu(
   const int64_t N = x.size(0), C = x.size(3), rows_per_sample = x.size(1) * x.size(2);
   const at::Tensor xc = x.contiguous(), gc = grad_y.contiguous();
   at::Tensor grad_x = at::empty_like(xc);
-  at::Tensor grad_dot_x = at::empty({N, C}, x.options().dtype(acc_type(x)));
+  at::Tensor grad_dot_x = at::empty({N, C}, x.options().dtype(ck::cpu::acc_type(x)));
   at::Tensor grad_sum = at::empty_like(grad_dot_x);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "grn_bwd", [&] {
-    using Acc = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    using Acc = ck::cpu::acc_t<scalar_t>;
     ck::cpu::per_sample_column_sums<scalar_t, Acc>(
         gc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(),
         grad_dot_x.mutable_data_ptr<Acc>(), grad_sum.mutable_data_ptr<Acc>(), N,
@@ -72,7 +69,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> grn_backward_cpu(
   const at::Tensor coef =
       ck::cpu::grn_input_grad_coef(norm, nx, weight, grad_dot_x, eps).contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "grn_bwd", [&] {
-    using Acc = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    using Acc = ck::cpu::acc_t<scalar_t>;
     ck::cpu::scaled_sum<scalar_t, Acc>(
         gc.const_data_ptr<scalar_t>(), scale.const_data_ptr<Acc>(),
         xc.const_data_ptr<scalar_t>(), coef.const_data_ptr<Acc>(), nullptr,

@@ -1,6 +1,7 @@
 // CPU glue of layer_norm_2d: checks, layout and dtype plumbing around cpu/layer_norm_kernels.h.
 #include <torch/extension.h>
 
+#include "accumulate.h"
 #include "../dwconv_args.h"
 #include "../layer_norm_args.h"
 #include "layer_norm_kernels.h"
@@ -21,7 +22,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_2d_cpu(const at::Tenso
   at::Tensor y_nhwc = ck::is_nhwc(out) ? out : at::empty_like(x_nhwc);
   const at::Tensor w = weight.contiguous(), b = bias.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "layer_norm_2d_cpu", [&] {
-    using Acc = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    using Acc = ck::cpu::acc_t<scalar_t>;
     ck::cpu::layer_norm_forward<scalar_t, Acc>(
         x_nhwc.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
         b.const_data_ptr<scalar_t>(), y_nhwc.mutable_data_ptr<scalar_t>(),
@@ -39,7 +40,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_2d_backward_cpu(
   TORCH_CHECK_VALUE(grad_y.sizes() == x.sizes() && grad_y.scalar_type() == x.scalar_type(),
                     "layer_norm_2d_backward: grad_y must match x in shape and dtype");
   const int64_t C = x.size(1);
-  const auto acc_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto acc_type = ck::cpu::acc_type(x);
   at::Tensor grad_x = at::empty_like(x);
   at::Tensor sums = at::zeros({2, C}, x.options().dtype(acc_type));
   if (x.numel() != 0) {
@@ -48,7 +49,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_2d_backward_cpu(
     const at::Tensor w = weight.contiguous(), m = mean.contiguous(), r = rstd.contiguous();
     AT_DISPATCH_FLOATING_TYPES_AND2(
         at::kHalf, at::kBFloat16, x.scalar_type(), "layer_norm_2d_backward_cpu", [&] {
-          using Acc = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+          using Acc = ck::cpu::acc_t<scalar_t>;
           Acc* sums_ptr = sums.mutable_data_ptr<Acc>();
           ck::cpu::layer_norm_backward<scalar_t, Acc>(
               g_nhwc.const_data_ptr<scalar_t>(), x_nhwc.const_data_ptr<scalar_t>(),

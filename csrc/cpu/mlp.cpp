@@ -5,6 +5,7 @@
 // the op's own contract.
 #include <torch/extension.h>
 
+#include "accumulate.h"
 #include "grn_stats.h"
 #include "mlp_kernels.h"
 #include "parallel.h"
@@ -12,10 +13,6 @@
 namespace {
 
 using OptTensor = std::optional<at::Tensor>;
-
-at::ScalarType acc_type(const at::Tensor& x) {
-  return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
 
 template <typename T>
 const T* ptr_or_null(const OptTensor& t) {
@@ -48,7 +45,7 @@ at::Tensor scaled_rows_cols(const at::Tensor& y, const OptTensor& col_scale,
   at::Tensor out = at::empty_like(y);
   const OptTensor res = residual ? OptTensor(residual->contiguous()) : std::nullopt;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "scale_cpu", [&] {
-    using Acc = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    using Acc = ck::cpu::acc_t<scalar_t>;
     ck::cpu::scale_rows_cols<scalar_t, Acc>(
         y.const_data_ptr<scalar_t>(), ptr_or_null<scalar_t>(col_scale),
         ptr_or_null<scalar_t>(row_scale), ptr_or_null<scalar_t>(res),
@@ -65,7 +62,7 @@ void scaled_sum(const at::Tensor& u, const at::Tensor& s_u, const at::Tensor* v,
   const at::Tensor su = s_u.contiguous();
   const at::Tensor sv = s_v ? s_v->contiguous() : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, u.scalar_type(), "grn_cpu", [&] {
-    using Acc = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    using Acc = ck::cpu::acc_t<scalar_t>;
     ck::cpu::scaled_sum<scalar_t, Acc>(
         u.const_data_ptr<scalar_t>(), su.const_data_ptr<Acc>(),
         v ? v->const_data_ptr<scalar_t>() : nullptr, s_v ? sv.const_data_ptr<Acc>() : nullptr,
@@ -78,10 +75,10 @@ void scaled_sum(const at::Tensor& u, const at::Tensor& s_u, const at::Tensor* v,
 at::Tensor per_sample_sums(const at::Tensor& u, const at::Tensor& v, at::Tensor* u_sum,
                            int64_t rows_per_sample) {
   const int64_t samples = u.size(0) / rows_per_sample, H = u.size(1);
-  at::Tensor uv = at::empty({samples, H}, u.options().dtype(acc_type(u)));
+  at::Tensor uv = at::empty({samples, H}, u.options().dtype(ck::cpu::acc_type(u)));
   if (u_sum) *u_sum = at::empty_like(uv);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, u.scalar_type(), "grn_sums", [&] {
-    using Acc = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    using Acc = ck::cpu::acc_t<scalar_t>;
     ck::cpu::per_sample_column_sums<scalar_t, Acc>(
         u.const_data_ptr<scalar_t>(), v.const_data_ptr<scalar_t>(), uv.mutable_data_ptr<Acc>(),
         u_sum ? u_sum->mutable_data_ptr<Acc>() : nullptr, samples, rows_per_sample, H,
@@ -100,7 +97,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mlp_cpu(
   const at::Tensor xc = x.contiguous();
   const at::Tensor h = at::addmm(fc1_b, xc, fc1_w.t());
   at::Tensor act = gelu_of(h);
-  at::Tensor norm = at::empty({0}, x.options().dtype(acc_type(x))), nx = at::empty_like(norm);
+  at::Tensor norm = at::empty({0}, x.options().dtype(ck::cpu::acc_type(x)));
+  at::Tensor nx = at::empty_like(norm);
   if (grn_weight) {
     const auto stats =
         ck::cpu::grn_stats(per_sample_sums(act, act, nullptr, rows_per_sample), *grn_weight, eps);
@@ -149,7 +147,7 @@ mlp_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x, const at::Tens
   } else {
     grad_hidden = at::gelu_backward(grad_hidden, h);
   }
-  const auto acc = acc_type(x);
+  const auto acc = ck::cpu::acc_type(x);
   at::Tensor grad_fc2_w = at::mm(g_scaled.t(), fc2_input);
   at::Tensor grad_fc2_b = g_scaled.sum(0, false, acc).to(x.scalar_type());
   at::Tensor grad_fc1_w = at::mm(grad_hidden.t(), xc);
@@ -160,7 +158,7 @@ mlp_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x, const at::Tens
     at::Tensor sums = at::empty({x.size(1)}, x.options().dtype(acc));
     const at::Tensor y2c = y2.contiguous();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gamma_grad", [&] {
-      using Acc = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+      using Acc = ck::cpu::acc_t<scalar_t>;
       ck::cpu::scaled_product_column_sums<scalar_t, Acc>(
           g.const_data_ptr<scalar_t>(), y2c.const_data_ptr<scalar_t>(),
           ptr_or_null<scalar_t>(drop_f), sums.mutable_data_ptr<Acc>(), x.size(0), x.size(1),
