@@ -2,8 +2,11 @@ SHELL := /bin/bash
 # make test       set-up (venv, pinned deps, extension with CUDA compiled and linked), then tests
 #                 on CPU with the Triton interpreter
 # make bench      same set-up, then the main job: the benchmarks (a labelled CPU run without GPU)
-# make gpu-suite  on a lent GPU machine (its own python3, no network): build in place, all tests
-#                 on CUDA, all benchmarks; results and logs to $OUT (else benchmarks/results/)
+# make gpu        on a lent GPU machine (its own python3, no network): the campaign's STEPS
+#                 (default all) within BUDGET seconds, results to $OUT (see README "On a GPU")
+# make rehearse   the whole campaign on this CPU (interpreter, tiny shapes): the plumbing
+# make compat     the oldest supported versions (torch 2.11, triton 3.6, torchvision 0.26) in a
+#                 second venv: build, the test suite and the kernel report there
 VENV     := .venv
 PY       := $(VENV)/bin/python
 SOURCES  := setup.py $(shell find csrc -type f)
@@ -11,7 +14,10 @@ SOURCES  := setup.py $(shell find csrc -type f)
 CUDA_HOME ?= $(if $(wildcard /usr/local/cuda/bin/nvcc),/usr/local/cuda,)
 export CUDA_HOME
 
-.PHONY: test bench build report gpu-suite clean
+COMPAT   := .venv-compat
+COMPAT_TREE := build/compat
+
+.PHONY: test bench build report gpu rehearse compat clean
 
 $(VENV)/.installed: requirements-dev.txt
 	python3 -m venv $(VENV)
@@ -33,8 +39,26 @@ bench: build
 report: build
 	$(PY) -m benchmarks.kernel_report
 
-gpu-suite:
-	PART=$(or $(PART),all) bash benchmarks/gpu_suite.sh
+gpu:
+	python3 -m benchmarks.campaign $(or $(STEPS),all) --budget $(or $(BUDGET),540) \
+		$(if $(OUT),--out $(OUT))
+
+rehearse: build
+	$(PY) -m benchmarks.campaign all --rehearse --out benchmarks/results/scratch/rehearsal
+
+$(COMPAT)/.installed: requirements-compat.txt
+	python3 -m venv $(COMPAT)
+	$(COMPAT)/bin/pip install -q --disable-pip-version-check -r requirements-compat.txt
+	touch $@
+
+# A copy of the sources, so that its in-place build does not replace the main venv's _C.
+compat: $(COMPAT)/.installed
+	rm -rf $(COMPAT_TREE) && mkdir -p $(COMPAT_TREE)
+	tar cf - --exclude=./build --exclude='./.venv*' --exclude='*.so' --exclude=./.git \
+		--exclude=./.cache --exclude=./benchmarks/results . | tar xf - -C $(COMPAT_TREE)
+	cd $(COMPAT_TREE) && PATH="$(CURDIR)/$(COMPAT)/bin:$$PATH" MAX_JOBS=$$(nproc) \
+		$(CURDIR)/$(COMPAT)/bin/python setup.py -q build_ext --inplace
+	cd $(COMPAT_TREE) && TRITON_INTERPRET=1 $(CURDIR)/$(COMPAT)/bin/python -m pytest -q tests
 
 clean:
-	rm -rf build .build-stamp convnext_kernels/*.so
+	rm -rf build .build-stamp convnext_kernels/*.so .cache

@@ -14,7 +14,6 @@ import sys
 
 from benchmarks import (bench_block, bench_dwconv, bench_layernorm, bench_mlp, bench_model,
                         harness)
-from benchmarks.plots import write_plots
 
 SUITES = {"ops": [bench_dwconv, bench_layernorm, bench_mlp], "block": [bench_block],
           "model": [bench_model]}
@@ -24,10 +23,14 @@ def write_results(results, out):
     directory = os.path.join(out, f"{results.device_slug()}-{results.env['date']}")
     os.makedirs(directory, exist_ok=True)
     with open(os.path.join(directory, "results.json"), "w") as f:
-        json.dump({"env": results.env, "floors": results.floors, "rows": results.rows}, f,
-                  indent=1)
+        json.dump(results.as_json(), f, indent=1)
     with open(os.path.join(directory, "results.md"), "w") as f:
         f.write(results.markdown())
+    try:  # plots need matplotlib; the results do not
+        from benchmarks.plots import write_plots
+    except ImportError as error:
+        print(f"no plots: {error}")
+        return directory
     plots = write_plots(results.rows, results.env, directory)
     with open(os.path.join(directory, "results.md"), "a") as f:
         f.write("\n" + "\n".join(f"![{os.path.basename(p)}]({os.path.basename(p)})"

@@ -25,7 +25,7 @@ K = 7
 add_options = harness.add_autotune_option
 
 
-def _functional(module):
+def as_function(module):
     """fn(x, *params): the module with the given parameter tensors (so that the harness's
     gradients cover the parameters, and its input rotation rotates them too)."""
     names = [n for n, _ in module.named_parameters()]
@@ -42,12 +42,11 @@ def providers(plan, args):
         fused = ck.FusedConvNeXtBlock(C).to(plan.device, dtype)
         fused.load_state_dict(plain.state_dict())
         cl, nchw = torch.channels_last, torch.contiguous_format
-        rows = {"eager NCHW": (nchw, _functional(plain)),
-                "eager channels_last": (cl, _functional(plain)),
-                **harness.compile_providers(plan, args, cl, _functional(plain))}
-        rows["ours"] = (cl, _functional(fused))
+        rows = {"eager NCHW": (nchw, as_function(plain)),
+                "eager channels_last": (cl, as_function(plain)), "ours": (cl, as_function(fused)),
+                **harness.compile_providers(plan, args, cl, as_function(plain))}
         if plan.compile:
-            rows["ours + compile"] = (cl, torch.compile(_functional(fused), dynamic=False))
+            rows["ours + compile"] = (cl, torch.compile(as_function(fused), dynamic=False))
         return rows, [p.detach() for p in plain.parameters()]
     return table
 

@@ -29,14 +29,13 @@ def providers(plan, args):
         fused = builder().to(plan.device)
         fused.load_state_dict(plain.state_dict())
         cl, nchw = torch.channels_last, torch.contiguous_format
-        rows = {"eager NCHW": (nchw, plain), "eager channels_last": (cl, plain)}
+        rows = {"eager NCHW": (nchw, plain), "eager channels_last": (cl, plain),
+                "ours": (cl, fused)}
         if plan.compile:
             rows["compile default"] = (cl, torch.compile(plain))
             if plan.gpu and getattr(args, "autotune", False):
                 rows["compile max-autotune"] = (
                     cl, torch.compile(plain, mode="max-autotune-no-cudagraphs"))
-        rows["ours"] = (cl, fused)
-        if plan.compile:
             rows["ours + compile"] = (cl, torch.compile(fused))
         return rows
     return table
@@ -71,7 +70,7 @@ def run_case(plan, tables, case):
     _, train_batch, infer_batch, px, amp = settings(plan)
     batch = train_batch if mode == "train" else infer_batch
     device = plan.device
-    timings, rows = {}, []
+    timings, rows = {}, []  # eager and ours first: the compiled providers come last
     for provider, (fmt, model) in tables(size).items():
         batches = [torch.randn(batch, 3, px, px, device=device).contiguous(memory_format=fmt)
                    for _ in range(2)]
@@ -93,25 +92,27 @@ def run_case(plan, tables, case):
         model.train(mode == "train")
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
+        case = dict(op="model", case=f"ConvNeXt-{size} {mode} batch {batch} {px}px",
+                    stage=size, dtype=str(amp or torch.float32).replace("torch.", ""),
+                    shape=[batch, 3, px, px])
+        graphs = harness.compiled_graphs()
         try:
             stats = _time_steps(step, batches, device, max(3, plan.reps // 5))
         except Exception as error:  # a compile that fails on this machine: reported, not hidden
-            print(f"  {provider} {mode}: not measured ({type(error).__name__}: {error})")
+            plan.results.not_measured(case, provider, mode, error)
             continue
         peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
         timings[provider] = stats["median_ms"]
-        rows.append(dict(op="model", case=f"ConvNeXt-{size} {mode} batch {batch} {px}px",
-                         stage=size, dtype=str(amp or torch.float32).replace("torch.", ""),
-                         shape=[batch, 3, px, px], provider=provider,
-                         memory_format=str(fmt).replace("torch.", ""), **{"pass": mode},
-                         **stats, images_per_s=batch / (stats["median_ms"] * 1e-3),
-                         peak_memory_MiB=peak))
+        row = dict(case, provider=provider, memory_format=str(fmt).replace("torch.", ""),
+                   **{"pass": mode}, **stats, images_per_s=batch / (stats["median_ms"] * 1e-3),
+                   peak_memory_MiB=peak)
+        if harness.is_compiled(provider):
+            row["compiled_graphs"] = harness.compiled_graphs() - graphs
+        rows.append(plan.results.add(**row))  # written now: a killed run keeps it
     for row in rows:
-        for base in ("eager channels_last", "compile default", "compile max-autotune"):
-            if base in timings:
-                row["speedup_vs_" + base.replace(" ", "_").replace("-", "_")] = \
-                    timings[base] / row["median_ms"]
-        plan.results.add(**row)
+        harness.add_speedups(row, {base: timings.get(base) for base in (
+            "eager channels_last", "compile default", "compile max-autotune")})
+    plan.results.changed()
 
 
 def main(argv=None):

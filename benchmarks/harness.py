@@ -14,6 +14,13 @@ import statistics
 import time
 
 import torch
+import torch._dynamo
+
+# Each compiled baseline meets one graph per shape, dtype and pass (16-24 per suite), past
+# dynamo's default recompile limit of 8, after which it would silently run eager: raise the
+# limit, and make hitting it an error, so that a "compile" row is always a compiled one.
+torch._dynamo.config.recompile_limit = 64
+torch._dynamo.config.fail_on_recompile_limit_hit = True
 
 
 # (name, C, H=W) at 224 px: ConvNeXt-T stages, then ConvNeXt-B stages.
@@ -31,7 +38,13 @@ def parser(description):
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile baselines")
     p.add_argument("--tiny", action="store_true",
                    help="one tiny shape, few calls: checks the harness, measures nothing useful")
+    p.add_argument("--providers", choices=("all", "uncompiled"), default="all",
+                   help="uncompiled: eager and ours only (no torch.compile baseline)")
     return p
+
+
+def is_compiled(provider):
+    return "compile" in provider
 
 
 class Plan:
@@ -49,8 +62,10 @@ class Plan:
         self.quick = args.quick or args.tiny
         if args.tiny:
             self.stages, self.batch, self.reps = [("tiny", 16, 8)], 2, 3
-        self.compile = not args.no_compile
+        self.compile = not args.no_compile and getattr(args, "providers", "all") != "uncompiled"
         self.out = args.out
+        # time.monotonic() after which no new case starts (the GPU campaign's budget)
+        self.deadline = getattr(args, "deadline", None)
         self.results = Results(name, self.device)
         self.floors = (copy_bandwidth(self.device), fma_rate(self.device))
         self.results.floors = {"copy_bandwidth_GBps": self.floors[0] / 1e9,
@@ -79,6 +94,9 @@ def run_suite(suite, plan, args, progress=None):
     """Runs every case of a benchmark module (cases / providers / run_case) into plan.results."""
     table = suite.providers(plan, args)
     for case in suite.cases(plan):
+        if plan.deadline is not None and time.monotonic() > plan.deadline:
+            plan.results.skipped.append(suite.describe(plan, case))
+            continue
         if progress is not None:
             progress.set_description(suite.describe(plan, case))
         else:
@@ -241,7 +259,9 @@ def run_providers(results, device, case, table, input_sets, cost, reps, floors,
         def fwd_bwd(*args):
             torch.autograd.grad(fn(*args[:-1]), args[:-1], args[-1])
 
+        graphs = compiled_graphs()
         kept = [(fn(*s[:-1]),) + s for s in leaves]
+        provider_rows = []
 
         def bwd(y, *args):
             torch.autograd.grad(y, args[:-1], args[-1], retain_graph=True)
@@ -253,7 +273,7 @@ def run_providers(results, device, case, table, input_sets, cost, reps, floors,
             try:
                 stats = summarize(time_calls(f, args, device, reps=reps))
             except Exception as error:  # e.g. a compiled graph that refuses retain_graph
-                print(f"  {provider} {pass_name}: not measured ({type(error).__name__}: {error})")
+                results.not_measured(case, provider, pass_name, error)
                 continue
             bytes_moved, flops = cost[pass_name]
             floor = floor_ms(bytes_moved, flops, *floors)
@@ -264,15 +284,29 @@ def run_providers(results, device, case, table, input_sets, cost, reps, floors,
                        **{"pass": pass_name}, **stats, peak_memory_MiB=peak, bytes=bytes_moved,
                        flops=flops, floor_ms=floor, pct_of_floor=100 * floor / stats["median_ms"],
                        **(extras or {}).get(provider, {}))
-            rows.append(row)
+            provider_rows.append(results.add(**row))  # written now: a killed run keeps it
+        if is_compiled(provider):  # this provider's compiles and recompiles, all passes
+            for row in provider_rows:
+                row["compiled_graphs"] = compiled_graphs() - graphs
+        rows += provider_rows
         del kept
     for row in rows:
-        for base in baselines:
-            ref = timings.get((base, row["pass"]))
-            if ref:
-                key = "speedup_vs_" + base.replace(" ", "_").replace("-", "_")
-                row[key] = ref / row["median_ms"]
-        results.add(**row)
+        add_speedups(row, {base: timings.get((base, row["pass"])) for base in baselines})
+    results.changed()
+
+
+def compiled_graphs():
+    """How many graphs dynamo has compiled in this process (a compiled baseline's delta over
+    its calls is its compile and recompile count, reported in its rows)."""
+    from torch._dynamo.utils import counters
+    return counters["stats"]["unique_graphs"]
+
+
+def add_speedups(row, baseline_ms):
+    """row["speedup_vs_<baseline>"] = baseline's median / row's, for each baseline timed."""
+    for base, ref in baseline_ms.items():
+        if ref:
+            row["speedup_vs_" + base.replace(" ", "_").replace("-", "_")] = ref / row["median_ms"]
 
 
 def speedup_over_eager(row):
@@ -290,11 +324,32 @@ class Results:
         self.env["label"] = "GPU" if device.type == "cuda" else "CPU"
         self.rows = []
         self.floors = {}
+        self.errors = []  # (case, provider, pass) that raised instead of giving a time
+        self.skipped = []  # cases not started before the deadline
+        self.on_change = None  # called after each change (the campaign writes its files)
 
     def add(self, **row):
+        """Stores a row (with device and versions) and returns it."""
         versions = {key: self.env[key] for key in ("torch", "triton", "cuda")}
-        self.rows.append({**row, "device": self.env["device"], "label": self.env["label"],
-                          **versions})
+        row = {**row, "device": self.env["device"], "label": self.env["label"], **versions}
+        self.rows.append(row)
+        self.changed()
+        return row
+
+    def not_measured(self, case, provider, pass_name, error):
+        message = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        print(f"  {provider} {pass_name}: not measured ({message})")
+        self.errors.append({"case": case.get("case"), "provider": provider, "pass": pass_name,
+                            "error": message})
+        self.changed()
+
+    def changed(self):
+        if self.on_change is not None:
+            self.on_change(self)
+
+    def as_json(self):
+        return {"env": self.env, "floors": self.floors, "rows": self.rows,
+                "errors": self.errors, "skipped": self.skipped}
 
     def device_slug(self):
         slug = "".join(c if c.isalnum() else "-" for c in self.env["device"]).strip("-").lower()
@@ -307,7 +362,7 @@ class Results:
         os.makedirs(out_dir, exist_ok=True)
         base = os.path.join(out_dir, f"{self.name}-{self.device_slug()}")
         with open(base + ".json", "w") as f:
-            json.dump({"env": self.env, "floors": self.floors, "rows": self.rows}, f, indent=1)
+            json.dump(self.as_json(), f, indent=1)
         with open(base + ".md", "w") as f:
             f.write(self.markdown())
         return base

@@ -4,15 +4,15 @@ import os
 import torch
 
 import convnext_kernels as ck
+from convnext_kernels.testing import FP32_TOLERANCE, rel_error, tolerance  # noqa: F401
 
-FP32_TOLERANCE = 1e-5
 
-
-def kernel_targets():
-    """(backend, device) pairs to test: every kernel backend available here."""
+def kernel_targets(exclude=()):
+    """(backend, device) pairs to test: every kernel backend available here that implements the
+    op (`exclude`: the backends it has no kernels on)."""
     cuda = torch.cuda.is_available()
     targets = []
-    available = ck.available_backends()
+    available = [name for name in ck.available_backends() if name not in exclude]
     if "cpp" in available:
         targets.append(("cpp", "cpu"))
     if "triton" in available:
@@ -23,8 +23,9 @@ def kernel_targets():
 
 
 def fresh_generator():
-    """A generator seeded from the OS: every run sees new inputs. The seed is in the repr."""
-    seed = int.from_bytes(os.urandom(4), "little")
+    """A generator seeded from the OS, so every run sees new inputs, or from CK_TEST_SEED when
+    set, to replay a failure: every accuracy failure message names its seed."""
+    seed = int(os.environ.get("CK_TEST_SEED") or int.from_bytes(os.urandom(4), "little"))
     gen = torch.Generator().manual_seed(seed)
     return gen, seed
 
@@ -32,17 +33,6 @@ def fresh_generator():
 def randn(gen, *shape, dtype=torch.float32, device="cpu", scale=1.0):
     return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).to(device=device,
                                                                               dtype=dtype)
-
-
-def rel_error(out, ref, scale=None):
-    """max |out - ref| / scale, in float64 on the CPU; NaN anywhere gives inf. The scale is
-    max |ref| unless given (a sum's scale is the sum of its terms' magnitudes)."""
-    out = out.detach().to("cpu", torch.float64)
-    ref = ref.detach().to("cpu", torch.float64)
-    if not torch.isfinite(out).all():
-        return float("inf")
-    scale = torch.as_tensor(ref.abs().max() if scale is None else scale).clamp_min(1e-30)
-    return ((out - ref).abs().max() / scale).item()
 
 
 def assert_accurate(name, out, ref, eager, dtype, seed, scale=None, roundings=0.5):
@@ -53,8 +43,6 @@ def assert_accurate(name, out, ref, eager, dtype, seed, scale=None, roundings=0.
     gradient, ours 9.6e-4 against eager 4.3e-4, unit roundoff 4.9e-4). `roundings` sets that
     floor in units of eps (0.5: one rounding)."""
     err = rel_error(out, ref, scale)
-    if dtype in (torch.float32, torch.float64):
-        tol = FP32_TOLERANCE
-    else:
-        tol = 2 * max(rel_error(eager, ref, scale), torch.finfo(dtype).eps * roundings)
+    eager_error = 0.0 if dtype in (torch.float32, torch.float64) else rel_error(eager, ref, scale)
+    tol = tolerance(dtype, eager_error, roundings)
     assert err <= tol, f"{name}: relative error {err:.3e} > {tol:.3e} ({dtype}, seed {seed})"
