@@ -2,12 +2,12 @@
 from . import models
 from .backends import available_backends
 from .block import FusedConvNeXtBlock, LayerNorm2d
-from .convert import convert_model
+from .convert import convert_model, revert_model
 from .ops.dwconv import dwconv2d
 from .ops.grn import grn
 from .ops.layer_norm import dwconv_layer_norm, layer_norm_2d
 from .ops.mlp import mlp
 
 __all__ = ["FusedConvNeXtBlock", "LayerNorm2d", "available_backends", "convert_model",
-           "dwconv2d", "dwconv_layer_norm", "grn", "layer_norm_2d", "mlp", "models"]
+           "dwconv2d", "dwconv_layer_norm", "grn", "layer_norm_2d", "mlp", "models", "revert_model"]
 __version__ = "0.1.0"

@@ -14,6 +14,7 @@ through `LAYOUTS` (a 1×1 conv weight or torchvision's [C,1,1] layer scale is a 
 import functools
 
 import torch
+import torch.fx
 from torch import nn
 
 from . import reference
@@ -68,14 +69,17 @@ def lookup(module, path):
 
 class FusedConvNeXtBlock(nn.Module):
     """ConvNeXt block on N,C,H,W input: dwconv k×k → LayerNorm → Linear(C, r·C) → GELU → [GRN] →
-    Linear(r·C, C) → [·gamma] → drop path → + x. V1: layer scale (layer_scale_init_value > 0),
-    V2: use_grn=True (no layer scale). channels_last input is the fast path and the output keeps
+    Linear(r·C, C) → [·gamma] → drop path → + x. V1: layer scale (layer_scale_init_value,
+    1e-6 by default), V2: use_grn=True, no layer scale unless layer_scale_init_value > 0 is
+    given (so its parameters are exactly the official V2 block's). channels_last input is the fast path and the output keeps
     the input's memory format. `backend` as for every ck op; "cuda" runs the CUDA dwconv+norm
     kernel and the Triton MLP (the MLP's GEMMs have no hand-written CUDA kernel)."""
 
-    def __init__(self, dim, drop_path=0.0, layer_scale_init_value=1e-6, kernel_size=7,
+    def __init__(self, dim, drop_path=0.0, layer_scale_init_value=None, kernel_size=7,
                  mlp_ratio=4, use_grn=False, eps=1e-6, backend="auto"):
         super().__init__()
+        if layer_scale_init_value is None:
+            layer_scale_init_value = 0.0 if use_grn else 1e-6
         if kernel_size % 2 == 0:
             raise ValueError(f"FusedConvNeXtBlock: kernel_size must be odd, got {kernel_size}")
         if not isinstance(mlp_ratio, int) or mlp_ratio < 1:
@@ -120,6 +124,9 @@ class FusedConvNeXtBlock(nn.Module):
             setattr(fused, gamma_path, None)
         fused._configure(spec["layout"], spec["drop_path"], spec["eps"], backend,
                          spec["use_grn"], spec["grn_eps"])
+        # The source block itself, for revert_model (not a submodule: its parameters are the
+        # fused block's own, registered once).
+        object.__setattr__(fused, "source_block", block)
         return fused.train(block.training)
 
     def weights(self):
@@ -135,32 +142,59 @@ class FusedConvNeXtBlock(nn.Module):
         return w
 
     def forward(self, x):
-        if x.dim() != 4:
-            raise ValueError(f"FusedConvNeXtBlock: x must be 4-D (N, C, H, W), got shape "
-                             f"{tuple(x.shape)}")
         w = self.weights()
-        dtype = autocast_dtype(x)
-        if dtype is not None:
-            x = x.to(dtype)
-            w = {name: t.to(dtype) if t is not None else None for name, t in w.items()}
-        channels_last = x.is_contiguous(memory_format=torch.channels_last)
-        x_cl = x if channels_last else x.contiguous(memory_format=torch.channels_last)
-        y = dwconv_layer_norm(x_cl, w["dw_weight"], w["dw_bias"], w["ln_weight"], w["ln_bias"],
-                              self.eps, backend=self.backend)
-        drop_scale = None
-        if self.training and self.drop_prob > 0.0:
-            keep = 1.0 - self.drop_prob
-            drop_scale = x.new_empty(x.shape[0]).bernoulli_(keep).div_(keep)
-        out = mlp(y.permute(0, 2, 3, 1), w["fc1_w"], w["fc1_b"], w["fc2_w"], w["fc2_b"],
-                  w["gamma"], x_cl.permute(0, 2, 3, 1), drop_scale, grn_weight=w["grn_weight"],
-                  grn_bias=w["grn_bias"], grn_eps=self.grn_eps,
-                  backend="triton" if self.backend == "cuda" else self.backend
-                  ).permute(0, 3, 1, 2)
-        return out if channels_last else out.contiguous()
+        return fused_block(x, w["dw_weight"], w["dw_bias"], w["ln_weight"], w["ln_bias"],
+                           w["fc1_w"], w["fc1_b"], w["fc2_w"], w["fc2_b"], w["gamma"],
+                           w["grn_weight"], w["grn_bias"], self.eps, self.grn_eps,
+                           self.drop_prob if self.training else 0.0, self.backend)
 
     def extra_repr(self):
         return (f"layout={self.layout}, drop_path={self.drop_prob}, eps={self.eps}, "
                 f"use_grn={self.use_grn}, backend={self.backend!r}")
+
+
+def fused_block(x, dw_weight, dw_bias, ln_weight, ln_bias, fc1_w, fc1_b, fc2_w, fc2_b, gamma,
+                grn_weight, grn_bias, eps, grn_eps, drop_prob, backend):
+    """The block's computation (see FusedConvNeXtBlock). One function so that torch.fx records a
+    block as one call (torch.fx.wrap below): FX feature extraction (timm, torchvision) traces a
+    converted model without stepping into the shape, dtype and autocast checks here. As for
+    every module FX traces, the graph keeps the training mode it was traced in (drop_prob)."""
+    if x.dim() != 4:
+        raise ValueError(f"FusedConvNeXtBlock: x must be 4-D (N, C, H, W), got shape "
+                         f"{tuple(x.shape)}")
+    w = [dw_weight, dw_bias, ln_weight, ln_bias, fc1_w, fc1_b, fc2_w, fc2_b, gamma, grn_weight,
+         grn_bias]
+    dtype = autocast_dtype(x)
+    if dtype is not None:
+        x = x.to(dtype)
+        w = [t.to(dtype) if t is not None else None for t in w]
+    dw_weight, dw_bias, ln_weight, ln_bias, fc1_w, fc1_b, fc2_w, fc2_b, gamma, grn_weight, \
+        grn_bias = w
+    channels_last = x.is_contiguous(memory_format=torch.channels_last)
+    x_cl = x if channels_last else x.contiguous(memory_format=torch.channels_last)
+    y = dwconv_layer_norm(x_cl, dw_weight, dw_bias, ln_weight, ln_bias, eps, backend=backend)
+    drop_scale = None
+    if drop_prob > 0.0:
+        keep = 1.0 - drop_prob
+        drop_scale = x.new_empty(x.shape[0]).bernoulli_(keep).div_(keep)
+    # The MLP has no CUDA kernels: backend "cuda" runs the CUDA dwconv+norm and the Triton MLP
+    # (documented on FusedConvNeXtBlock).
+    out = mlp(y.permute(0, 2, 3, 1), fc1_w, fc1_b, fc2_w, fc2_b, gamma, x_cl.permute(0, 2, 3, 1),
+              drop_scale, grn_weight=grn_weight, grn_bias=grn_bias, grn_eps=grn_eps,
+              backend="triton" if backend == "cuda" else backend).permute(0, 3, 1, 2)
+    return out if channels_last else out.contiguous()
+
+
+def layer_norm_2d_autocast(x, weight, bias, eps, backend):
+    """LayerNorm2d's computation, one call for torch.fx (as fused_block): under autocast x keeps
+    its dtype and the parameters follow it, as F.layer_norm does."""
+    if autocast_dtype(x) is not None:
+        weight, bias = weight.to(x.dtype), bias.to(x.dtype)
+    return layer_norm_2d(x, weight, bias, eps, backend=backend)
+
+
+torch.fx.wrap(fused_block)
+torch.fx.wrap(layer_norm_2d_autocast)
 
 
 class LayerNorm2d(nn.Module):
@@ -183,13 +217,11 @@ class LayerNorm2d(nn.Module):
         fused.weight, fused.bias = norm.weight, norm.bias
         fused.eps = float(norm.eps)
         fused.backend = backend
+        object.__setattr__(fused, "source_norm", norm)  # for revert_model, as source_block
         return fused.train(norm.training)
 
     def forward(self, x):
-        weight, bias = self.weight, self.bias
-        if autocast_dtype(x) is not None:  # x keeps its dtype, as layer_norm under autocast
-            weight, bias = weight.to(x.dtype), bias.to(x.dtype)
-        return layer_norm_2d(x, weight, bias, self.eps, backend=self.backend)
+        return layer_norm_2d_autocast(x, self.weight, self.bias, self.eps, self.backend)
 
     def extra_repr(self):
         return f"{self.weight.shape[0]}, eps={self.eps}, backend={self.backend!r}"

@@ -6,9 +6,11 @@ that every piece computes what the fused block computes (depthwise 'same' conv, 
 exact GELU, no dropout, identity shortcut, per-sample drop path scaled by 1/keep). Anything else
 is refused by name rather than converted into something that computes differently.
 """
+import torch.fx
 from torch import nn
 
 from .block import LAYOUTS, FusedConvNeXtBlock, LayerNorm2d, lookup
+from .models import ConvNeXtBlock, DropPath, PlainLayerNorm2d
 
 
 def _layout(block):
@@ -116,7 +118,17 @@ def _is_channels_first_norm(module):
             and hasattr(module, "weight"))
 
 
+def _refuse_traced(module):
+    if isinstance(module, torch.fx.GraphModule):
+        raise ValueError(
+            f"convert_model: {type(module).__name__} is a traced torch.fx GraphModule (e.g. an FX "
+            "feature extractor): its graph calls the pieces of the original blocks, so swapping "
+            "modules would not change what it computes. Convert the model first, then trace it "
+            "(timm features_only / torchvision create_feature_extractor work on converted models)")
+
+
 def _convert_children(module, backend):
+    _refuse_traced(module)
     converted = 0
     for name, child in module.named_children():
         if isinstance(child, (FusedConvNeXtBlock, LayerNorm2d)):
@@ -149,4 +161,60 @@ def convert_model(model: nn.Module, backend: str = "auto") -> nn.Module:
         raise ValueError(f"convert_model: found no ConvNeXt block or channels-first LayerNorm "
                          f"in {type(model).__name__} (supported: timm, torchvision and official "
                          "ConvNeXt / ConvNeXtV2)")
+    return model
+
+
+def _reverted_block(fused):
+    """The source library's block computing what `fused` computes, holding its Parameters: the
+    block it was converted from, or (built directly) the plain official-structure block."""
+    source = getattr(fused, "source_block", None)
+    if source is None:
+        source = ConvNeXtBlock.__new__(ConvNeXtBlock)
+        nn.Module.__init__(source)
+        source.act = nn.GELU()
+        source.drop_path = DropPath(fused.drop_prob) if fused.drop_prob > 0 else nn.Identity()
+    for name, child in fused.named_children():  # the fused block's, possibly replaced since
+        setattr(source, name, child)
+    for name, param in fused.named_parameters(recurse=False):
+        setattr(source, name, param)
+    if getattr(fused, "gamma", None) is None and "gamma" not in source._parameters:
+        source.gamma = None
+    return source.train(fused.training)
+
+
+def _reverted_norm(norm):
+    source = getattr(norm, "source_norm", None)
+    if source is None:
+        source = PlainLayerNorm2d(norm.weight.shape[0], eps=norm.eps)
+    source.weight, source.bias = norm.weight, norm.bias
+    return source.train(norm.training)
+
+
+def _revert_children(module):
+    reverted = 0
+    for name, child in module.named_children():
+        if isinstance(child, FusedConvNeXtBlock):
+            setattr(module, name, _reverted_block(child))
+            reverted += 1
+        elif isinstance(child, LayerNorm2d):
+            setattr(module, name, _reverted_norm(child))
+            reverted += 1
+        else:
+            reverted += _revert_children(child)
+    return reverted
+
+
+def revert_model(model: nn.Module) -> nn.Module:
+    """Undoes convert_model in place: every FusedConvNeXtBlock and LayerNorm2d becomes the source
+    library's module again (the timm / torchvision / official block or norm it was converted
+    from, holding the same Parameter objects; blocks built by ck.models become the plain
+    official-structure block), for export paths and tools that only know stock modules. Returns
+    the model; a model with nothing fused raises ValueError."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"revert_model: expected an nn.Module, got {type(model).__name__}")
+    if isinstance(model, (FusedConvNeXtBlock, LayerNorm2d)):
+        raise ValueError("revert_model: got a single fused module; revert the model holding it")
+    if _revert_children(model) == 0:
+        raise ValueError(f"revert_model: {type(model).__name__} holds no FusedConvNeXtBlock or "
+                         "LayerNorm2d")
     return model

@@ -42,9 +42,11 @@ class ConvNeXtBlock(nn.Module):
     """The plain PyTorch ConvNeXt block (official structure and names): dwconv → permute →
     LayerNorm → Linear → GELU → [GRN] → Linear → [·gamma] → permute → drop path → + x."""
 
-    def __init__(self, dim, drop_path=0.0, layer_scale_init_value=1e-6, kernel_size=7,
+    def __init__(self, dim, drop_path=0.0, layer_scale_init_value=None, kernel_size=7,
                  mlp_ratio=4, use_grn=False, eps=1e-6):
         super().__init__()
+        if layer_scale_init_value is None:  # V1: layer scale; V2 (GRN): none, as official
+            layer_scale_init_value = 0.0 if use_grn else 1e-6
         self.dwconv = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
         self.norm = nn.LayerNorm(dim, eps=eps)
         self.pwconv1 = nn.Linear(dim, mlp_ratio * dim)
