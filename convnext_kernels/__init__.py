@@ -3,11 +3,13 @@ from . import models
 from .backends import available_backends
 from .block import FusedConvNeXtBlock, LayerNorm2d
 from .convert import convert_model, revert_model
+from .integrations import fx_leaf_modules, patch_timm
 from .ops.dwconv import dwconv2d
 from .ops.grn import grn
 from .ops.layer_norm import dwconv_layer_norm, layer_norm_2d
 from .ops.mlp import mlp
 
 __all__ = ["FusedConvNeXtBlock", "LayerNorm2d", "available_backends", "convert_model",
-           "dwconv2d", "dwconv_layer_norm", "grn", "layer_norm_2d", "mlp", "models", "revert_model"]
+           "dwconv2d", "dwconv_layer_norm", "fx_leaf_modules", "grn", "layer_norm_2d", "mlp",
+           "models", "patch_timm", "revert_model"]
 __version__ = "0.1.0"

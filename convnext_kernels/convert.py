@@ -6,7 +6,6 @@ that every piece computes what the fused block computes (depthwise 'same' conv, 
 exact GELU, no dropout, identity shortcut, per-sample drop path scaled by 1/keep). Anything else
 is refused by name rather than converted into something that computes differently.
 """
-import torch.fx
 from torch import nn
 
 from .block import LAYOUTS, FusedConvNeXtBlock, LayerNorm2d, lookup
@@ -118,17 +117,29 @@ def _is_channels_first_norm(module):
             and hasattr(module, "weight"))
 
 
-def _refuse_traced(module):
-    if isinstance(module, torch.fx.GraphModule):
-        raise ValueError(
-            f"convert_model: {type(module).__name__} is a traced torch.fx GraphModule (e.g. an FX "
-            "feature extractor): its graph calls the pieces of the original blocks, so swapping "
-            "modules would not change what it computes. Convert the model first, then trace it "
-            "(timm features_only / torchvision create_feature_extractor work on converted models)")
+def _refuse_traced_through(block):
+    raise ValueError(
+        "convert_model: this model was traced with torch.fx through its ConvNeXt blocks (e.g. an "
+        "FX feature extractor): its graph calls the blocks' pieces, so replacing modules would "
+        "not change what it computes. Convert the model before tracing it, or trace with "
+        "ck.fx_leaf_modules() as leaf modules (timm: ck.patch_timm() does) so that the graph "
+        "calls each block as a module")
+
+
+def _check_children(module):
+    """describe_block of every block convert would replace: a refusal comes before any change."""
+    for child in module.children():
+        if type(child) is nn.Module and _layout(child) is not None:  # a GraphModule's copy
+            _refuse_traced_through(child)
+        if isinstance(child, (FusedConvNeXtBlock, LayerNorm2d)):
+            continue
+        if _layout(child) is not None:
+            describe_block(child)
+        else:
+            _check_children(child)
 
 
 def _convert_children(module, backend):
-    _refuse_traced(module)
     converted = 0
     for name, child in module.named_children():
         if isinstance(child, (FusedConvNeXtBlock, LayerNorm2d)):
@@ -151,12 +162,14 @@ def convert_model(model: nn.Module, backend: str = "auto") -> nn.Module:
     channels-first LayerNorm with ck's LayerNorm2d, keeping the same Parameter objects (so
     device, dtype, optimizer state and state_dict keys are unchanged); returns the model.
     Converting again only sets `backend`. A model with nothing to convert, or a block that
-    computes something the fused block does not, raises ValueError."""
+    computes something the fused block does not, raises ValueError, and then nothing was
+    changed."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"convert_model: expected an nn.Module, got {type(model).__name__}")
     if _layout(model) is not None:
         raise ValueError("convert_model: got a single block; use "
                          "FusedConvNeXtBlock.from_block(block) for a block")
+    _check_children(model)
     if _convert_children(model, backend) == 0:
         raise ValueError(f"convert_model: found no ConvNeXt block or channels-first LayerNorm "
                          f"in {type(model).__name__} (supported: timm, torchvision and official "

@@ -75,7 +75,7 @@ def test_timm_features_only_fx_and_hooks(name):
 
 def test_converting_a_traced_model_is_refused_by_name():
     traced = FeatureGraphNet(timm.create_model("convnext_atto"), out_indices=(0, 1))
-    with pytest.raises(ValueError, match="traced torch.fx GraphModule.*Convert the model first"):
+    with pytest.raises(ValueError, match="traced with torch.fx through its ConvNeXt blocks"):
         ck.convert_model(traced)
 
 
@@ -186,3 +186,82 @@ def test_torch_export_static_and_dynamic_batch(name):
     exported = torch.export.export(model, (x,), dynamic_shapes={"x": {0: batch}})
     x3 = torch.randn(3, *x.shape[1:])
     assert rel_error(exported.module()(x3), model(x3)) <= FP32_TOLERANCE, f"seed {seed}"
+
+
+def test_torchvision_feature_extractor_traced_with_leaves_converts_after():
+    model, x, seed = _randomised("torchvision_tiny")
+    nodes = {"features.3": "s2", "features.7": "s4"}
+    want = create_feature_extractor(model, nodes)(x)
+    extractor = create_feature_extractor(copy.deepcopy(model), nodes,
+                                         tracer_kwargs={"leaf_modules": ck.fx_leaf_modules()})
+    ck.convert_model(extractor, backend="cpp")
+    assert sum(isinstance(m, ck.FusedConvNeXtBlock) for m in extractor.modules()) == 18
+    got = extractor(x)
+    for key in nodes.values():
+        assert rel_error(got[key], want[key]) <= FP32_TOLERANCE, f"{key} (seed {seed})"
+
+
+@pytest.mark.parametrize("feature_cls", [None, "fx"], ids=["hooks", "fx"])
+def test_patch_timm(feature_cls):
+    gen, seed = fresh_generator()
+    x = torch.randn(1, 3, 64, 64, generator=gen)
+    kwargs = {"features_only": True, "out_indices": (1, 3)}
+    if feature_cls:
+        kwargs["feature_cls"] = feature_cls
+    for name in ("convnext_atto", "convnextv2_atto", "convnext_atto_ols"):
+        torch.manual_seed(seed)
+        stock = timm.create_model(name).eval()
+        torch.manual_seed(seed)
+        stock_features = timm.create_model(name, **kwargs).eval()
+        with ck.patch_timm(backend="cpp"):
+            torch.manual_seed(seed)
+            patched = timm.create_model(name).eval()
+            torch.manual_seed(seed)
+            patched_features = timm.create_model(name, **kwargs).eval()
+        assert any(isinstance(m, ck.FusedConvNeXtBlock) for m in patched.modules())
+        assert any(isinstance(m, ck.FusedConvNeXtBlock) for m in patched_features.modules())
+        assert rel_error(patched(x), stock(x)) <= FP32_TOLERANCE, f"{name} (seed {seed})"
+        for got, want in zip(patched_features(x), stock_features(x), strict=True):
+            assert rel_error(got, want) <= FP32_TOLERANCE, f"{name} features (seed {seed})"
+    # undone on leaving the block: timm builds its own modules again, and traces through them
+    assert not any(isinstance(m, ck.FusedConvNeXtBlock)
+                   for m in timm.create_model("convnext_atto").modules())
+    from timm.layers import is_notrace_module
+    from timm.models.convnext import ConvNeXtBlock
+    assert not is_notrace_module(ConvNeXtBlock)
+
+
+def test_patch_timm_keeps_other_models_and_undo_without_with():
+    patch = ck.patch_timm()
+    try:
+        assert not any(isinstance(m, ck.FusedConvNeXtBlock)
+                       for m in timm.create_model("resnet10t").modules())
+        assert any(isinstance(m, ck.FusedConvNeXtBlock)
+                   for m in timm.create_model("convnext_atto").modules())
+    finally:
+        patch.undo()
+    assert not any(isinstance(m, ck.FusedConvNeXtBlock)
+                   for m in timm.create_model("convnext_atto").modules())
+
+
+def test_check_command(capsys):
+    from convnext_kernels.__main__ import main
+    assert main(["check", "convnext_atto", "--size", "32", "--backend", "cpp"]) == 0
+    out = capsys.readouterr().out
+    assert "train worst gradient" in out and "speed-up" in out and out.strip().endswith("OK")
+
+
+def test_patch_timm_leaves_a_refused_model_as_timm_built_it():
+    with ck.patch_timm(), pytest.warns(UserWarning, match="test_convnext stays timm's own.*GELU"):
+        model = timm.create_model("test_convnext")
+    assert not any(isinstance(m, (ck.FusedConvNeXtBlock, ck.LayerNorm2d))
+                   for m in model.modules())
+
+
+def test_a_refused_conversion_changes_nothing():
+    model = timm.create_model("convnext_atto")
+    model.stages[3].blocks[1].mlp.act = nn.GELU(approximate="tanh")
+    kinds = [type(m) for m in model.modules()]
+    with pytest.raises(ValueError, match="exact .erf. GELU"):
+        ck.convert_model(model)
+    assert [type(m) for m in model.modules()] == kinds
