@@ -115,6 +115,8 @@ def resolve(backend, tensor, op, implemented=BACKENDS, variant=None):
             raise ValueError(f"{op}: backend {backend!r} cannot serve this call: {reason}")
         return backend
     device = tensor.device.type
+    if device == "meta":  # shapes only, nothing runs: the reference gives them
+        return "torch"
     preferred = AUTO_ORDER.get((variant or op, device), DEFAULT_AUTO_ORDER.get(device, ()))
     for name in preferred:
         if name in implemented and _cannot_serve(name, tensor) is None:

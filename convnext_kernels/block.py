@@ -55,7 +55,8 @@ class GRN(nn.Module):
 def autocast_dtype(x):
     """The dtype autocast runs matmuls in for x's device, or None outside autocast. The fused
     ops take one dtype: under autocast they run in it (statistics stay fp32 inside)."""
-    if torch.is_autocast_enabled(x.device.type):
+    if torch.amp.is_autocast_available(x.device.type) and \
+            torch.is_autocast_enabled(x.device.type):  # (meta tensors have no autocast)
         return torch.get_autocast_dtype(x.device.type)
     return None
 

@@ -1,5 +1,6 @@
 """The benchmark harness itself: floor arithmetic against hand counts, the results schema, the
 tables and the plot files."""
+import importlib.util
 import json
 import os
 
@@ -74,8 +75,13 @@ def test_suite_writes_schema_tables_and_plots(tmp_path):
     label = "GPU" if torch.cuda.is_available() else "CPU"
     assert all(r["label"] == label for r in rows)
     markdown = (directory / "results.md").read_text()
-    assert f"({label})" in markdown and "![speedup.png]" in markdown
-    for plot in ("speedup.png", "floor.png", "images.png"):
+    assert f"({label})" in markdown
+    assert os.path.basename(directory).endswith(data["env"]["date"])
+    plots = ("speedup.png", "floor.png", "images.png")
+    if importlib.util.find_spec("matplotlib") is None:  # optional: the results come without
+        assert not any((directory / plot).exists() for plot in plots)
+        return
+    assert "![speedup.png]" in markdown
+    for plot in plots:
         with open(directory / plot, "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-    assert os.path.basename(directory).endswith(data["env"]["date"])

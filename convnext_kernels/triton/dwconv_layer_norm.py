@@ -14,6 +14,7 @@ from .dwconv import _taps, conv_tile
 from .layer_norm import MAX_CHANNELS, new_row_stats, normalize_rows
 
 _TILE = 2048
+_MAX_BLOCK_W = 16
 
 
 @triton.jit
@@ -42,8 +43,11 @@ def _dwconv_layer_norm_kernel(x_ptr, taps_ptr, dw_bias_ptr, ln_w_ptr, ln_b_ptr, 
 
 
 def config(C, W):
+    """Tiles of at most _TILE elements, launched with 8 warps when full, and at most 16 pixels
+    wide: a 32-pixel tile of 64 channels with 7×7 taps spilled (89 stores, triton 3.6) at 4
+    warps and at 8 (triton 3.8, k = 3). The sm_90 kernel report checks both versions."""
     block_c = triton.next_power_of_2(C)
-    return {"BLOCK_W": max(1, min(triton.next_power_of_2(W), _TILE // block_c)),
+    return {"BLOCK_W": max(1, min(triton.next_power_of_2(W), _TILE // block_c, _MAX_BLOCK_W)),
             "BLOCK_C": block_c}
 
 
@@ -56,7 +60,7 @@ def forward_launch(x_nhwc, taps, dw_bias_f, ln_weight, ln_bias, y, conv, mean, r
                   (x_nhwc, taps, dw_bias_arg, ln_weight, ln_bias, y, conv, mean, rstd, H, W, C,
                    eps),
                   dict(K=k, HAS_DW_BIAS=dw_bias_f is not None, INTERPRETED=INTERPRETED, **cfg),
-                  num_warps=8 if cfg["BLOCK_C"] >= 2048 else 4)
+                  num_warps=8 if cfg["BLOCK_C"] * cfg["BLOCK_W"] >= _TILE else 4)
 
 
 def dwconv_layer_norm_forward(x, dw_weight, dw_bias, ln_weight, ln_bias, eps):
