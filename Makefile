@@ -5,6 +5,7 @@ SHELL := /bin/bash
 # make gpu        on a lent GPU machine (its own python3, no network): the campaign's STEPS
 #                 (default all) within BUDGET seconds, results to $OUT (see README "On a GPU")
 # make rehearse   the whole campaign on this CPU (interpreter, tiny shapes): the plumbing
+# make timm-tests timm's own tests/test_models.py over converted ConvNeXt models
 # make compat     the oldest supported versions (torch 2.11, triton 3.6, torchvision 0.26) in a
 #                 second venv: build, the test suite and the kernel report there
 VENV     := .venv
@@ -17,7 +18,12 @@ export CUDA_HOME
 COMPAT   := .venv-compat
 COMPAT_TREE := build/compat
 
-.PHONY: test bench build report gpu rehearse compat clean
+TIMM_TESTS := build/timm-tests
+# timm's own model tests over converted models: every ConvNeXt case that needs no download of
+# weights and no TorchScript (which cannot script our custom ops' Python glue)
+TIMM_SELECT := convnext and not torchscript and not test_model_inference
+
+.PHONY: test bench build report gpu rehearse compat timm-tests clean
 
 $(VENV)/.installed: requirements-dev.txt
 	python3 -m venv $(VENV)
@@ -59,6 +65,16 @@ compat: $(COMPAT)/.installed
 	cd $(COMPAT_TREE) && PATH="$(CURDIR)/$(COMPAT)/bin:$$PATH" MAX_JOBS=$$(nproc) \
 		$(CURDIR)/$(COMPAT)/bin/python setup.py -q build_ext --inplace
 	cd $(COMPAT_TREE) && TRITON_INTERPRET=1 $(CURDIR)/$(COMPAT)/bin/python -m pytest -q tests
+
+# timm's tests/test_models.py from its source release (PyPI), run with ck.patch_timm active.
+timm-tests: build
+	rm -rf $(TIMM_TESTS) && mkdir -p $(TIMM_TESTS)
+	$(PY) -m pip download -q --disable-pip-version-check --no-deps --no-binary :all: \
+		-d $(TIMM_TESTS) timm==$$($(PY) -c "import timm; print(timm.__version__)")
+	tar xzf $(TIMM_TESTS)/timm-*.tar.gz -C $(TIMM_TESTS) --strip-components=1 \
+		--wildcards '*/tests/*'
+	cd $(TIMM_TESTS) && PYTHONPATH=$(CURDIR):$(CURDIR)/tests $(CURDIR)/$(PY) -m pytest -q \
+		-p timm_patch_plugin -p no:cacheprovider tests/test_models.py -k "$(TIMM_SELECT)"
 
 clean:
 	rm -rf build .build-stamp convnext_kernels/*.so .cache
