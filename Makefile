@@ -1,6 +1,6 @@
 SHELL := /bin/bash
-# make test       set-up (venv, pinned deps, extension with CUDA compiled and linked), then tests
-#                 on CPU with the Triton interpreter
+# make test       set-up (venv, pinned deps, extension with CUDA compiled and linked), lint
+#                 (ruff), then tests on CPU with the Triton interpreter
 # make bench      same set-up, then the main job: the benchmarks (a labelled CPU run without GPU)
 # make gpu        on a lent GPU machine (its own python3, no network): the campaign's STEPS
 #                 (default all) within BUDGET seconds, results to $OUT (see README "On a GPU")
@@ -23,7 +23,7 @@ TIMM_TESTS := build/timm-tests
 # weights and no TorchScript (which cannot script our custom ops' Python glue)
 TIMM_SELECT := convnext and not torchscript and not test_model_inference
 
-.PHONY: test bench build report gpu rehearse compat timm-tests clean
+.PHONY: test lint bench build report gpu rehearse compat timm-tests clean
 
 $(VENV)/.installed: requirements-dev.txt
 	python3 -m venv $(VENV)
@@ -36,7 +36,10 @@ $(VENV)/.installed: requirements-dev.txt
 
 build: .build-stamp
 
-test: build
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+
+test: build lint
 	TRITON_INTERPRET=1 $(PY) -m pytest -q tests
 
 bench: build

@@ -33,7 +33,8 @@ def _cuda_include_dirs():
     """Headers of the pip NVIDIA packages (cuBLAS, cuSPARSE, ...) that ATen's CUDA headers need
     when the system toolkit lacks them."""
     site = os.path.dirname(os.path.dirname(torch.__file__))
-    return sorted(d for d in glob.glob(os.path.join(site, "nvidia", "*", "include")) if os.path.isdir(d))
+    return sorted(d for d in glob.glob(os.path.join(site, "nvidia", "*", "include"))
+                  if os.path.isdir(d))
 
 
 def _extension():

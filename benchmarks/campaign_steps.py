@@ -60,7 +60,8 @@ def env(campaign):
         props = torch.cuda.get_device_properties(0)
         info.update(gpu=props.name, sm_count=props.multi_processor_count,
                     capability=f"{props.major}.{props.minor}",
-                    l2_MiB=props.L2_cache_size / 2**20, memory_GiB=round(props.total_memory / 2**30))
+                    l2_MiB=props.L2_cache_size / 2**20,
+                    memory_GiB=round(props.total_memory / 2**30))
     packages = {name: _imports(name) for name in OPTIONAL}
     tools = {name: find_tool(name) for name in ("nvcc", "ncu", "compute-sanitizer")}
     campaign.record("env", info=info, packages=packages, tools=tools)

@@ -5,7 +5,7 @@ import torch
 import triton
 import triton.language as tl
 
-from benchmarks.harness import time_calls
+from benchmarks.timing import time_calls
 
 _ITERS = 1024
 _BLOCK = 1024

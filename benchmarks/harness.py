@@ -16,6 +16,8 @@ import time
 import torch
 import torch._dynamo
 
+from benchmarks.timing import summarize, sync, time_calls  # noqa: F401 (re-exported)
+
 # Each compiled baseline meets one graph per shape, dtype and pass (16-24 per suite), past
 # dynamo's default recompile limit of 8, after which it would silently run eager: raise the
 # limit, and make hitting it an error, so that a "compile" row is always a compiled one.
@@ -151,11 +153,6 @@ def environment(device):
     return env
 
 
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def rotation(bytes_per_set, device, cap=16):
     """How many input sets to rotate through so that together they exceed twice the L2 cache."""
     if device.type == "cuda":
@@ -163,37 +160,6 @@ def rotation(bytes_per_set, device, cap=16):
     else:
         l2 = 32 << 20  # beyond a typical CPU's L2 + L3 share
     return max(2, min(cap, math.ceil(2 * l2 / max(1, bytes_per_set)) + 1))
-
-
-def time_calls(fn, arg_sets, device, warmup=5, reps=50):
-    """Per-call times in ms of fn(*args), cycling through arg_sets."""
-    for i in range(warmup):
-        fn(*arg_sets[i % len(arg_sets)])
-    sync(device)
-    times = []
-    if device.type == "cuda":
-        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-                  for _ in range(reps)]
-        for i, (start, end) in enumerate(events):
-            args = arg_sets[i % len(arg_sets)]
-            start.record()
-            fn(*args)
-            end.record()
-        sync(device)
-        times = [start.elapsed_time(end) for start, end in events]
-    else:
-        for i in range(reps):
-            args = arg_sets[i % len(arg_sets)]
-            t0 = time.perf_counter()
-            fn(*args)
-            times.append((time.perf_counter() - t0) * 1e3)
-    return times
-
-
-def summarize(times):
-    q = statistics.quantiles(times, n=10) if len(times) >= 2 else [times[0]] * 9
-    return {"median_ms": statistics.median(times), "p20_ms": q[1], "p80_ms": q[7],
-            "calls": len(times)}
 
 
 def copy_bandwidth(device):

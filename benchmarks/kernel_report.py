@@ -5,7 +5,7 @@ global load/store and tensor-core use, read from the cubin's SASS.
 Triton kernels: at every config their launchers use for the shapes below. CUDA kernels: every
 instantiation the glue can launch (benchmarks/kernel_report_cuda.cu), with `nvcc -Xptxas -v`.
 
-    python -m benchmarks.kernel_report            # writes benchmarks/results/kernel_report.{json,md}
+    python -m benchmarks.kernel_report     # writes benchmarks/results/kernel_report.{json,md}
 
 Must run without TRITON_INTERPRET (the interpreter replaces compiled kernels).
 """
@@ -212,7 +212,8 @@ def cuda_rows():
     threads = {name: int(n) for name, n in
                re.findall(r"\.entry (\S+)\((?:[^)]*)\)\s*\.maxntid (\d+)", ptx_text)}
     ptxas = {}
-    for name, body in re.findall(r"Compiling entry function '(\S+)' for 'sm_90a'(.*?)(?=Compiling entry|\Z)",
+    for name, body in re.findall(r"Compiling entry function '(\S+)' for 'sm_90a'"
+                                 r"(.*?)(?=Compiling entry|\Z)",
                                  log, re.S):
         regs = re.search(r"Used (\d+) registers", body)
         spill = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores", body)
@@ -229,7 +230,8 @@ def cuda_rows():
         block = threads.get(name, 1024)
         kernel, template_args = _split_template(pretty[name])
         rows.append({
-            "op": _cuda_op(kernel), "kernel": kernel, "dtype": _CUDA_TYPES.get(next(iter(template_args), ""), ""),
+            "op": _cuda_op(kernel), "kernel": kernel,
+            "dtype": _CUDA_TYPES.get(next(iter(template_args), ""), ""),
             "shape": [], "k": None, "source": "cuda", "template_args": ", ".join(template_args),
             "config": {"threads": block}, "ptx_wgmma": False, **stats,
             "blocks_per_sm": blocks_per_sm(stats["registers"], stats["shared_bytes"], block),
@@ -257,7 +259,8 @@ def build_report():
 
 
 def write_markdown(rows, path):
-    head = ["source", "op", "kernel", "dtype", "shape", "k", "registers", "spill_stores", "shared_bytes",
+    head = ["source", "op", "kernel", "dtype", "shape", "k", "registers", "spill_stores",
+            "shared_bytes",
             "blocks_per_sm", "widest_load_bytes", "widest_store_bytes", "tensor_core"]
     lines = ["# Kernel report: every kernel compiled for sm_90 (no GPU needed)", "",
              f"triton {triton.__version__}, torch {torch.__version__}", "",

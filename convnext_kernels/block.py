@@ -11,33 +11,15 @@ unchanged; built by `from_block` from a timm or torchvision block, the fused blo
 block's own submodules (same Parameter objects, same state_dict keys) and reads the weights
 through `LAYOUTS` (a 1×1 conv weight or torchvision's [C,1,1] layer scale is a view).
 """
-import functools
 
 import torch
 import torch.fx
 from torch import nn
 
 from . import reference
+from .layouts import LAYOUTS, describe_block, lookup
 from .ops.layer_norm import dwconv_layer_norm, layer_norm_2d
 from .ops.mlp import mlp
-
-# Where each weight of a block lives, per source layout (attribute paths).
-LAYOUTS = {
-    "official": dict(dw_weight="dwconv.weight", dw_bias="dwconv.bias", ln_weight="norm.weight",
-                     ln_bias="norm.bias", fc1_w="pwconv1.weight", fc1_b="pwconv1.bias",
-                     fc2_w="pwconv2.weight", fc2_b="pwconv2.bias", gamma="gamma",
-                     grn_weight="grn.gamma", grn_bias="grn.beta"),
-    "timm": dict(dw_weight="conv_dw.weight", dw_bias="conv_dw.bias", ln_weight="norm.weight",
-                 ln_bias="norm.bias", fc1_w="mlp.fc1.weight", fc1_b="mlp.fc1.bias",
-                 fc2_w="mlp.fc2.weight", fc2_b="mlp.fc2.bias", gamma="gamma",
-                 grn_weight="mlp.grn.weight", grn_bias="mlp.grn.bias"),
-    "torchvision": dict(dw_weight="block.0.weight", dw_bias="block.0.bias",
-                        ln_weight="block.2.weight", ln_bias="block.2.bias",
-                        fc1_w="block.3.weight", fc1_b="block.3.bias", fc2_w="block.5.weight",
-                        fc2_b="block.5.bias", gamma="layer_scale", grn_weight=None,
-                        grn_bias=None),
-}
-
 
 class GRN(nn.Module):
     """The official ConvNeXt-V2 GRN's parameters (gamma, beta [1,1,1,C], zero-initialised), so
@@ -61,18 +43,12 @@ def autocast_dtype(x):
     return None
 
 
-def lookup(module, path):
-    """The attribute at dotted `path` of `module` (None for no path); AttributeError if absent."""
-    if path is None:
-        return None
-    return functools.reduce(getattr, path.split("."), module)
-
-
 class FusedConvNeXtBlock(nn.Module):
     """ConvNeXt block on N,C,H,W input: dwconv k×k → LayerNorm → Linear(C, r·C) → GELU → [GRN] →
     Linear(r·C, C) → [·gamma] → drop path → + x. V1: layer scale (layer_scale_init_value,
     1e-6 by default), V2: use_grn=True, no layer scale unless layer_scale_init_value > 0 is
-    given (so its parameters are exactly the official V2 block's). channels_last input is the fast path and the output keeps
+    given (so its parameters are exactly the official V2 block's). channels_last input is the
+    fast path and the output keeps
     the input's memory format. `backend` as for every ck op; "cuda" runs the CUDA dwconv+norm
     kernel and the Triton MLP (the MLP's GEMMs have no hand-written CUDA kernel)."""
 
@@ -112,7 +88,6 @@ class FusedConvNeXtBlock(nn.Module):
     def from_block(cls, block, backend="auto"):
         """A fused block computing what `block` computes (an official V1/V2 Block, a timm
         ConvNeXtBlock or a torchvision CNBlock), adopting its submodules and parameters."""
-        from .convert import describe_block  # convert.py knows the anchors' classes
         spec = describe_block(block)
         fused = cls.__new__(cls)
         nn.Module.__init__(fused)

@@ -48,7 +48,8 @@ def test_matches_float64_reference(backend, device, dtype, shape, channels_last,
     gen, seed = fresh_generator()
     x, weight, bias, grad = _inputs(shape, dtype, device, channels_last, gen)
     ours = _forward_backward(lambda *a: ck.dwconv2d(*a, backend=backend), x, weight, bias, grad)
-    ref = _forward_backward(reference.dwconv2d, *(t.double().cpu() for t in (x, weight, bias, grad)))
+    ref = _forward_backward(reference.dwconv2d,
+                            *(t.double().cpu() for t in (x, weight, bias, grad)))
     eager = _forward_backward(reference.dwconv2d, x, weight, bias, grad)
     for name, o, r, e in zip(["y", "grad_x", "grad_weight", "grad_bias"], ours, ref, eager):
         assert o.dtype == dtype and o.shape == r.shape, name
@@ -164,7 +165,8 @@ BAD_INPUTS = [
     ("dtype mix", lambda x, w, b: (x, w.double(), b), TypeError, "weight has dtype"),
     ("bias dtype", lambda x, w, b: (x, w, b.half()), TypeError, "bias has dtype"),
     ("device mix", lambda x, w, b: (x, w.to("meta"), b), ValueError, "weight is on meta"),
-    ("not a tensor", lambda x, w, b: (x, w.tolist(), b), TypeError, "weight must be a torch.Tensor"),
+    ("not a tensor", lambda x, w, b: (x, w.tolist(), b), TypeError,
+     "weight must be a torch.Tensor"),
 ]
 
 

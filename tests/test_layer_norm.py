@@ -194,7 +194,8 @@ def _good():
 
 
 LN_BAD = [
-    ("weight size", lambda x, w, b: (x, torch.randn(5), b, 1e-6), ValueError, "weight must have shape"),
+    ("weight size", lambda x, w, b: (x, torch.randn(5), b, 1e-6), ValueError,
+     "weight must have shape"),
     ("bias size", lambda x, w, b: (x, w, torch.randn(3), 1e-6), ValueError, "bias must have shape"),
     ("bias None", lambda x, w, b: (x, w, None, 1e-6), TypeError, "bias must be a tensor"),
     ("eps zero", lambda x, w, b: (x, w, b, 0.0), ValueError, "eps must be > 0"),

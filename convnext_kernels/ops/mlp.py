@@ -135,6 +135,7 @@ def mlp(x: Tensor, fc1_w: Tensor, fc1_b: Tensor, fc2_w: Tensor, fc2_b: Tensor,
                      fc2_w.contiguous(), fc2_b.contiguous(),
                      gamma.reshape(-1) if gamma is not None else None,
                      residual.reshape(-1, C).contiguous() if residual is not None else None,
-                     drop_scale.contiguous() if drop_scale is not None else None, grn_weight, grn_bias, rows_per_sample, float(grn_eps),
+                     drop_scale.contiguous() if drop_scale is not None else None, grn_weight,
+                     grn_bias, rows_per_sample, float(grn_eps),
                      keep_hidden, save_y2)[0]
     return out.view(x.shape)

@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from .common import INTERPRETED, Launch, cast_for_store
-from .grn import column_sums_launch, grn_input_grad_scales, grn_scales, scaled_sum_launch
+from .grn import grn_input_grad_scales, grn_scales, scaled_sum_launch
 from .matmul import (GELU, GELU_GRAD, GRN_GRAD, PLAIN, dot_in_fp32, gelu, input_precision,
                      matmul_launch, output_epilogue, split_k)
 
