@@ -98,8 +98,9 @@ def _prepare_environment(out, rehearse):
 
 
 def run_step(campaign, name):
-    from benchmarks import campaign_steps, campaign_tools
-    step = {**campaign_steps.STEP_FUNCTIONS, **campaign_tools.STEP_FUNCTIONS}[name]
+    from benchmarks import campaign_smoke, campaign_steps, campaign_tools
+    step = {**campaign_steps.STEP_FUNCTIONS, "smoke": campaign_smoke.smoke,
+            **campaign_tools.STEP_FUNCTIONS}[name]
     left = campaign.left()
     need = 0 if campaign.rehearse else MIN_SECONDS[name]
     if left < need:

@@ -10,7 +10,8 @@ import subprocess
 import sys
 import time
 
-from benchmarks.campaign_steps import ROOT, SMOKE_OPS, find_tool, fwd_bwd, smoke_inputs
+from benchmarks.campaign_smoke import SMOKE_OPS, fwd_bwd, smoke_inputs
+from benchmarks.campaign_steps import ROOT, find_tool
 
 
 def _external(campaign, step, tool, log_name, runs):
