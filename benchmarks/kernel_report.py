@@ -159,7 +159,7 @@ def blocks_per_sm(registers, shared_bytes, threads):
     return min(by_regs, by_threads, by_smem, H100["max_blocks_per_sm"])
 
 
-def _nvcc():
+def nvcc_path():
     home = os.environ.get("CUDA_HOME", "/usr/local/cuda")
     path = os.path.join(home, "bin", "nvcc")
     return path if os.path.exists(path) else shutil.which("nvcc")
@@ -196,7 +196,7 @@ def _split_template(pretty):
 
 def cuda_rows():
     """One row per CUDA kernel instantiation, or [] when there is no nvcc."""
-    nvcc = _nvcc()
+    nvcc = nvcc_path()
     if nvcc is None:
         return []
     source = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernel_report_cuda.cu")

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from benchmarks.kernel_report import _nvcc
+from benchmarks.kernel_report import nvcc_path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -31,7 +31,7 @@ def test_every_kernel_compiled(report):
     assert {row["kernel"] for row in report if row["source"] == "triton"} >= {
         "_dwconv_forward_kernel", "_dwconv_wgrad_partial_kernel", "_matmul_kernel",
         "_fused_mlp_kernel", "_per_sample_column_sums_kernel", "_scaled_sum_kernel"}
-    if _nvcc() is not None:
+    if nvcc_path() is not None:
         assert {row["kernel"] for row in report if row["source"] == "cuda"} >= {
             "ck::cuda::dwconv_forward_kernel", "ck::cuda::dwconv_wgrad_partial_kernel",
             "ck::cuda::sum_partials_kernel"}

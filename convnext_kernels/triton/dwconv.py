@@ -113,7 +113,7 @@ def _dwconv_wgrad_partial_kernel(g_ptr, x_ptr, partial_ptr, ROWS, H, W, C, ROWS_
     tl.store(part + K * K * C + offs_c, bias_acc, mask=mask_c & (ky == 0))
 
 
-def forward_config(C, W, k):
+def forward_config(C, W):
     block_c = min(triton.next_power_of_2(C), 128)
     block_w = max(1, min(triton.next_power_of_2(W), _FORWARD_TILE // block_c))
     return {"BLOCK_W": block_w, "BLOCK_C": block_c}
@@ -130,7 +130,7 @@ def forward_launch(x_nhwc, taps, bias_f, y, k):
     """The forward launch: x_nhwc and y N,C,H,W channels_last, taps fp32 [k*k, C], bias_f fp32
     [C] or None."""
     N, C, H, W = x_nhwc.shape
-    cfg = forward_config(C, W, k)
+    cfg = forward_config(C, W)
     grid = (N * H, triton.cdiv(W, cfg["BLOCK_W"]), triton.cdiv(C, cfg["BLOCK_C"]))
     bias_arg = bias_f if bias_f is not None else taps  # not read when HAS_BIAS is False
     return Launch(_dwconv_forward_kernel, grid, (x_nhwc, taps, bias_arg, y, H, W, C),
