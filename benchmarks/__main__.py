@@ -10,7 +10,6 @@ torch.compile on CPU, small shapes), labelled CPU everywhere.
 import datetime
 import json
 import os
-import sys
 
 from benchmarks import (bench_block, bench_dwconv, bench_layernorm, bench_mlp, bench_model,
                         harness)
