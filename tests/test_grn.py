@@ -3,7 +3,7 @@ import torch
 
 import convnext_kernels as ck
 from convnext_kernels import reference
-from numerics import assert_accurate, fresh_generator, kernel_targets, randn
+from numerics import assert_accurate, fresh_generator, kernel_targets, randn, rel_error
 
 # No CUDA kernels exist for this op (the block runs its Triton kernels on a GPU).
 TARGETS = kernel_targets(exclude=("cuda",))
@@ -124,3 +124,28 @@ def test_grn_bad_input(backend, case, make, error, match):
 def test_grn_eps_checked():
     with pytest.raises(ValueError, match="eps must be > 0"):
         ck.grn(torch.randn(1, 2, 2, 4), torch.randn(4), torch.randn(4), eps=0.0)
+
+
+@pytest.mark.skipif(not {"cpp", "triton"} <= set(ck.available_backends()),
+                    reason="needs both the cpp and the triton backend")
+def test_cpu_and_triton_statistics_agree():
+    """The [N, C] statistics exist twice (csrc/cpu/grn_stats.h, triton/grn.py): the same input,
+    with an all-zero channel and a channel of tiny values, gives the same G, nx and gradients."""
+    gen, seed = fresh_generator()
+    x = randn(gen, 2, 3, 5, 16)
+    x[..., 3] = 0.0
+    x[..., 7] *= 1e-19
+    w, b = randn(gen, 16), randn(gen, 16)
+    grad = randn(gen, *x.shape)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    cpp = torch.ops.convnext_kernels.grn.default(x, w, b, 1e-6)
+    tri = torch.ops.convnext_kernels.grn_triton.default(x.to(device), w.to(device),
+                                                        b.to(device), 1e-6)
+    for name, a, t in zip(("y", "G", "nx"), cpp, tri):
+        assert torch.allclose(a, t.cpu(), rtol=1e-5, atol=0), f"{name} (seed {seed})"
+    assert cpp[1][:, 3].eq(0).all() and cpp[1][:, 7].gt(0).all()
+    grads = [torch.ops.convnext_kernels.grn_backward.default(grad, x, w, cpp[1], cpp[2], 1e-6),
+             torch.ops.convnext_kernels.grn_backward_triton.default(
+                 grad.to(device), x.to(device), w.to(device), tri[1], tri[2], 1e-6)]
+    for name, a, t in zip(("grad_x", "grad_w", "grad_b"), *grads):
+        assert rel_error(t, a) <= 1e-5, f"{name} (seed {seed})"

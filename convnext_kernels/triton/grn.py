@@ -115,7 +115,8 @@ def grn_input_grad_scales(G, nx, weight, grad_dot_x, eps):
     denom = G.mean(-1, keepdim=True) + eps
     grad_nx = weight.reshape(-1).float() * grad_dot_x
     grad_G = grad_nx / denom - (grad_nx * nx).sum(-1, keepdim=True) / (C * denom)
-    return torch.where(G > 0, grad_G / G.clamp_min(torch.finfo(torch.float32).tiny), 0.0)
+    # the smallest normal of G's dtype, as csrc/cpu/grn_stats.h (pinned by a test)
+    return torch.where(G > 0, grad_G / G.clamp_min(torch.finfo(G.dtype).tiny), 0.0)
 
 
 def _as_samples(t):

@@ -6,6 +6,8 @@
 #pragma once
 #include <torch/extension.h>
 
+#include <limits>
+
 namespace ck::cpu {
 
 struct GrnStats {
@@ -30,7 +32,11 @@ inline at::Tensor grn_input_grad_coef(const at::Tensor& norm, const at::Tensor& 
   at::Tensor denom = norm.mean(-1, true) + eps;
   at::Tensor grad_nx = weight.reshape(-1).to(norm.scalar_type()) * grad_dot_x;
   at::Tensor grad_norm = grad_nx / denom - (grad_nx * nx).sum(-1, true) / (denom * C);
-  return at::where(norm > 0, grad_norm / norm.clamp_min(1e-30), at::zeros_like(norm));
+  // The floor is the smallest normal of the statistics' dtype, as in triton/grn.py (pinned by
+  // tests/test_grn.py::test_cpu_and_triton_statistics_agree).
+  const double floor = norm.scalar_type() == at::kDouble ? std::numeric_limits<double>::min()
+                                                         : std::numeric_limits<float>::min();
+  return at::where(norm > 0, grad_norm / norm.clamp_min(floor), at::zeros_like(norm));
 }
 
 }  // namespace ck::cpu
