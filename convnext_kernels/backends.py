@@ -107,6 +107,10 @@ def resolve(backend, tensor, op, implemented=BACKENDS, variant=None):
     auto order (e.g. "mlp_grn")."""
     if not isinstance(backend, str):
         raise TypeError(f"{op}: backend must be a str, got {type(backend).__name__}")
+    if tensor.device.type == "meta":  # shapes only, nothing runs: the reference gives them
+        if backend not in BACKENDS + ("auto",):
+            raise ValueError(f"backend must be one of {BACKENDS + ('auto',)}, got {backend!r}")
+        return "torch"
     if backend != "auto":
         reason = _cannot_serve(backend, tensor)
         if reason is None and backend not in implemented:
@@ -115,8 +119,6 @@ def resolve(backend, tensor, op, implemented=BACKENDS, variant=None):
             raise ValueError(f"{op}: backend {backend!r} cannot serve this call: {reason}")
         return backend
     device = tensor.device.type
-    if device == "meta":  # shapes only, nothing runs: the reference gives them
-        return "torch"
     preferred = AUTO_ORDER.get((variant or op, device), DEFAULT_AUTO_ORDER.get(device, ()))
     for name in preferred:
         if name in implemented and _cannot_serve(name, tensor) is None:

@@ -265,3 +265,15 @@ def test_a_refused_conversion_changes_nothing():
     with pytest.raises(ValueError, match="exact .erf. GELU"):
         ck.convert_model(model)
     assert [type(m) for m in model.modules()] == kinds
+
+
+@pytest.mark.parametrize("backend", ["auto", "cpp", "triton"])
+def test_meta_tensors_give_shapes_on_every_backend(backend):
+    """timm's config tests build models on the meta device: shapes flow, nothing runs."""
+    with torch.device("meta"):
+        model = ck.convert_model(timm.create_model("convnextv2_atto"), backend=backend)
+        out = model(torch.empty(1, 3, 64, 64))
+    assert out.device.type == "meta" and out.shape == (1, 1000)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        ck.layer_norm_2d(torch.empty(1, 4, 2, 2, device="meta"), torch.empty(4, device="meta"),
+                         torch.empty(4, device="meta"), backend="cudnn")
