@@ -17,11 +17,12 @@ export CUDA_HOME
 
 COMPAT   := .venv-compat
 COMPAT_TREE := build/compat
+COMPAT_PYTEST_ARGS ?=
 
 TIMM_TESTS := build/timm-tests
 # timm's own model tests over converted models: every ConvNeXt case that needs no download of
 # weights and no TorchScript (which cannot script our custom ops' Python glue)
-TIMM_SELECT := convnext and not torchscript and not test_model_inference
+TIMM_SELECT := convnext and not torchscript and not test_model_inference and not pretrained
 
 .PHONY: test lint bench build report gpu rehearse compat timm-tests clean
 
@@ -67,7 +68,8 @@ compat: $(COMPAT)/.installed
 		--exclude=./.cache --exclude=./benchmarks/results . | tar xf - -C $(COMPAT_TREE)
 	cd $(COMPAT_TREE) && PATH="$(CURDIR)/$(COMPAT)/bin:$$PATH" MAX_JOBS=$$(nproc) \
 		$(CURDIR)/$(COMPAT)/bin/python setup.py -q build_ext --inplace
-	cd $(COMPAT_TREE) && TRITON_INTERPRET=1 $(CURDIR)/$(COMPAT)/bin/python -m pytest -q tests
+	cd $(COMPAT_TREE) && TRITON_INTERPRET=1 $(CURDIR)/$(COMPAT)/bin/python -m pytest -q tests \
+		$(COMPAT_PYTEST_ARGS)
 
 # timm's tests/test_models.py from its source release (PyPI), run with ck.patch_timm active.
 timm-tests: build
