@@ -22,7 +22,8 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from convnext_kernels.triton import dwconv, dwconv_layer_norm, grn, layer_norm, mlp
+from convnext_kernels.triton import (dwconv, dwconv_layer_norm, grad_workspace, grn, layer_norm,
+                                     mlp)
 
 H100 = {"arch": 90, "regs_per_sm": 65536, "max_threads_per_sm": 2048, "smem_per_sm": 228 * 1024,
         "max_blocks_per_sm": 32}
@@ -42,6 +43,9 @@ MLP_SHAPES = [(64 * 56 * 56, 96, 384, 56 * 56), (64 * 7 * 7, 768, 3072, 7 * 7),
               (30, 40, 160, 15), (98, 1408, 5632, 49)]
 # GRN on the V2 hidden tensor (N, H, W, 4C): ConvNeXtV2-T stages 1 and 4, an odd one.
 GRN_SHAPES = [(64, 56, 56, 384), (64, 7, 7, 3072), (2, 5, 7, 160)]
+# The gradient workspace's finalize: (splits, columns) of the ConvNeXt-T block at stages 1 and 4
+# (batch 64) and an odd small one.
+FINALIZE_SHAPES = [(196, 75264), (4, 4733184), (1, 1234)]
 
 
 def report_launches():
@@ -63,6 +67,17 @@ def report_launches():
         for shape in GRN_SHAPES:
             for launch in grn.launches(dtype, *shape):
                 rows.append(("grn", dtype, shape, None, launch))
+        for shape in FINALIZE_SHAPES:
+            for launch in grad_workspace.launches(*shape, dtype):
+                rows.append(("finalize", dtype, shape, None, launch))
+    # Under autocast the block's kernels read fp32 parameters (and input) and compute in bf16.
+    for shape in DWCONV_SHAPES[:4]:
+        for launch in dwconv_layer_norm.launches(torch.bfloat16, *shape, 7,
+                                                 weight_dtype=torch.float32):
+            rows.append(("dwconv_layer_norm autocast", torch.bfloat16, shape, 7, launch))
+    for shape in MLP_SHAPES[:2]:
+        for launch in mlp.launches(torch.bfloat16, *shape, weight_dtype=torch.float32):
+            rows.append(("mlp autocast", torch.bfloat16, shape, None, launch))
     return rows
 
 

@@ -96,8 +96,11 @@ def _cannot_serve(name, tensor):
 # a compute-bound CPU), so auto keeps torch on CPU for them; `backend="cpp"` still runs ours.
 # The cpp GRN (fwd 3-6x, fwd+bwd 1.3-3x eager) and the cpp MLP with GRN (fwd 1.1-2x, fwd+bwd
 # 0.96-1.03x) are the CPU default.
+# The V1 block on CUDA: the whole-block Triton op first, chosen by count, not yet by a timing:
+# 12 launches per forward+backward against 30 or more composing the ops (benchmarks/ledger.py).
 AUTO_ORDER = {("dwconv2d", "cpu"): ("torch",), ("layer_norm_2d", "cpu"): ("torch",),
-              ("dwconv_layer_norm", "cpu"): ("torch",), ("mlp", "cpu"): ("torch",)}
+              ("dwconv_layer_norm", "cpu"): ("torch",), ("mlp", "cpu"): ("torch",),
+              ("block", "cuda"): ("triton", "cuda")}
 DEFAULT_AUTO_ORDER = {"cpu": ("cpp",), "cuda": ("cuda", "triton")}
 
 

@@ -1,4 +1,8 @@
-"""FusedConvNeXtBlock: the ConvNeXt V1/V2 block as two fused ops,
+"""FusedConvNeXtBlock: the ConvNeXt V1/V2 block.
+
+Where its backend resolves to triton and the block has no GRN: one op with one autograd, the
+whole block forward and backward in 12 launches (ops/block.py, triton/block.py). Otherwise two
+fused ops,
 
     y   = dwconv_layer_norm(x)                          (one kernel on GPU)
     out = mlp(y, residual=x, gamma, drop_scale, grn)    (fc1+GELU[+GRN sums], fc2+scales+residual)
@@ -16,8 +20,9 @@ import torch
 import torch.fx
 from torch import nn
 
-from . import reference
+from . import backends, reference
 from .layouts import LAYOUTS, describe_block, lookup
+from .ops.block import block_v1, whole_block_backends
 from .ops.layer_norm import dwconv_layer_norm, layer_norm_2d
 from .ops.mlp import mlp
 
@@ -37,8 +42,9 @@ class GRN(nn.Module):
 def autocast_dtype(x):
     """The dtype autocast runs matmuls in for x's device, or None outside autocast. The fused
     ops take one dtype: under autocast they run in it (statistics stay fp32 inside)."""
-    if torch.amp.is_autocast_available(x.device.type) and \
-            torch.is_autocast_enabled(x.device.type):  # (meta tensors have no autocast)
+    # Meta tensors have no autocast. (torch.amp.is_autocast_available would say so, but
+    # torch 2.11's dynamo cannot trace it and breaks fullgraph compiles of a converted model.)
+    if x.device.type != "meta" and torch.is_autocast_enabled(x.device.type):
         return torch.get_autocast_dtype(x.device.type)
     return None
 
@@ -141,6 +147,14 @@ def fused_block(x, dw_weight, dw_bias, ln_weight, ln_bias, fc1_w, fc1_b, fc2_w, 
     w = [dw_weight, dw_bias, ln_weight, ln_bias, fc1_w, fc1_b, fc2_w, fc2_b, gamma, grn_weight,
          grn_bias]
     dtype = autocast_dtype(x)
+    if grn_weight is None and backends.resolve(backend, x, "block") in whole_block_backends():
+        # One op for the whole block; under autocast its kernels read x and the parameters in
+        # their own dtypes (no cast launches) and compute in the autocast dtype.
+        x_cl = x.contiguous(memory_format=torch.channels_last)
+        drop_scale = _drop_scale(x, drop_prob)
+        out = block_v1(x_cl, dw_weight, dw_bias, ln_weight, ln_bias, fc1_w, fc1_b, fc2_w, fc2_b,
+                       gamma, drop_scale, eps, dtype or x.dtype, backend)
+        return out if x.is_contiguous(memory_format=torch.channels_last) else out.contiguous()
     if dtype is not None:
         x = x.to(dtype)
         w = [t.to(dtype) if t is not None else None for t in w]
@@ -149,16 +163,21 @@ def fused_block(x, dw_weight, dw_bias, ln_weight, ln_bias, fc1_w, fc1_b, fc2_w, 
     channels_last = x.is_contiguous(memory_format=torch.channels_last)
     x_cl = x if channels_last else x.contiguous(memory_format=torch.channels_last)
     y = dwconv_layer_norm(x_cl, dw_weight, dw_bias, ln_weight, ln_bias, eps, backend=backend)
-    drop_scale = None
-    if drop_prob > 0.0:
-        keep = 1.0 - drop_prob
-        drop_scale = x.new_empty(x.shape[0]).bernoulli_(keep).div_(keep)
+    drop_scale = _drop_scale(x, drop_prob)
     # The MLP has no CUDA kernels: backend "cuda" runs the CUDA dwconv+norm and the Triton MLP
     # (documented on FusedConvNeXtBlock).
     out = mlp(y.permute(0, 2, 3, 1), fc1_w, fc1_b, fc2_w, fc2_b, gamma, x_cl.permute(0, 2, 3, 1),
               drop_scale, grn_weight=grn_weight, grn_bias=grn_bias, grn_eps=grn_eps,
               backend="triton" if backend == "cuda" else backend).permute(0, 3, 1, 2)
     return out if channels_last else out.contiguous()
+
+
+def _drop_scale(x, drop_prob):
+    """Drop path's per-sample factor (0 or 1/keep), or None when nothing is dropped."""
+    if drop_prob == 0.0:
+        return None
+    keep = 1.0 - drop_prob
+    return x.new_empty(x.shape[0]).bernoulli_(keep).div_(keep)
 
 
 def layer_norm_2d_autocast(x, weight, bias, eps, backend):

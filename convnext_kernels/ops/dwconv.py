@@ -2,8 +2,9 @@
 
 Backends: cpp and cuda are the C++ op convnext_kernels::dwconv2d (CPU and CUDA kernels in _C);
 triton is the Python custom op convnext_kernels::dwconv2d_triton. Both pairs share one autograd
-formula: grad_x is the forward op applied to grad_out with the flipped weight, and one backward
-op returns (grad_weight, grad_bias).
+formula: grad_x is grad_out convolved with the flipped weight (cpp and cuda: the forward op on a
+flipped copy; triton: its own op reading the weight flipped), and one backward op returns
+(grad_weight, grad_bias).
 """
 from typing import Optional, Tuple
 
@@ -24,7 +25,11 @@ def _backward_weight_fake(grad_out, x, weight):
     return weight.new_empty(weight.shape), weight.new_empty(weight.shape[0])
 
 
-def _register_autograd(forward_op, backward_weight_op):
+def _input_grad_fake(grad_out, weight):
+    return torch.empty_like(grad_out)
+
+
+def _register_autograd(forward_op, input_grad_op, backward_weight_op):
     def setup_context(ctx, inputs, output):
         x, weight, bias = inputs
         ctx.save_for_backward(x, weight)
@@ -34,7 +39,7 @@ def _register_autograd(forward_op, backward_weight_op):
         x, weight = ctx.saved_tensors
         grad_x = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
-            grad_x = forward_op(grad_out, weight.flip([-2, -1]), None)
+            grad_x = input_grad_op(grad_out, weight)
         if ctx.needs_input_grad[1] or (ctx.has_bias and ctx.needs_input_grad[2]):
             grad_weight, grad_bias = backward_weight_op(grad_out, x, weight)
         return grad_x, grad_weight, grad_bias if ctx.has_bias else None
@@ -43,13 +48,22 @@ def _register_autograd(forward_op, backward_weight_op):
 
 
 _FORWARD = {}
+INPUT_GRAD = {}
+
+
+def flipped_input_grad(grad_out, weight):
+    """grad_x of the C++ ops: their forward on grad_out with a flipped copy of the weight."""
+    return torch.ops.convnext_kernels.dwconv2d(grad_out, weight.flip([-2, -1]), None)
+
 
 if _ext.LOADED:
     torch.library.register_fake(f"{_NS}::dwconv2d")(_forward_fake)
     torch.library.register_fake(f"{_NS}::dwconv2d_backward_weight")(_backward_weight_fake)
-    _register_autograd(torch.ops.convnext_kernels.dwconv2d.default,
+    _register_autograd(torch.ops.convnext_kernels.dwconv2d.default, flipped_input_grad,
                        torch.ops.convnext_kernels.dwconv2d_backward_weight.default)
-    _FORWARD["cpp"] = _FORWARD["cuda"] = torch.ops.convnext_kernels.dwconv2d
+    _FORWARD["cpp"], INPUT_GRAD["cpp"] = torch.ops.convnext_kernels.dwconv2d, flipped_input_grad
+    if _ext.BUILT_WITH_CUDA:
+        _FORWARD["cuda"], INPUT_GRAD["cuda"] = _FORWARD["cpp"], flipped_input_grad
 
 if backends.triton_importable():
     from ..triton import dwconv as _triton_dwconv
@@ -63,10 +77,17 @@ if backends.triton_importable():
                                          weight: Tensor) -> Tuple[Tensor, Tensor]:
         return _triton_dwconv.dwconv2d_backward_weight(grad_out, x, weight)
 
+    @torch.library.custom_op(f"{_NS}::dwconv2d_input_grad_triton", mutates_args=())
+    def _dwconv2d_input_grad_triton(grad_out: Tensor, weight: Tensor) -> Tensor:
+        return _triton_dwconv.dwconv2d_input_grad(grad_out, weight)
+
     _dwconv2d_triton.register_fake(_forward_fake)
+    _dwconv2d_input_grad_triton.register_fake(_input_grad_fake)
     _dwconv2d_backward_weight_triton.register_fake(_backward_weight_fake)
-    _register_autograd(_dwconv2d_triton, _dwconv2d_backward_weight_triton)
+    _register_autograd(_dwconv2d_triton, _dwconv2d_input_grad_triton,
+                       _dwconv2d_backward_weight_triton)
     _FORWARD["triton"] = _dwconv2d_triton
+    INPUT_GRAD["triton"] = _dwconv2d_input_grad_triton
 
 
 def dwconv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *,

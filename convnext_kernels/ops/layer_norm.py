@@ -40,22 +40,25 @@ def _dwconv_layer_norm_fake(x, dw_weight, dw_bias, ln_weight, ln_bias, eps):
     return y, torch.empty_like(x), mean, rstd
 
 
-def _register_fused_autograd(fused_op, layer_norm_backward_op, dwconv_forward_op,
+def _register_fused_autograd(fused_op, layer_norm_backward_op, dwconv_input_grad_op,
                              dwconv_backward_weight_op):
     def setup_context(ctx, inputs, output):
         x, dw_weight, dw_bias, ln_weight, _, _ = inputs
         _, conv, mean, rstd = output
         ctx.mark_non_differentiable(conv, mean, rstd)
+        ctx.set_materialize_grads(False)  # (no zero-filled gradients for the saved outputs)
         ctx.save_for_backward(x, dw_weight, ln_weight, conv, mean, rstd)
         ctx.has_dw_bias = dw_bias is not None
 
     def backward(ctx, grad_y, _grad_conv, _grad_mean, _grad_rstd):
+        if grad_y is None:  # y did not reach the loss
+            return None, None, None, None, None, None
         x, dw_weight, ln_weight, conv, mean, rstd = ctx.saved_tensors
         grad_conv, grad_ln_weight, grad_ln_bias = layer_norm_backward_op(
             grad_y, conv, ln_weight, mean, rstd)
         grad_x = grad_dw_weight = grad_dw_bias = None
         if ctx.needs_input_grad[0]:
-            grad_x = dwconv_forward_op(grad_conv, dw_weight.flip([-2, -1]), None)
+            grad_x = dwconv_input_grad_op(grad_conv, dw_weight)
         if ctx.needs_input_grad[1] or (ctx.has_dw_bias and ctx.needs_input_grad[2]):
             grad_dw_weight, grad_dw_bias = dwconv_backward_weight_op(grad_conv, x, dw_weight)
         return (grad_x, grad_dw_weight, grad_dw_bias if ctx.has_dw_bias else None,
@@ -69,9 +72,12 @@ def _register_layer_norm_autograd(forward_op, backward_op):
         x, weight, _, _ = inputs
         _, mean, rstd = output
         ctx.mark_non_differentiable(mean, rstd)
+        ctx.set_materialize_grads(False)
         ctx.save_for_backward(x, weight, mean, rstd)
 
     def backward(ctx, grad_y, _grad_mean, _grad_rstd):
+        if grad_y is None:  # y did not reach the loss
+            return None, None, None, None
         x, weight, mean, rstd = ctx.saved_tensors
         grad_x, grad_weight, grad_bias = backward_op(grad_y, x, weight, mean, rstd)
         return grad_x, grad_weight, grad_bias, None
@@ -90,7 +96,7 @@ if _ext.LOADED:
     torch.library.register_fake(f"{_NS}::dwconv_layer_norm")(_dwconv_layer_norm_fake)
     _register_fused_autograd(torch.ops.convnext_kernels.dwconv_layer_norm.default,
                              torch.ops.convnext_kernels.layer_norm_2d_backward.default,
-                             torch.ops.convnext_kernels.dwconv2d.default,
+                             dwconv_ops.flipped_input_grad,
                              torch.ops.convnext_kernels.dwconv2d_backward_weight.default)
     _LAYER_NORM["cpp"] = torch.ops.convnext_kernels.layer_norm_2d
     if _ext.BUILT_WITH_CUDA:
@@ -124,7 +130,7 @@ if backends.triton_importable():
 
     _dwconv_layer_norm_triton.register_fake(_dwconv_layer_norm_fake)
     _register_fused_autograd(_dwconv_layer_norm_triton, _layer_norm_2d_backward_triton,
-                             dwconv_ops._FORWARD["triton"],
+                             dwconv_ops.INPUT_GRAD["triton"],
                              torch.ops.convnext_kernels.dwconv2d_backward_weight_triton)
     _LAYER_NORM["triton"] = _layer_norm_2d_triton
     _DWCONV_LAYER_NORM["triton"] = _dwconv_layer_norm_triton

@@ -46,12 +46,15 @@ def _register_autograd(forward_op, backward_op):
          rows_per_sample, eps, _, _) = inputs
         _, hidden, y2, norm, nx = output
         ctx.mark_non_differentiable(hidden, y2, norm, nx)
+        ctx.set_materialize_grads(False)
         ctx.save_for_backward(x, fc1_w, fc1_b, fc2_w, gamma, drop_scale, grn_weight, grn_bias,
                               hidden, y2, norm, nx)
         ctx.rows_per_sample, ctx.eps = rows_per_sample, eps
         ctx.has = [t is not None for t in (gamma, residual, grn_weight, grn_bias)]
 
     def backward(ctx, grad_out, *_unused):
+        if grad_out is None:  # the output did not reach the loss
+            return (None,) * 14
         (x, fc1_w, fc1_b, fc2_w, gamma, drop_scale, grn_weight, grn_bias, hidden, y2, norm,
          nx) = ctx.saved_tensors
         grads = backward_op(grad_out.contiguous(), x, fc1_w, fc1_b, fc2_w, gamma, drop_scale,

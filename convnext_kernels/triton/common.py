@@ -30,12 +30,18 @@ def nhwc_buffer(out):
     return torch.empty_like(out, memory_format=torch.channels_last)
 
 
-class Launch:
-    """One kernel launch: kernel, grid, runtime arguments, constexprs and options. Launchers
-    build these and call them; the kernel report (benchmarks/kernel_report.py) compiles the very
-    same launches for sm_90 without a GPU."""
+# Callables told of every Launch before it runs (benchmarks/ledger.py counts launches with
+# them). One that returns True stands in for the launch: the kernel is not run (a dry run).
+LAUNCH_OBSERVERS = []
 
-    def __init__(self, kernel, grid, args, constexprs, num_warps=4, num_stages=None):
+
+class Launch:
+    """One kernel launch: kernel, grid, runtime arguments, constexprs and options, and the FLOPs
+    it does (for the ledger; 0 where it does no arithmetic worth counting). Launchers build these
+    and call them; the kernel report (benchmarks/kernel_report.py) compiles the very same
+    launches for sm_90 without a GPU."""
+
+    def __init__(self, kernel, grid, args, constexprs, num_warps=4, num_stages=None, flops=0):
         self.kernel = kernel
         self.grid = grid
         self.args = args
@@ -43,8 +49,11 @@ class Launch:
         self.options = {"num_warps": num_warps}
         if num_stages is not None:
             self.options["num_stages"] = num_stages
+        self.flops = flops
 
     def __call__(self):
+        if any([observe(self) for observe in LAUNCH_OBSERVERS]):
+            return
         self.kernel[self.grid](*self.args, **self.constexprs, **self.options)
 
     @property

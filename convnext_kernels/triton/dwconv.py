@@ -2,19 +2,23 @@
 
 Forward: a program owns BLOCK_W pixels of one output row and BLOCK_C channels; the k×k taps are
 unrolled along kx and looped along ky, each tap one coalesced [BLOCK_W, BLOCK_C] load (the
-overlapping loads of neighbouring taps hit L1). The input gradient is this same kernel run on the
-output gradient with the flipped weight.
+overlapping loads of neighbouring taps hit L1). Taps are read from the weight [C, k*k] itself, in
+its dtype (fp32 under autocast), converted in registers: no tap or cast launch. The input
+gradient is this same kernel run on the output gradient with REVERSE (the weight read flipped by
+index, no flip launch), optionally adding a residual gradient in its epilogue.
 
-Weight gradient: a program owns one chunk of rows, one tap row ky and BLOCK_C channels, and sums
-g[p, c] * x[p shifted by (ky, kx), c] over its pixels for all kx at once, as a [BLOCK_W, KPAD,
-BLOCK_C] product reduced over pixels. Each program writes an fp32 partial; the partials are
-summed afterwards in a fixed order, so the result is deterministic.
+Weight gradient: a program owns one split of the rows (a GradWorkspace row), one tap row ky and
+BLOCK_C channels, and sums g[p, c] * x[p shifted by (ky, kx), c] over its pixels for all kx at
+once, as a [BLOCK_W, KPAD, BLOCK_C] product reduced over pixels. It writes fp32 partials of the
+weight gradient (in the weight's [C, k*k] order) and, for ky = 0, of the bias gradient; the
+workspace's finalize sums them in a fixed order, so the result is deterministic.
 """
 import torch
 import triton
 import triton.language as tl
 
 from .common import INTERPRETED, Launch, cast_for_store, nhwc_buffer
+from .grad_workspace import GradWorkspace, reduction_splits
 
 # Forward tiles hold this many [pixel, channel] elements: more raises registers past 128 a thread
 # at 4 warps (benchmarks/kernel_report.py).
@@ -23,26 +27,30 @@ _UNROLL_MAX = tl.constexpr(7)
 # Each [pixels x taps x channels] tile of the weight-gradient kernel stays within this many
 # elements, so it fits in registers without spilling (checked by tests/test_triton_sm90.py).
 _WGRAD_TILE = 2048
-# Weight-gradient programs wanted in flight; the row chunk size follows from it.
-_WGRAD_PROGRAMS = 1024
 
 
 @triton.jit
-def _accumulate_tap(acc, x_row, taps_ptr, ky, kx, row_ok, offs_w, offs_c, mask_c, W, C,
-                    K: tl.constexpr):
+def _accumulate_tap(acc, x_row, w_cols, ky, kx, row_ok, offs_w, offs_c, mask_c, W, C,
+                    K: tl.constexpr, REVERSE: tl.constexpr):
     iw = offs_w + (kx - K // 2)
     mask = row_ok & ((iw >= 0) & (iw < W))[:, None] & mask_c[None, :]
     xv = tl.load(x_row + iw[:, None] * C + offs_c[None, :], mask=mask, other=0.0)
-    tap = tl.load(taps_ptr + (ky * K + kx) * C + offs_c, mask=mask_c, other=0.0)
-    return acc + xv.to(tl.float32) * tap[None, :]
+    tap_index = ky * K + kx
+    if REVERSE:
+        tap_index = K * K - 1 - tap_index
+    tap = tl.load(w_cols + tap_index, mask=mask_c, other=0.0)
+    return acc + xv.to(tl.float32) * tap.to(tl.float32)[None, :]
 
 
 @triton.jit
-def conv_tile(x_ptr, taps_ptr, row, H, W, C, offs_w, offs_c, mask_c, K: tl.constexpr,
-              BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr):
-    """fp32 [BLOCK_W, BLOCK_C] conv (no bias) of output row `row` (= n*H + h), pixels offs_w."""
+def conv_tile(x_ptr, w_ptr, row, H, W, C, offs_w, offs_c, mask_c, K: tl.constexpr,
+              BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr, REVERSE: tl.constexpr = False):
+    """fp32 [BLOCK_W, BLOCK_C] conv (no bias) of output row `row` (= n*H + h), pixels offs_w,
+    with the weight [C, K*K] (REVERSE: flipped, for the input gradient)."""
     h = row % H
     acc = tl.zeros([BLOCK_W, BLOCK_C], dtype=tl.float32)
+    # Each channel's taps, K*K apart: strided loads, but the weight is small and stays in L1/L2.
+    w_cols = w_ptr + offs_c * (K * K)
     for ky in range(K):
         ih = h + ky - K // 2
         row_ok = (ih >= 0) & (ih < H)
@@ -50,34 +58,38 @@ def conv_tile(x_ptr, taps_ptr, row, H, W, C, offs_w, offs_c, mask_c, K: tl.const
         # Unrolling a row of more than _UNROLL_MAX taps only adds register pressure (spills).
         if K <= _UNROLL_MAX:
             for kx in tl.static_range(K):
-                acc = _accumulate_tap(acc, x_row, taps_ptr, ky, kx, row_ok, offs_w, offs_c,
-                                      mask_c, W, C, K)
+                acc = _accumulate_tap(acc, x_row, w_cols, ky, kx, row_ok, offs_w, offs_c,
+                                      mask_c, W, C, K, REVERSE)
         else:
             for kx in range(K):
-                acc = _accumulate_tap(acc, x_row, taps_ptr, ky, kx, row_ok, offs_w, offs_c,
-                                      mask_c, W, C, K)
+                acc = _accumulate_tap(acc, x_row, w_cols, ky, kx, row_ok, offs_w, offs_c,
+                                      mask_c, W, C, K, REVERSE)
     return acc
 
 
 @triton.jit
-def _dwconv_forward_kernel(x_ptr, taps_ptr, bias_ptr, y_ptr, H, W, C,
-                           K: tl.constexpr, HAS_BIAS: tl.constexpr,
-                           BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
-                           INTERPRETED: tl.constexpr):
+def _dwconv_forward_kernel(x_ptr, w_ptr, bias_ptr, residual_ptr, y_ptr, H, W, C,
+                           K: tl.constexpr, HAS_BIAS: tl.constexpr, REVERSE: tl.constexpr,
+                           HAS_RESIDUAL: tl.constexpr, BLOCK_W: tl.constexpr,
+                           BLOCK_C: tl.constexpr, INTERPRETED: tl.constexpr):
     row = tl.program_id(0)  # n*H + h
     offs_w = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
     offs_c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = offs_c < C
-    acc = conv_tile(x_ptr, taps_ptr, row, H, W, C, offs_w, offs_c, mask_c, K, BLOCK_W, BLOCK_C)
+    acc = conv_tile(x_ptr, w_ptr, row, H, W, C, offs_w, offs_c, mask_c, K, BLOCK_W, BLOCK_C,
+                    REVERSE)
     if HAS_BIAS:
-        acc += tl.load(bias_ptr + offs_c, mask=mask_c, other=0.0)[None, :]
-    y_ptrs = y_ptr + row.to(tl.int64) * W * C + offs_w[:, None] * C + offs_c[None, :]
-    tl.store(y_ptrs, cast_for_store(acc, y_ptr.dtype.element_ty, INTERPRETED),
-             mask=(offs_w < W)[:, None] & mask_c[None, :])
+        acc += tl.load(bias_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)[None, :]
+    offs = row.to(tl.int64) * W * C + offs_w[:, None] * C + offs_c[None, :]
+    mask = (offs_w < W)[:, None] & mask_c[None, :]
+    if HAS_RESIDUAL:
+        acc += tl.load(residual_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(y_ptr + offs, cast_for_store(acc, y_ptr.dtype.element_ty, INTERPRETED), mask=mask)
 
 
 @triton.jit
-def _dwconv_wgrad_partial_kernel(g_ptr, x_ptr, partial_ptr, ROWS, H, W, C, ROWS_PER_PROGRAM,
+def _dwconv_wgrad_partial_kernel(g_ptr, x_ptr, w_partial_ptr, b_partial_ptr, ROWS, H, W, C,
+                                 ROWS_PER_PROGRAM, split_stride,
                                  K: tl.constexpr, KPAD: tl.constexpr,
                                  BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr):
     chunk = tl.program_id(0)
@@ -106,11 +118,12 @@ def _dwconv_wgrad_partial_kernel(g_ptr, x_ptr, partial_ptr, ROWS, H, W, C, ROWS_
             xv = tl.load(x_row + iw[:, :, None] * C + offs_c[None, None, :], mask=x_mask,
                          other=0.0)
             acc += tl.sum(xv.to(tl.float32) * gv[:, None, :], axis=0)
-    # partial: [chunks, K*K + 1, C]; row K*K holds the bias sums, written by the ky = 0 programs.
-    part = partial_ptr + chunk.to(tl.int64) * (K * K + 1) * C
-    tl.store(part + (ky * K + offs_kx)[:, None] * C + offs_c[None, :], acc,
+    # Partials in the weight's [C, K*K] order; the bias's by the ky = 0 programs.
+    w_part = w_partial_ptr + chunk.to(tl.int64) * split_stride
+    tl.store(w_part + offs_c[None, :] * (K * K) + (ky * K + offs_kx)[:, None], acc,
              mask=(offs_kx < K)[:, None] & mask_c[None, :])
-    tl.store(part + K * K * C + offs_c, bias_acc, mask=mask_c & (ky == 0))
+    tl.store(b_partial_ptr + chunk.to(tl.int64) * split_stride + offs_c, bias_acc,
+             mask=mask_c & (ky == 0))
 
 
 def forward_config(C, W):
@@ -126,46 +139,38 @@ def wgrad_config(C, W, k):
     return {"KPAD": kpad, "BLOCK_W": block_w, "BLOCK_C": block_c}
 
 
-def forward_launch(x_nhwc, taps, bias_f, y, k):
-    """The forward launch: x_nhwc and y N,C,H,W channels_last, taps fp32 [k*k, C], bias_f fp32
-    [C] or None."""
+def forward_launch(x_nhwc, weight, bias, y, k, reverse=False, residual=None):
+    """The forward launch: x_nhwc, y (and residual) N,C,H,W channels_last, weight [C,1,k,k]
+    contiguous and bias [C] (or None) in any kernel dtype. reverse and residual: the input
+    gradient, grad_out conv flipped weight [+ the residual's gradient]."""
     N, C, H, W = x_nhwc.shape
     cfg = forward_config(C, W)
     grid = (N * H, triton.cdiv(W, cfg["BLOCK_W"]), triton.cdiv(C, cfg["BLOCK_C"]))
-    bias_arg = bias_f if bias_f is not None else taps  # not read when HAS_BIAS is False
-    return Launch(_dwconv_forward_kernel, grid, (x_nhwc, taps, bias_arg, y, H, W, C),
-                  dict(K=k, HAS_BIAS=bias_f is not None, INTERPRETED=INTERPRETED, **cfg))
+    return Launch(_dwconv_forward_kernel, grid,
+                  (x_nhwc, weight, bias if bias is not None else weight,  # unread if absent
+                   residual if residual is not None else y, y, H, W, C),
+                  dict(K=k, HAS_BIAS=bias is not None, REVERSE=reverse,
+                       HAS_RESIDUAL=residual is not None, INTERPRETED=INTERPRETED, **cfg),
+                  flops=2 * k * k * x_nhwc.numel())
 
 
-def wgrad_partial_shape(x_nhwc, k):
-    N, C, H, W = x_nhwc.shape
-    rows = N * H
-    rows_per_program = _wgrad_rows_per_program(rows, k, C, wgrad_config(C, W, k)["BLOCK_C"])
-    return (triton.cdiv(rows, rows_per_program), k * k + 1, C)
-
-
-def wgrad_launch(g_nhwc, x_nhwc, partial, k):
-    """Stage 1 of the weight gradient: fp32 partials [chunks, k*k + 1, C]
-    (see wgrad_partial_shape) from g and x, both N,C,H,W channels_last."""
+def wgrad_launch(g_nhwc, x_nhwc, weight_partial, bias_partial, k):
+    """The weight gradient's fp32 partials: weight_partial [splits, C*k*k] and bias_partial
+    [splits, C] (GradWorkspace views) from g and x, both N,C,H,W channels_last."""
     N, C, H, W = x_nhwc.shape
     cfg = wgrad_config(C, W, k)
     rows = N * H
-    rows_per_program = _wgrad_rows_per_program(rows, k, C, cfg["BLOCK_C"])
-    grid = (partial.shape[0], k, triton.cdiv(C, cfg["BLOCK_C"]))
+    splits = weight_partial.shape[0]
+    grid = (splits, k, triton.cdiv(C, cfg["BLOCK_C"]))
     return Launch(_dwconv_wgrad_partial_kernel, grid,
-                  (g_nhwc, x_nhwc, partial, rows, H, W, C, rows_per_program), dict(K=k, **cfg))
+                  (g_nhwc, x_nhwc, weight_partial, bias_partial, rows, H, W, C,
+                   triton.cdiv(rows, splits), weight_partial.stride(0)), dict(K=k, **cfg),
+                  flops=2 * k * k * x_nhwc.numel())
 
 
-def _wgrad_rows_per_program(rows, k, C, block_c):
-    """Rows per weight-gradient program: from the shape alone, so results are reproducible."""
-    programs_per_chunk = k * triton.cdiv(C, block_c)
-    chunks = max(1, min(rows, triton.cdiv(_WGRAD_PROGRAMS, programs_per_chunk)))
-    return triton.cdiv(rows, chunks)
-
-
-def _taps(weight):
+def grad_shapes(weight):
     C, k = weight.shape[0], weight.shape[-1]
-    return weight.reshape(C, k * k).t().float().contiguous()
+    return {"dw_weight": (C, 1, k, k), "dw_bias": (C,)}
 
 
 def dwconv2d_forward(x, weight, bias):
@@ -173,10 +178,22 @@ def dwconv2d_forward(x, weight, bias):
     out = torch.empty_like(x)
     if out.numel() == 0:
         return out
-    x_nhwc = x.contiguous(memory_format=torch.channels_last)
     y = nhwc_buffer(out)
-    bias_f = bias.float().contiguous() if bias is not None else None
-    forward_launch(x_nhwc, _taps(weight), bias_f, y, weight.shape[-1])()
+    forward_launch(x.contiguous(memory_format=torch.channels_last), weight.contiguous(),
+                   bias.contiguous() if bias is not None else None, y, weight.shape[-1])()
+    if y is not out:
+        out.copy_(y)
+    return out
+
+
+def dwconv2d_input_grad(grad_out, weight):
+    """grad_x = grad_out conv the flipped weight, in grad_out's memory format."""
+    out = torch.empty_like(grad_out)
+    if out.numel() == 0:
+        return out
+    y = nhwc_buffer(out)
+    forward_launch(grad_out.contiguous(memory_format=torch.channels_last), weight.contiguous(),
+                   None, y, weight.shape[-1], reverse=True)()
     if y is not out:
         out.copy_(y)
     return out
@@ -184,23 +201,15 @@ def dwconv2d_forward(x, weight, bias):
 
 def dwconv2d_backward_weight(grad_out, x, weight):
     """(grad_weight [C,1,k,k], grad_bias [C]) in the weight's dtype, fp32-accumulated."""
-    k = weight.shape[-1]
     if x.numel() == 0:
         return weight.new_zeros(weight.shape), weight.new_zeros(weight.shape[0])
-    x_nhwc = x.contiguous(memory_format=torch.channels_last)
-    g_nhwc = grad_out.contiguous(memory_format=torch.channels_last)
-    partial = torch.empty(wgrad_partial_shape(x_nhwc, k), device=x.device, dtype=torch.float32)
-    wgrad_launch(g_nhwc, x_nhwc, partial, k)()
-    return _split_sums(partial.sum(0), weight)
-
-
-def _split_sums(sums, weight):
-    """[k*k + 1, C] fp32 sums -> (grad_weight [C,1,k,k], grad_bias [C]): fresh, contiguous
-    tensors in the weight's dtype (outputs of a custom op may not alias each other)."""
-    C, k = weight.shape[0], weight.shape[-1]
-    grad_weight = sums[: k * k].t().reshape(C, 1, k, k)
-    return (grad_weight.to(weight.dtype, memory_format=torch.contiguous_format, copy=True),
-            sums[k * k].to(weight.dtype, copy=True))
+    N, _, H, W = x.shape
+    ws = GradWorkspace(grad_shapes(weight), reduction_splits(N * H * W), weight.dtype, x.device)
+    wgrad_launch(grad_out.contiguous(memory_format=torch.channels_last),
+                 x.contiguous(memory_format=torch.channels_last), ws["dw_weight"], ws["dw_bias"],
+                 weight.shape[-1])()
+    grads = ws.finalize_each()
+    return grads["dw_weight"], grads["dw_bias"]
 
 
 def launches(dtype, N, C, H, W, k, device="meta"):
@@ -208,9 +217,10 @@ def launches(dtype, N, C, H, W, k, device="meta"):
     default: for compiling and inspecting kernels without running them)."""
     x = torch.empty(N, C, H, W, dtype=dtype, device=device).contiguous(
         memory_format=torch.channels_last)
-    taps = torch.empty(k * k, C, dtype=torch.float32, device=device)
-    bias = torch.empty(C, dtype=torch.float32, device=device)
-    partial = torch.empty(wgrad_partial_shape(x, k), dtype=torch.float32, device=device)
-    return [forward_launch(x, taps, bias, torch.empty_like(x), k),
-            forward_launch(x, taps, None, torch.empty_like(x), k),  # the input gradient
-            wgrad_launch(x, x, partial, k)]
+    weight = torch.empty(C, 1, k, k, dtype=dtype, device=device)
+    bias = torch.empty(C, dtype=dtype, device=device)
+    ws = GradWorkspace(grad_shapes(weight), reduction_splits(N * H * W), dtype, device)
+    return [forward_launch(x, weight, bias, torch.empty_like(x), k),
+            forward_launch(x, weight, None, torch.empty_like(x), k, reverse=True),
+            forward_launch(x, weight, None, torch.empty_like(x), k, reverse=True, residual=x),
+            wgrad_launch(x, x, ws["dw_weight"], ws["dw_bias"], k)]

@@ -10,7 +10,7 @@ import triton
 import triton.language as tl
 
 from .common import INTERPRETED, Launch, cast_for_store, nhwc_buffer
-from .dwconv import _taps, conv_tile
+from .dwconv import conv_tile
 from .layer_norm import MAX_CHANNELS, new_row_stats, normalize_rows
 
 _TILE = 2048
@@ -18,7 +18,7 @@ _MAX_BLOCK_W = 16
 
 
 @triton.jit
-def _dwconv_layer_norm_kernel(x_ptr, taps_ptr, dw_bias_ptr, ln_w_ptr, ln_b_ptr, y_ptr, conv_ptr,
+def _dwconv_layer_norm_kernel(x_ptr, dw_w_ptr, dw_bias_ptr, ln_w_ptr, ln_b_ptr, y_ptr, conv_ptr,
                               mean_ptr, rstd_ptr, H, W, C, eps,
                               K: tl.constexpr, HAS_DW_BIAS: tl.constexpr,
                               BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
@@ -27,9 +27,9 @@ def _dwconv_layer_norm_kernel(x_ptr, taps_ptr, dw_bias_ptr, ln_w_ptr, ln_b_ptr, 
     offs_w = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
     offs_c = tl.arange(0, BLOCK_C)
     mask_c = offs_c < C
-    acc = conv_tile(x_ptr, taps_ptr, row, H, W, C, offs_w, offs_c, mask_c, K, BLOCK_W, BLOCK_C)
+    acc = conv_tile(x_ptr, dw_w_ptr, row, H, W, C, offs_w, offs_c, mask_c, K, BLOCK_W, BLOCK_C)
     if HAS_DW_BIAS:
-        acc += tl.load(dw_bias_ptr + offs_c, mask=mask_c, other=0.0)[None, :]
+        acc += tl.load(dw_bias_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)[None, :]
     mask_w = offs_w < W
     mask = mask_w[:, None] & mask_c[None, :]
     offs = row.to(tl.int64) * W * C + offs_w[:, None] * C + offs_c[None, :]
@@ -43,52 +43,63 @@ def _dwconv_layer_norm_kernel(x_ptr, taps_ptr, dw_bias_ptr, ln_w_ptr, ln_b_ptr, 
 
 
 def config(C, W):
-    """Tiles of at most _TILE elements, launched with 8 warps when full, and at most 16 pixels
-    wide: a 32-pixel tile of 64 channels with 7×7 taps spilled (89 stores, triton 3.6) at 4
-    warps and at 8 (triton 3.8, k = 3). The sm_90 kernel report checks both versions."""
+    """Tiles of at most _TILE elements and at most 16 pixels wide, launched with 4 warps: a
+    32-pixel tile of 64 channels with 7×7 taps spilled (89 stores, triton 3.6) at 4 warps and
+    at 8 (triton 3.8, k = 3); with the taps read from the weight itself, 8 warps spilled at
+    C = 96 (triton 3.8, bf16) and at C = 768 (triton 3.6, fp32 weights), 4 warps at no shape
+    of the kernel report in either version."""
     block_c = triton.next_power_of_2(C)
     return {"BLOCK_W": max(1, min(triton.next_power_of_2(W), _TILE // block_c, _MAX_BLOCK_W)),
             "BLOCK_C": block_c}
 
 
-def forward_launch(x_nhwc, taps, dw_bias_f, ln_weight, ln_bias, y, conv, mean, rstd, k, eps):
+def forward_launch(x_nhwc, dw_weight, dw_bias, ln_weight, ln_bias, y, conv, mean, rstd, k, eps):
+    """x_nhwc N,C,H,W channels_last in any kernel dtype; y, conv N,H,W,C buffers in the compute
+    dtype (they may differ from x's: fp32 input under autocast); parameters in any kernel dtype
+    (read and converted in registers)."""
     N, C, H, W = x_nhwc.shape
     cfg = config(C, W)
     grid = (N * H, triton.cdiv(W, cfg["BLOCK_W"]))
-    dw_bias_arg = dw_bias_f if dw_bias_f is not None else taps  # unread without HAS_DW_BIAS
+    dw_bias_arg = dw_bias if dw_bias is not None else dw_weight  # unread without HAS_DW_BIAS
     return Launch(_dwconv_layer_norm_kernel, grid,
-                  (x_nhwc, taps, dw_bias_arg, ln_weight, ln_bias, y, conv, mean, rstd, H, W, C,
-                   eps),
-                  dict(K=k, HAS_DW_BIAS=dw_bias_f is not None, INTERPRETED=INTERPRETED, **cfg),
-                  num_warps=8 if cfg["BLOCK_C"] * cfg["BLOCK_W"] >= _TILE else 4)
+                  (x_nhwc, dw_weight, dw_bias_arg, ln_weight, ln_bias, y, conv, mean, rstd, H, W,
+                   C, eps),
+                  dict(K=k, HAS_DW_BIAS=dw_bias is not None, INTERPRETED=INTERPRETED, **cfg),
+                  flops=2 * k * k * x_nhwc.numel(), num_warps=4)
 
 
-def dwconv_layer_norm_forward(x, dw_weight, dw_bias, ln_weight, ln_bias, eps):
-    """(y, conv output, mean, rstd): y and conv in x's memory format, statistics [N,H,W] fp32."""
-    if x.shape[1] > MAX_CHANNELS:
-        raise ValueError(f"dwconv_layer_norm (triton): at most {MAX_CHANNELS} channels, "
-                         f"got {x.shape[1]}")
-    y, conv = torch.empty_like(x), torch.empty_like(x)
+def check_channels(C):
+    if C > MAX_CHANNELS:
+        raise ValueError(f"dwconv_layer_norm (triton): at most {MAX_CHANNELS} channels, got {C}")
+
+
+def dwconv_layer_norm_forward(x, dw_weight, dw_bias, ln_weight, ln_bias, eps, dtype=None):
+    """(y, conv output, mean, rstd): y and conv in x's memory format and `dtype` (x's by
+    default), statistics [N,H,W] fp32."""
+    check_channels(x.shape[1])
+    y, conv = (torch.empty_like(x, dtype=dtype) for _ in range(2))
     mean, rstd = new_row_stats(x)
     if x.numel() == 0:
         return y, conv, mean, rstd
-    x_nhwc = x.contiguous(memory_format=torch.channels_last)
     outs = [nhwc_buffer(t) for t in (y, conv)]
-    dw_bias_f = dw_bias.float().contiguous() if dw_bias is not None else None
-    forward_launch(x_nhwc, _taps(dw_weight), dw_bias_f, ln_weight.contiguous(),
-                   ln_bias.contiguous(), outs[0], outs[1], mean, rstd, dw_weight.shape[-1], eps)()
+    forward_launch(x.contiguous(memory_format=torch.channels_last), dw_weight.contiguous(),
+                   dw_bias.contiguous() if dw_bias is not None else None,
+                   ln_weight.contiguous(), ln_bias.contiguous(), outs[0], outs[1], mean,
+                   rstd, dw_weight.shape[-1], eps)()
     for final, computed in zip((y, conv), outs):
         if computed is not final:
             final.copy_(computed)
     return y, conv, mean, rstd
 
 
-def launches(dtype, N, C, H, W, k, device="meta"):
-    """The launch dwconv_layer_norm's forward makes for one shape (meta tensors)."""
-    x = torch.empty(N, C, H, W, dtype=dtype, device=device).contiguous(
+def launches(dtype, N, C, H, W, k, device="meta", weight_dtype=None):
+    """The launch dwconv_layer_norm's forward makes for one shape (meta tensors); weight_dtype:
+    the parameters' (and input's) dtype where it differs (fp32 under autocast)."""
+    wdt = weight_dtype or dtype
+    x = torch.empty(N, C, H, W, dtype=wdt, device=device).contiguous(
         memory_format=torch.channels_last)
-    taps = torch.empty(k * k, C, dtype=torch.float32, device=device)
-    w = torch.empty(C, dtype=dtype, device=device)
+    dw_weight = torch.empty(C, 1, k, k, dtype=wdt, device=device)
+    w = torch.empty(C, dtype=wdt, device=device)
+    y = torch.empty_like(x, dtype=dtype)
     mean, rstd = new_row_stats(x)
-    return [forward_launch(x, taps, taps[0], w, w, torch.empty_like(x), torch.empty_like(x),
-                           mean, rstd, k, 1e-6)]
+    return [forward_launch(x, dw_weight, w, w, w, y, torch.empty_like(y), mean, rstd, k, 1e-6)]

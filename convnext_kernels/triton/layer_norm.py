@@ -2,22 +2,22 @@
 
 Forward: a program normalises BLOCK_M pixels, each whole row of C channels in registers; fp32
 statistics (two-pass variance on the registers) are saved for the backward.
-Backward: a program walks ROWS_PER_PROGRAM pixels in BLOCK_M steps, writes grad_x and keeps fp32
-sums of g*xhat and g for its rows; the per-program partials are added afterwards in a fixed order
-(deterministic).
+Backward: a program per split of a GradWorkspace walks its ROWS_PER_PROGRAM pixels in BLOCK_M
+steps, writes grad_x and keeps fp32 sums of g*xhat and g for its rows, written as the workspace's
+partials of the weight and bias gradients (finalized in a fixed order: deterministic).
 """
 import torch
 import triton
 import triton.language as tl
 
 from .common import INTERPRETED, Launch, cast_for_store, nhwc_buffer
+from .grad_workspace import GradWorkspace, reduction_splits
 
 MAX_CHANNELS = 4096
 # [pixels, channels] elements a program holds; beyond them registers spill (kernel report). The
 # backward holds four such tiles (g, x, xhat, g*w) where the forward holds two.
 _FORWARD_TILE = 4096
 _BACKWARD_TILE = 2048
-_BACKWARD_PROGRAMS = 1024
 
 
 @triton.jit
@@ -49,8 +49,8 @@ def _layer_norm_forward_kernel(x_ptr, w_ptr, b_ptr, y_ptr, mean_ptr, rstd_ptr, R
 
 
 @triton.jit
-def _layer_norm_backward_kernel(g_ptr, x_ptr, w_ptr, mean_ptr, rstd_ptr, gx_ptr, partial_ptr,
-                                ROWS, C, ROWS_PER_PROGRAM,
+def _layer_norm_backward_kernel(g_ptr, x_ptr, w_ptr, mean_ptr, rstd_ptr, gx_ptr, gw_ptr, gb_ptr,
+                                ROWS, C, ROWS_PER_PROGRAM, split_stride,
                                 BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
                                 INTERPRETED: tl.constexpr):
     pid = tl.program_id(0)
@@ -78,8 +78,8 @@ def _layer_norm_backward_kernel(g_ptr, x_ptr, w_ptr, mean_ptr, rstd_ptr, gx_ptr,
                  mask=mask)
         sum_gw += tl.sum(g * xhat, axis=0)
         sum_gb += tl.sum(g, axis=0)
-    tl.store(partial_ptr + pid * 2 * C + offs_c, sum_gw, mask=mask_c)
-    tl.store(partial_ptr + pid * 2 * C + C + offs_c, sum_gb, mask=mask_c)
+    tl.store(gw_ptr + pid.to(tl.int64) * split_stride + offs_c, sum_gw, mask=mask_c)
+    tl.store(gb_ptr + pid.to(tl.int64) * split_stride + offs_c, sum_gb, mask=mask_c)
 
 
 def config(C, tile):
@@ -101,25 +101,19 @@ def forward_launch(x_nhwc, weight, bias, y, mean, rstd, eps):
                   dict(INTERPRETED=INTERPRETED, **cfg), num_warps=_num_warps(cfg["BLOCK_C"]))
 
 
-def backward_rows_per_program(rows, block_m):
-    """From the shape alone (reproducible): enough programs to fill the GPU, whole row blocks."""
-    per_program = triton.cdiv(rows, _BACKWARD_PROGRAMS)
-    return triton.cdiv(per_program, block_m) * block_m
-
-
-def backward_launch(g_nhwc, x_nhwc, weight, mean, rstd, grad_x, partial):
+def backward_launch(g_nhwc, x_nhwc, weight, mean, rstd, grad_x, grad_weight_partial,
+                    grad_bias_partial):
+    """grad_x, and the weight and bias gradients' fp32 partials [splits, C] (GradWorkspace
+    views): one program per split."""
     C = x_nhwc.shape[1]
     rows = mean.numel()
     cfg = config(C, _BACKWARD_TILE)
-    grid = (partial.shape[0],)
-    return Launch(_layer_norm_backward_kernel, grid,
-                  (g_nhwc, x_nhwc, weight, mean, rstd, grad_x, partial, rows, C,
-                   backward_rows_per_program(rows, cfg["BLOCK_M"])),
+    splits = grad_weight_partial.shape[0]
+    rows_per_program = triton.cdiv(triton.cdiv(rows, splits), cfg["BLOCK_M"]) * cfg["BLOCK_M"]
+    return Launch(_layer_norm_backward_kernel, (splits,),
+                  (g_nhwc, x_nhwc, weight, mean, rstd, grad_x, grad_weight_partial,
+                   grad_bias_partial, rows, C, rows_per_program, grad_weight_partial.stride(0)),
                   dict(INTERPRETED=INTERPRETED, **cfg), num_warps=_num_warps(cfg["BLOCK_C"]))
-
-
-def backward_programs(rows, C):
-    return triton.cdiv(rows, backward_rows_per_program(rows, config(C, _BACKWARD_TILE)["BLOCK_M"]))
 
 
 def new_row_stats(x):
@@ -151,16 +145,16 @@ def layer_norm_2d_backward(grad_y, x, weight, mean, rstd):
     grad_x = torch.empty_like(x)
     if x.numel() == 0:
         return grad_x, weight.new_zeros(C), weight.new_zeros(C)
-    x_nhwc = x.contiguous(memory_format=torch.channels_last)
-    g_nhwc = grad_y.contiguous(memory_format=torch.channels_last)
+    ws = GradWorkspace({"weight": (C,), "bias": (C,)}, reduction_splits(mean.numel()),
+                       weight.dtype, x.device)
     gx = nhwc_buffer(grad_x)
-    partial = torch.empty(backward_programs(mean.numel(), C), 2, C, device=x.device,
-                          dtype=torch.float32)
-    backward_launch(g_nhwc, x_nhwc, weight.contiguous(), mean, rstd, gx, partial)()
+    backward_launch(grad_y.contiguous(memory_format=torch.channels_last),
+                    x.contiguous(memory_format=torch.channels_last), weight.contiguous(), mean,
+                    rstd, gx, ws["weight"], ws["bias"])()
     if gx is not grad_x:
         grad_x.copy_(gx)
-    sums = partial.sum(0)
-    return grad_x, sums[0].to(weight.dtype, copy=True), sums[1].to(weight.dtype, copy=True)
+    grads = ws.finalize_each()
+    return grad_x, grads["weight"], grads["bias"]
 
 
 def launches(dtype, N, C, H, W, device="meta"):
@@ -169,7 +163,7 @@ def launches(dtype, N, C, H, W, device="meta"):
         memory_format=torch.channels_last)
     w = torch.empty(C, dtype=dtype, device=device)
     mean, rstd = new_row_stats(x)
-    partial = torch.empty(backward_programs(mean.numel(), C), 2, C, dtype=torch.float32,
-                          device=device)
+    ws = GradWorkspace({"weight": (C,), "bias": (C,)}, reduction_splits(mean.numel()), dtype,
+                       device)
     return [forward_launch(x, w, w, torch.empty_like(x), mean, rstd, 1e-6),
-            backward_launch(x, x, w, mean, rstd, torch.empty_like(x), partial)]
+            backward_launch(x, x, w, mean, rstd, torch.empty_like(x), ws["weight"], ws["bias"])]

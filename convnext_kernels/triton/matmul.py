@@ -17,9 +17,10 @@ Epilogues, in order:
   SUMSQ                      per (sample, n): sums += out^2 (GRN's statistics, from fc1)
   STORE_Y2                   y2 = acc before the scales (layer scale's gradient needs it)
   OUT_COL_SCALE, OUT_ROW_SCALE, RESIDUAL:  out = residual + row_scale[m // rps] * col[n] * acc
-PARTIALS (split-K): program_id(1) owns a K range and writes fp32 partials out[split, m, n],
-summed afterwards in a fixed order (deterministic weight gradients). ROW_SUM writes the fp32 row
-sums of the transformed A over the program's K range to row_sum[split, m] (the bias gradients).
+PARTIALS (split-K): program_id(1) owns a K range and writes fp32 partials out[split, m*N + n]
+(rows of a grad_workspace.GradWorkspace, summed afterwards in a fixed order: deterministic weight
+gradients). ROW_SUM writes the fp32 row sums of the transformed A over the program's K range to
+row_sum[split, m] (the bias gradients). Every split writes its whole row, empty K range or not.
 Per-sample sums use fp32 atomics (their order is not fixed).
 """
 import torch
@@ -40,6 +41,16 @@ def gelu(x):
 def gelu_grad(x):
     cdf = 0.5 * (1.0 + tl.math.erf(x * 0.7071067811865476))
     return cdf + x * tl.exp(-0.5 * x * x) * 0.3989422804014327
+
+
+@triton.jit
+def as_operand(w, dtype: tl.constexpr, INTERPRETED: tl.constexpr):
+    """A weight tile in the dot's dtype: fp32 weights under autocast are rounded here, in
+    registers, as autocast's cast would round them (no cast launch)."""
+    if w.dtype != dtype:
+        return cast_for_store(w.to(tl.float32), dtype, INTERPRETED)
+    else:
+        return w
 
 
 @triton.jit
@@ -82,6 +93,7 @@ def _matmul_kernel(
         grn_scale_ptr, grn_bias_ptr, rows_per_sample,
         bias_ptr, pre_ptr, aux_ptr, y2_ptr, sums_ptr, sums2_ptr,
         out_col_scale_ptr, out_row_scale_ptr, residual_ptr, row_sum_ptr, k_per_split,
+        split_stride, row_sum_split_stride,
         A_ROW_SCALE: tl.constexpr, A_COL_SCALE: tl.constexpr, A_GRN: tl.constexpr,
         B_GELU: tl.constexpr, B_GRN: tl.constexpr, HAS_BIAS: tl.constexpr,
         EPILOGUE: tl.constexpr, STORE_PRE: tl.constexpr, SUMSQ: tl.constexpr,
@@ -149,6 +161,7 @@ def _matmul_kernel(
                                     mask=b_mask, other=0.0) + grn_bias[None, :]
                 b32 = tl.where(b_mask, b32, 0.0)
             b = cast_for_store(b32, b_ptr.dtype.element_ty, INTERPRETED)
+        b = as_operand(b, a_ptr.dtype.element_ty, INTERPRETED)
         if DOT_FP32:
             acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc)
         else:
@@ -156,8 +169,9 @@ def _matmul_kernel(
 
     if PARTIALS:
         if ROW_SUM:
-            tl.store(row_sum_ptr + split * M + rows, row_sum, mask=row_mask & (pid_n == 0))
-        offs = split.to(tl.int64) * M * N + rows.to(tl.int64)[:, None] * N + cols[None, :]
+            tl.store(row_sum_ptr + split.to(tl.int64) * row_sum_split_stride + rows, row_sum,
+                     mask=row_mask & (pid_n == 0))
+        offs = split.to(tl.int64) * split_stride + rows.to(tl.int64)[:, None] * N + cols[None, :]
         tl.store(out_ptr + offs, acc, mask=row_mask[:, None] & col_mask[None, :])
     else:
         if HAS_BIAS:
@@ -215,31 +229,21 @@ def config(dtype, prologue=False, N=None):
     return dict(BLOCK_M=128, BLOCK_N=block_n, BLOCK_K=32 if prologue else 64, GROUP_M=8), 8, 3
 
 
-# Programs a split-K GEMM aims for: two waves of the H100's 132 SMs.
-_SPLIT_K_PROGRAMS = 264
-
-
-def split_k(M, N, K):
-    """Splits of K for a weight-gradient GEMM (small M×N output, K = rows): from the shape only,
-    so results are reproducible; each split keeps at least 4 K steps of 64."""
-    cfg, _, _ = config(torch.bfloat16, N=N)
-    tiles = triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(N, cfg["BLOCK_N"])
-    wanted = triton.cdiv(_SPLIT_K_PROGRAMS, tiles)
-    return max(1, min(wanted, K // (4 * cfg["BLOCK_K"])))
-
 
 def matmul_launch(a, b, out, *, bias=None, epilogue=PLAIN, pre=None, aux=None, y2=None,
                   sums=None, sums2=None, sumsq=False, out_col_scale=None, out_row_scale=None,
                   residual=None, a_row_scale=None, a_row_div=1, a_col_scale=None, a_col_div=1,
                   a_grn_scale=None, b_gelu=False, b_grn_scale=None, b_grn_bias=None,
-                  rows_per_sample=1, splits=1, partials=False, row_sum=None):
+                  rows_per_sample=1, partials=False, row_sum=None):
     """The launch computing out = epilogue(prologue(a) @ prologue(b)); see the module docstring.
-    `out` is [M, N] contiguous, or with `partials` fp32 [splits, M, N]."""
+    `out` is [M, N] contiguous, or with `partials` fp32 [splits, M*N] (rows strided), with
+    `row_sum` fp32 [splits, M] (rows strided)."""
     M, K = a.shape
     N = b.shape[1]
     prologue = any(t is not None for t in (a_row_scale, a_col_scale, a_grn_scale, b_grn_scale,
                                            row_sum)) or b_gelu
     cfg, num_warps, num_stages = config(a.dtype, prologue, N)
+    splits = out.shape[0] if partials else 1
     if partials:
         k_per_split = triton.cdiv(triton.cdiv(K, splits), cfg["BLOCK_K"]) * cfg["BLOCK_K"]
     else:
@@ -253,7 +257,8 @@ def matmul_launch(a, b, out, *, bias=None, epilogue=PLAIN, pre=None, aux=None, y
             *(t if t is not None else unused for t in (bias, pre, aux, y2, sums, sums2,
                                                        out_col_scale, out_row_scale, residual,
                                                        row_sum)),
-            k_per_split)
+            k_per_split, out.stride(0) if partials else 0,
+            row_sum.stride(0) if row_sum is not None else 0)
     flags = dict(A_ROW_SCALE=a_row_scale is not None, A_COL_SCALE=a_col_scale is not None,
                  A_GRN=a_grn_scale is not None, B_GELU=b_gelu, B_GRN=b_grn_scale is not None,
                  HAS_BIAS=bias is not None, EPILOGUE=epilogue, STORE_PRE=pre is not None,
@@ -262,4 +267,5 @@ def matmul_launch(a, b, out, *, bias=None, epilogue=PLAIN, pre=None, aux=None, y
                  PARTIALS=partials, ROW_SUM=row_sum is not None, DOT_FP32=dot_in_fp32(a.dtype),
                  INPUT_PRECISION=input_precision(a.dtype), INTERPRETED=INTERPRETED, **cfg)
     grid = (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(N, cfg["BLOCK_N"]), splits)
-    return Launch(_matmul_kernel, grid, args, flags, num_warps=num_warps, num_stages=num_stages)
+    return Launch(_matmul_kernel, grid, args, flags, num_warps=num_warps, num_stages=num_stages,
+                  flops=2 * M * N * K)

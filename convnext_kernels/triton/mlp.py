@@ -21,8 +21,9 @@ import triton.language as tl
 
 from .common import INTERPRETED, Launch, cast_for_store
 from .grn import grn_input_grad_scales, grn_scales, scaled_sum_launch
-from .matmul import (GELU, GELU_GRAD, GRN_GRAD, PLAIN, dot_in_fp32, gelu, input_precision,
-                     matmul_launch, output_epilogue, split_k)
+from .grad_workspace import GradWorkspace, reduction_splits
+from .matmul import (GELU, GELU_GRAD, GRN_GRAD, PLAIN, as_operand, dot_in_fp32, gelu,
+                     input_precision, matmul_launch, output_epilogue)
 
 # Widest C the fused forward takes: x, the fc2 accumulator and two weight chunks of
 # [64 rows, C] stay on chip (kernel report: no spills at 128). Not yet measured against the
@@ -52,16 +53,18 @@ def _fused_mlp_kernel(x_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, out_ptr, y2_ptr, ga
         offs_h = h0 + tl.arange(0, BLOCK_H)
         h_mask = offs_h < HID
         w_mask = c_mask[:, None] & h_mask[None, :]
-        w1 = tl.load(w1_ptr + offs_h[None, :] * C + offs_c[:, None], mask=w_mask, other=0.0)
+        w1 = as_operand(tl.load(w1_ptr + offs_h[None, :] * C + offs_c[:, None], mask=w_mask,
+                                other=0.0), x_ptr.dtype.element_ty, INTERPRETED)
         b1 = tl.load(b1_ptr + offs_h, mask=h_mask, other=0.0).to(tl.float32)
         if DOT_FP32:
             pre = tl.dot(x, w1.to(tl.float32)) + b1[None, :]
         else:
             pre = tl.dot(x, w1, input_precision=INPUT_PRECISION) + b1[None, :]
         # Rounded to the input dtype before fc2, as eager stores its hidden tensor.
-        act = cast_for_store(gelu(pre), w2_ptr.dtype.element_ty, INTERPRETED)
-        w2 = tl.load(w2_ptr + offs_c[None, :] * HID + offs_h[:, None],
-                     mask=h_mask[:, None] & c_mask[None, :], other=0.0)
+        act = cast_for_store(gelu(pre), x_ptr.dtype.element_ty, INTERPRETED)
+        w2 = as_operand(tl.load(w2_ptr + offs_c[None, :] * HID + offs_h[:, None],
+                                mask=h_mask[:, None] & c_mask[None, :], other=0.0),
+                        x_ptr.dtype.element_ty, INTERPRETED)
         if DOT_FP32:
             acc = tl.dot(act.to(tl.float32), w2.to(tl.float32), acc)
         else:
@@ -74,7 +77,7 @@ def _fused_mlp_kernel(x_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, out_ptr, y2_ptr, ga
 
 @triton.jit
 def _scaled_product_column_sums_kernel(g_ptr, y_ptr, row_scale_ptr, partial_ptr, M, C,
-                                       rows_per_sample, rows_per_program,
+                                       rows_per_sample, rows_per_program, split_stride,
                                        HAS_ROW_SCALE: tl.constexpr, BLOCK_M: tl.constexpr,
                                        BLOCK_C: tl.constexpr):
     """partial[pid, c] = sum over the program's rows of g * y * row_scale[row // rps]."""
@@ -94,10 +97,7 @@ def _scaled_product_column_sums_kernel(g_ptr, y_ptr, row_scale_ptr, partial_ptr,
             prod *= tl.load(row_scale_ptr + rows // rows_per_sample, mask=row_mask,
                             other=0.0).to(tl.float32)[:, None]
         total += tl.sum(prod, axis=0)
-    tl.store(partial_ptr + pid * C + cols, total, mask=col_mask)
-
-
-_COLUMN_SUM_PROGRAMS = 512
+    tl.store(partial_ptr + pid.to(tl.int64) * split_stride + cols, total, mask=col_mask)
 
 
 def fused_launch(x, w1, b1, w2, b2, out, y2, gamma, drop_scale, residual, rows_per_sample):
@@ -113,14 +113,13 @@ def fused_launch(x, w1, b1, w2, b2, out, y2, gamma, drop_scale, residual, rows_p
                        HAS_RESIDUAL=residual is not None, BLOCK_M=block_m, BLOCK_C=block_c,
                        BLOCK_H=_FUSED_BLOCK_H, DOT_FP32=dot_in_fp32(x.dtype),
                        INPUT_PRECISION=input_precision(x.dtype), INTERPRETED=INTERPRETED),
-                  num_warps=8 if block_m * block_c >= 128 * 128 else 4)
-
-
-def column_sums_programs(M):
-    return max(1, min(_COLUMN_SUM_PROGRAMS, triton.cdiv(M, 64)))
+                  num_warps=8 if block_m * block_c >= 128 * 128 else 4,
+                  flops=4 * M * C * w1.shape[0])
 
 
 def scaled_product_column_sums_launch(g, y, row_scale, partial, rows_per_sample):
+    """fp32 partial [splits, C] (rows strided, e.g. a GradWorkspace view): one program row per
+    split, each summing its share of the rows (or writing zeros)."""
     M, C = g.shape
     programs = partial.shape[0]
     block_c = min(triton.next_power_of_2(C), 256)
@@ -128,7 +127,7 @@ def scaled_product_column_sums_launch(g, y, row_scale, partial, rows_per_sample)
     rows_per_program = triton.cdiv(triton.cdiv(M, programs), block_m) * block_m
     return Launch(_scaled_product_column_sums_kernel, (programs, triton.cdiv(C, block_c)),
                   (g, y, row_scale if row_scale is not None else g, partial, M, C,
-                   rows_per_sample, rows_per_program),
+                   rows_per_sample, rows_per_program, partial.stride(0)),
                   dict(HAS_ROW_SCALE=row_scale is not None, BLOCK_M=block_m, BLOCK_C=block_c))
 
 
@@ -180,31 +179,43 @@ def mlp_forward(x, fc1_w, fc1_b, fc2_w, fc2_b, gamma, residual, drop_scale, grn_
     return out, hidden, y2, G, nx
 
 
-def _weight_grad(a, b, weight, row_sum_dtype, **prologues):
-    """(a @ b, row sums of a) by split-K: fp32 partials summed in a fixed order."""
-    M, K = a.shape
-    N = b.shape[1]
-    splits = split_k(M, N, K)
-    partial = torch.empty(splits, M, N, device=a.device, dtype=torch.float32)
-    row_sum = torch.empty(splits, M, device=a.device, dtype=torch.float32)
-    matmul_launch(a, b, partial, splits=splits, partials=True, row_sum=row_sum, **prologues)()
-    return (partial.sum(0).to(weight.dtype, copy=True),
-            row_sum.sum(0).to(row_sum_dtype, copy=True))
+def grad_shapes(fc1_w, fc2_w, gamma):
+    """Shapes of the MLP parameter gradients reduced over rows (a GradWorkspace's `shapes`)."""
+    H, C = fc1_w.shape
+    shapes = {"fc1_w": (H, C), "fc1_b": (H,), "fc2_w": (C, H), "fc2_b": (C,)}
+    if gamma is not None:
+        shapes["gamma"] = (C,)
+    return shapes
 
 
 def mlp_backward(grad_out, x, fc1_w, fc1_b, fc2_w, gamma, drop_scale, grn_weight, grn_bias,
                  hidden, y2, G, nx, rows_per_sample, eps):
     """(grad_x, grad_fc1_w, grad_fc1_b, grad_fc2_w, grad_fc2_b, grad_gamma, grad_grn_weight,
     grad_grn_bias); the grads of absent parameters are empty."""
+    M = x.shape[0]
+    if M == 0:
+        def zeros_or_empty(t):
+            return torch.zeros_like(t) if t is not None else x.new_empty(0)
+        return (torch.empty_like(x), *(zeros_or_empty(t) for t in (
+            fc1_w, fc1_b, fc2_w, fc2_w[:, 0], gamma, grn_weight, grn_bias)))
+    ws = GradWorkspace(grad_shapes(fc1_w, fc2_w, gamma), reduction_splits(M), fc1_w.dtype,
+                       x.device)
+    grad_x, grad_grn_weight, grad_grn_bias = mlp_backward_into(
+        ws, grad_out, x, fc1_w, fc1_b, fc2_w, gamma, drop_scale, grn_weight, grn_bias, hidden,
+        y2, G, nx, rows_per_sample, eps)
+    grads = ws.finalize_each()
+    return (grad_x, grads["fc1_w"], grads["fc1_b"], grads["fc2_w"], grads["fc2_b"],
+            grads.get("gamma", x.new_empty(0)), grad_grn_weight, grad_grn_bias)
+
+
+def mlp_backward_into(ws, grad_out, x, fc1_w, fc1_b, fc2_w, gamma, drop_scale, grn_weight,
+                      grn_bias, hidden, y2, G, nx, rows_per_sample, eps, grad_x=None):
+    """The MLP backward with its row-reduced parameter gradients left as partials in `ws`
+    (names of grad_shapes); returns (grad_x, grad_grn_weight, grad_grn_bias). grad_x is written
+    into `grad_x` when given. M > 0."""
     M, C = x.shape
     H = fc1_w.shape[0]
     grn = grn_weight is not None
-
-    def zeros_or_empty(t):
-        return torch.zeros_like(t) if t is not None else x.new_empty(0)
-    if M == 0:
-        return (torch.empty_like(x), *(zeros_or_empty(t) for t in (
-            fc1_w, fc1_b, fc2_w, fc2_w[:, 0], gamma, grn_weight, grn_bias)))
     if hidden.numel() == 0:
         hidden = x.new_empty(M, H)
         matmul_launch(x, fc1_w.t(), hidden, bias=fc1_b, epilogue=PLAIN)()
@@ -231,48 +242,45 @@ def mlp_backward(grad_out, x, fc1_w, fc1_b, fc2_w, gamma, drop_scale, grn_weight
                           rows_per_sample=rows_per_sample)
     else:
         matmul_launch(g, fc2_w, grad_hidden, epilogue=GELU_GRAD, aux=hidden, **grad_scales)()
-    grad_fc2_w, grad_fc2_b = _weight_grad(
-        g.t(), hidden, fc2_w, fc2_w.dtype, a_row_scale=gamma, a_col_scale=drop_scale,
-        a_col_div=rows_per_sample, **b_prologue)
-    grad_fc1_w, grad_fc1_b = _weight_grad(grad_hidden.t(), x, fc1_w, fc1_b.dtype)
-    grad_x = torch.empty_like(x)
+    # fc2_w' = (g * ds * gamma)^T @ act, fc2_b' its row sums; fc1_w' = gH^T @ x, fc1_b' likewise.
+    matmul_launch(g.t(), hidden, ws["fc2_w"], partials=True, row_sum=ws["fc2_b"],
+                  a_row_scale=gamma, a_col_scale=drop_scale, a_col_div=rows_per_sample,
+                  **b_prologue)()
+    matmul_launch(grad_hidden.t(), x, ws["fc1_w"], partials=True, row_sum=ws["fc1_b"])()
+    grad_x = torch.empty_like(x) if grad_x is None else grad_x
     matmul_launch(grad_hidden, fc1_w, grad_x)()
-    grad_gamma = x.new_empty(0)
     if gamma is not None:
-        partial = torch.empty(column_sums_programs(M), C, device=x.device, dtype=torch.float32)
-        scaled_product_column_sums_launch(g, y2, drop_scale, partial, rows_per_sample)()
-        grad_gamma = partial.sum(0).to(gamma.dtype)
-    return (grad_x, grad_fc1_w, grad_fc1_b, grad_fc2_w, grad_fc2_b, grad_gamma,
-            grad_grn_weight, grad_grn_bias)
+        scaled_product_column_sums_launch(g, y2, drop_scale, ws["gamma"], rows_per_sample)()
+    return grad_x, grad_grn_weight, grad_grn_bias
 
 
-def launches(dtype, M, C, H, rows_per_sample, device="meta"):
+def launches(dtype, M, C, H, rows_per_sample, device="meta", weight_dtype=None):
     """The launches of one V1 MLP forward (the fused one where C allows it, and the two GEMMs)
-    and backward, and of the GRN variant's, for one shape (meta tensors)."""
+    and backward, and of the GRN variant's, for one shape (meta tensors). weight_dtype: the
+    parameters' dtype where it differs (fp32 under autocast)."""
     def t(*shape, dt=dtype):
         return torch.empty(*shape, dtype=dt, device=device)
-    x, w1, w2, b1, c = t(M, C), t(H, C), t(C, H), t(H), t(C)
+    wdt = weight_dtype or dtype
+    x, w1, w2, b1, c = t(M, C), t(H, C, dt=wdt), t(C, H, dt=wdt), t(H, dt=wdt), t(C, dt=wdt)
     hid = t(M, H)
     samples = max(1, M // rows_per_sample)
     stats, ds = t(samples, H, dt=torch.float32), t(samples)
     scales = dict(a_row_scale=ds, a_row_div=rows_per_sample, a_col_scale=c)
-    splits2, splits1 = split_k(C, H, M), split_k(H, C, M)
+    ws = GradWorkspace(grad_shapes(w1, w2, c), reduction_splits(M), wdt, device)
     fused = ([fused_launch(x, w1, b1, w2, c, x, x, c, ds, x, rows_per_sample)]
              if uses_fused_forward(C, grn=False, keep_hidden=False, dtype=dtype) else [])
     return fused + [
         matmul_launch(x, w1.t(), hid, bias=b1, epilogue=GELU),
+        matmul_launch(x, w1.t(), hid, bias=b1, epilogue=GELU, pre=hid),
         matmul_launch(hid, w2.t(), x, bias=c, y2=x, out_col_scale=c, out_row_scale=ds,
                       residual=x, rows_per_sample=rows_per_sample),
         matmul_launch(x, w1.t(), hid, bias=b1, epilogue=PLAIN),
         matmul_launch(x, w2, hid, epilogue=GELU_GRAD, aux=hid, **scales),
-        matmul_launch(x.t(), hid, t(splits2, C, H, dt=torch.float32), splits=splits2,
-                      partials=True, row_sum=t(splits2, C, dt=torch.float32), a_row_scale=c,
-                      a_col_scale=ds, a_col_div=rows_per_sample, b_gelu=True),
-        matmul_launch(hid.t(), x, t(splits1, H, C, dt=torch.float32), splits=splits1,
-                      partials=True, row_sum=t(splits1, H, dt=torch.float32)),
+        matmul_launch(x.t(), hid, ws["fc2_w"], partials=True, row_sum=ws["fc2_b"],
+                      a_row_scale=c, a_col_scale=ds, a_col_div=rows_per_sample, b_gelu=True),
+        matmul_launch(hid.t(), x, ws["fc1_w"], partials=True, row_sum=ws["fc1_b"]),
         matmul_launch(hid, w1, x),
-        scaled_product_column_sums_launch(x, x, ds, t(column_sums_programs(M), C,
-                                                      dt=torch.float32), rows_per_sample),
+        scaled_product_column_sums_launch(x, x, ds, ws["gamma"], rows_per_sample),
         # GRN variant
         matmul_launch(x, w1.t(), hid, bias=b1, epilogue=GELU, sums=stats, sumsq=True,
                       rows_per_sample=rows_per_sample),
@@ -280,8 +288,7 @@ def launches(dtype, M, C, H, rows_per_sample, device="meta"):
                       rows_per_sample=rows_per_sample),
         matmul_launch(x, w2, hid, epilogue=GRN_GRAD, aux=hid, sums=stats, sums2=stats,
                       rows_per_sample=rows_per_sample, **scales),
-        matmul_launch(x.t(), hid, t(splits2, C, H, dt=torch.float32), splits=splits2,
-                      partials=True, row_sum=t(splits2, C, dt=torch.float32), a_row_scale=c,
-                      a_col_scale=ds, a_col_div=rows_per_sample, b_gelu=True,
+        matmul_launch(x.t(), hid, ws["fc2_w"], partials=True, row_sum=ws["fc2_b"],
+                      a_row_scale=c, a_col_scale=ds, a_col_div=rows_per_sample, b_gelu=True,
                       b_grn_scale=stats, b_grn_bias=b1, rows_per_sample=rows_per_sample),
     ]

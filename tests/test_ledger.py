@@ -1,0 +1,72 @@
+"""The block's launch budget, counted (not timed): FusedConvNeXtBlock(backend="triton") forward +
+backward runs at most 12 launches at every ConvNeXt-T stage, in bf16 and with fp32 parameters
+under autocast, and none of its launchers makes the host wait for the device (CUDA-graph safe).
+Counted by benchmarks/ledger.py in a dry run (our kernels recorded, not run)."""
+import ast
+import os
+
+import pytest
+import torch
+
+from benchmarks import ledger
+from convnext_kernels import backends
+
+pytestmark = pytest.mark.skipif("triton" not in backends.available_backends(),
+                                reason="needs triton (on CPU: TRITON_INTERPRET=1)")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+BLOCK_LAUNCH_BUDGET = 12
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "autocast"])
+@pytest.mark.parametrize("stage", sorted(ledger.STAGES))
+def test_v1_block_fits_the_launch_budget(stage, dtype):
+    result = ledger.measure(stage, batch=2, dtype=dtype, variant="v1", backend="triton",
+                            device=DEVICE)
+    ours, eager = result["ours"], result["eager"]
+    names = [e["name"] for e in ours["entries"]]
+    assert ours["launches"] <= BLOCK_LAUNCH_BUDGET, names
+    # Only our kernels: no torch glue (casts, fills, sums, flips, copies) at all.
+    assert all(e["source"] == "ours" for e in ours["entries"]), names
+    assert "_finalize_kernel" in names and names.count("_finalize_kernel") == 1
+    assert ours["host_syncs"] == 0
+    assert eager["launches"] > ours["launches"]
+    assert ours["flops"] > 0 and ours["bytes"] > 0
+
+
+def test_v2_block_launches_are_counted():
+    """GRN blocks compose the ops (not yet one op): counted, and still free of host syncs."""
+    result = ledger.measure(4, batch=2, dtype="bf16", variant="v2", backend="triton",
+                            device=DEVICE)
+    assert result["ours"]["launches"] > 0 and result["ours"]["host_syncs"] == 0
+
+
+def test_ledger_counts_a_host_sync():
+    def reads_a_value():
+        torch.ones(3).sum().item()
+    with ledger.Ledger() as book:
+        reads_a_value()
+    syncs = [e["host_sync"] for e in book.entries]
+    assert syncs[-1] and sum(syncs) == 1  # the fill and the sum launch; .item() waits
+
+
+_HOST_READS = {"item", "cpu", "tolist", "numpy", "nonzero"}
+
+
+def test_launchers_never_read_device_values_on_the_host():
+    """CUDA-graph capture forbids synchronising and data-dependent shapes: no launcher or op
+    module calls .item(), .cpu(), .tolist(), .numpy() or .nonzero()."""
+    found = []
+    for folder in ("convnext_kernels/triton", "convnext_kernels/ops"):
+        for name in sorted(os.listdir(os.path.join(ROOT, folder))):
+            if not name.endswith(".py"):
+                continue
+            path = os.path.join(ROOT, folder, name)
+            with open(path) as f:
+                tree = ast.parse(f.read())
+            found += [f"{folder}/{name}:{node.lineno} .{node.func.attr}()"
+                      for node in ast.walk(tree)
+                      if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                      and node.func.attr in _HOST_READS]
+    assert not found
