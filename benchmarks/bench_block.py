@@ -14,7 +14,7 @@ import torch
 from torch.func import functional_call
 
 import convnext_kernels as ck
-from benchmarks import harness
+from benchmarks import harness, ledger
 from benchmarks.bench_mlp import MLP_RATIO
 from convnext_kernels.models import ConvNeXtBlock
 
@@ -82,9 +82,16 @@ def run_case(plan, tables, case):
     sets = [one_set() for _ in range(harness.rotation(2 * numel * elem, device))]
     row = {"op": "block", "case": f"block {name} {N}x{C}x{HW}x{HW}", "stage": name,
            "dtype": str(dtype).replace("torch.", ""), "shape": [N, C, HW, HW]}
+    # Launches per fwd+bwd (benchmarks/ledger.py), for the providers a dispatch mode can watch
+    # without changing what runs (not the compiled ones).
+    extras = {provider: {"launches_fwd_bwd": ledger.fwd_bwd_launches(
+        fn, [t.contiguous(memory_format=fmt) if t.dim() == 4 else t for t in sets[0][:-1]],
+        sets[0][-1].contiguous(memory_format=fmt))}
+        for provider, (fmt, fn) in table.items() if "compile" not in provider}
     harness.run_providers(plan.results, device, row, table, sets,
                           block_cost(N, C, HW, elem), plan.reps, (plan.floors[0],
-                                                                  plan.matmul_rate(dtype)))
+                                                                  plan.matmul_rate(dtype)),
+                          extras=extras)
 
 
 def main(argv=None):

@@ -165,6 +165,15 @@ def block_fwd_bwd(block, x, grad_outs, autocast):
     return saved
 
 
+def fwd_bwd_launches(fn, inputs, grad_out):
+    """Launches of one fn(*inputs) forward + gradients of every input (a benchmark row's
+    `launches`; kernels run, not dry)."""
+    leaves = [t.detach().requires_grad_() for t in inputs]
+    with Ledger(dry=False) as ledger:
+        torch.autograd.grad(fn(*leaves), leaves, grad_out)
+    return len(ledger.entries)
+
+
 def ideal_bytes(block, x, saved):
     params = list(block.parameters())
     once = sum(t.numel() * t.element_size() for t in params) * 2  # parameters and their grads

@@ -192,3 +192,117 @@ def test_reference_block_agrees_with_plain_block():
         plain.pwconv1.weight, plain.pwconv1.bias, plain.pwconv2.weight, plain.pwconv2.bias,
         grn_weight=plain.grn.gamma, grn_bias=plain.grn.beta)
     torch.testing.assert_close(plain(x), expected)
+
+
+# ------------------------------------------------------------ the V1 block as one op (triton)
+
+TRITON_DEVICES = [d for b, d in TARGETS if b == "triton"]
+
+
+def _triton_block(gen, dim, dtype, device, **kwargs):
+    plain, fused = _pair(gen, dim, False, **kwargs)
+    fused.backend = "triton"
+    return plain, fused.to(device, dtype)
+
+
+@pytest.mark.parametrize("device", TRITON_DEVICES)
+def test_whole_block_is_one_op(device):
+    """Without GRN the triton block is the whole-block op (not the two composed ops)."""
+    gen, _ = fresh_generator()
+    _, fused = _triton_block(gen, 16, torch.float32, device)
+    x = torch.randn(2, 16, 5, 5, generator=gen).to(device)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fused(x)
+    names = {e.name for e in prof.events()}
+    assert "convnext_kernels::block_triton" in names
+    assert "convnext_kernels::mlp_triton" not in names
+
+
+@pytest.mark.parametrize("dim", [16, 160], ids=["fused-mlp", "two-gemms"])
+@pytest.mark.parametrize("device", TRITON_DEVICES)
+def test_whole_block_under_autocast(device, dim, poisoned):
+    """fp32 parameters and input under bf16 autocast: the kernels read fp32 and compute in bf16
+    (no casts); out in bf16, every gradient in its parameter's dtype (fp32), within the bf16
+    tolerance of the float64 reference, judged against eager's autocast error."""
+    gen, seed = fresh_generator()
+    plain, fused = _triton_block(gen, dim, torch.float32, device)
+    x = torch.randn(2, dim, 5, 6, generator=gen, dtype=torch.float64)
+    grad = torch.randn(x.shape, generator=gen, dtype=torch.float64)
+    ref_out, ref = _grads(plain, x, grad)
+    eager_block = plain.to(device=device, dtype=torch.float32)
+    with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
+        eager_out, eager = _grads(eager_block, x.to(device, torch.float32),
+                                  grad.to(device, torch.float32))
+        out, ours = _grads(fused, x.to(device, torch.float32),
+                           grad.to(device, torch.bfloat16))
+    assert out.dtype == torch.bfloat16
+    assert_accurate("out", out, ref_out, eager_out, torch.bfloat16, seed)
+    for name in ref:
+        assert ours[name].dtype == torch.float32, name
+        assert_accurate(name, ours[name], ref[name], eager[name], torch.bfloat16, seed,
+                        roundings=0.5 if name == "x" else 1.0)
+
+
+def _block_op_args(gen, device, dim=16):
+    _, fused = _triton_block(gen, dim, torch.float32, device, drop_path=0.0)
+    w = fused.weights()
+    x = torch.randn(2, dim, 3, 4, generator=gen).to(device).contiguous(
+        memory_format=torch.channels_last)
+    params = [w[n] for n in ("dw_weight", "dw_bias", "ln_weight", "ln_bias", "fc1_w", "fc1_b",
+                             "fc2_w", "fc2_b", "gamma")]
+    drop = torch.tensor([1.0, 2.0], device=device)
+    return x, [p.detach().requires_grad_() for p in params], drop
+
+
+@pytest.mark.parametrize("device", TRITON_DEVICES)
+def test_whole_block_opcheck(device):
+    gen, _ = fresh_generator()
+    x, params, drop = _block_op_args(gen, device)
+    forward_op = torch.ops.convnext_kernels.block_triton.default
+    args = (x.requires_grad_(), *params, drop, 1e-6, torch.float32, True)
+    torch.library.opcheck(forward_op, args)
+    _, y_rows, conv, mean, rstd, hidden, y2 = forward_op(
+        *[a.detach() if isinstance(a, torch.Tensor) else a for a in args])
+    p = [t.detach() for t in params]
+    grad = torch.randn(x.shape, generator=gen).to(device).contiguous(
+        memory_format=torch.channels_last)
+    torch.library.opcheck(torch.ops.convnext_kernels.block_backward_triton.default,
+                          (grad, x.detach(), p[0], p[2], p[4], p[5], p[6], p[8], drop, y_rows,
+                           conv, mean, rstd, hidden, y2))
+
+
+@pytest.mark.parametrize("device", TRITON_DEVICES)
+def test_whole_block_torch_compile_fullgraph(device):
+    torch._dynamo.reset()
+    gen, _ = fresh_generator()
+    _, fused = _triton_block(gen, 16, torch.float32, device)
+    x = torch.randn(2, 16, 4, 5, generator=gen).to(device)
+    x_c, x_e = (x.clone().requires_grad_() for _ in range(2))
+    torch.compile(fused, fullgraph=True)(x_c).square().sum().backward()
+    grads_c = [p.grad.clone() for p in fused.parameters()]
+    fused.zero_grad()
+    fused(x_e).square().sum().backward()
+    torch.testing.assert_close(x_c.grad, x_e.grad, rtol=1e-4, atol=1e-4)
+    for c, p in zip(grads_c, fused.parameters()):
+        torch.testing.assert_close(c, p.grad, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("device", TRITON_DEVICES)
+def test_whole_block_empty_batch_and_frozen_parameters(device):
+    gen, _ = fresh_generator()
+    plain, fused = _triton_block(gen, 16, torch.float32, device)
+    x = torch.randn(0, 16, 4, 4, device=device, requires_grad=True)
+    fused(x).sum().backward()
+    assert x.grad.shape == x.shape
+    assert all(p.grad is not None and not p.grad.any() for p in fused.parameters())
+    # Frozen parameters get no gradient; the others are still right.
+    fused.zero_grad()
+    for p in (fused.dwconv.weight, fused.pwconv2.weight):
+        p.requires_grad_(False)
+    plain = plain.float().to(device)
+    x = torch.randn(2, 16, 4, 4, generator=gen).to(device)
+    fused(x).square().sum().backward()
+    plain(x).square().sum().backward()
+    assert fused.dwconv.weight.grad is None and fused.pwconv2.weight.grad is None
+    torch.testing.assert_close(fused.pwconv1.weight.grad, plain.pwconv1.weight.grad,
+                               rtol=1e-4, atol=1e-5)

@@ -97,8 +97,10 @@ def _dwconv_wgrad_partial_kernel(g_ptr, x_ptr, w_partial_ptr, b_partial_ptr, ROW
     offs_c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = offs_c < C
     offs_kx = tl.arange(0, KPAD)
-    acc = tl.zeros([KPAD, BLOCK_C], dtype=tl.float32)
-    bias_acc = tl.zeros([BLOCK_C], dtype=tl.float32)
+    # Accumulated per pixel lane and reduced over the lanes once, after the loop (a reduction
+    # across warps on every step would cost a shared-memory round trip each).
+    acc = tl.zeros([BLOCK_W, KPAD, BLOCK_C], dtype=tl.float32)
+    bias_acc = tl.zeros([BLOCK_W, BLOCK_C], dtype=tl.float32)
     for r in range(ROWS_PER_PROGRAM):
         row = chunk * ROWS_PER_PROGRAM + r
         ih = row % H + ky - K // 2
@@ -111,19 +113,20 @@ def _dwconv_wgrad_partial_kernel(g_ptr, x_ptr, w_partial_ptr, b_partial_ptr, ROW
             g_mask = row_ok & (offs_w < W)[:, None] & mask_c[None, :]
             gv = tl.load(g_row + offs_w[:, None] * C + offs_c[None, :], mask=g_mask, other=0.0)
             gv = gv.to(tl.float32)
-            bias_acc += tl.sum(gv, axis=0)
+            if ky == 0:  # the bias sums, once (not by every tap row)
+                bias_acc += gv
             iw = offs_w[:, None] + offs_kx[None, :] - K // 2  # [BLOCK_W, KPAD]
             iw_ok = (iw >= 0) & (iw < W) & (offs_kx < K)[None, :]
             x_mask = x_ok & iw_ok[:, :, None] & mask_c[None, None, :]
             xv = tl.load(x_row + iw[:, :, None] * C + offs_c[None, None, :], mask=x_mask,
                          other=0.0)
-            acc += tl.sum(xv.to(tl.float32) * gv[:, None, :], axis=0)
+            acc += xv.to(tl.float32) * gv[:, None, :]
     # Partials in the weight's [C, K*K] order; the bias's by the ky = 0 programs.
     w_part = w_partial_ptr + chunk.to(tl.int64) * split_stride
-    tl.store(w_part + offs_c[None, :] * (K * K) + (ky * K + offs_kx)[:, None], acc,
-             mask=(offs_kx < K)[:, None] & mask_c[None, :])
-    tl.store(b_partial_ptr + chunk.to(tl.int64) * split_stride + offs_c, bias_acc,
-             mask=mask_c & (ky == 0))
+    tl.store(w_part + offs_c[None, :] * (K * K) + (ky * K + offs_kx)[:, None],
+             tl.sum(acc, axis=0), mask=(offs_kx < K)[:, None] & mask_c[None, :])
+    tl.store(b_partial_ptr + chunk.to(tl.int64) * split_stride + offs_c,
+             tl.sum(bias_acc, axis=0), mask=mask_c & (ky == 0))
 
 
 def forward_config(C, W):

@@ -15,7 +15,8 @@ from .grad_workspace import GradWorkspace, reduction_splits
 
 MAX_CHANNELS = 4096
 # [pixels, channels] elements a program holds; beyond them registers spill (kernel report). The
-# backward holds four such tiles (g, x, xhat, g*w) where the forward holds two.
+# backward holds six such tiles (g, x, xhat, g*w and the two weight-gradient sums) where the
+# forward holds two.
 _FORWARD_TILE = 4096
 _BACKWARD_TILE = 2048
 
@@ -57,8 +58,9 @@ def _layer_norm_backward_kernel(g_ptr, x_ptr, w_ptr, mean_ptr, rstd_ptr, gx_ptr,
     offs_c = tl.arange(0, BLOCK_C)
     mask_c = offs_c < C
     w = tl.load(w_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)
-    sum_gw = tl.zeros([BLOCK_C], dtype=tl.float32)
-    sum_gb = tl.zeros([BLOCK_C], dtype=tl.float32)
+    # Per-row-lane sums, reduced over the lanes once after the loop (not on every step).
+    sum_gw = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
+    sum_gb = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
     first = pid * ROWS_PER_PROGRAM
     for start in range(first, first + ROWS_PER_PROGRAM, BLOCK_M):
         rows = start + tl.arange(0, BLOCK_M)
@@ -76,10 +78,12 @@ def _layer_norm_backward_kernel(g_ptr, x_ptr, w_ptr, mean_ptr, rstd_ptr, gx_ptr,
         gx = rstd[:, None] * (gh - mean_gh[:, None] - xhat * mean_gh_xhat[:, None])
         tl.store(gx_ptr + offs, cast_for_store(gx, gx_ptr.dtype.element_ty, INTERPRETED),
                  mask=mask)
-        sum_gw += tl.sum(g * xhat, axis=0)
-        sum_gb += tl.sum(g, axis=0)
-    tl.store(gw_ptr + pid.to(tl.int64) * split_stride + offs_c, sum_gw, mask=mask_c)
-    tl.store(gb_ptr + pid.to(tl.int64) * split_stride + offs_c, sum_gb, mask=mask_c)
+        sum_gw += g * xhat
+        sum_gb += g
+    tl.store(gw_ptr + pid.to(tl.int64) * split_stride + offs_c, tl.sum(sum_gw, axis=0),
+             mask=mask_c)
+    tl.store(gb_ptr + pid.to(tl.int64) * split_stride + offs_c, tl.sum(sum_gb, axis=0),
+             mask=mask_c)
 
 
 def config(C, tile):
