@@ -8,7 +8,8 @@ SHELL := /bin/bash
 # make timm-tests timm's own tests/test_models.py over converted ConvNeXt models
 # make compat     the oldest supported versions (torch 2.11, triton 3.6, torchvision 0.26) in a
 #                 second venv: build, the test suite and the kernel report there
-#                 (COMPAT_PYTEST_ARGS: a subset; COMPAT_BUILD_ENV, e.g. CK_NO_CUDA=1: the build)
+#                 (COMPAT_TESTS: test files, all by default; COMPAT_PYTEST_ARGS: more pytest
+#                 options; COMPAT_BUILD_ENV, e.g. CK_NO_CUDA=1: for the build and the tests)
 VENV     := .venv
 PY       := $(VENV)/bin/python
 SOURCES  := setup.py $(shell find csrc -type f)
@@ -18,6 +19,7 @@ export CUDA_HOME
 
 COMPAT   := .venv-compat
 COMPAT_TREE := build/compat
+COMPAT_TESTS ?= tests
 COMPAT_PYTEST_ARGS ?=
 COMPAT_BUILD_ENV ?=
 
@@ -70,8 +72,8 @@ compat: $(COMPAT)/.installed
 		--exclude=./.cache --exclude=./benchmarks/results . | tar xf - -C $(COMPAT_TREE)
 	cd $(COMPAT_TREE) && PATH="$(CURDIR)/$(COMPAT)/bin:$$PATH" MAX_JOBS=$$(nproc) $(COMPAT_BUILD_ENV) \
 		$(CURDIR)/$(COMPAT)/bin/python setup.py -q build_ext --inplace
-	cd $(COMPAT_TREE) && TRITON_INTERPRET=1 $(COMPAT_BUILD_ENV) $(CURDIR)/$(COMPAT)/bin/python -m pytest -q tests \
-		$(COMPAT_PYTEST_ARGS)
+	cd $(COMPAT_TREE) && TRITON_INTERPRET=1 $(COMPAT_BUILD_ENV) $(CURDIR)/$(COMPAT)/bin/python -m pytest -q \
+		$(COMPAT_TESTS) $(COMPAT_PYTEST_ARGS)
 
 # timm's tests/test_models.py from its source release (PyPI), run with ck.patch_timm active.
 timm-tests: build

@@ -1,7 +1,9 @@
 """Block benchmark: one ConvNeXt block (dwconv 7×7 → LayerNorm → MLP → layer scale → + x), fwd
 and fwd+bwd with every parameter's gradient, at each ConvNeXt-T/B stage: eager NCHW and
 channels_last (the plain block, official structure), torch.compile (default; max-autotune with
---autotune), FusedConvNeXtBlock (backend auto), and FusedConvNeXtBlock under torch.compile.
+--autotune), FusedConvNeXtBlock (backend auto), and FusedConvNeXtBlock under torch.compile
+(on a GPU also with mode="reduce-overhead": the block replayed as a CUDA graph). The uncompiled
+providers' rows carry launches_fwd_bwd (benchmarks/ledger.py).
 
     python -m benchmarks.bench_block [--quick] [--autotune] [--out DIR] [--dtype bf16 fp32]
 
@@ -47,6 +49,11 @@ def providers(plan, args):
                 **harness.compile_providers(plan, args, cl, as_function(plain))}
         if plan.compile:
             rows["ours + compile"] = (cl, torch.compile(as_function(fused), dynamic=False))
+        if plan.compile and plan.gpu:
+            # CUDA graphs: the block's launchers never read device values on the host, so the
+            # whole block replays as one graph (tests/test_ledger.py).
+            rows["ours + compile reduce-overhead"] = (
+                cl, torch.compile(as_function(fused), mode="reduce-overhead", dynamic=False))
         return rows, [p.detach() for p in plain.parameters()]
     return table
 

@@ -38,7 +38,7 @@ def _imports(name):
     return True
 
 
-def _commit():
+def commit():
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
                               text=True, check=True).stdout.strip()
@@ -49,7 +49,7 @@ def _commit():
 def env(campaign):
     import torch
     info = {"python": platform.python_version(), "torch": torch.__version__,
-            "cuda": torch.version.cuda, "commit": _commit(), "cores": os.cpu_count()}
+            "cuda": torch.version.cuda, "commit": commit(), "cores": os.cpu_count()}
     for name in ("triton", "torchvision", "timm", "numpy"):
         try:
             info[name] = __import__(name).__version__

@@ -26,6 +26,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import convnext_kernels as ck
+from benchmarks.campaign_steps import commit
 from convnext_kernels.models import ConvNeXtBlock
 from convnext_kernels.triton import common
 
@@ -125,6 +126,11 @@ def _to_host(func, args, kwargs):
     device = kwargs.get("device")
     return (func._opname == "_to_copy" and device is not None
             and torch.device(device).type == "cpu" and args[0].device.type != "cpu")
+
+
+def _triton_version():
+    import triton
+    return triton.__version__
 
 
 def _custom_op_body(func):
@@ -233,7 +239,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     print(f"block fwd+bwd, batch {args.batch}, backend {args.backend}, on {args.device}; our "
           "kernels in a dry run: counts, not timings. bytes: MB handed to launches (an upper "
-          "bound)")
+          f"bound). torch {torch.__version__}, triton {_triton_version()}, commit {commit()}")
     print("| shape | dtype | block | launches ours | launches eager | MB ours | MB eager | "
           "MB ideal | ours/eager | ours/ideal | host syncs |")
     print("|" + "---|" * 11)
