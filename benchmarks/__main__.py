@@ -4,12 +4,15 @@
                          [--out DIR]
 
 Writes DIR/<device>-<date>/results.json (one row per case, provider and pass), results.md
-(tables) and PNG plots. Without a GPU it runs the CPU suite (cpp backend against eager and
-torch.compile on CPU, small shapes), labelled CPU everywhere.
+(tables) and PNG plots, and with the block benchmarks the launch ledger of a block fwd+bwd
+(ledger.md, ledger.json: benchmarks/ledger.py). Without a GPU it runs the CPU suite (cpp backend
+against eager and torch.compile on CPU, small shapes), labelled CPU everywhere.
 """
 import datetime
 import json
 import os
+import subprocess
+import sys
 
 from benchmarks import (bench_block, bench_dwconv, bench_layernorm, bench_mlp, bench_model,
                         harness)
@@ -37,6 +40,21 @@ def write_results(results, out):
     return directory
 
 
+def write_ledger(directory, plan, tiny):
+    """The ledger beside the results, in a subprocess: on a CPU it counts our Triton launches
+    under TRITON_INTERPRET=1, which the timed suite must not run under."""
+    env = dict(os.environ)
+    if plan.device.type != "cuda":
+        env["TRITON_INTERPRET"] = "1"
+    command = [sys.executable, "-m", "benchmarks.ledger", "--batch", str(plan.batch),
+               "--device", plan.device.type, "--json", os.path.join(directory, "ledger.json")]
+    if tiny:
+        command += ["--stages", "4", "--variant", "v1", "--dtype", "bf16"]
+    with open(os.path.join(directory, "ledger.md"), "w") as f:
+        subprocess.run(command, stdout=f, env=env, check=True,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
 def main(argv=None):
     parser = harness.parser(__doc__.splitlines()[0])
     harness.add_autotune_option(parser)
@@ -56,6 +74,8 @@ def main(argv=None):
     if progress is not None:
         progress.close()
     directory = write_results(plan.results, args.out)
+    if "block" in groups:
+        write_ledger(directory, plan, getattr(args, "tiny", False))
     print(plan.results.markdown())
     print(f"wrote {directory}/results.json, results.md and plots "
           f"({datetime.datetime.now():%H:%M})")

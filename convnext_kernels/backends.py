@@ -111,8 +111,8 @@ def resolve(backend, tensor, op, implemented=BACKENDS, variant=None):
     if not isinstance(backend, str):
         raise TypeError(f"{op}: backend must be a str, got {type(backend).__name__}")
     if tensor.device.type == "meta":  # shapes only, nothing runs: the reference gives them
-        if backend not in BACKENDS + ("auto",):
-            raise ValueError(f"backend must be one of {BACKENDS + ('auto',)}, got {backend!r}")
+        if backend != "auto":
+            _unavailable_reason(backend)  # (raises for a name that is no backend)
         return "torch"
     if backend != "auto":
         reason = _cannot_serve(backend, tensor)

@@ -53,6 +53,8 @@ REQUIRED_MODEL = COMMON | {"images_per_s", "speedup_vs_eager_channels_last"}
 def test_suite_writes_schema_tables_and_plots(tmp_path):
     suite.main(["--tiny", "--no-compile", "--out", str(tmp_path)])
     (directory,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    ledger = (directory / "ledger.md").read_text()
+    assert "| T stage 4 | bf16 | v1 | 12 |" in ledger  # the launch ledger runs with make bench
     data = json.loads((directory / "results.json").read_text())
     floors = data["floors"]
     assert floors["copy_bandwidth_GBps"] > 0 and floors["fma_TFLOPs"] > 0

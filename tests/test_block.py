@@ -297,12 +297,13 @@ def test_whole_block_empty_batch_and_frozen_parameters(device):
     assert all(p.grad is not None and not p.grad.any() for p in fused.parameters())
     # Frozen parameters get no gradient; the others are still right.
     fused.zero_grad()
-    for p in (fused.dwconv.weight, fused.pwconv2.weight):
-        p.requires_grad_(False)
+    for p in (fused.dwconv.weight, fused.pwconv2.weight, fused.gamma):
+        p.requires_grad_(False)  # (a frozen layer scale: y2 is not saved, no gamma partials)
     plain = plain.float().to(device)
     x = torch.randn(2, 16, 4, 4, generator=gen).to(device)
     fused(x).square().sum().backward()
     plain(x).square().sum().backward()
     assert fused.dwconv.weight.grad is None and fused.pwconv2.weight.grad is None
+    assert fused.gamma.grad is None
     torch.testing.assert_close(fused.pwconv1.weight.grad, plain.pwconv1.weight.grad,
                                rtol=1e-4, atol=1e-5)

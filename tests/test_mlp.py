@@ -280,3 +280,19 @@ def test_grn_mlp_needs_nhwc():
 def test_cuda_backend_refused_by_name():
     with pytest.raises(ValueError, match="backend 'cuda' cannot serve"):
         ck.mlp(**_good(), backend="cuda")
+
+
+@pytest.mark.parametrize("backend,device", TARGETS)
+def test_frozen_layer_scale(backend, device):
+    """A gamma that needs no gradient: y2 is not saved and no gamma gradient is computed (the
+    backward must not read the absent y2); the other gradients are eager's."""
+    gen, _ = fresh_generator()
+    x, params, gamma, residual, _, _, _, _ = _inputs(gen, (2, 3, 4, 16, 4), "v1",
+                                                     torch.float32, device)
+    grads = []
+    for fn in (lambda *a: ck.mlp(*a, backend=backend), reference.mlp):
+        leaves = [t.detach().requires_grad_() for t in (x, *params)]
+        fn(*leaves, gamma.detach(), residual).square().sum().backward()
+        grads.append([t.grad for t in leaves])
+    for ours, eager in zip(*grads):
+        torch.testing.assert_close(ours, eager, rtol=1e-4, atol=1e-4)

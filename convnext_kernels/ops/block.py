@@ -6,6 +6,7 @@ rstd, hidden, y2); convnext_kernels::block_backward_triton returns (grad_x, ever
 gradient in one flat buffer), which the autograd formula here splits into views (one buffer,
 because a custom op's outputs may not alias each other). See triton/block.py for the launches.
 """
+import math
 from typing import Optional, Tuple
 
 import torch
@@ -38,16 +39,8 @@ def _forward_fake(x, dw_weight, dw_bias, ln_weight, ln_bias, fc1_w, fc1_b, fc2_w
 
 def _backward_fake(grad_out, x, dw_weight, ln_weight, fc1_w, fc1_b, fc2_w, gamma, drop_scale,
                    y_rows, conv, mean, rstd, hidden, y2):
-    shapes = _triton_block.grad_shapes(dw_weight, fc1_w, fc2_w, gamma)
-    columns = sum(_numel(s) for s in shapes.values())
-    return torch.empty_like(x), fc1_w.new_empty(columns)
-
-
-def _numel(shape):
-    n = 1
-    for size in shape:
-        n *= size
-    return n
+    shapes = _triton_block.grad_shapes(dw_weight, fc1_w, fc2_w, gamma if y2.dim() == 2 else None)
+    return torch.empty_like(x), fc1_w.new_empty(sum(math.prod(s) for s in shapes.values()))
 
 
 _BLOCK = {}
@@ -93,9 +86,10 @@ if backends.triton_importable():
         grad_x, flat = _block_backward_triton(grad_out, x, dw_weight, ln_weight, fc1_w, fc1_b,
                                               fc2_w, gamma, drop_scale, y_rows, conv, mean, rstd,
                                               hidden, y2)
-        grads = unflatten(flat, _triton_block.grad_shapes(dw_weight, fc1_w, fc2_w, gamma))
+        grads = unflatten(flat, _triton_block.grad_shapes(
+            dw_weight, fc1_w, fc2_w, gamma if y2.dim() == 2 else None))
         # Gradients come in fc1_w's dtype; a parameter of another dtype gets its own (a cast).
-        param_grads = [None if dtype is None else grads[name].to(dtype)
+        param_grads = [grads[name].to(dtype) if name in grads and dtype is not None else None
                        for name, dtype in ctx.param_dtypes.items()]
         return (grad_x, *param_grads, None, None, None, None)
 

@@ -36,8 +36,10 @@ def _backward_fake(grad_out, x, fc1_w, fc1_b, fc2_w, gamma, drop_scale, grn_weig
                    hidden, y2, grn_norm, grn_nx, rows_per_sample, eps):
     def like(t):
         return torch.empty_like(t) if t is not None else x.new_empty(0)
+    # gamma's gradient exists where the forward saved y2 [M, C] (gamma needed its gradient).
     return (torch.empty_like(x), like(fc1_w), like(fc1_b), like(fc2_w),
-            x.new_empty(fc2_w.shape[0]), like(gamma), like(grn_weight), like(grn_bias))
+            x.new_empty(fc2_w.shape[0]), like(gamma if y2.dim() == 2 else None),
+            like(grn_weight), like(grn_bias))
 
 
 def _register_autograd(forward_op, backward_op):
@@ -62,7 +64,7 @@ def _register_autograd(forward_op, backward_op):
                             ctx.eps)
         has_gamma, has_residual, has_grn_w, has_grn_b = ctx.has
         grad_x, gw1, gb1, gw2, gb2, ggamma, ggrn_w, ggrn_b = grads
-        return (grad_x, gw1, gb1, gw2, gb2, ggamma if has_gamma else None,
+        return (grad_x, gw1, gb1, gw2, gb2, ggamma if has_gamma and y2.dim() == 2 else None,
                 grad_out if has_residual else None, None,
                 ggrn_w if has_grn_w else None, ggrn_b if has_grn_b else None,
                 None, None, None, None)

@@ -9,6 +9,8 @@ column's rows in a fixed order and writes every gradient in its parameter's dtyp
 all of an op's (or the block's) parameter gradients instead of a sum and a cast per parameter,
 and deterministic results.
 """
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -62,7 +64,7 @@ class GradWorkspace:
         self.offsets, start = {}, 0
         for name, shape in self.shapes.items():
             self.offsets[name] = start
-            start += _numel(shape)
+            start += math.prod(shape)
         self.columns = start
         self.partial = torch.empty(splits, start, device=device, dtype=torch.float32)
 
@@ -73,7 +75,7 @@ class GradWorkspace:
     def __getitem__(self, name):
         """The [splits, numel] strided view a producer writes name's partials into."""
         start = self.offsets[name]
-        return self.partial[:, start:start + _numel(self.shapes[name])]
+        return self.partial[:, start:start + math.prod(self.shapes[name])]
 
     def finalize_flat(self):
         """Every gradient, in `dtype`, in one flat buffer (see `unflatten`): one launch. (One
@@ -97,16 +99,9 @@ def unflatten(flat, shapes):
     """{name: view of flat} for a GradWorkspace's finalize_flat output (same `shapes` order)."""
     views, start = {}, 0
     for name, shape in shapes.items():
-        views[name] = flat[start:start + _numel(shape)].view(shape)
-        start += _numel(shape)
+        views[name] = flat[start:start + math.prod(shape)].view(shape)
+        start += math.prod(shape)
     return views
-
-
-def _numel(shape):
-    n = 1
-    for size in shape:
-        n *= size
-    return n
 
 
 def launches(splits, columns, dtype, device="meta"):

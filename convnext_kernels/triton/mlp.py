@@ -197,9 +197,11 @@ def mlp_backward(grad_out, x, fc1_w, fc1_b, fc2_w, gamma, drop_scale, grn_weight
         def zeros_or_empty(t):
             return torch.zeros_like(t) if t is not None else x.new_empty(0)
         return (torch.empty_like(x), *(zeros_or_empty(t) for t in (
-            fc1_w, fc1_b, fc2_w, fc2_w[:, 0], gamma, grn_weight, grn_bias)))
-    ws = GradWorkspace(grad_shapes(fc1_w, fc2_w, gamma), reduction_splits(M), fc1_w.dtype,
-                       x.device)
+            fc1_w, fc1_b, fc2_w, fc2_w[:, 0], gamma if y2.dim() == 2 else None, grn_weight,
+            grn_bias)))
+    # Layer scale's gradient only where the forward saved y2 [M, C] (gamma needed it).
+    ws = GradWorkspace(grad_shapes(fc1_w, fc2_w, gamma if y2.dim() == 2 else None),
+                       reduction_splits(M), fc1_w.dtype, x.device)
     grad_x, grad_grn_weight, grad_grn_bias = mlp_backward_into(
         ws, grad_out, x, fc1_w, fc1_b, fc2_w, gamma, drop_scale, grn_weight, grn_bias, hidden,
         y2, G, nx, rows_per_sample, eps)
@@ -209,10 +211,10 @@ def mlp_backward(grad_out, x, fc1_w, fc1_b, fc2_w, gamma, drop_scale, grn_weight
 
 
 def mlp_backward_into(ws, grad_out, x, fc1_w, fc1_b, fc2_w, gamma, drop_scale, grn_weight,
-                      grn_bias, hidden, y2, G, nx, rows_per_sample, eps, grad_x=None):
+                      grn_bias, hidden, y2, G, nx, rows_per_sample, eps):
     """The MLP backward with its row-reduced parameter gradients left as partials in `ws`
-    (names of grad_shapes); returns (grad_x, grad_grn_weight, grad_grn_bias). grad_x is written
-    into `grad_x` when given. M > 0."""
+    (names of grad_shapes; gamma's where y2 was saved); returns (grad_x, grad_grn_weight,
+    grad_grn_bias). M > 0."""
     M, C = x.shape
     H = fc1_w.shape[0]
     grn = grn_weight is not None
@@ -247,9 +249,9 @@ def mlp_backward_into(ws, grad_out, x, fc1_w, fc1_b, fc2_w, gamma, drop_scale, g
                   a_row_scale=gamma, a_col_scale=drop_scale, a_col_div=rows_per_sample,
                   **b_prologue)()
     matmul_launch(grad_hidden.t(), x, ws["fc1_w"], partials=True, row_sum=ws["fc1_b"])()
-    grad_x = torch.empty_like(x) if grad_x is None else grad_x
+    grad_x = torch.empty_like(x)
     matmul_launch(grad_hidden, fc1_w, grad_x)()
-    if gamma is not None:
+    if gamma is not None and y2.dim() == 2:
         scaled_product_column_sums_launch(g, y2, drop_scale, ws["gamma"], rows_per_sample)()
     return grad_x, grad_grn_weight, grad_grn_bias
 

@@ -154,7 +154,7 @@ mlp_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x, const at::Tens
   at::Tensor grad_fc1_b = grad_hidden.sum(0, false, acc).to(x.scalar_type());
   at::Tensor grad_x = at::mm(grad_hidden, fc1_w);
   at::Tensor grad_gamma = x.new_empty({0});
-  if (gamma) {
+  if (gamma && y2.dim() == 2) {  // y2 [M, C] is saved only when gamma needs its gradient
     at::Tensor sums = at::empty({x.size(1)}, x.options().dtype(acc));
     const at::Tensor y2c = y2.contiguous();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gamma_grad", [&] {
