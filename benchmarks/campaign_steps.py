@@ -38,18 +38,12 @@ def _imports(name):
     return True
 
 
-def commit():
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return os.environ.get("CK_COMMIT", "unknown (no git here: set CK_COMMIT)")
-
-
 def env(campaign):
     import torch
+
+    from benchmarks import harness
     info = {"python": platform.python_version(), "torch": torch.__version__,
-            "cuda": torch.version.cuda, "commit": commit(), "cores": os.cpu_count()}
+            "cuda": torch.version.cuda, "commit": harness.git_commit(), "cores": os.cpu_count()}
     for name in ("triton", "torchvision", "timm", "numpy"):
         try:
             info[name] = __import__(name).__version__

@@ -11,6 +11,7 @@ import math
 import os
 import platform
 import statistics
+import subprocess
 import time
 
 import torch
@@ -134,6 +135,17 @@ def main_for(suite, argv=None):
     plan = Plan(suite.NAME, args)
     run_suite(suite, plan, args)
     plan.finish()
+
+
+def git_commit():
+    """The commit measured: git's HEAD, else $CK_COMMIT (a copy without .git, e.g. on the GPU
+    machine)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return os.environ.get("CK_COMMIT", "unknown (no git here: set CK_COMMIT)")
 
 
 def device_name(device):
