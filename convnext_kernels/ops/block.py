@@ -39,7 +39,7 @@ def _forward_fake(x, dw_weight, dw_bias, ln_weight, ln_bias, fc1_w, fc1_b, fc2_w
 
 def _backward_fake(grad_out, x, dw_weight, ln_weight, fc1_w, fc1_b, fc2_w, gamma, drop_scale,
                    y_rows, conv, mean, rstd, hidden, y2):
-    shapes = _triton_block.grad_shapes(dw_weight, fc1_w, fc2_w, gamma if y2.dim() == 2 else None)
+    shapes = _triton_block.grad_shapes(dw_weight, fc1_w, fc2_w, gamma, y2)
     return torch.empty_like(x), fc1_w.new_empty(sum(math.prod(s) for s in shapes.values()))
 
 
@@ -86,8 +86,7 @@ if backends.triton_importable():
         grad_x, flat = _block_backward_triton(grad_out, x, dw_weight, ln_weight, fc1_w, fc1_b,
                                               fc2_w, gamma, drop_scale, y_rows, conv, mean, rstd,
                                               hidden, y2)
-        grads = unflatten(flat, _triton_block.grad_shapes(
-            dw_weight, fc1_w, fc2_w, gamma if y2.dim() == 2 else None))
+        grads = unflatten(flat, _triton_block.grad_shapes(dw_weight, fc1_w, fc2_w, gamma, y2))
         # Gradients come in fc1_w's dtype; a parameter of another dtype gets its own (a cast).
         param_grads = [grads[name].to(dtype) if name in grads and dtype is not None else None
                        for name, dtype in ctx.param_dtypes.items()]

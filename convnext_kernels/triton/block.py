@@ -28,12 +28,12 @@ from .common import nhwc_buffer
 from .grad_workspace import GradWorkspace, reduction_splits
 
 
-def grad_shapes(dw_weight, fc1_w, fc2_w, gamma):
+def grad_shapes(dw_weight, fc1_w, fc2_w, gamma, y2):
     """Every block parameter gradient reduced over rows, in the order of the flat buffer the
-    backward returns (gamma: pass it only where its gradient is wanted, i.e. y2 was saved)."""
+    backward returns (gamma's where y2 was saved: mlp.grad_shapes)."""
     C = dw_weight.shape[0]
     shapes = {**dwconv.grad_shapes(dw_weight), "ln_weight": (C,), "ln_bias": (C,)}
-    shapes.update(mlp.grad_shapes(fc1_w, fc2_w, gamma))
+    shapes.update(mlp.grad_shapes(fc1_w, fc2_w, gamma, y2))
     return shapes
 
 
@@ -63,7 +63,7 @@ def block_backward(grad_out, x, dw_weight, ln_weight, fc1_w, fc1_b, fc2_w, gamma
     fc1_w's dtype, in grad_shapes' order)."""
     N, C, H, W = x.shape
     M = N * H * W
-    shapes = grad_shapes(dw_weight, fc1_w, fc2_w, gamma if y2.dim() == 2 else None)
+    shapes = grad_shapes(dw_weight, fc1_w, fc2_w, gamma, y2)
     grad_x = torch.empty_like(x)
     ws = GradWorkspace(shapes, reduction_splits(M), fc1_w.dtype, x.device)
     if M == 0:

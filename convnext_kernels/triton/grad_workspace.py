@@ -61,21 +61,13 @@ class GradWorkspace:
     def __init__(self, shapes, splits, dtype, device):
         self.shapes = dict(shapes)
         self.dtype = dtype
-        self.offsets, start = {}, 0
-        for name, shape in self.shapes.items():
-            self.offsets[name] = start
-            start += math.prod(shape)
-        self.columns = start
-        self.partial = torch.empty(splits, start, device=device, dtype=torch.float32)
-
-    @property
-    def splits(self):
-        return self.partial.shape[0]
+        self.columns_of = _column_ranges(self.shapes)
+        self.columns = sum(math.prod(shape) for shape in self.shapes.values())
+        self.partial = torch.empty(splits, self.columns, device=device, dtype=torch.float32)
 
     def __getitem__(self, name):
         """The [splits, numel] strided view a producer writes name's partials into."""
-        start = self.offsets[name]
-        return self.partial[:, start:start + math.prod(self.shapes[name])]
+        return self.partial[:, self.columns_of[name]]
 
     def finalize_flat(self):
         """Every gradient, in `dtype`, in one flat buffer (see `unflatten`): one launch. (One
@@ -95,13 +87,19 @@ class GradWorkspace:
         return grads
 
 
+def _column_ranges(shapes):
+    """{name: slice of the workspace columns it owns}, in `shapes` order."""
+    ranges, start = {}, 0
+    for name, shape in shapes.items():
+        ranges[name] = slice(start, start + math.prod(shape))
+        start += math.prod(shape)
+    return ranges
+
+
 def unflatten(flat, shapes):
     """{name: view of flat} for a GradWorkspace's finalize_flat output (same `shapes` order)."""
-    views, start = {}, 0
-    for name, shape in shapes.items():
-        views[name] = flat[start:start + math.prod(shape)].view(shape)
-        start += math.prod(shape)
-    return views
+    return {name: flat[columns].view(shapes[name])
+            for name, columns in _column_ranges(shapes).items()}
 
 
 def launches(splits, columns, dtype, device="meta"):

@@ -179,11 +179,12 @@ def mlp_forward(x, fc1_w, fc1_b, fc2_w, fc2_b, gamma, residual, drop_scale, grn_
     return out, hidden, y2, G, nx
 
 
-def grad_shapes(fc1_w, fc2_w, gamma):
-    """Shapes of the MLP parameter gradients reduced over rows (a GradWorkspace's `shapes`)."""
+def grad_shapes(fc1_w, fc2_w, gamma, y2):
+    """Shapes of the MLP parameter gradients reduced over rows (a GradWorkspace's `shapes`);
+    layer scale's only where the forward saved y2 [M, C], i.e. gamma needed its gradient."""
     H, C = fc1_w.shape
     shapes = {"fc1_w": (H, C), "fc1_b": (H,), "fc2_w": (C, H), "fc2_b": (C,)}
-    if gamma is not None:
+    if gamma is not None and y2.dim() == 2:
         shapes["gamma"] = (C,)
     return shapes
 
@@ -199,9 +200,8 @@ def mlp_backward(grad_out, x, fc1_w, fc1_b, fc2_w, gamma, drop_scale, grn_weight
         return (torch.empty_like(x), *(zeros_or_empty(t) for t in (
             fc1_w, fc1_b, fc2_w, fc2_w[:, 0], gamma if y2.dim() == 2 else None, grn_weight,
             grn_bias)))
-    # Layer scale's gradient only where the forward saved y2 [M, C] (gamma needed it).
-    ws = GradWorkspace(grad_shapes(fc1_w, fc2_w, gamma if y2.dim() == 2 else None),
-                       reduction_splits(M), fc1_w.dtype, x.device)
+    ws = GradWorkspace(grad_shapes(fc1_w, fc2_w, gamma, y2), reduction_splits(M), fc1_w.dtype,
+                       x.device)
     grad_x, grad_grn_weight, grad_grn_bias = mlp_backward_into(
         ws, grad_out, x, fc1_w, fc1_b, fc2_w, gamma, drop_scale, grn_weight, grn_bias, hidden,
         y2, G, nx, rows_per_sample, eps)
@@ -213,7 +213,7 @@ def mlp_backward(grad_out, x, fc1_w, fc1_b, fc2_w, gamma, drop_scale, grn_weight
 def mlp_backward_into(ws, grad_out, x, fc1_w, fc1_b, fc2_w, gamma, drop_scale, grn_weight,
                       grn_bias, hidden, y2, G, nx, rows_per_sample, eps):
     """The MLP backward with its row-reduced parameter gradients left as partials in `ws`
-    (names of grad_shapes; gamma's where y2 was saved); returns (grad_x, grad_grn_weight,
+    (names of grad_shapes); returns (grad_x, grad_grn_weight,
     grad_grn_bias). M > 0."""
     M, C = x.shape
     H = fc1_w.shape[0]
@@ -251,7 +251,7 @@ def mlp_backward_into(ws, grad_out, x, fc1_w, fc1_b, fc2_w, gamma, drop_scale, g
     matmul_launch(grad_hidden.t(), x, ws["fc1_w"], partials=True, row_sum=ws["fc1_b"])()
     grad_x = torch.empty_like(x)
     matmul_launch(grad_hidden, fc1_w, grad_x)()
-    if gamma is not None and y2.dim() == 2:
+    if "gamma" in ws.shapes:
         scaled_product_column_sums_launch(g, y2, drop_scale, ws["gamma"], rows_per_sample)()
     return grad_x, grad_grn_weight, grad_grn_bias
 
@@ -268,7 +268,7 @@ def launches(dtype, M, C, H, rows_per_sample, device="meta", weight_dtype=None):
     samples = max(1, M // rows_per_sample)
     stats, ds = t(samples, H, dt=torch.float32), t(samples)
     scales = dict(a_row_scale=ds, a_row_div=rows_per_sample, a_col_scale=c)
-    ws = GradWorkspace(grad_shapes(w1, w2, c), reduction_splits(M), wdt, device)
+    ws = GradWorkspace(grad_shapes(w1, w2, c, x), reduction_splits(M), wdt, device)
     fused = ([fused_launch(x, w1, b1, w2, c, x, x, c, ds, x, rows_per_sample)]
              if uses_fused_forward(C, grn=False, keep_hidden=False, dtype=dtype) else [])
     return fused + [
