@@ -290,7 +290,7 @@ def test_whole_block_torch_compile_fullgraph(device):
 
 @pytest.mark.parametrize("device", TRITON_DEVICES)
 def test_whole_block_empty_batch_and_frozen_parameters(device):
-    gen, _ = fresh_generator()
+    gen, seed = fresh_generator()
     plain, fused = _triton_block(gen, 16, torch.float32, device)
     x = torch.randn(0, 16, 4, 4, device=device, requires_grad=True)
     fused(x).sum().backward()
@@ -300,11 +300,14 @@ def test_whole_block_empty_batch_and_frozen_parameters(device):
     fused.zero_grad()
     for p in (fused.dwconv.weight, fused.pwconv2.weight, fused.gamma):
         p.requires_grad_(False)  # (a frozen layer scale: y2 is not saved, no gamma partials)
-    plain = plain.float().to(device)
-    x = torch.randn(2, 16, 4, 4, generator=gen).to(device)
-    fused(x).square().sum().backward()
-    plain(x).square().sum().backward()
+    x = torch.randn(2, 16, 4, 4, generator=gen, dtype=torch.float64)
+    fused(x.float().to(device)).square().sum().backward()
+    plain(x).square().sum().backward()  # the float64 reference
     assert fused.dwconv.weight.grad is None and fused.pwconv2.weight.grad is None
     assert fused.gamma.grad is None
-    torch.testing.assert_close(fused.pwconv1.weight.grad, plain.pwconv1.weight.grad,
-                               rtol=1e-4, atol=1e-5)
+    # Norm-wise, as every accuracy check here (an elementwise rtol failed once at random on
+    # one near-zero element: 1.5e-5 absolute on a 1024-element fp32 gradient).
+    for name in ("pwconv1.weight", "pwconv1.bias", "norm.weight", "dwconv.bias"):
+        ours = fused.get_parameter(name).grad
+        assert_accurate(name, ours.cpu(), plain.get_parameter(name).grad, None,
+                        torch.float32, seed)
