@@ -1,6 +1,6 @@
 SHELL := /bin/bash
 # make test       set-up (venv, pinned deps, extension with CUDA compiled and linked), lint
-#                 (ruff), then tests on CPU with the Triton interpreter
+#                 (ruff, clang-format), then tests on CPU with the Triton interpreter
 # make bench      same set-up, then the main job: the benchmarks (a labelled CPU run without GPU)
 # make gpu        on a lent GPU machine (its own python3, no network): the campaign's STEPS
 #                 (default all) within BUDGET seconds, results to $OUT (see README "On a GPU")
@@ -41,8 +41,12 @@ $(VENV)/.installed: requirements-dev.txt
 
 build: .build-stamp
 
+CPP_SOURCES := $(wildcard csrc/*.cpp csrc/*.h csrc/*/*.cpp csrc/*/*.h csrc/*/*.cu csrc/*/*.cuh \
+                           tests/*.cpp benchmarks/*.cu)
+
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/clang-format --dry-run --Werror $(CPP_SOURCES)
 
 test: build lint
 	TRITON_INTERPRET=1 $(PY) -m pytest -q tests

@@ -24,8 +24,8 @@ inline int64_t check_dwconv_args(const at::Tensor& x, const at::Tensor& weight,
   if (bias.has_value()) {
     TORCH_CHECK_TYPE(bias->scalar_type() == x.scalar_type(), "dwconv2d: bias dtype ",
                      bias->scalar_type(), " differs from x dtype ", x.scalar_type());
-    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == C, "dwconv2d: bias must have shape [",
-                      C, "], got ", bias->sizes());
+    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == C, "dwconv2d: bias must have shape [", C,
+                      "], got ", bias->sizes());
     TORCH_CHECK_VALUE(bias->device() == x.device(), "dwconv2d: bias is on ", bias->device(),
                       ", x on ", x.device());
   }
@@ -54,8 +54,6 @@ inline std::tuple<at::Tensor, at::Tensor> split_weight_grad_sums(const at::Tenso
           sums[k * k].to(weight.scalar_type(), false, true)};
 }
 
-inline bool is_nhwc(const at::Tensor& t) {
-  return t.is_contiguous(at::MemoryFormat::ChannelsLast);
-}
+inline bool is_nhwc(const at::Tensor& t) { return t.is_contiguous(at::MemoryFormat::ChannelsLast); }
 
 }  // namespace ck

@@ -64,8 +64,8 @@ at::Tensor backward_weight(const at::Tensor& g_nhwc, const at::Tensor& x_nhwc, i
         constexpr int VEC = decltype(vec)::value;
         constexpr int K = decltype(k_const)::value;
         const ck::cuda::WgradPlan plan = ck::cuda::wgrad_plan<VEC, K>(s);
-        at::Tensor partial = at::full({plan.chunks, k * k + 1, s.C}, NAN,
-                                      x_nhwc.options().dtype(at::kFloat));
+        at::Tensor partial =
+            at::full({plan.chunks, k * k + 1, s.C}, NAN, x_nhwc.options().dtype(at::kFloat));
         for (int64_t idx = 0; idx < plan.threads; ++idx)
           ck::cuda::dwconv_wgrad_partial_thread<T, VEC, K>(
               gp, xp, partial.mutable_data_ptr<float>(), s, plan.rows_per_chunk, idx);
@@ -101,8 +101,7 @@ void layer_norm_row(const T* x, const T* weight, const T* bias, T* y, float* mea
 
 // x [rows, C] contiguous -> (y, mean, rstd).
 std::vector<at::Tensor> layer_norm_forward(const at::Tensor& x, const at::Tensor& weight,
-                                           const at::Tensor& bias, double eps,
-                                           bool force_scalar) {
+                                           const at::Tensor& bias, double eps, bool force_scalar) {
   const int64_t rows = x.size(0), C = x.size(1);
   at::Tensor y = at::empty_like(x);
   at::Tensor mean = at::empty({rows}, x.options().dtype(at::kFloat)), rstd = at::empty_like(mean);
@@ -113,8 +112,8 @@ std::vector<at::Tensor> layer_norm_forward(const at::Tensor& x, const at::Tensor
       for (int64_t row = 0; row < rows; ++row)
         layer_norm_row<T, VEC>(x.const_data_ptr<T>(), weight.const_data_ptr<T>(),
                                bias.const_data_ptr<T>(), y.mutable_data_ptr<T>(),
-                               mean.mutable_data_ptr<float>(), rstd.mutable_data_ptr<float>(),
-                               row, C, static_cast<float>(eps));
+                               mean.mutable_data_ptr<float>(), rstd.mutable_data_ptr<float>(), row,
+                               C, static_cast<float>(eps));
     });
   });
   return {y, mean, rstd};
@@ -138,23 +137,21 @@ std::vector<at::Tensor> layer_norm_backward(const at::Tensor& g, const at::Tenso
         float sum_gw = 0.f, sum_gw_xhat = 0.f;
         for (int lane = 0; lane < kWarp; ++lane) {
           float a, b;
-          ck::cuda::ln_lane_backward_sums<T, VEC>(gp + row * C, xp + row * C, wp, C, lane,
-                                                  mp[row], rp[row], a, b);
+          ck::cuda::ln_lane_backward_sums<T, VEC>(gp + row * C, xp + row * C, wp, C, lane, mp[row],
+                                                  rp[row], a, b);
           sum_gw += a;
           sum_gw_xhat += b;
         }
         for (int lane = 0; lane < kWarp; ++lane)
           ck::cuda::ln_lane_backward_write<T, VEC>(gp + row * C, xp + row * C, wp,
-                                                   grad_x.mutable_data_ptr<T>() + row * C, C,
-                                                   lane, mp[row], rp[row], sum_gw / C,
-                                                   sum_gw_xhat / C);
+                                                   grad_x.mutable_data_ptr<T>() + row * C, C, lane,
+                                                   mp[row], rp[row], sum_gw / C, sum_gw_xhat / C);
       }
       const ck::cuda::LayerNormWgradPlan plan = ck::cuda::layer_norm_wgrad_plan<VEC>(rows, C);
       at::Tensor partial = at::full({plan.chunks, 2, C}, NAN, x.options().dtype(at::kFloat));
       for (int64_t idx = 0; idx < plan.threads; ++idx)
-        ck::cuda::ln_wgrad_partial_thread<T, VEC>(gp, xp, mp, rp,
-                                                  partial.mutable_data_ptr<float>(), rows, C,
-                                                  plan.rows_per_chunk, idx);
+        ck::cuda::ln_wgrad_partial_thread<T, VEC>(gp, xp, mp, rp, partial.mutable_data_ptr<float>(),
+                                                  rows, C, plan.rows_per_chunk, idx);
       for (int64_t idx = 0; idx < 2 * C; ++idx)
         ck::cuda::sum_partials_thread(partial.const_data_ptr<float>(),
                                       sums.mutable_data_ptr<float>(), plan.chunks, 2 * C, idx);
@@ -168,8 +165,8 @@ std::vector<at::Tensor> layer_norm_backward(const at::Tensor& g, const at::Tenso
 std::vector<at::Tensor> dwconv_layer_norm_forward(const at::Tensor& x_nhwc, const at::Tensor& taps,
                                                   const std::optional<at::Tensor>& dw_bias,
                                                   const at::Tensor& ln_weight,
-                                                  const at::Tensor& ln_bias, int64_t k,
-                                                  double eps, bool force_scalar) {
+                                                  const at::Tensor& ln_bias, int64_t k, double eps,
+                                                  bool force_scalar) {
   const DwconvShape s{x_nhwc.size(0), x_nhwc.size(1), x_nhwc.size(2), x_nhwc.size(3),
                       static_cast<int>(k)};
   at::Tensor y = at::empty_like(x_nhwc), conv = at::empty_like(x_nhwc);
@@ -200,9 +197,8 @@ std::vector<at::Tensor> dwconv_layer_norm_forward(const at::Tensor& x_nhwc, cons
           for (int64_t w = strip0 * TW; w < w_end; ++w)
             layer_norm_row<T, VEC>(conv.const_data_ptr<T>(), ln_weight.const_data_ptr<T>(),
                                    ln_bias.const_data_ptr<T>(), y.mutable_data_ptr<T>(),
-                                   mean.mutable_data_ptr<float>(),
-                                   rstd.mutable_data_ptr<float>(), row * s.W + w, s.C,
-                                   static_cast<float>(eps));
+                                   mean.mutable_data_ptr<float>(), rstd.mutable_data_ptr<float>(),
+                                   row * s.W + w, s.C, static_cast<float>(eps));
         }
       });
     });

@@ -20,9 +20,9 @@ constexpr int64_t kChannelBlock = 16;
 
 // Adds the taps of one output pixel to acc[0, nc) for channels c0 .. c0 + nc.
 template <int64_t NC, typename T, typename Acc>
-inline void accumulate_taps(Acc* acc, const T* x_c0, const Acc* taps_c0, int64_t nc,
-                            int64_t ky_lo, int64_t ky_hi, int64_t kx_lo, int64_t kx_hi,
-                            int64_t k, int64_t row_stride, int64_t C) {
+inline void accumulate_taps(Acc* acc, const T* x_c0, const Acc* taps_c0, int64_t nc, int64_t ky_lo,
+                            int64_t ky_hi, int64_t kx_lo, int64_t kx_hi, int64_t k,
+                            int64_t row_stride, int64_t C) {
   const int64_t n = NC > 0 ? NC : nc;
   for (int64_t ky = ky_lo; ky < ky_hi; ++ky) {
     for (int64_t kx = kx_lo; kx < kx_hi; ++kx) {
@@ -54,11 +54,11 @@ void dwconv_forward(const T* x, const Acc* taps, const Acc* bias, T* y, DwconvSh
           Acc acc[kChannelBlock];
           for (int64_t j = 0; j < nc; ++j) acc[j] = bias ? bias[c0 + j] : Acc(0);
           if (nc == kChannelBlock) {
-            accumulate_taps<kChannelBlock>(acc, x_pixel + c0, taps + c0, nc, ky_lo, ky_hi,
-                                           kx_lo, kx_hi, s.k, row_stride, C);
+            accumulate_taps<kChannelBlock>(acc, x_pixel + c0, taps + c0, nc, ky_lo, ky_hi, kx_lo,
+                                           kx_hi, s.k, row_stride, C);
           } else {
-            accumulate_taps<0>(acc, x_pixel + c0, taps + c0, nc, ky_lo, ky_hi, kx_lo, kx_hi,
-                               s.k, row_stride, C);
+            accumulate_taps<0>(acc, x_pixel + c0, taps + c0, nc, ky_lo, ky_hi, kx_lo, kx_hi, s.k,
+                               row_stride, C);
           }
           for (int64_t j = 0; j < nc; ++j) yp[c0 + j] = static_cast<T>(acc[j]);
         }
@@ -79,8 +79,8 @@ inline int64_t weight_grad_chunks(DwconvShape s) {
 // grad_taps[ky*k+kx][c] = sum_{n,h,w} g[n,h,w,c] * x[n, h+ky-k/2, w+kx-k/2, c];
 // grad_bias[c] = sum_{n,h,w} g[n,h,w,c].
 template <typename T, typename Acc, typename ParallelFor>
-void dwconv_backward_weight(const T* g, const T* x, Acc* grad_taps, Acc* grad_bias,
-                            DwconvShape s, ParallelFor parallel_for) {
+void dwconv_backward_weight(const T* g, const T* x, Acc* grad_taps, Acc* grad_bias, DwconvShape s,
+                            ParallelFor parallel_for) {
   const int64_t pad = s.k / 2, C = s.C, taps = s.k * s.k;
   const int64_t rows = s.N * s.H;
   const int64_t chunks = weight_grad_chunks(s);

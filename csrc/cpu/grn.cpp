@@ -16,8 +16,7 @@ void check_grn_args(const char* op, const at::Tensor& x, const at::Tensor& weigh
   const int64_t C = x.size(3);
   TORCH_CHECK_VALUE(weight.numel() == C && bias.numel() == C, op,
                     ": weight and bias must hold C = ", C, " values");
-  TORCH_CHECK_TYPE(weight.scalar_type() == x.scalar_type() &&
-                       bias.scalar_type() == x.scalar_type(),
+  TORCH_CHECK_TYPE(weight.scalar_type() == x.scalar_type() && bias.scalar_type() == x.scalar_type(),
                    op, ": weight and bias must have x's dtype");
 }
 
@@ -32,25 +31,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> grn_cpu(const at::Tensor& x,
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "grn_cpu", [&] {
     using Acc = ck::cpu::acc_t<scalar_t>;
     ck::cpu::per_sample_column_sums<scalar_t, Acc>(
-        xc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(),
-        sumsq.mutable_data_ptr<Acc>(), nullptr, N, rows_per_sample, C,
-        ck::cpu::aten_parallel_for());
+        xc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(), sumsq.mutable_data_ptr<Acc>(),
+        nullptr, N, rows_per_sample, C, ck::cpu::aten_parallel_for());
   });
   auto stats = ck::cpu::grn_stats(sumsq, weight, eps);
   const at::Tensor scale = stats.scale.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "grn_cpu", [&] {
     using Acc = ck::cpu::acc_t<scalar_t>;
-    ck::cpu::scaled_sum<scalar_t, Acc>(
-        xc.const_data_ptr<scalar_t>(), scale.const_data_ptr<Acc>(), nullptr, nullptr,
-        b.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), xc.numel() / C,
-        C, rows_per_sample, ck::cpu::aten_parallel_for());
+    ck::cpu::scaled_sum<scalar_t, Acc>(xc.const_data_ptr<scalar_t>(), scale.const_data_ptr<Acc>(),
+                                       nullptr, nullptr, b.const_data_ptr<scalar_t>(),
+                                       y.mutable_data_ptr<scalar_t>(), xc.numel() / C, C,
+                                       rows_per_sample, ck::cpu::aten_parallel_for());
   });
   return {y, stats.norm, stats.nx};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> grn_backward_cpu(
-    const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& weight,
-    const at::Tensor& norm, const at::Tensor& nx, double eps) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> grn_backward_cpu(const at::Tensor& grad_y,
+                                                                const at::Tensor& x,
+                                                                const at::Tensor& weight,
+                                                                const at::Tensor& norm,
+                                                                const at::Tensor& nx, double eps) {
   check_grn_args("grn_backward", x, weight, weight);
   TORCH_CHECK_VALUE(grad_y.sizes() == x.sizes(), "grn_backward: grad_y must match x's shape");
   const int64_t N = x.size(0), C = x.size(3), rows_per_sample = x.size(1) * x.size(2);
@@ -62,19 +62,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> grn_backward_cpu(
     using Acc = ck::cpu::acc_t<scalar_t>;
     ck::cpu::per_sample_column_sums<scalar_t, Acc>(
         gc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(),
-        grad_dot_x.mutable_data_ptr<Acc>(), grad_sum.mutable_data_ptr<Acc>(), N,
-        rows_per_sample, C, ck::cpu::aten_parallel_for());
+        grad_dot_x.mutable_data_ptr<Acc>(), grad_sum.mutable_data_ptr<Acc>(), N, rows_per_sample, C,
+        ck::cpu::aten_parallel_for());
   });
   const at::Tensor scale = ck::cpu::grn_scale(nx, weight).contiguous();
   const at::Tensor coef =
       ck::cpu::grn_input_grad_coef(norm, nx, weight, grad_dot_x, eps).contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "grn_bwd", [&] {
     using Acc = ck::cpu::acc_t<scalar_t>;
-    ck::cpu::scaled_sum<scalar_t, Acc>(
-        gc.const_data_ptr<scalar_t>(), scale.const_data_ptr<Acc>(),
-        xc.const_data_ptr<scalar_t>(), coef.const_data_ptr<Acc>(), nullptr,
-        grad_x.mutable_data_ptr<scalar_t>(), xc.numel() / C, C, rows_per_sample,
-        ck::cpu::aten_parallel_for());
+    ck::cpu::scaled_sum<scalar_t, Acc>(gc.const_data_ptr<scalar_t>(), scale.const_data_ptr<Acc>(),
+                                       xc.const_data_ptr<scalar_t>(), coef.const_data_ptr<Acc>(),
+                                       nullptr, grad_x.mutable_data_ptr<scalar_t>(), xc.numel() / C,
+                                       C, rows_per_sample, ck::cpu::aten_parallel_for());
   });
   return {grad_x, (nx * grad_dot_x).sum(0).to(weight.scalar_type()).reshape(weight.sizes()),
           grad_sum.sum(0).to(weight.scalar_type()).reshape(weight.sizes())};

@@ -21,21 +21,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_2d_cpu(const at::Tenso
   const at::Tensor x_nhwc = ck::as_nhwc(x);
   at::Tensor y_nhwc = ck::is_nhwc(out) ? out : at::empty_like(x_nhwc);
   const at::Tensor w = weight.contiguous(), b = bias.contiguous();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "layer_norm_2d_cpu", [&] {
-    using Acc = ck::cpu::acc_t<scalar_t>;
-    ck::cpu::layer_norm_forward<scalar_t, Acc>(
-        x_nhwc.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
-        b.const_data_ptr<scalar_t>(), y_nhwc.mutable_data_ptr<scalar_t>(),
-        mean.mutable_data_ptr<Acc>(), rstd.mutable_data_ptr<Acc>(), mean.numel(), x.size(1),
-        static_cast<Acc>(eps), ck::cpu::aten_parallel_for());
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, x.scalar_type(), "layer_norm_2d_cpu", [&] {
+        using Acc = ck::cpu::acc_t<scalar_t>;
+        ck::cpu::layer_norm_forward<scalar_t, Acc>(
+            x_nhwc.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
+            b.const_data_ptr<scalar_t>(), y_nhwc.mutable_data_ptr<scalar_t>(),
+            mean.mutable_data_ptr<Acc>(), rstd.mutable_data_ptr<Acc>(), mean.numel(), x.size(1),
+            static_cast<Acc>(eps), ck::cpu::aten_parallel_for());
+      });
   if (!y_nhwc.is_same(out)) out.copy_(y_nhwc);
   return {out, mean, rstd};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_2d_backward_cpu(
-    const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& weight,
-    const at::Tensor& mean, const at::Tensor& rstd) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_2d_backward_cpu(const at::Tensor& grad_y,
+                                                                          const at::Tensor& x,
+                                                                          const at::Tensor& weight,
+                                                                          const at::Tensor& mean,
+                                                                          const at::Tensor& rstd) {
   ck::check_layer_norm_args(x, weight, weight, 1.0);
   TORCH_CHECK_VALUE(grad_y.sizes() == x.sizes() && grad_y.scalar_type() == x.scalar_type(),
                     "layer_norm_2d_backward: grad_y must match x in shape and dtype");

@@ -13,8 +13,7 @@ namespace ck::cpu {
 // y = (x - mean) * rstd * weight + bias per row; mean and rstd (two-pass variance) saved.
 template <typename T, typename Acc, typename ParallelFor>
 void layer_norm_forward(const T* x, const T* weight, const T* bias, T* y, Acc* mean_out,
-                        Acc* rstd_out, int64_t rows, int64_t C, Acc eps,
-                        ParallelFor parallel_for) {
+                        Acc* rstd_out, int64_t rows, int64_t C, Acc eps, ParallelFor parallel_for) {
   parallel_for(0, rows, [&](int64_t begin, int64_t end) {
     std::vector<Acc> w(C), b(C), v(C);
     for (int64_t c = 0; c < C; ++c) {
@@ -53,9 +52,9 @@ inline int64_t layer_norm_grad_chunks(int64_t rows, int64_t C) {
 // grad_x = rstd * (gh - mean_c(gh) - xhat * mean_c(gh * xhat)),
 // grad_weight = sum_rows g * xhat, grad_bias = sum_rows g.
 template <typename T, typename Acc, typename ParallelFor>
-void layer_norm_backward(const T* g, const T* x, const T* weight, const Acc* mean,
-                         const Acc* rstd, T* grad_x, Acc* grad_weight, Acc* grad_bias,
-                         int64_t rows, int64_t C, ParallelFor parallel_for) {
+void layer_norm_backward(const T* g, const T* x, const T* weight, const Acc* mean, const Acc* rstd,
+                         T* grad_x, Acc* grad_weight, Acc* grad_bias, int64_t rows, int64_t C,
+                         ParallelFor parallel_for) {
   const int64_t chunks = layer_norm_grad_chunks(rows, C);
   const int64_t rows_per_chunk = (rows + chunks - 1) / chunks;
   std::vector<Acc> partial(chunks * 2 * C, Acc(0));

@@ -66,8 +66,8 @@ void scaled_sum(const at::Tensor& u, const at::Tensor& s_u, const at::Tensor* v,
     ck::cpu::scaled_sum<scalar_t, Acc>(
         u.const_data_ptr<scalar_t>(), su.const_data_ptr<Acc>(),
         v ? v->const_data_ptr<scalar_t>() : nullptr, s_v ? sv.const_data_ptr<Acc>() : nullptr,
-        ptr_or_null<scalar_t>(bias), out.mutable_data_ptr<scalar_t>(), u.size(0),
-        u.size(1), rows_per_sample, ck::cpu::aten_parallel_for());
+        ptr_or_null<scalar_t>(bias), out.mutable_data_ptr<scalar_t>(), u.size(0), u.size(1),
+        rows_per_sample, ck::cpu::aten_parallel_for());
   });
 }
 
@@ -88,11 +88,10 @@ at::Tensor per_sample_sums(const at::Tensor& u, const at::Tensor& v, at::Tensor*
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mlp_cpu(
-    const at::Tensor& x, const at::Tensor& fc1_w, const at::Tensor& fc1_b,
-    const at::Tensor& fc2_w, const at::Tensor& fc2_b, const OptTensor& gamma,
-    const OptTensor& residual, const OptTensor& drop_scale, const OptTensor& grn_weight,
-    const OptTensor& grn_bias, int64_t rows_per_sample, double eps, bool keep_hidden,
-    bool save_y2) {
+    const at::Tensor& x, const at::Tensor& fc1_w, const at::Tensor& fc1_b, const at::Tensor& fc2_w,
+    const at::Tensor& fc2_b, const OptTensor& gamma, const OptTensor& residual,
+    const OptTensor& drop_scale, const OptTensor& grn_weight, const OptTensor& grn_bias,
+    int64_t rows_per_sample, double eps, bool keep_hidden, bool save_y2) {
   check_mlp_args(x, fc1_w, fc2_w, rows_per_sample);
   const at::Tensor xc = x.contiguous();
   const at::Tensor h = at::addmm(fc1_b, xc, fc1_w.t());
@@ -107,8 +106,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mlp_cpu(
     scaled_sum(act, stats.scale, nullptr, nullptr, flat(grn_bias), act, rows_per_sample);
   }
   const at::Tensor y2 = at::addmm(fc2_b, act, fc2_w.t());
-  at::Tensor out = scaled_rows_cols(y2, flat(gamma), flat(drop_scale), residual,
-                                    rows_per_sample, save_y2);
+  at::Tensor out =
+      scaled_rows_cols(y2, flat(gamma), flat(drop_scale), residual, rows_per_sample, save_y2);
   return {out, keep_hidden ? h : x.new_empty({0}), save_y2 ? y2 : x.new_empty({0}), norm, nx};
 }
 
@@ -134,15 +133,13 @@ mlp_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x, const at::Tens
     const at::Tensor grad_dot_act =
         per_sample_sums(grad_hidden, fc2_input, &grad_sum, rows_per_sample);
     const at::Tensor scale = ck::cpu::grn_scale(nx, *grn_weight);
-    const at::Tensor coef =
-        ck::cpu::grn_input_grad_coef(norm, nx, *grn_weight, grad_dot_act, eps);
+    const at::Tensor coef = ck::cpu::grn_input_grad_coef(norm, nx, *grn_weight, grad_dot_act, eps);
     // grad of GRN's input, then through GELU (ATen's SIMD GELU backward, see gelu_of).
-    scaled_sum(grad_hidden, scale, &fc2_input, &coef, std::nullopt, grad_hidden,
-               rows_per_sample);
+    scaled_sum(grad_hidden, scale, &fc2_input, &coef, std::nullopt, grad_hidden, rows_per_sample);
     grad_hidden = at::gelu_backward(grad_hidden, h);
     scaled_sum(fc2_input, scale, nullptr, nullptr, flat(grn_bias), fc2_input, rows_per_sample);
-    grad_grn_weight = (nx * grad_dot_act).sum(0).to(grn_weight->scalar_type())
-                          .reshape(grn_weight->sizes());
+    grad_grn_weight =
+        (nx * grad_dot_act).sum(0).to(grn_weight->scalar_type()).reshape(grn_weight->sizes());
     grad_grn_bias = grad_sum.sum(0).to(grn_weight->scalar_type()).reshape(grn_bias->sizes());
   } else {
     grad_hidden = at::gelu_backward(grad_hidden, h);
@@ -166,8 +163,8 @@ mlp_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x, const at::Tens
     });
     grad_gamma = sums.to(gamma->scalar_type()).reshape(gamma->sizes());
   }
-  return {grad_x, grad_fc1_w, grad_fc1_b, grad_fc2_w, grad_fc2_b, grad_gamma, grad_grn_weight,
-          grad_grn_bias};
+  return {grad_x,     grad_fc1_w, grad_fc1_b,      grad_fc2_w,
+          grad_fc2_b, grad_gamma, grad_grn_weight, grad_grn_bias};
 }
 
 }  // namespace

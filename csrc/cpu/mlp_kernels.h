@@ -12,9 +12,8 @@ namespace ck::cpu {
 
 // out = [residual +] [row_scale[row / rows_per_sample] *] [col_scale *] y, each optional (null).
 template <typename T, typename Acc, typename ParallelFor>
-void scale_rows_cols(const T* y, const T* col_scale, const T* row_scale, const T* residual,
-                     T* out, int64_t rows, int64_t C, int64_t rows_per_sample,
-                     ParallelFor parallel_for) {
+void scale_rows_cols(const T* y, const T* col_scale, const T* row_scale, const T* residual, T* out,
+                     int64_t rows, int64_t C, int64_t rows_per_sample, ParallelFor parallel_for) {
   parallel_for(0, rows, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const Acc rs = row_scale ? static_cast<Acc>(row_scale[r / rows_per_sample]) : Acc(1);
@@ -72,9 +71,8 @@ void scaled_sum(const T* u, const Acc* s_u, const T* v, const Acc* s_v, const T*
 // sums[c] = sum over rows of g*y [* row_scale[row / rows_per_sample]]: chunk partials from the
 // shape alone, added in chunk order.
 template <typename T, typename Acc, typename ParallelFor>
-void scaled_product_column_sums(const T* g, const T* y, const T* row_scale, Acc* sums,
-                                int64_t rows, int64_t C, int64_t rows_per_sample,
-                                ParallelFor parallel_for) {
+void scaled_product_column_sums(const T* g, const T* y, const T* row_scale, Acc* sums, int64_t rows,
+                                int64_t C, int64_t rows_per_sample, ParallelFor parallel_for) {
   const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(rows, 64));
   const int64_t per_chunk = (rows + chunks - 1) / chunks;
   std::vector<Acc> partial(chunks * C, Acc(0));

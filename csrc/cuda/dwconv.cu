@@ -89,13 +89,11 @@ std::tuple<at::Tensor, at::Tensor> dwconv2d_backward_weight_cuda(const at::Tenso
           constexpr int K = decltype(k_const)::value;
           const ck::cuda::WgradPlan plan = ck::cuda::wgrad_plan<VEC, K>(s);
           // Every partial slot is written by exactly one thread, so no zero-fill is needed.
-          at::Tensor partial =
-              at::empty({plan.chunks, taps + 1, C}, x.options().dtype(at::kFloat));
+          at::Tensor partial = at::empty({plan.chunks, taps + 1, C}, x.options().dtype(at::kFloat));
           constexpr int kBlock = ck::cuda::kWgradThreads;
           ck::cuda::dwconv_wgrad_partial_kernel<T, VEC, K>
               <<<blocks_for(plan.threads, kBlock, kOp), kBlock, 0, stream>>>(
-                  gp, xp, partial.mutable_data_ptr<float>(), s, plan.rows_per_chunk,
-                  plan.threads);
+                  gp, xp, partial.mutable_data_ptr<float>(), s, plan.rows_per_chunk, plan.threads);
           C10_CUDA_KERNEL_LAUNCH_CHECK();
           launch_sum_partials(partial, sums, stream, kOp);
         });

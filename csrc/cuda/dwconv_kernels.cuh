@@ -1,8 +1,8 @@
 // Depthwise k×k convolution (stride 1, padding k/2) on N,H,W,C-contiguous buffers, for CUDA.
 //
 // Torch-free. Each kernel is a per-thread body `*_thread(..., idx)` plus a thin __global__
-// wrapper at the end of this file. The bodies are __host__ __device__ so that tests can run them on the CPU,
-// thread by thread, and check the indexing of the GPU kernels on a machine without a GPU.
+// wrapper at the end of this file. The bodies are __host__ __device__ so that tests can run them on
+// the CPU, thread by thread, and check the indexing of the GPU kernels on a machine without a GPU.
 //
 // Layout: a thread owns VEC consecutive channels (16 bytes of storage when VEC > 1) and, in the
 // forward, TW consecutive output pixels of one row; consecutive threads take consecutive channel
@@ -65,8 +65,10 @@ CK_HD void dwconv_forward_thread(const T* __restrict__ x, const float* __restric
 #pragma unroll
       for (int i = 0; i < TW + K - 1; ++i) {
         const int64_t iw = w0 + i - pad;
-        if (iw >= 0 && iw < s.W) window[i] = load_vec<T, VEC>(x_row + iw * s.C);
-        else window[i] = zero_vec<T, VEC>();
+        if (iw >= 0 && iw < s.W)
+          window[i] = load_vec<T, VEC>(x_row + iw * s.C);
+        else
+          window[i] = zero_vec<T, VEC>();
       }
 #pragma unroll
       for (int kx = 0; kx < K; ++kx) {
@@ -175,8 +177,8 @@ CK_HD void dwconv_wgrad_partial_thread(const T* __restrict__ g, const T* __restr
 #pragma unroll
         for (int j = 0; j + 1 < K; ++j) window[j] = window[j + 1];
         const int64_t iw_new = w + K - 1 - pad;
-        window[K - 1] = (row_in && iw_new < s.W) ? load_vec<T, VEC>(x_row + iw_new * s.C)
-                                                 : zero_vec<T, VEC>();
+        window[K - 1] =
+            (row_in && iw_new < s.W) ? load_vec<T, VEC>(x_row + iw_new * s.C) : zero_vec<T, VEC>();
         float gf[VEC];
         load_grad<T, VEC>(g_row + w * s.C, sums_bias, gf, bias_acc);
 #pragma unroll
@@ -293,7 +295,7 @@ __global__ void __launch_bounds__(kWgradThreads)
 template <typename T, typename Visit>
 void for_each_dwconv_kernel(Visit&& visit) {
   for (const int64_t C : {int64_t(16), int64_t(1)}) {  // 16-byte vectors, then the scalar path
-    for (const int64_t k : {3, 5, 7, 9}) {              // 9: the generic kernel
+    for (const int64_t k : {3, 5, 7, 9}) {             // 9: the generic kernel
       dispatch_vec<T>(C, {}, [&](auto vec) {
         dispatch_k(k, [&](auto k_const) {
           constexpr int VEC = decltype(vec)::value;

@@ -36,8 +36,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_2d_cuda(const at::Tens
       constexpr int VEC = decltype(vec)::value;
       ck::cuda::layer_norm_forward_kernel<T, VEC>
           <<<blocks_for(rows, kRowsPerBlock, kOp), ck::cuda::kLayerNormThreads, 0, stream>>>(
-              xp, wp, bp, yp, mean.mutable_data_ptr<float>(), rstd.mutable_data_ptr<float>(),
-              rows, C, static_cast<float>(eps));
+              xp, wp, bp, yp, mean.mutable_data_ptr<float>(), rstd.mutable_data_ptr<float>(), rows,
+              C, static_cast<float>(eps));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
@@ -45,9 +45,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_2d_cuda(const at::Tens
   return {out, mean, rstd};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_2d_backward_cuda(
-    const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& weight,
-    const at::Tensor& mean, const at::Tensor& rstd) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_2d_backward_cuda(const at::Tensor& grad_y,
+                                                                           const at::Tensor& x,
+                                                                           const at::Tensor& weight,
+                                                                           const at::Tensor& mean,
+                                                                           const at::Tensor& rstd) {
   constexpr const char* kOp = "layer_norm_2d_backward";
   ck::check_layer_norm_args(x, weight, weight, 1.0);
   check_cuda_tensor(x, kOp);
@@ -124,10 +126,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwconv_layer_norm_cud
         const ck::cuda::FusedPlan plan = ck::cuda::fused_plan<VEC, K>(s);
         ck::cuda::dwconv_layer_norm_kernel<T, VEC, K>
             <<<blocks_for(s.N * s.H * plan.blocks_per_row, 1, kOp), ck::cuda::kFusedThreads, 0,
-               stream>>>(
-                xp, taps.const_data_ptr<float>(), bp, lwp, lbp, yp, cp,
-                mean.mutable_data_ptr<float>(), rstd.mutable_data_ptr<float>(), s, plan,
-                static_cast<float>(eps));
+               stream>>>(xp, taps.const_data_ptr<float>(), bp, lwp, lbp, yp, cp,
+                         mean.mutable_data_ptr<float>(), rstd.mutable_data_ptr<float>(), s, plan,
+                         static_cast<float>(eps));
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
     });

@@ -150,10 +150,10 @@ LayerNormWgradPlan layer_norm_wgrad_plan(int64_t rows, int64_t C) {
 }
 
 // Fused dwconv + LayerNorm forward (the launch bounds state 1 block/SM: without that ptxas caps
-// some instantiations at 80 registers and spills). A block owns `strips` strips of TW output pixels of one image
-// row (n*H + h). Phase 1: its threads run the dwconv thread body over (strip, channel group),
-// writing the conv output (kept for the backward). Phase 2, after a block barrier: each warp
-// normalises whole pixels of the block from that output, still hot in L1/L2.
+// some instantiations at 80 registers and spills). A block owns `strips` strips of TW output pixels
+// of one image row (n*H + h). Phase 1: its threads run the dwconv thread body over (strip, channel
+// group), writing the conv output (kept for the backward). Phase 2, after a block barrier: each
+// warp normalises whole pixels of the block from that output, still hot in L1/L2.
 struct FusedPlan {
   int64_t strips_per_row, strips_per_block, blocks_per_row;
 };
@@ -171,7 +171,8 @@ FusedPlan fused_plan(const DwconvShape& s) {
 #if defined(__CUDACC__)
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
-  for (int offset = kWarp / 2; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  for (int offset = kWarp / 2; offset > 0; offset /= 2)
+    v += __shfl_xor_sync(0xffffffffu, v, offset);
   return v;
 }
 
@@ -196,7 +197,8 @@ __global__ void __launch_bounds__(kLayerNormThreads)
     layer_norm_forward_kernel(const T* x, const T* weight, const T* bias, T* y, float* mean,
                               float* rstd, int64_t rows, int64_t C, float eps) {
   const int64_t row = int64_t(blockIdx.x) * (kLayerNormThreads / kWarp) + threadIdx.x / kWarp;
-  if (row < rows) layer_norm_row<T, VEC>(x, weight, bias, y, mean, rstd, row, C, eps, threadIdx.x % kWarp);
+  if (row < rows)
+    layer_norm_row<T, VEC>(x, weight, bias, y, mean, rstd, row, C, eps, threadIdx.x % kWarp);
 }
 
 template <typename T, int VEC>
@@ -218,8 +220,8 @@ __global__ void __launch_bounds__(kLayerNormThreads)
 template <typename T, int VEC>
 __global__ void __launch_bounds__(kLayerNormWgradThreads)
     layer_norm_wgrad_partial_kernel(const T* g, const T* x, const float* mean, const float* rstd,
-                                    float* partial, int64_t rows, int64_t C,
-                                    int64_t rows_per_chunk, int64_t threads) {
+                                    float* partial, int64_t rows, int64_t C, int64_t rows_per_chunk,
+                                    int64_t threads) {
   const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx < threads)
     ln_wgrad_partial_thread<T, VEC>(g, x, mean, rstd, partial, rows, C, rows_per_chunk, idx);
@@ -259,15 +261,15 @@ void for_each_layer_norm_kernel(Visit&& visit) {
       constexpr int VEC = decltype(vec)::value;
       visit(reinterpret_cast<const void*>(&layer_norm_forward_kernel<T, VEC>), kLayerNormThreads,
             "layer_norm_forward");
-      visit(reinterpret_cast<const void*>(&layer_norm_backward_kernel<T, VEC>),
-            kLayerNormThreads, "layer_norm_backward");
+      visit(reinterpret_cast<const void*>(&layer_norm_backward_kernel<T, VEC>), kLayerNormThreads,
+            "layer_norm_backward");
       visit(reinterpret_cast<const void*>(&layer_norm_wgrad_partial_kernel<T, VEC>),
             kLayerNormWgradThreads, "layer_norm_wgrad_partial");
       for (const int64_t k : {3, 5, 7, 9}) {
         dispatch_k(k, [&](auto k_const) {
           constexpr int K = decltype(k_const)::value;
-          visit(reinterpret_cast<const void*>(&dwconv_layer_norm_kernel<T, VEC, K>),
-                kFusedThreads, "dwconv_layer_norm");
+          visit(reinterpret_cast<const void*>(&dwconv_layer_norm_kernel<T, VEC, K>), kFusedThreads,
+                "dwconv_layer_norm");
         });
       }
     });
