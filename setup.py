@@ -39,10 +39,16 @@ def _cuda_include_dirs():
 
 def _extension():
     cpp_sources = ["csrc/ops.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
-    cxx_flags = ["-O3", "-fopenmp-simd"]
+    # -fopenmp: at::parallel_for is a header template that runs serially unless the caller is
+    # compiled with OpenMP (_OPENMP); without it every CPU kernel ran on one thread. The
+    # extension then needs libgomp.so.1, which torch has loaded already (the same runtime).
+    # fp-contract: a*b+c as one FMA in the SIMD kernels (ISO C++ mode turns contraction off).
+    cxx_flags = ["-O3", "-fopenmp", "-ffp-contract=fast"]
+    link_flags = ["-fopenmp"]
     if not _want_cuda():
         return cpp_extension.CppExtension(
-            "convnext_kernels._C", cpp_sources, extra_compile_args={"cxx": cxx_flags}
+            "convnext_kernels._C", cpp_sources, extra_compile_args={"cxx": cxx_flags},
+            extra_link_args=link_flags,
         )
     if not torch.cuda.is_available() and not os.environ.get("TORCH_CUDA_ARCH_LIST"):
         os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0+PTX"
@@ -52,6 +58,7 @@ def _extension():
         include_dirs=_cuda_include_dirs(),
         define_macros=[("WITH_CUDA", None)],
         extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-lineinfo"]},
+        extra_link_args=link_flags,
     )
 
 

@@ -9,7 +9,6 @@ Writes DIR/<device>-<date>/results.json (one row per case, provider and pass), r
 against eager and torch.compile on CPU, small shapes), labelled CPU everywhere.
 """
 import datetime
-import json
 import os
 import subprocess
 import sys
@@ -19,25 +18,6 @@ from benchmarks import (bench_block, bench_dwconv, bench_layernorm, bench_mlp, b
 
 SUITES = {"ops": [bench_dwconv, bench_layernorm, bench_mlp], "block": [bench_block],
           "model": [bench_model]}
-
-
-def write_results(results, out):
-    directory = os.path.join(out, f"{results.device_slug()}-{results.env['date']}")
-    os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(directory, "results.json"), "w") as f:
-        json.dump(results.as_json(), f, indent=1)
-    with open(os.path.join(directory, "results.md"), "w") as f:
-        f.write(results.markdown())
-    try:  # plots need matplotlib; the results do not
-        from benchmarks.plots import write_plots
-    except ImportError as error:
-        print(f"no plots: {error}")
-        return directory
-    plots = write_plots(results.rows, results.env, directory)
-    with open(os.path.join(directory, "results.md"), "a") as f:
-        f.write("\n" + "\n".join(f"![{os.path.basename(p)}]({os.path.basename(p)})"
-                                 for p in plots) + "\n")
-    return directory
 
 
 def write_ledger(directory, plan, tiny):
@@ -73,7 +53,16 @@ def main(argv=None):
         harness.run_suite(suite, plan, args, progress)
     if progress is not None:
         progress.close()
-    directory = write_results(plan.results, args.out)
+    results = plan.results
+    directory = os.path.join(args.out, f"{results.device_slug()}-{results.env['date']}")
+    os.makedirs(directory, exist_ok=True)
+    try:  # plots need matplotlib; the results do not
+        from benchmarks.plots import write_plots
+        figures = write_plots(results.rows, results.env, directory)
+    except ImportError as error:
+        print(f"no plots: {error}")
+        figures = ()
+    results.write(directory, "results", figures)
     if "block" in groups:
         write_ledger(directory, plan, getattr(args, "tiny", False))
     print(plan.results.markdown())

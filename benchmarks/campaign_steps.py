@@ -1,7 +1,6 @@
 """The steps of the GPU campaign (benchmarks/campaign.py) that run in its process; sanitize and
 ncu, which watch from outside, are in campaign_tools.py. Each step takes the Campaign, writes
 what it measures through campaign.record as it goes, and returns (status, reason, summary)."""
-import argparse
 import importlib
 import os
 import platform
@@ -154,9 +153,11 @@ def _bench(campaign, step, suites, providers, dtypes):
     the step's deadline (those are listed as skipped)."""
     from benchmarks import harness
     gpu_or_rehearsal(campaign)
-    args = argparse.Namespace(out=campaign.out, quick=True, dtype=dtypes, no_compile=False,
-                              tiny=campaign.rehearse, providers=providers, autotune=False,
-                              deadline=campaign.deadline(margin=20))
+    parser = harness.parser(step)  # the options of `make bench`, so both read them alike
+    harness.add_autotune_option(parser)
+    args = parser.parse_args(["--quick", "--out", campaign.out, "--providers", providers,
+                              "--dtype", *dtypes] + (["--tiny"] if campaign.rehearse else []))
+    args.deadline = campaign.deadline(margin=20)  # (not a command-line option)
     plan = harness.Plan(step, args)
     plan.results.on_change = lambda r: campaign.record(step, **r.as_json())
     for suite in suites:

@@ -43,6 +43,8 @@ def parser(description):
                    help="one tiny shape, few calls: checks the harness, measures nothing useful")
     p.add_argument("--providers", choices=("all", "uncompiled"), default="all",
                    help="uncompiled: eager and ours only (no torch.compile baseline)")
+    p.add_argument("--batch", type=int, default=None,
+                   help="batch size (default: 64 on a GPU, 2 on a CPU)")
     return p
 
 
@@ -52,7 +54,8 @@ def is_compiled(provider):
 
 class Plan:
     """What a run covers on this machine: GPU: batch 64, bf16 and fp32, T and B stages (T only
-    with --quick); CPU: a short run, batch 2, fp32, T stages. Measures the floors now."""
+    with --quick); CPU: a short run, batch 2, fp32, T stages (--batch sets the batch). Measures
+    the floors now."""
 
     def __init__(self, name, args):
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -60,7 +63,7 @@ class Plan:
         self.dtypes = [DTYPES[d] for d in (args.dtype or (["bf16", "fp32"] if self.gpu
                                                           else ["fp32"]))]
         self.stages = STAGES[:4] if (args.quick or not self.gpu) else STAGES
-        self.batch = 64 if self.gpu else 2
+        self.batch = getattr(args, "batch", None) or (64 if self.gpu else 2)
         self.reps = (30 if args.quick else 100) if self.gpu else 10
         self.quick = args.quick or args.tiny
         if args.tiny:
@@ -88,7 +91,8 @@ class Plan:
         return self.matmul_rates.get(torch.bfloat16, self.matmul_rates[torch.float32])
 
     def finish(self):
-        base = self.results.write(self.out)
+        base = self.results.write(self.out,
+                                  f"{self.results.name}-{self.results.device_slug()}")
         print(self.results.markdown())
         print(f"wrote {base}.json and {base}.md")
 
@@ -335,14 +339,18 @@ class Results:
             slug = slug.replace("--", "-")
         return slug[:40]
 
-    def write(self, out_dir):
-        """Files of a single-op run: <out>/<name>-<device>.{json,md}."""
-        os.makedirs(out_dir, exist_ok=True)
-        base = os.path.join(out_dir, f"{self.name}-{self.device_slug()}")
+    def write(self, directory, stem, figures=()):
+        """directory/stem.json and stem.md, linking the PNG `figures` written beside them (the
+        one writer of results). Returns directory/stem."""
+        os.makedirs(directory, exist_ok=True)
+        base = os.path.join(directory, stem)
         with open(base + ".json", "w") as f:
             json.dump(self.as_json(), f, indent=1)
         with open(base + ".md", "w") as f:
             f.write(self.markdown())
+            if figures:
+                f.write("\n" + "\n".join(f"![{os.path.basename(p)}]({os.path.basename(p)})"
+                                          for p in figures) + "\n")
         return base
 
     def markdown(self):

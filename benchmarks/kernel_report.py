@@ -2,8 +2,11 @@
 registers, spills, shared and local memory, an occupancy estimate (blocks per SM), the widest
 global load/store and tensor-core use, read from the cubin's SASS.
 
-Triton kernels: at every config their launchers use for the shapes below. CUDA kernels: every
-instantiation the glue can launch (benchmarks/kernel_report_cuda.cu), with `nvcc -Xptxas -v`.
+Triton kernels: every distinct launch their launchers make, found by running the launchers
+themselves (forward and backward of every op and of the whole block, at the shapes below) on meta
+tensors with the launches recorded and not run: what is compiled is what the project launches.
+CUDA kernels: every instantiation the glue can launch (benchmarks/kernel_report_cuda.cu), with
+`nvcc -Xptxas -v`.
 
     python -m benchmarks.kernel_report     # writes benchmarks/results/kernel_report.{json,md}
 
@@ -16,14 +19,15 @@ import re
 import shutil
 import subprocess
 import tempfile
+from functools import partial
 
 import torch
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from convnext_kernels.triton import (dwconv, dwconv_layer_norm, grad_workspace, grn, layer_norm,
-                                     mlp)
+from convnext_kernels.triton import block, dwconv, dwconv_layer_norm, grn, layer_norm, mlp
+from convnext_kernels.triton.common import recorded_launches
 
 H100 = {"arch": 90, "regs_per_sm": 65536, "max_threads_per_sm": 2048, "smem_per_sm": 228 * 1024,
         "max_blocks_per_sm": 32}
@@ -43,42 +47,118 @@ MLP_SHAPES = [(64 * 56 * 56, 96, 384, 56 * 56), (64 * 7 * 7, 768, 3072, 7 * 7),
               (30, 40, 160, 15), (98, 1408, 5632, 49)]
 # GRN on the V2 hidden tensor (N, H, W, 4C): ConvNeXtV2-T stages 1 and 4, an odd one.
 GRN_SHAPES = [(64, 56, 56, 384), (64, 7, 7, 3072), (2, 5, 7, 160)]
-# The gradient workspace's finalize: (splits, columns) of the ConvNeXt-T block at stages 1 and 4
-# (batch 64) and an odd small one.
-FINALIZE_SHAPES = [(196, 75264), (4, 4733184), (1, 1234)]
+# The whole V1 block: the ConvNeXt-T stages and the odd shape.
+BLOCK_SHAPES = DWCONV_SHAPES
 
 
-def report_launches():
-    """(op, dtype, shape, k, launch) for every launch configuration the project makes."""
-    rows = []
+def _meta(*shape, dtype, channels_last=False):
+    t = torch.empty(*shape, dtype=dtype, device="meta")
+    return t.contiguous(memory_format=torch.channels_last) if channels_last else t
+
+
+def _dwconv_calls(dtype, shape, k):
+    C = shape[1]
+    x, w, b = _meta(*shape, dtype=dtype, channels_last=True), _meta(C, 1, k, k, dtype=dtype), \
+        _meta(C, dtype=dtype)
+    dwconv.dwconv2d_forward(x, w, b)
+    dwconv.dwconv2d_input_grad(x, w)
+    dwconv.dwconv2d_backward_weight(x, x, w)
+
+
+def _dwconv_layer_norm_calls(dtype, shape, k):
+    C = shape[1]
+    x, b = _meta(*shape, dtype=dtype, channels_last=True), _meta(C, dtype=dtype)
+    dwconv_layer_norm.dwconv_layer_norm_forward(x, _meta(C, 1, k, k, dtype=dtype), b, b, b, 1e-6)
+
+
+def _layer_norm_calls(dtype, shape):
+    C = shape[1]
+    x, w = _meta(*shape, dtype=dtype, channels_last=True), _meta(C, dtype=dtype)
+    _, mean, rstd = layer_norm.layer_norm_2d_forward(x, w, w, 1e-6)
+    layer_norm.layer_norm_2d_backward(x, x, w, mean, rstd)
+
+
+def _mlp_calls(dtype, shape):
+    """Forward and backward of each form the ops use: V1 with layer scale, drop path and
+    residual, and V2 with GRN, each with the hidden recomputed and kept."""
+    M, C, H, rows_per_sample = shape
+    x = _meta(M, C, dtype=dtype)
+    fc1_w, fc1_b, fc2_w, c = (_meta(H, C, dtype=dtype), _meta(H, dtype=dtype),
+                              _meta(C, H, dtype=dtype), _meta(C, dtype=dtype))
+    drop = _meta(max(1, M // rows_per_sample), dtype=dtype)
+    for keep_hidden in (False, True):
+        _, hidden, y2, G, nx = mlp.mlp_forward(x, fc1_w, fc1_b, fc2_w, c, c, x, drop, None, None,
+                                               rows_per_sample, 0.0, keep_hidden, True)
+        mlp.mlp_backward(x, x, fc1_w, fc1_b, fc2_w, c, drop, None, None, hidden, y2, G, nx,
+                         rows_per_sample, 0.0)
+    grn_w = _meta(H, dtype=dtype)
+    for keep_hidden in (False, True):
+        _, hidden, y2, G, nx = mlp.mlp_forward(x, fc1_w, fc1_b, fc2_w, c, None, x, None, grn_w,
+                                               grn_w, rows_per_sample, 1e-6, keep_hidden, False)
+        mlp.mlp_backward(x, x, fc1_w, fc1_b, fc2_w, None, None, grn_w, grn_w, hidden, y2, G, nx,
+                         rows_per_sample, 1e-6)
+
+
+def _grn_calls(dtype, shape):
+    x, w = _meta(*shape, dtype=dtype), _meta(shape[-1], dtype=dtype)
+    _, G, nx = grn.grn_forward(x, w, w, 1e-6)
+    grn.grn_backward(x, x, w, G, nx, 1e-6)
+
+
+def _block_calls(dtype, shape, param_dtype):
+    """The whole V1 block, forward and backward, training with drop path and a learnable layer
+    scale. param_dtype fp32 with dtype bf16: under autocast (kernels read fp32 and convert)."""
+    C = shape[1]
+    p = dict(dtype=param_dtype)
+    x = _meta(*shape, channels_last=True, **p)
+    dw_w, c, fc1_w, fc1_b, fc2_w = (_meta(C, 1, 7, 7, **p), _meta(C, **p), _meta(4 * C, C, **p),
+                                    _meta(4 * C, **p), _meta(C, 4 * C, **p))
+    drop = _meta(shape[0], dtype=torch.float32)
+    out, y_rows, conv, mean, rstd, hidden, y2 = block.block_forward(
+        x, dw_w, c, c, c, fc1_w, fc1_b, fc2_w, c, c, drop, 1e-6, dtype, True)
+    block.block_backward(out, x, dw_w, c, fc1_w, fc1_b, fc2_w, c, drop, y_rows, conv, mean,
+                         rstd, hidden, y2)
+
+
+def _calls():
+    """(op, dtype, shape, k, call): the launcher calls whose launches the report compiles."""
     for dtype in (torch.bfloat16, torch.float16, torch.float32):
         for shape in DWCONV_SHAPES:
             for k in (3, 7, 31) if shape[1] == 40 else (7,):
-                for launch in dwconv.launches(dtype, *shape, k):
-                    rows.append(("dwconv2d", dtype, shape, k, launch))
-                for launch in dwconv_layer_norm.launches(dtype, *shape, k):
-                    rows.append(("dwconv_layer_norm", dtype, shape, k, launch))
+                yield "dwconv2d", dtype, shape, k, partial(_dwconv_calls, dtype, shape, k)
+                yield "dwconv_layer_norm", dtype, shape, k, \
+                    partial(_dwconv_layer_norm_calls, dtype, shape, k)
         for shape in LAYER_NORM_SHAPES:
-            for launch in layer_norm.launches(dtype, *shape):
-                rows.append(("layer_norm_2d", dtype, shape, None, launch))
+            yield "layer_norm_2d", dtype, shape, None, partial(_layer_norm_calls, dtype, shape)
         for shape in MLP_SHAPES:
-            for launch in mlp.launches(dtype, *shape):
-                rows.append(("mlp", dtype, shape, None, launch))
+            yield "mlp", dtype, shape, None, partial(_mlp_calls, dtype, shape)
         for shape in GRN_SHAPES:
-            for launch in grn.launches(dtype, *shape):
-                rows.append(("grn", dtype, shape, None, launch))
-        for shape in FINALIZE_SHAPES:
-            for launch in grad_workspace.launches(*shape, dtype):
-                rows.append(("finalize", dtype, shape, None, launch))
-    # Under autocast the block's kernels read fp32 parameters (and input) and compute in bf16.
-    for shape in DWCONV_SHAPES[:4]:
-        for launch in dwconv_layer_norm.launches(torch.bfloat16, *shape, 7,
-                                                 weight_dtype=torch.float32):
-            rows.append(("dwconv_layer_norm autocast", torch.bfloat16, shape, 7, launch))
-    for shape in MLP_SHAPES[:2]:
-        for launch in mlp.launches(torch.bfloat16, *shape, weight_dtype=torch.float32):
-            rows.append(("mlp autocast", torch.bfloat16, shape, None, launch))
-    return rows
+            yield "grn", dtype, shape, None, partial(_grn_calls, dtype, shape)
+        for shape in BLOCK_SHAPES:
+            yield "block", dtype, shape, 7, partial(_block_calls, dtype, shape, dtype)
+    for shape in BLOCK_SHAPES:
+        yield "block autocast", torch.bfloat16, shape, 7, \
+            partial(_block_calls, torch.bfloat16, shape, torch.float32)
+
+
+def report_launches():
+    """(op, dtype, shape, k, launch, uses) for every distinct launch configuration (kernel,
+    signature, constexprs, options) the launchers make in the calls of _calls(), run on meta
+    tensors with their launches recorded, not run; `uses`: how many launches of the calls had
+    that configuration (the row names the first call that made it)."""
+    rows = {}
+    for op, dtype, shape, k, call in _calls():
+        with recorded_launches() as launches:
+            call()
+        for launch in launches:
+            signature, attrs, constexprs = _signature(launch)
+            key = (launch.name, tuple(signature.items()), repr(sorted(attrs.items())),
+                   repr(sorted(constexprs.items())), tuple(sorted(launch.options.items())))
+            if key in rows:
+                rows[key][-1] += 1
+            else:
+                rows[key] = [op, dtype, shape, k, launch, 1]
+    return [tuple(row) for row in rows.values()]
 
 
 def _signature(launch):
@@ -256,14 +336,14 @@ def cuda_rows():
 
 def build_report():
     rows = []
-    for op, dtype, shape, k, launch in report_launches():
+    for op, dtype, shape, k, launch, uses in report_launches():
         compiled = compile_for_sm90(launch)
         stats = cubin_stats(compiled.asm["cubin"])
         threads = 32 * launch.options["num_warps"]
         stats["shared_bytes"] = max(stats["shared_bytes"], compiled.metadata.shared)
         rows.append({
             "op": op, "kernel": launch.name, "dtype": str(dtype).replace("torch.", ""),
-            "shape": list(shape), "k": k, "source": "triton", "template_args": "",
+            "shape": list(shape), "k": k, "uses": uses, "source": "triton", "template_args": "",
             "config": {key: val for key, val in launch.constexprs.items()
                        if key.isupper() and key not in ("INTERPRETED",)} | launch.options,
             "ptx_wgmma": "wgmma" in compiled.asm["ptx"],

@@ -4,12 +4,15 @@ torch   reference.py (eager PyTorch); always there.
 cpp     C++ CPU kernels in _C.
 triton  Triton kernels: CUDA tensors, or CPU tensors under TRITON_INTERPRET=1 (tests only).
 cuda    CUDA kernels in _C.
-auto    the fastest measured choice for the op and device (AUTO_ORDER). Where no kernel backend in
-        that order serves (a float64 tensor on CUDA, a machine without _C or triton), eager torch
-        runs with a warning, never silently.
+auto    the fastest measured choice for the op and device (each op's `Op.auto_order`). Where no
+        kernel backend in that order serves (a float64 tensor on CUDA, a machine without _C or
+        triton, more channels than the kernels take), eager torch runs with a warning, never
+        silently.
 """
 import os
 import warnings
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Tuple
 
 import torch
 
@@ -60,6 +63,12 @@ def _unavailable_reason(name):
     raise ValueError(f"backend must be one of {BACKENDS + ('auto',)}, got {name!r}")
 
 
+def needs_grad(*tensors):
+    """Whether a backward will follow: grad mode is on and a tensor argument requires grad."""
+    return torch.is_grad_enabled() and any(
+        isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
+
+
 def available_backends():
     """The backends that can run on this machine, e.g. ['torch', 'cpp', 'triton', 'cuda']."""
     return [name for name in BACKENDS if _unavailable_reason(name) is None]
@@ -89,47 +98,77 @@ def _cannot_serve(name, tensor):
     return None
 
 
-# Backends tried by `auto`, per (op, device type), fastest measured first. On the 2-core CI
-# machine (benchmarks/results/cpu-*/results.md) eager PyTorch beat the cpp kernels in the
-# forward of dwconv (ours 0.14-0.40x oneDNN's) and LayerNorm (0.38-0.62x ATen's), and the cpp
-# MLP without GRN is 0.76-0.95x eager in fwd+bwd (its backward recomputes fc1: one more GEMM on
-# a compute-bound CPU), so auto keeps torch on CPU for them; `backend="cpp"` still runs ours.
-# The cpp GRN (fwd 3-6x, fwd+bwd 1.3-3x eager) and the cpp MLP with GRN (fwd 1.1-2x, fwd+bwd
-# 0.96-1.03x) are the CPU default.
-# The V1 block on CUDA: the whole-block Triton op first, chosen by count, not yet by a timing:
-# 12 launches per forward+backward against 30 or more composing the ops (benchmarks/ledger.py).
-AUTO_ORDER = {("dwconv2d", "cpu"): ("torch",), ("layer_norm_2d", "cpu"): ("torch",),
-              ("dwconv_layer_norm", "cpu"): ("torch",), ("mlp", "cpu"): ("torch",),
-              ("block", "cuda"): ("triton", "cuda")}
-DEFAULT_AUTO_ORDER = {"cpu": ("cpp",), "cuda": ("cuda", "triton")}
+@dataclass
+class Op:
+    """One op's backends, declared in its module: what implements it on each backend, the order
+    `auto` tries them per device type (fastest measured first; the measurements are cited where
+    each op declares its order), and the most channels a backend's kernels take (a limit
+    `resolve` checks, so `auto` falls back by rule instead of a launcher raising)."""
 
+    name: str
+    auto_order: Dict[str, Tuple[str, ...]]
+    impls: Dict[str, Callable] = field(default_factory=dict)
+    max_channels: Dict[str, int] = field(default_factory=dict)
+    # Where the fastest choice differs when a backward will follow (training): its own order.
+    training_auto_order: Dict[str, Tuple[str, ...]] = field(default_factory=dict)
 
-def resolve(backend, tensor, op, implemented=BACKENDS, variant=None):
-    """The backend that serves `op` on `tensor`, among the backends that implement `op`; raises
-    ValueError naming why a requested one cannot. `variant` names a form of the op with its own
-    auto order (e.g. "mlp_grn")."""
-    if not isinstance(backend, str):
-        raise TypeError(f"{op}: backend must be a str, got {type(backend).__name__}")
-    if tensor.device.type == "meta":  # shapes only, nothing runs: the reference gives them
-        if backend != "auto":
-            _unavailable_reason(backend)  # (raises for a name that is no backend)
-        return "torch"
-    if backend != "auto":
+    def register(self, backend, impl, *, max_channels=None):
+        if backend not in BACKENDS[1:]:
+            raise ValueError(f"{self.name}: no backend {backend!r}")
+        self.impls[backend] = impl
+        if max_channels is not None:
+            self.max_channels[backend] = max_channels
+
+    def implemented(self):
+        return ("torch",) + tuple(self.impls)
+
+    def cannot_serve(self, backend, tensor, channels):
+        """Why `backend` cannot run this op on `tensor` (with `channels` channels), or None."""
         reason = _cannot_serve(backend, tensor)
-        if reason is None and backend not in implemented:
-            reason = f"{op} is implemented on {implemented} only"
-        if reason:
-            raise ValueError(f"{op}: backend {backend!r} cannot serve this call: {reason}")
-        return backend
-    device = tensor.device.type
-    preferred = AUTO_ORDER.get((variant or op, device), DEFAULT_AUTO_ORDER.get(device, ()))
-    for name in preferred:
-        if name in implemented and _cannot_serve(name, tensor) is None:
+        if reason is None and backend not in self.implemented():
+            reason = f"{self.name} is implemented on {self.implemented()} only"
+        limit = self.max_channels.get(backend)
+        if reason is None and limit is not None and channels > limit:
+            reason = f"its kernels take at most {limit} channels, got {channels}"
+        return reason
+
+    def order(self, device_type, training=False):
+        """The backends `auto` tries on this device type, fastest measured first."""
+        if training and device_type in self.training_auto_order:
+            return self.training_auto_order[device_type]
+        return self.auto_order.get(device_type, ())
+
+    def first_serving(self, backend, tensor, channels, training=False):
+        """The backend that serves this call (`backend`, or under "auto" the first of the
+        device's order that can), or None."""
+        names = self.order(tensor.device.type, training) if backend == "auto" else (backend,)
+        return next((n for n in names if self.cannot_serve(n, tensor, channels) is None), None)
+
+    def resolve(self, backend, tensor, channels, training=False):
+        """The backend that serves this call on `tensor` with `channels` channels (`training`:
+        a backward will follow); raises ValueError naming why a requested one cannot; under
+        "auto", eager torch with a warning where no kernel backend of the order serves."""
+        if not isinstance(backend, str):
+            raise TypeError(f"{self.name}: backend must be a str, got {type(backend).__name__}")
+        if tensor.device.type == "meta":  # shapes only, nothing runs: the reference gives them
+            if backend != "auto":
+                _unavailable_reason(backend)  # (raises for a name that is no backend)
+            return "torch"
+        if backend != "auto":
+            reason = self.cannot_serve(backend, tensor, channels)
+            if reason:
+                raise ValueError(f"{self.name}: backend {backend!r} cannot serve this call: "
+                                 f"{reason}")
+            return backend
+        name = self.first_serving(backend, tensor, channels, training)
+        if name is not None:
             return name
-    warnings.warn(
-        f"{op}: no kernel backend serves a {tensor.device.type} {tensor.dtype} tensor here "
-        f"({'; '.join(f'{n}: {_cannot_serve(n, tensor)}' for n in preferred)}); "
-        "running the eager PyTorch reference",
-        stacklevel=3,
-    )
-    return "torch"
+        order = self.order(tensor.device.type, training)
+        warnings.warn(
+            f"{self.name}: no kernel backend serves a {tensor.device.type} {tensor.dtype} tensor "
+            f"with {channels} channels here "
+            f"({'; '.join(f'{n}: {self.cannot_serve(n, tensor, channels)}' for n in order)}); "
+            "running the eager PyTorch reference",
+            stacklevel=3,
+        )
+        return "torch"

@@ -20,11 +20,16 @@ import torch
 import torch.fx
 from torch import nn
 
-from . import backends, reference
+from . import reference
 from .layouts import LAYOUTS, describe_block, lookup
-from .ops.block import block_v1, whole_block_backends
+from .ops.block import BLOCK, block_v1
 from .ops.layer_norm import dwconv_layer_norm, layer_norm_2d
 from .ops.mlp import mlp
+
+# The MLP's backend where a block's backend has no MLP kernels: the MLP's GEMMs have no
+# hand-written CUDA kernel, so a "cuda" block runs the CUDA dwconv+LayerNorm and the Triton MLP.
+MLP_BACKEND = {"cuda": "triton"}
+
 
 class GRN(nn.Module):
     """The official ConvNeXt-V2 GRN's parameters (gamma, beta [1,1,1,C], zero-initialised), so
@@ -54,9 +59,8 @@ class FusedConvNeXtBlock(nn.Module):
     Linear(r·C, C) → [·gamma] → drop path → + x. V1: layer scale (layer_scale_init_value,
     1e-6 by default), V2: use_grn=True, no layer scale unless layer_scale_init_value > 0 is
     given (so its parameters are exactly the official V2 block's). channels_last input is the
-    fast path and the output keeps
-    the input's memory format. `backend` as for every ck op; "cuda" runs the CUDA dwconv+norm
-    kernel and the Triton MLP (the MLP's GEMMs have no hand-written CUDA kernel)."""
+    fast path and the output keeps the input's memory format. `backend` as for every ck op;
+    "cuda" runs the CUDA dwconv+norm kernel and the Triton MLP (MLP_BACKEND)."""
 
     def __init__(self, dim, drop_path=0.0, layer_scale_init_value=None, kernel_size=7,
                  mlp_ratio=4, use_grn=False, eps=1e-6, backend="auto"):
@@ -147,13 +151,14 @@ def fused_block(x, dw_weight, dw_bias, ln_weight, ln_bias, fc1_w, fc1_b, fc2_w, 
     w = [dw_weight, dw_bias, ln_weight, ln_bias, fc1_w, fc1_b, fc2_w, fc2_b, gamma, grn_weight,
          grn_bias]
     dtype = autocast_dtype(x)
-    if grn_weight is None and backends.resolve(backend, x, "block") in whole_block_backends():
+    whole_block = BLOCK.first_serving(backend, x, x.shape[1]) if grn_weight is None else None
+    if whole_block is not None:
         # One op for the whole block; under autocast its kernels read x and the parameters in
         # their own dtypes (no cast launches) and compute in the autocast dtype.
         x_cl = x.contiguous(memory_format=torch.channels_last)
         drop_scale = _drop_scale(x, drop_prob)
         out = block_v1(x_cl, dw_weight, dw_bias, ln_weight, ln_bias, fc1_w, fc1_b, fc2_w, fc2_b,
-                       gamma, drop_scale, eps, dtype or x.dtype, backend)
+                       gamma, drop_scale, eps, dtype or x.dtype, whole_block)
         return out if x.is_contiguous(memory_format=torch.channels_last) else out.contiguous()
     if dtype is not None:
         x = x.to(dtype)
@@ -164,11 +169,9 @@ def fused_block(x, dw_weight, dw_bias, ln_weight, ln_bias, fc1_w, fc1_b, fc2_w, 
     x_cl = x if channels_last else x.contiguous(memory_format=torch.channels_last)
     y = dwconv_layer_norm(x_cl, dw_weight, dw_bias, ln_weight, ln_bias, eps, backend=backend)
     drop_scale = _drop_scale(x, drop_prob)
-    # The MLP has no CUDA kernels: backend "cuda" runs the CUDA dwconv+norm and the Triton MLP
-    # (documented on FusedConvNeXtBlock).
     out = mlp(y.permute(0, 2, 3, 1), fc1_w, fc1_b, fc2_w, fc2_b, gamma, x_cl.permute(0, 2, 3, 1),
               drop_scale, grn_weight=grn_weight, grn_bias=grn_bias, grn_eps=grn_eps,
-              backend="triton" if backend == "cuda" else backend).permute(0, 3, 1, 2)
+              backend=MLP_BACKEND.get(backend, backend)).permute(0, 3, 1, 2)
     return out if channels_last else out.contiguous()
 
 

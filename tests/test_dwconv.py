@@ -1,3 +1,7 @@
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -19,6 +23,7 @@ SHAPES = [
     (3, 3, 6, 5, 5),
     (1, 8, 4, 9, 31),
     (1, 16, 9, 10, 9),
+    (2, 96, 14, 14, 7),  # a ConvNeXt width; rows in several weight-gradient chunks
 ]
 
 
@@ -77,7 +82,13 @@ def test_weight_grad_is_deterministic(backend, device):
     gen, _ = fresh_generator()
     x, weight, bias, grad = _inputs((2, 24, 11, 9, 7), torch.float32, device, True, gen)
     first = _forward_backward(lambda *a: ck.dwconv2d(*a, backend=backend), x, weight, bias, grad)
-    second = _forward_backward(lambda *a: ck.dwconv2d(*a, backend=backend), x, weight, bias, grad)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1 if threads > 1 else 2)  # the same bits on any thread count
+    try:
+        second = _forward_backward(lambda *a: ck.dwconv2d(*a, backend=backend), x, weight, bias,
+                                   grad)
+    finally:
+        torch.set_num_threads(threads)
     for a, b in zip(first, second):
         assert torch.equal(a, b)
 
@@ -176,8 +187,8 @@ def test_bad_input_raises_before_launch(monkeypatch, backend, case, make, error,
     def no_launch(*args):
         raise AssertionError("a kernel was launched before the arguments were checked")
 
-    for name in list(dwconv_module._FORWARD):
-        monkeypatch.setitem(dwconv_module._FORWARD, name, no_launch)
+    for name in list(dwconv_module.DWCONV.impls):
+        monkeypatch.setitem(dwconv_module.DWCONV.impls, name, no_launch)
     monkeypatch.setattr(dwconv_module.reference, "dwconv2d", no_launch)
     with pytest.raises(error, match=match):
         ck.dwconv2d(*make(*_good()), backend=backend)
@@ -224,3 +235,51 @@ def test_torch_backend_is_f_conv2d():
 def test_poison_is_active(poisoned):
     assert torch.empty(8).isnan().all()
     assert torch.empty_like(torch.zeros(2, 3, device="cpu")).isnan().all()
+
+
+def _cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].split() for line in f
+                         if line.startswith("flags")), [])
+    except OSError:
+        return None
+
+
+@pytest.mark.skipif("cpp" not in ck.available_backends(), reason="needs the cpp backend")
+def test_cpu_kernels_pick_the_widest_instruction_set_of_this_cpu():
+    from convnext_kernels import _C
+    flags = _cpu_flags()
+    if flags is None:
+        pytest.skip("no /proc/cpuinfo to compare with")
+    if "avx512f" in flags:
+        expected = "avx512"
+    elif "avx2" in flags and "fma" in flags:
+        expected = "avx2"
+    else:
+        expected = "portable"
+    assert _C.cpu_isa() == expected
+
+
+ISA_NAMES = ["avx512", "avx2", "portable"]
+
+
+@pytest.mark.skipif("cpp" not in ck.available_backends(), reason="needs the cpp backend")
+@pytest.mark.parametrize("isa", ISA_NAMES[1:])
+def test_every_narrower_instruction_set_matches_the_reference(isa):
+    """CK_CPU_ISA narrows the choice: the cpp dwconv tests again on each narrower path this CPU
+    can run (the widest one is the default, tested above)."""
+    from convnext_kernels import _C
+    if ISA_NAMES.index(isa) <= ISA_NAMES.index(_C.cpu_isa()):
+        pytest.skip(f"{isa} is this CPU's default or wider than it has: tested above")
+    env = dict(os.environ, CK_CPU_ISA=isa)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    check = subprocess.run(
+        [sys.executable, "-c", "from convnext_kernels import _C; print(_C.cpu_isa())"],
+        cwd=root, env=env, capture_output=True, text=True, check=True)
+    assert check.stdout.split() == [isa]
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
+         "cpp and (matches_float64 or deterministic or without_bias or empty)"],
+        cwd=root, env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout[-3000:]

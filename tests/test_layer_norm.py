@@ -238,3 +238,56 @@ def test_cpp_op_checks_its_arguments_too():
         torch.ops.convnext_kernels.layer_norm_2d(x, w, b, 0.0)
     with pytest.raises(ValueError, match="weight must have shape"):
         torch.ops.convnext_kernels.layer_norm_2d(x, torch.randn(3), b, 1e-6)
+
+
+@pytest.mark.skipif("triton" not in ck.available_backends(), reason="needs the triton backend")
+def test_triton_channel_limit_is_refused_by_resolve_before_a_launch(monkeypatch):
+    """The Triton LayerNorm's channel limit is declared on the op, so resolve refuses a wider
+    tensor by name (no launch: the implementations are replaced by ones that fail)."""
+    from convnext_kernels.ops import layer_norm as ln_ops
+    from convnext_kernels.triton.layer_norm import MAX_CHANNELS
+
+    def no_launch(*args):
+        raise AssertionError("launched past the channel limit")
+
+    for op in (ln_ops.LAYER_NORM, ln_ops.DWCONV_LAYER_NORM):
+        assert op.max_channels["triton"] == MAX_CHANNELS
+        monkeypatch.setitem(op.impls, "triton", no_launch)
+    C = MAX_CHANNELS + 1
+    x, w = torch.randn(1, C, 1, 1), torch.randn(C)
+    with pytest.raises(ValueError, match=f"at most {MAX_CHANNELS} channels, got {C}"):
+        ck.layer_norm_2d(x, w, w, backend="triton")
+    with pytest.raises(ValueError, match=f"at most {MAX_CHANNELS} channels, got {C}"):
+        ck.dwconv_layer_norm(x, torch.randn(C, 1, 3, 3), None, w, w, backend="triton")
+
+
+@pytest.mark.skipif("cpp" not in ck.available_backends(), reason="needs the cpp backend")
+def test_auto_falls_back_by_declared_limits():
+    """`auto` takes the first backend of the device's order that can serve: one whose channel
+    limit is passed is skipped; where none serves, eager torch runs with a warning naming why."""
+    op = ck.backends.Op("demo", auto_order={"cpu": ("cpp", "torch")})
+    op.register("cpp", lambda x: x, max_channels=8)
+    narrow, wide = torch.randn(2, 8), torch.randn(2, 9)
+    assert op.resolve("auto", narrow, narrow.shape[1]) == "cpp"
+    assert op.resolve("auto", wide, wide.shape[1]) == "torch"
+    strict = ck.backends.Op("demo", auto_order={"cpu": ("cpp",)})
+    strict.register("cpp", lambda x: x, max_channels=8)
+    with pytest.warns(UserWarning, match="cpp: its kernels take at most 8 channels, got 9"):
+        assert strict.resolve("auto", wide, 9) == "torch"
+    with pytest.raises(ValueError, match="demo: backend 'cpp' cannot serve.*at most 8"):
+        strict.resolve("cpp", wide, 9)
+
+
+@pytest.mark.skipif("cpp" not in ck.available_backends(), reason="needs the cpp backend")
+def test_auto_takes_the_training_order_where_a_backward_follows():
+    op = ck.backends.Op("demo", auto_order={"cpu": ("torch",)},
+                        training_auto_order={"cpu": ("cpp",)})
+    op.register("cpp", lambda x: x)
+    x = torch.randn(2, 4)
+    assert op.resolve("auto", x, 4) == "torch"
+    assert op.resolve("auto", x, 4, training=True) == "cpp"
+    assert not ck.backends.needs_grad(x, None)
+    x.requires_grad_()
+    assert ck.backends.needs_grad(None, x)
+    with torch.no_grad():
+        assert not ck.backends.needs_grad(x)

@@ -15,8 +15,10 @@ from torch import Tensor
 from .. import backends
 
 if backends.triton_importable():
+    from .triton_registration import triton_custom_op
     from ..triton import block as _triton_block
     from ..triton.grad_workspace import unflatten
+    from ..triton.layer_norm import MAX_CHANNELS as _TRITON_MAX_CHANNELS
 
 _NS = "convnext_kernels"
 _PARAMS = ("dw_weight", "dw_bias", "ln_weight", "ln_bias", "fc1_w", "fc1_b", "fc2_w", "fc2_b",
@@ -43,10 +45,13 @@ def _backward_fake(grad_out, x, dw_weight, ln_weight, fc1_w, fc1_b, fc2_w, gamma
     return torch.empty_like(x), fc1_w.new_empty(sum(math.prod(s) for s in shapes.values()))
 
 
-_BLOCK = {}
+# The whole-block op where a backend has one; elsewhere the block composes the ops (block.py).
+# On CUDA the Triton op is chosen by count, not yet by a timing: 12 launches per forward+backward
+# against 30 or more composing the ops (benchmarks/ledger.py).
+BLOCK = backends.Op("block", auto_order={"cuda": ("triton",)})
 
 if backends.triton_importable():
-    @torch.library.custom_op(f"{_NS}::block_triton", mutates_args=())
+    @triton_custom_op(f"{_NS}::block_triton")
     def _block_triton(x: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor], ln_weight: Tensor,
                       ln_bias: Tensor, fc1_w: Tensor, fc1_b: Tensor, fc2_w: Tensor,
                       fc2_b: Tensor, gamma: Optional[Tensor], drop_scale: Optional[Tensor],
@@ -56,7 +61,7 @@ if backends.triton_importable():
                                            fc1_b, fc2_w, fc2_b, gamma, drop_scale, eps, dtype,
                                            save_y2)
 
-    @torch.library.custom_op(f"{_NS}::block_backward_triton", mutates_args=())
+    @triton_custom_op(f"{_NS}::block_backward_triton")
     def _block_backward_triton(grad_out: Tensor, x: Tensor, dw_weight: Tensor, ln_weight: Tensor,
                                fc1_w: Tensor, fc1_b: Tensor, fc2_w: Tensor,
                                gamma: Optional[Tensor], drop_scale: Optional[Tensor],
@@ -95,18 +100,15 @@ if backends.triton_importable():
     _block_triton.register_fake(_forward_fake)
     _block_backward_triton.register_fake(_backward_fake)
     torch.library.register_autograd(_block_triton, _backward, setup_context=_setup_context)
-    _BLOCK["triton"] = _block_triton
+    BLOCK.register("triton", _block_triton, max_channels=_TRITON_MAX_CHANNELS)
 
 
 def block_v1(x, dw_weight, dw_bias, ln_weight, ln_bias, fc1_w, fc1_b, fc2_w, fc2_b, gamma,
              drop_scale, eps, dtype, backend):
     """The V1 block's output (N,C,H,W channels_last, in `dtype`) through the whole-block op of
-    `backend` (one of whole_block_backends()); x N,C,H,W channels_last in its own dtype, the
+    `backend` (one that BLOCK.first_serving chose); x N,C,H,W channels_last in its own dtype, the
     parameters in theirs (fp32 under autocast: converted in the kernels)."""
     save_y2 = gamma is not None and gamma.requires_grad and torch.is_grad_enabled()
-    return _BLOCK[backend](x, dw_weight, dw_bias, ln_weight, ln_bias, fc1_w, fc1_b, fc2_w, fc2_b,
-                           gamma, drop_scale, float(eps), dtype, save_y2)[0]
+    return BLOCK.impls[backend](x, dw_weight, dw_bias, ln_weight, ln_bias, fc1_w, fc1_b, fc2_w,
+                                fc2_b, gamma, drop_scale, float(eps), dtype, save_y2)[0]
 
-
-def whole_block_backends():
-    return tuple(_BLOCK)

@@ -47,8 +47,11 @@ def _register_autograd(forward_op, input_grad_op, backward_weight_op):
     torch.library.register_autograd(forward_op, backward, setup_context=setup_context)
 
 
-_FORWARD = {}
-INPUT_GRAD = {}
+# auto: on the 2-core CI machine (benchmarks/results/cpu-dwconv-2026-11-30/, batch 1, 8, 32 at
+# the ConvNeXt-T stages) the cpp SIMD kernels ran the forward at 0.87-1.52x oneDNN's channels_last
+# (1.0x or more in 10 of 12) and forward+backward at 1.24-3.33x eager's.
+DWCONV = backends.Op("dwconv2d", auto_order={"cpu": ("cpp",), "cuda": ("cuda", "triton")})
+INPUT_GRAD = {}  # backend -> the input-gradient op its autograd uses (the fused ops reuse it)
 
 
 def flipped_input_grad(grad_out, weight):
@@ -61,23 +64,26 @@ if _ext.LOADED:
     torch.library.register_fake(f"{_NS}::dwconv2d_backward_weight")(_backward_weight_fake)
     _register_autograd(torch.ops.convnext_kernels.dwconv2d.default, flipped_input_grad,
                        torch.ops.convnext_kernels.dwconv2d_backward_weight.default)
-    _FORWARD["cpp"], INPUT_GRAD["cpp"] = torch.ops.convnext_kernels.dwconv2d, flipped_input_grad
+    DWCONV.register("cpp", torch.ops.convnext_kernels.dwconv2d)
+    INPUT_GRAD["cpp"] = flipped_input_grad
     if _ext.BUILT_WITH_CUDA:
-        _FORWARD["cuda"], INPUT_GRAD["cuda"] = _FORWARD["cpp"], flipped_input_grad
+        DWCONV.register("cuda", torch.ops.convnext_kernels.dwconv2d)
+        INPUT_GRAD["cuda"] = flipped_input_grad
 
 if backends.triton_importable():
+    from .triton_registration import triton_custom_op
     from ..triton import dwconv as _triton_dwconv
 
-    @torch.library.custom_op(f"{_NS}::dwconv2d_triton", mutates_args=())
+    @triton_custom_op(f"{_NS}::dwconv2d_triton")
     def _dwconv2d_triton(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
         return _triton_dwconv.dwconv2d_forward(x, weight, bias)
 
-    @torch.library.custom_op(f"{_NS}::dwconv2d_backward_weight_triton", mutates_args=())
+    @triton_custom_op(f"{_NS}::dwconv2d_backward_weight_triton")
     def _dwconv2d_backward_weight_triton(grad_out: Tensor, x: Tensor,
                                          weight: Tensor) -> Tuple[Tensor, Tensor]:
         return _triton_dwconv.dwconv2d_backward_weight(grad_out, x, weight)
 
-    @torch.library.custom_op(f"{_NS}::dwconv2d_input_grad_triton", mutates_args=())
+    @triton_custom_op(f"{_NS}::dwconv2d_input_grad_triton")
     def _dwconv2d_input_grad_triton(grad_out: Tensor, weight: Tensor) -> Tensor:
         return _triton_dwconv.dwconv2d_input_grad(grad_out, weight)
 
@@ -86,7 +92,7 @@ if backends.triton_importable():
     _dwconv2d_backward_weight_triton.register_fake(_backward_weight_fake)
     _register_autograd(_dwconv2d_triton, _dwconv2d_input_grad_triton,
                        _dwconv2d_backward_weight_triton)
-    _FORWARD["triton"] = _dwconv2d_triton
+    DWCONV.register("triton", _dwconv2d_triton)
     INPUT_GRAD["triton"] = _dwconv2d_input_grad_triton
 
 
@@ -96,7 +102,7 @@ def dwconv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *,
     k//2, optional `bias` [C]. The output keeps x's memory format; channels_last is the fast path
     (other layouts are converted to it inside the kernels). Differentiable in x, weight, bias."""
     check_dwconv_args("dwconv2d", x, weight, bias)
-    name = backends.resolve(backend, x, "dwconv2d", implemented=("torch",) + tuple(_FORWARD))
+    name = DWCONV.resolve(backend, x, x.shape[1])
     if name == "torch":
         return reference.dwconv2d(x, weight, bias)
-    return _FORWARD[name](x, weight, bias)
+    return DWCONV.impls[name](x, weight, bias)

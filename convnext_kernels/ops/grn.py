@@ -40,24 +40,27 @@ def _register_autograd(forward_op, backward_op):
     torch.library.register_autograd(forward_op, backward, setup_context=setup_context)
 
 
-_GRN = {}
+# auto: the cpp GRN is fwd 3-6x, fwd+bwd 1.3-3x eager on the 2-core CI machine
+# (benchmarks/results/cpu-*/results.md); GRN has no CUDA kernels (triton serves CUDA).
+GRN = backends.Op("grn", auto_order={"cpu": ("cpp",), "cuda": ("triton",)})
 
 if _ext.LOADED:
     torch.library.register_fake(f"{_NS}::grn")(_forward_fake)
     torch.library.register_fake(f"{_NS}::grn_backward")(_backward_fake)
     _register_autograd(torch.ops.convnext_kernels.grn.default,
                        torch.ops.convnext_kernels.grn_backward.default)
-    _GRN["cpp"] = torch.ops.convnext_kernels.grn
+    GRN.register("cpp", torch.ops.convnext_kernels.grn)
 
 if backends.triton_importable():
+    from .triton_registration import triton_custom_op
     from ..triton import grn as _triton_grn
 
-    @torch.library.custom_op(f"{_NS}::grn_triton", mutates_args=())
+    @triton_custom_op(f"{_NS}::grn_triton")
     def _grn_triton(x: Tensor, weight: Tensor, bias: Tensor,
                     eps: float) -> Tuple[Tensor, Tensor, Tensor]:
         return _triton_grn.grn_forward(x, weight, bias, eps)
 
-    @torch.library.custom_op(f"{_NS}::grn_backward_triton", mutates_args=())
+    @triton_custom_op(f"{_NS}::grn_backward_triton")
     def _grn_backward_triton(grad_y: Tensor, x: Tensor, weight: Tensor, norm: Tensor,
                              nx: Tensor, eps: float) -> Tuple[Tensor, Tensor, Tensor]:
         return _triton_grn.grn_backward(grad_y, x, weight, norm, nx, eps)
@@ -65,7 +68,7 @@ if backends.triton_importable():
     _grn_triton.register_fake(_forward_fake)
     _grn_backward_triton.register_fake(_backward_fake)
     _register_autograd(_grn_triton, _grn_backward_triton)
-    _GRN["triton"] = _grn_triton
+    GRN.register("triton", _grn_triton)
 
 
 def grn(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-6, *,
@@ -74,7 +77,7 @@ def grn(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-6, *,
     L2 norm over H,W per (sample, channel); weight and bias hold C values ([C] as timm, or
     [1,1,1,C] as the official code). fp32 statistics. Differentiable in x, weight, bias."""
     check_grn_args("grn", x, weight, bias, eps)
-    name = backends.resolve(backend, x, "grn", implemented=("torch",) + tuple(_GRN))
+    name = GRN.resolve(backend, x, x.shape[-1])
     if name == "torch":
         return reference.grn(x, weight, bias, eps)
-    return _GRN[name](x.contiguous(), weight, bias, float(eps))[0]
+    return GRN.impls[name](x.contiguous(), weight, bias, float(eps))[0]

@@ -85,8 +85,21 @@ def _register_layer_norm_autograd(forward_op, backward_op):
     torch.library.register_autograd(forward_op, backward, setup_context=setup_context)
 
 
-_LAYER_NORM = {}
-_DWCONV_LAYER_NORM = {}
+# auto: on the 2-core CI machine ATen's LayerNorm beats the cpp one (fwd 0.47-0.81x, fwd+bwd
+# 0.34-0.55x at batch 8), so CPU keeps torch for it. dwconv then LayerNorm with the cpp ops (SIMD
+# dwconv) is faster in fwd+bwd (1.29-3.2x eager channels_last) but not always in the forward
+# alone (0.66-2.71x): cpp where a backward follows, torch otherwise
+# (benchmarks/results/cpu-dwconv-2026-11-30/layer_norm-batch8).
+LAYER_NORM = backends.Op("layer_norm_2d",
+                         auto_order={"cpu": ("torch",), "cuda": ("cuda", "triton")})
+DWCONV_LAYER_NORM = backends.Op("dwconv_layer_norm",
+                                auto_order={"cpu": ("torch",), "cuda": ("cuda", "triton")},
+                                training_auto_order={"cpu": ("cpp",)})
+
+def _dwconv_then_layer_norm_cpp(x, dw_weight, dw_bias, ln_weight, ln_bias, eps):
+    """cpp's dwconv_layer_norm: the two CPU ops one after the other (no fused CPU kernel)."""
+    conv = dwconv_ops.DWCONV.impls["cpp"](x, dw_weight, dw_bias)
+    return LAYER_NORM.impls["cpp"](conv, ln_weight, ln_bias, eps)[:1]
 
 if _ext.LOADED:
     torch.library.register_fake(f"{_NS}::layer_norm_2d")(_layer_norm_fake)
@@ -98,26 +111,28 @@ if _ext.LOADED:
                              torch.ops.convnext_kernels.layer_norm_2d_backward.default,
                              dwconv_ops.flipped_input_grad,
                              torch.ops.convnext_kernels.dwconv2d_backward_weight.default)
-    _LAYER_NORM["cpp"] = torch.ops.convnext_kernels.layer_norm_2d
+    LAYER_NORM.register("cpp", torch.ops.convnext_kernels.layer_norm_2d)
+    DWCONV_LAYER_NORM.register("cpp", _dwconv_then_layer_norm_cpp)
     if _ext.BUILT_WITH_CUDA:
-        _LAYER_NORM["cuda"] = torch.ops.convnext_kernels.layer_norm_2d
-        _DWCONV_LAYER_NORM["cuda"] = torch.ops.convnext_kernels.dwconv_layer_norm
+        LAYER_NORM.register("cuda", torch.ops.convnext_kernels.layer_norm_2d)
+        DWCONV_LAYER_NORM.register("cuda", torch.ops.convnext_kernels.dwconv_layer_norm)
 
 if backends.triton_importable():
+    from .triton_registration import triton_custom_op
     from ..triton import dwconv_layer_norm as _triton_fused
     from ..triton import layer_norm as _triton_layer_norm
 
-    @torch.library.custom_op(f"{_NS}::layer_norm_2d_triton", mutates_args=())
+    @triton_custom_op(f"{_NS}::layer_norm_2d_triton")
     def _layer_norm_2d_triton(x: Tensor, weight: Tensor, bias: Tensor,
                               eps: float) -> Tuple[Tensor, Tensor, Tensor]:
         return _triton_layer_norm.layer_norm_2d_forward(x, weight, bias, eps)
 
-    @torch.library.custom_op(f"{_NS}::layer_norm_2d_backward_triton", mutates_args=())
+    @triton_custom_op(f"{_NS}::layer_norm_2d_backward_triton")
     def _layer_norm_2d_backward_triton(grad_y: Tensor, x: Tensor, weight: Tensor, mean: Tensor,
                                        rstd: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         return _triton_layer_norm.layer_norm_2d_backward(grad_y, x, weight, mean, rstd)
 
-    @torch.library.custom_op(f"{_NS}::dwconv_layer_norm_triton", mutates_args=())
+    @triton_custom_op(f"{_NS}::dwconv_layer_norm_triton")
     def _dwconv_layer_norm_triton(x: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor],
                                   ln_weight: Tensor, ln_bias: Tensor,
                                   eps: float) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -132,8 +147,10 @@ if backends.triton_importable():
     _register_fused_autograd(_dwconv_layer_norm_triton, _layer_norm_2d_backward_triton,
                              dwconv_ops.INPUT_GRAD["triton"],
                              torch.ops.convnext_kernels.dwconv2d_backward_weight_triton)
-    _LAYER_NORM["triton"] = _layer_norm_2d_triton
-    _DWCONV_LAYER_NORM["triton"] = _dwconv_layer_norm_triton
+    LAYER_NORM.register("triton", _layer_norm_2d_triton,
+                        max_channels=_triton_layer_norm.MAX_CHANNELS)
+    DWCONV_LAYER_NORM.register("triton", _dwconv_layer_norm_triton,
+                               max_channels=_triton_layer_norm.MAX_CHANNELS)
 
 
 def layer_norm_2d(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-6, *,
@@ -142,11 +159,10 @@ def layer_norm_2d(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-6, *,
     channels_first LayerNorm) with `weight`, `bias` [C]; fp32 statistics. The output keeps x's
     memory format; channels_last is the fast path. Differentiable in x, weight, bias."""
     check_layer_norm_args("layer_norm_2d", x, weight, bias, eps)
-    name = backends.resolve(backend, x, "layer_norm_2d",
-                            implemented=("torch",) + tuple(_LAYER_NORM))
+    name = LAYER_NORM.resolve(backend, x, x.shape[1])
     if name == "torch":
         return reference.layer_norm_2d(x, weight, bias, eps)
-    return _LAYER_NORM[name](x, weight, bias, float(eps))[0]
+    return LAYER_NORM.impls[name](x, weight, bias, float(eps))[0]
 
 
 def dwconv_layer_norm(x: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor],
@@ -156,12 +172,10 @@ def dwconv_layer_norm(x: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor],
     kernel on triton and cuda. cpp runs the two CPU ops one after the other."""
     check_dwconv_args("dwconv_layer_norm", x, dw_weight, dw_bias)
     check_layer_norm_args("dwconv_layer_norm", x, ln_weight, ln_bias, eps)
-    composed = ("cpp",) if "cpp" in _LAYER_NORM else ()
-    implemented = ("torch",) + tuple(_DWCONV_LAYER_NORM) + composed
-    name = backends.resolve(backend, x, "dwconv_layer_norm", implemented=implemented)
+    name = DWCONV_LAYER_NORM.resolve(
+        backend, x, x.shape[1],
+        training=backends.needs_grad(x, dw_weight, dw_bias, ln_weight, ln_bias))
     if name == "torch":
         return reference.dwconv_layer_norm(x, dw_weight, dw_bias, ln_weight, ln_bias, eps)
-    if name == "cpp":
-        conv = dwconv_ops.dwconv2d(x, dw_weight, dw_bias, backend="cpp")
-        return _LAYER_NORM["cpp"](conv, ln_weight, ln_bias, float(eps))[0]
-    return _DWCONV_LAYER_NORM[name](x, dw_weight, dw_bias, ln_weight, ln_bias, float(eps))[0]
+    return DWCONV_LAYER_NORM.impls[name](x, dw_weight, dw_bias, ln_weight, ln_bias,
+                                         float(eps))[0]

@@ -72,19 +72,26 @@ def _register_autograd(forward_op, backward_op):
     torch.library.register_autograd(forward_op, backward, setup_context=setup_context)
 
 
-_MLP = {}
+# auto: the MLP has no CUDA kernels (triton serves CUDA). On the 2-core CI machine the cpp MLP
+# without GRN is 0.76-0.95x eager in fwd+bwd (its backward recomputes fc1: one more GEMM on a
+# compute-bound CPU), so CPU keeps torch; with GRN the cpp MLP is fwd 1.1-2x, fwd+bwd
+# 0.96-1.03x eager (benchmarks/results/cpu-*/results.md), so it is the CPU choice there.
+# The two forms share their implementations; only `auto`'s order differs.
+MLP = backends.Op("mlp", auto_order={"cpu": ("torch",), "cuda": ("triton",)})
+MLP_GRN = backends.Op("mlp", auto_order={"cpu": ("cpp",), "cuda": ("triton",)}, impls=MLP.impls)
 
 if _ext.LOADED:
     torch.library.register_fake(f"{_NS}::mlp")(_forward_fake)
     torch.library.register_fake(f"{_NS}::mlp_backward")(_backward_fake)
     _register_autograd(torch.ops.convnext_kernels.mlp.default,
                        torch.ops.convnext_kernels.mlp_backward.default)
-    _MLP["cpp"] = torch.ops.convnext_kernels.mlp
+    MLP.register("cpp", torch.ops.convnext_kernels.mlp)
 
 if backends.triton_importable():
+    from .triton_registration import triton_custom_op
     from ..triton import mlp as _triton_mlp
 
-    @torch.library.custom_op(f"{_NS}::mlp_triton", mutates_args=())
+    @triton_custom_op(f"{_NS}::mlp_triton")
     def _mlp_triton(x: Tensor, fc1_w: Tensor, fc1_b: Tensor, fc2_w: Tensor, fc2_b: Tensor,
                     gamma: Optional[Tensor], residual: Optional[Tensor],
                     drop_scale: Optional[Tensor], grn_weight: Optional[Tensor],
@@ -95,7 +102,7 @@ if backends.triton_importable():
                                        drop_scale, grn_weight, grn_bias, rows_per_sample, eps,
                                        keep_hidden, save_y2)
 
-    @torch.library.custom_op(f"{_NS}::mlp_backward_triton", mutates_args=())
+    @triton_custom_op(f"{_NS}::mlp_backward_triton")
     def _mlp_backward_triton(grad_out: Tensor, x: Tensor, fc1_w: Tensor, fc1_b: Tensor,
                              fc2_w: Tensor, gamma: Optional[Tensor],
                              drop_scale: Optional[Tensor], grn_weight: Optional[Tensor],
@@ -110,7 +117,7 @@ if backends.triton_importable():
     _mlp_triton.register_fake(_forward_fake)
     _mlp_backward_triton.register_fake(_backward_fake)
     _register_autograd(_mlp_triton, _mlp_backward_triton)
-    _MLP["triton"] = _mlp_triton
+    MLP.register("triton", _mlp_triton)
 
 
 def mlp(x: Tensor, fc1_w: Tensor, fc1_b: Tensor, fc2_w: Tensor, fc2_b: Tensor,
@@ -126,8 +133,7 @@ def mlp(x: Tensor, fc1_w: Tensor, fc1_b: Tensor, fc2_w: Tensor, fc2_b: Tensor,
     of recomputing it. Differentiable in x, the weights, gamma, residual and GRN's parameters."""
     check_mlp_args("mlp", x, fc1_w, fc1_b, fc2_w, fc2_b, gamma, residual, drop_scale,
                    grn_weight, grn_bias, grn_eps)
-    name = backends.resolve(backend, x, "mlp", implemented=("torch",) + tuple(_MLP),
-                            variant="mlp_grn" if grn_weight is not None else None)
+    name = (MLP_GRN if grn_weight is not None else MLP).resolve(backend, x, x.shape[-1])
     if name == "torch":
         return reference.mlp(x, fc1_w, fc1_b, fc2_w, fc2_b, gamma, residual, drop_scale,
                              grn_weight=grn_weight, grn_bias=grn_bias, grn_eps=grn_eps)
@@ -136,7 +142,7 @@ def mlp(x: Tensor, fc1_w: Tensor, fc1_b: Tensor, fc2_w: Tensor, fc2_b: Tensor,
     per_sample = drop_scale is not None or grn_weight is not None
     rows_per_sample = max(1, rows.shape[0] // x.shape[0]) if per_sample and x.shape[0] else 1
     save_y2 = gamma is not None and gamma.requires_grad and torch.is_grad_enabled()
-    out = _MLP[name](rows.contiguous(), fc1_w.contiguous(), fc1_b.contiguous(),
+    out = MLP.impls[name](rows.contiguous(), fc1_w.contiguous(), fc1_b.contiguous(),
                      fc2_w.contiguous(), fc2_b.contiguous(),
                      gamma.reshape(-1) if gamma is not None else None,
                      residual.reshape(-1, C).contiguous() if residual is not None else None,

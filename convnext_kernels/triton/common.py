@@ -1,12 +1,15 @@
 """Pieces shared by the Triton kernels."""
-import os
+import contextlib
 
 import torch
 import triton
 import triton.language as tl
 
-# Under TRITON_INTERPRET=1 (CPU tests) a few conversions need the care noted where it is used.
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+from ..backends import TRITON_INTERPRET
+
+# Under TRITON_INTERPRET=1 (CPU tests) a few conversions need the care noted where it is used
+# (read once, in backends.py).
+INTERPRETED = TRITON_INTERPRET
 
 
 @triton.jit
@@ -35,6 +38,23 @@ def nhwc_buffer(out):
 LAUNCH_OBSERVERS = []
 
 
+@contextlib.contextmanager
+def recorded_launches():
+    """The list of every Launch made inside the block, recorded and not run (a dry run: the
+    launchers run for real, on meta tensors if they like; their kernels do not)."""
+    launches = []
+
+    def record(launch):
+        launches.append(launch)
+        return True
+
+    LAUNCH_OBSERVERS.append(record)
+    try:
+        yield launches
+    finally:
+        LAUNCH_OBSERVERS.remove(record)
+
+
 class Launch:
     """One kernel launch: kernel, grid, runtime arguments, constexprs and options, and the FLOPs
     it does (for the ledger; 0 where it does no arithmetic worth counting). Launchers build these
@@ -54,7 +74,11 @@ class Launch:
     def __call__(self):
         if any([observe(self) for observe in LAUNCH_OBSERVERS]):
             return
-        self.kernel[self.grid](*self.args, **self.constexprs, **self.options)
+        # Through wrap_triton where kernels are compiled, so that torch.compile traces the
+        # launch into its graph inside our triton_ops (ops/triton_registration.py); it runs the
+        # kernel as is in eager. The interpreter's kernels are not JITFunctions: called directly.
+        kernel = self.kernel if INTERPRETED else torch.library.wrap_triton(self.kernel)
+        kernel[self.grid](*self.args, **self.constexprs, **self.options)
 
     @property
     def name(self):

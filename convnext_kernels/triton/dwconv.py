@@ -213,17 +213,3 @@ def dwconv2d_backward_weight(grad_out, x, weight):
                  weight.shape[-1])()
     grads = ws.finalize_each()
     return grads["dw_weight"], grads["dw_bias"]
-
-
-def launches(dtype, N, C, H, W, k, device="meta"):
-    """Every launch ck.dwconv2d makes, forward and backward, for one shape (meta tensors by
-    default: for compiling and inspecting kernels without running them)."""
-    x = torch.empty(N, C, H, W, dtype=dtype, device=device).contiguous(
-        memory_format=torch.channels_last)
-    weight = torch.empty(C, 1, k, k, dtype=dtype, device=device)
-    bias = torch.empty(C, dtype=dtype, device=device)
-    ws = GradWorkspace(grad_shapes(weight), reduction_splits(N * H * W), dtype, device)
-    return [forward_launch(x, weight, bias, torch.empty_like(x), k),
-            forward_launch(x, weight, None, torch.empty_like(x), k, reverse=True),
-            forward_launch(x, weight, None, torch.empty_like(x), k, reverse=True, residual=x),
-            wgrad_launch(x, x, ws["dw_weight"], ws["dw_bias"], k)]

@@ -90,16 +90,3 @@ def dwconv_layer_norm_forward(x, dw_weight, dw_bias, ln_weight, ln_bias, eps, dt
         if computed is not final:
             final.copy_(computed)
     return y, conv, mean, rstd
-
-
-def launches(dtype, N, C, H, W, k, device="meta", weight_dtype=None):
-    """The launch dwconv_layer_norm's forward makes for one shape (meta tensors); weight_dtype:
-    the parameters' (and input's) dtype where it differs (fp32 under autocast)."""
-    wdt = weight_dtype or dtype
-    x = torch.empty(N, C, H, W, dtype=wdt, device=device).contiguous(
-        memory_format=torch.channels_last)
-    dw_weight = torch.empty(C, 1, k, k, dtype=wdt, device=device)
-    w = torch.empty(C, dtype=wdt, device=device)
-    y = torch.empty_like(x, dtype=dtype)
-    mean, rstd = new_row_stats(x)
-    return [forward_launch(x, dw_weight, w, w, w, y, torch.empty_like(y), mean, rstd, k, 1e-6)]

@@ -100,9 +100,3 @@ def unflatten(flat, shapes):
     """{name: view of flat} for a GradWorkspace's finalize_flat output (same `shapes` order)."""
     return {name: flat[columns].view(shapes[name])
             for name, columns in _column_ranges(shapes).items()}
-
-
-def launches(splits, columns, dtype, device="meta"):
-    """The finalize launch for one workspace size (meta tensors), for the kernel report."""
-    partial = torch.empty(splits, columns, device=device, dtype=torch.float32)
-    return [finalize_launch(partial, torch.empty(columns, device=device, dtype=dtype))]

@@ -153,14 +153,3 @@ def grn_backward(grad_y, x, weight, G, nx, eps):
     grad_weight = (nx * grad_dot_x).sum(0).to(weight.dtype).reshape(weight.shape)
     grad_bias = grad_sum.sum(0).to(weight.dtype).reshape(weight.shape)
     return grad_x, grad_weight, grad_bias
-
-
-def launches(dtype, N, H, W, C, device="meta"):
-    """Every launch grn makes for one shape (meta tensors)."""
-    x = torch.empty(N, H * W, C, dtype=dtype, device=device)
-    stats = torch.empty(N, C, dtype=torch.float32, device=device)
-    bias = torch.empty(C, dtype=dtype, device=device)
-    return [column_sums_launch(x, x, stats), scaled_sum_launch(x, stats, x, bias=bias),
-            column_sums_launch(x, x, stats, stats),
-            scaled_sum_launch(x, stats, x, v=x, s_v=stats),
-            scaled_sum_launch(x, stats, x, v=x, s_v=stats, v_is_pre_gelu=True)]

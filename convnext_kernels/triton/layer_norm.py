@@ -159,15 +159,3 @@ def layer_norm_2d_backward(grad_y, x, weight, mean, rstd):
         grad_x.copy_(gx)
     grads = ws.finalize_each()
     return grad_x, grads["weight"], grads["bias"]
-
-
-def launches(dtype, N, C, H, W, device="meta"):
-    """Every launch layer_norm_2d makes, forward and backward, for one shape (meta tensors)."""
-    x = torch.empty(N, C, H, W, dtype=dtype, device=device).contiguous(
-        memory_format=torch.channels_last)
-    w = torch.empty(C, dtype=dtype, device=device)
-    mean, rstd = new_row_stats(x)
-    ws = GradWorkspace({"weight": (C,), "bias": (C,)}, reduction_splits(mean.numel()), dtype,
-                       device)
-    return [forward_launch(x, w, w, torch.empty_like(x), mean, rstd, 1e-6),
-            backward_launch(x, x, w, mean, rstd, torch.empty_like(x), ws["weight"], ws["bias"])]

@@ -23,13 +23,21 @@ gradients). ROW_SUM writes the fp32 row sums of the transformed A over the progr
 row_sum[split, m] (the bias gradients). Every split writes its whole row, empty K range or not.
 Per-sample sums use fp32 atomics (their order is not fixed).
 """
+from dataclasses import dataclass
+from typing import Optional
+
 import torch
 import triton
 import triton.language as tl
 
 from .common import INTERPRETED, Launch, cast_for_store
 
-PLAIN, GELU, GELU_GRAD, GRN_GRAD = 0, 1, 2, 3
+# The epilogue kinds (the EPILOGUE constexpr). Module-level tl.constexpr so that the kernel
+# compares against the names, not numbers.
+PLAIN = tl.constexpr(0)
+GELU = tl.constexpr(1)
+GELU_GRAD = tl.constexpr(2)
+GRN_GRAD = tl.constexpr(3)
 
 
 @triton.jit
@@ -180,14 +188,14 @@ def _matmul_kernel(
         offs = rows.to(tl.int64)[:, None] * N + cols[None, :]
         first_row = pid_m * BLOCK_M
         last_row = tl.minimum(first_row + BLOCK_M, M) - 1
-        if EPILOGUE == 1:
+        if EPILOGUE == GELU:
             if STORE_PRE:
                 tl.store(pre_ptr + offs, cast_for_store(acc, pre_ptr.dtype.element_ty,
                                                         INTERPRETED), mask=mask)
             acc = gelu(acc)
-        elif EPILOGUE == 2:
+        elif EPILOGUE == GELU_GRAD:
             acc = acc * gelu_grad(tl.load(aux_ptr + offs, mask=mask, other=0.0).to(tl.float32))
-        elif EPILOGUE == 3:
+        elif EPILOGUE == GRN_GRAD:
             hidden = gelu(tl.load(aux_ptr + offs, mask=mask, other=0.0).to(tl.float32))
             add_per_sample_sums(sums_ptr, acc * hidden, rows, row_mask, cols, col_mask, N,
                                 rows_per_sample, first_row, last_row)
@@ -215,55 +223,98 @@ def dot_in_fp32(dtype):
     return INTERPRETED and dtype != torch.float32
 
 
-def config(dtype, prologue=False, N=None):
+def config(dtype, prologue=False, N=None, per_sample_sums=False):
     """(tile constexprs, num_warps, num_stages). Operand prologues hold the A or B tile in
     registers in fp32 on the way to the tensor cores; at BLOCK_K = 64 that spilled (kernel
     report: 79-105 spill stores), at 32 it does not. A narrow output (N < 128, e.g. fc2 at
-    C = 40) gets a narrower tile (spilled at 128). IEEE fp32 products run on FMA units and hold
-    more per element: smaller tiles. Not yet tuned on a GPU."""
+    C = 40) gets a narrower tile (spilled at 128), as does an epilogue adding per-sample sums
+    (GRN's statistics; with the pre-activation stored too it spilled 33 stores at 128, odd
+    rows per sample). IEEE fp32 products run on FMA units and hold more per element: smaller
+    tiles. Not yet tuned on a GPU."""
     if INTERPRETED:  # few, wide tiles: the interpreter pays per program and per loop step
         return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, GROUP_M=8), 4, None
     block_n = 128 if N is None else max(16, min(128, triton.next_power_of_2(N)))
+    if per_sample_sums:
+        block_n = min(block_n, 64)
     if dtype == torch.float32:
         return dict(BLOCK_M=64, BLOCK_N=min(64, block_n), BLOCK_K=16, GROUP_M=8), 8, 3
     return dict(BLOCK_M=128, BLOCK_N=block_n, BLOCK_K=32 if prologue else 64, GROUP_M=8), 8, 3
 
 
+@dataclass(frozen=True)
+class Prologue:
+    """What a GEMM applies to its operand tiles as it loads them (module docstring): A's rows
+    and columns scaled (per row // a_row_div, per column // a_col_div), A or B scaled by GRN's
+    per-sample [samples, K] scale, B through GELU and GRN (b_grn_bias added after)."""
 
-def matmul_launch(a, b, out, *, bias=None, epilogue=PLAIN, pre=None, aux=None, y2=None,
-                  sums=None, sums2=None, sumsq=False, out_col_scale=None, out_row_scale=None,
-                  residual=None, a_row_scale=None, a_row_div=1, a_col_scale=None, a_col_div=1,
-                  a_grn_scale=None, b_gelu=False, b_grn_scale=None, b_grn_bias=None,
-                  rows_per_sample=1, partials=False, row_sum=None):
+    a_row_scale: Optional[torch.Tensor] = None
+    a_row_div: int = 1
+    a_col_scale: Optional[torch.Tensor] = None
+    a_col_div: int = 1
+    a_grn_scale: Optional[torch.Tensor] = None
+    b_gelu: bool = False
+    b_grn_scale: Optional[torch.Tensor] = None
+    b_grn_bias: Optional[torch.Tensor] = None
+
+    def any(self):
+        return self.b_gelu or any(t is not None for t in (self.a_row_scale, self.a_col_scale,
+                                                          self.a_grn_scale, self.b_grn_scale))
+
+
+@dataclass(frozen=True)
+class Epilogue:
+    """What a GEMM does with its fp32 accumulator (module docstring, in this order): + bias,
+    the `kind` (PLAIN, GELU with the pre-activation stored to `pre`, GELU_GRAD with `aux` the
+    pre-activation, GRN_GRAD with the per-sample `sums`/`sums2`), GRN's sums of squares, y2
+    stored before the scales, out = residual + out_row_scale * out_col_scale * acc."""
+
+    kind: tl.constexpr = PLAIN
+    bias: Optional[torch.Tensor] = None
+    pre: Optional[torch.Tensor] = None
+    aux: Optional[torch.Tensor] = None
+    sums: Optional[torch.Tensor] = None
+    sums2: Optional[torch.Tensor] = None
+    sumsq: bool = False
+    y2: Optional[torch.Tensor] = None
+    out_col_scale: Optional[torch.Tensor] = None
+    out_row_scale: Optional[torch.Tensor] = None
+    residual: Optional[torch.Tensor] = None
+
+
+def matmul_launch(a, b, out, prologue=Prologue(), epilogue=Epilogue(), *, rows_per_sample=1,
+                  partials=False, row_sum=None):
     """The launch computing out = epilogue(prologue(a) @ prologue(b)); see the module docstring.
     `out` is [M, N] contiguous, or with `partials` fp32 [splits, M*N] (rows strided), with
-    `row_sum` fp32 [splits, M] (rows strided)."""
+    `row_sum` fp32 [splits, M] (rows strided). rows_per_sample: rows of a sample, for the
+    per-sample scales and sums."""
     M, K = a.shape
     N = b.shape[1]
-    prologue = any(t is not None for t in (a_row_scale, a_col_scale, a_grn_scale, b_grn_scale,
-                                           row_sum)) or b_gelu
-    cfg, num_warps, num_stages = config(a.dtype, prologue, N)
+    p, e = prologue, epilogue
+    cfg, num_warps, num_stages = config(a.dtype, p.any() or row_sum is not None, N,
+                                        per_sample_sums=e.sums is not None)
     splits = out.shape[0] if partials else 1
     if partials:
         k_per_split = triton.cdiv(triton.cdiv(K, splits), cfg["BLOCK_K"]) * cfg["BLOCK_K"]
     else:
         k_per_split = max(K, 1)
-    grn_scale = a_grn_scale if a_grn_scale is not None else b_grn_scale
+    grn_scale = p.a_grn_scale if p.a_grn_scale is not None else p.b_grn_scale
     unused = out
     args = (a, b, out, M, N, K, a.stride(0), a.stride(1), b.stride(0), b.stride(1),
-            *(t if t is not None else unused for t in (a_row_scale, a_col_scale)),
-            a_row_div, a_col_div,
-            *(t if t is not None else unused for t in (grn_scale, b_grn_bias)), rows_per_sample,
-            *(t if t is not None else unused for t in (bias, pre, aux, y2, sums, sums2,
-                                                       out_col_scale, out_row_scale, residual,
-                                                       row_sum)),
+            *(t if t is not None else unused for t in (p.a_row_scale, p.a_col_scale)),
+            p.a_row_div, p.a_col_div,
+            *(t if t is not None else unused for t in (grn_scale, p.b_grn_bias)),
+            rows_per_sample,
+            *(t if t is not None else unused for t in (e.bias, e.pre, e.aux, e.y2, e.sums,
+                                                       e.sums2, e.out_col_scale, e.out_row_scale,
+                                                       e.residual, row_sum)),
             k_per_split, out.stride(0) if partials else 0,
             row_sum.stride(0) if row_sum is not None else 0)
-    flags = dict(A_ROW_SCALE=a_row_scale is not None, A_COL_SCALE=a_col_scale is not None,
-                 A_GRN=a_grn_scale is not None, B_GELU=b_gelu, B_GRN=b_grn_scale is not None,
-                 HAS_BIAS=bias is not None, EPILOGUE=epilogue, STORE_PRE=pre is not None,
-                 SUMSQ=sumsq, STORE_Y2=y2 is not None, OUT_COL_SCALE=out_col_scale is not None,
-                 OUT_ROW_SCALE=out_row_scale is not None, RESIDUAL=residual is not None,
+    flags = dict(A_ROW_SCALE=p.a_row_scale is not None, A_COL_SCALE=p.a_col_scale is not None,
+                 A_GRN=p.a_grn_scale is not None, B_GELU=p.b_gelu,
+                 B_GRN=p.b_grn_scale is not None, HAS_BIAS=e.bias is not None,
+                 EPILOGUE=e.kind.value, STORE_PRE=e.pre is not None, SUMSQ=e.sumsq,
+                 STORE_Y2=e.y2 is not None, OUT_COL_SCALE=e.out_col_scale is not None,
+                 OUT_ROW_SCALE=e.out_row_scale is not None, RESIDUAL=e.residual is not None,
                  PARTIALS=partials, ROW_SUM=row_sum is not None, DOT_FP32=dot_in_fp32(a.dtype),
                  INPUT_PRECISION=input_precision(a.dtype), INTERPRETED=INTERPRETED, **cfg)
     grid = (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(N, cfg["BLOCK_N"]), splits)

@@ -15,6 +15,8 @@ Backward (all matmul.py launches, no elementwise pass over [M, H] without GRN):
   x'     = gH @ fc1_w
   gamma' = sum over rows of g * ds * y2, with y2 = fc2's output before the scales (saved).
 """
+from dataclasses import replace
+
 import torch
 import triton
 import triton.language as tl
@@ -22,8 +24,8 @@ import triton.language as tl
 from .common import INTERPRETED, Launch, cast_for_store
 from .grn import grn_input_grad_scales, grn_scales, scaled_sum_launch
 from .grad_workspace import GradWorkspace, reduction_splits
-from .matmul import (GELU, GELU_GRAD, GRN_GRAD, PLAIN, as_operand, dot_in_fp32, gelu,
-                     input_precision, matmul_launch, output_epilogue)
+from .matmul import (GELU, GELU_GRAD, GRN_GRAD, PLAIN, Epilogue, Prologue, as_operand,
+                     dot_in_fp32, gelu, input_precision, matmul_launch, output_epilogue)
 
 # Widest C the fused forward takes: x, the fc2 accumulator and two weight chunks of
 # [64 rows, C] stay on chip (kernel report: no spills at 128). Not yet measured against the
@@ -166,15 +168,17 @@ def mlp_forward(x, fc1_w, fc1_b, fc2_w, fc2_b, gamma, residual, drop_scale, grn_
         return out, hidden, y2, G, nx
     act = x.new_empty(M, H)
     sumsq = torch.zeros(samples, H, device=x.device, dtype=torch.float32) if grn else None
-    matmul_launch(x, fc1_w.t(), act, bias=fc1_b, epilogue=GELU,
-                  pre=hidden if keep_hidden else None, sums=sumsq, sumsq=grn,
+    matmul_launch(x, fc1_w.t(), act,
+                  epilogue=Epilogue(GELU, bias=fc1_b, pre=hidden if keep_hidden else None,
+                                    sums=sumsq, sumsq=grn),
                   rows_per_sample=rows_per_sample)()
     fc2_bias, grn_scale = fc2_b, None
     if grn:
         G, nx, grn_scale = grn_scales(sumsq, grn_weight, eps)
         fc2_bias = _grn_bias_of_fc2(fc2_w, fc2_b, grn_bias)
-    matmul_launch(act, fc2_w.t(), out, bias=fc2_bias, a_grn_scale=grn_scale, y2=y2_arg,
-                  out_col_scale=gamma, out_row_scale=drop_scale, residual=residual,
+    matmul_launch(act, fc2_w.t(), out, Prologue(a_grn_scale=grn_scale),
+                  Epilogue(bias=fc2_bias, y2=y2_arg, out_col_scale=gamma,
+                           out_row_scale=drop_scale, residual=residual),
                   rows_per_sample=rows_per_sample)()
     return out, hidden, y2, G, nx
 
@@ -220,19 +224,22 @@ def mlp_backward_into(ws, grad_out, x, fc1_w, fc1_b, fc2_w, gamma, drop_scale, g
     grn = grn_weight is not None
     if hidden.numel() == 0:
         hidden = x.new_empty(M, H)
-        matmul_launch(x, fc1_w.t(), hidden, bias=fc1_b, epilogue=PLAIN)()
+        matmul_launch(x, fc1_w.t(), hidden, epilogue=Epilogue(PLAIN, bias=fc1_b))()
     g = grad_out
-    grad_scales = dict(a_row_scale=drop_scale, a_row_div=rows_per_sample, a_col_scale=gamma)
+    # The output gradient times drop path's per-sample scale and layer scale, on load.
+    grad_scales = Prologue(a_row_scale=drop_scale, a_row_div=rows_per_sample, a_col_scale=gamma)
     grad_hidden = x.new_empty(M, H)
     grad_grn_weight, grad_grn_bias = x.new_empty(0), x.new_empty(0)
-    b_prologue = dict(b_gelu=True)
+    b_prologue = Prologue(a_row_scale=gamma, a_col_scale=drop_scale, a_col_div=rows_per_sample,
+                          b_gelu=True)
     if grn:
         samples = M // rows_per_sample
         grad_dot_act = torch.zeros(samples, H, device=x.device, dtype=torch.float32)
         grad_sum = torch.zeros_like(grad_dot_act)
         # gY = g' @ fc2_w, with GRN's per-sample sums of gY * gelu(h) and of gY on the fly.
-        matmul_launch(g, fc2_w, grad_hidden, epilogue=GRN_GRAD, aux=hidden, sums=grad_dot_act,
-                      sums2=grad_sum, rows_per_sample=rows_per_sample, **grad_scales)()
+        matmul_launch(g, fc2_w, grad_hidden, grad_scales,
+                      Epilogue(GRN_GRAD, aux=hidden, sums=grad_dot_act, sums2=grad_sum),
+                      rows_per_sample=rows_per_sample)()
         scale = 1.0 + grn_weight.reshape(-1).float() * nx
         coef = grn_input_grad_scales(G, nx, grn_weight, grad_dot_act, eps)
         h3, gh3 = (t.reshape(samples, rows_per_sample, H) for t in (hidden, grad_hidden))
@@ -240,57 +247,16 @@ def mlp_backward_into(ws, grad_out, x, fc1_w, fc1_b, fc2_w, gamma, drop_scale, g
         grad_grn_weight = (nx * grad_dot_act).sum(0).to(grn_weight.dtype).reshape(
             grn_weight.shape)
         grad_grn_bias = grad_sum.sum(0).to(grn_bias.dtype).reshape(grn_bias.shape)
-        b_prologue.update(b_grn_scale=scale, b_grn_bias=grn_bias.reshape(-1).contiguous(),
-                          rows_per_sample=rows_per_sample)
+        b_prologue = replace(b_prologue, b_grn_scale=scale,
+                             b_grn_bias=grn_bias.reshape(-1).contiguous())
     else:
-        matmul_launch(g, fc2_w, grad_hidden, epilogue=GELU_GRAD, aux=hidden, **grad_scales)()
+        matmul_launch(g, fc2_w, grad_hidden, grad_scales, Epilogue(GELU_GRAD, aux=hidden))()
     # fc2_w' = (g * ds * gamma)^T @ act, fc2_b' its row sums; fc1_w' = gH^T @ x, fc1_b' likewise.
-    matmul_launch(g.t(), hidden, ws["fc2_w"], partials=True, row_sum=ws["fc2_b"],
-                  a_row_scale=gamma, a_col_scale=drop_scale, a_col_div=rows_per_sample,
-                  **b_prologue)()
+    matmul_launch(g.t(), hidden, ws["fc2_w"], b_prologue, rows_per_sample=rows_per_sample,
+                  partials=True, row_sum=ws["fc2_b"])()
     matmul_launch(grad_hidden.t(), x, ws["fc1_w"], partials=True, row_sum=ws["fc1_b"])()
     grad_x = torch.empty_like(x)
     matmul_launch(grad_hidden, fc1_w, grad_x)()
     if "gamma" in ws.shapes:
         scaled_product_column_sums_launch(g, y2, drop_scale, ws["gamma"], rows_per_sample)()
     return grad_x, grad_grn_weight, grad_grn_bias
-
-
-def launches(dtype, M, C, H, rows_per_sample, device="meta", weight_dtype=None):
-    """The launches of one V1 MLP forward (the fused one where C allows it, and the two GEMMs)
-    and backward, and of the GRN variant's, for one shape (meta tensors). weight_dtype: the
-    parameters' dtype where it differs (fp32 under autocast)."""
-    def t(*shape, dt=dtype):
-        return torch.empty(*shape, dtype=dt, device=device)
-    wdt = weight_dtype or dtype
-    x, w1, w2, b1, c = t(M, C), t(H, C, dt=wdt), t(C, H, dt=wdt), t(H, dt=wdt), t(C, dt=wdt)
-    hid = t(M, H)
-    samples = max(1, M // rows_per_sample)
-    stats, ds = t(samples, H, dt=torch.float32), t(samples)
-    scales = dict(a_row_scale=ds, a_row_div=rows_per_sample, a_col_scale=c)
-    ws = GradWorkspace(grad_shapes(w1, w2, c, x), reduction_splits(M), wdt, device)
-    fused = ([fused_launch(x, w1, b1, w2, c, x, x, c, ds, x, rows_per_sample)]
-             if uses_fused_forward(C, grn=False, keep_hidden=False, dtype=dtype) else [])
-    return fused + [
-        matmul_launch(x, w1.t(), hid, bias=b1, epilogue=GELU),
-        matmul_launch(x, w1.t(), hid, bias=b1, epilogue=GELU, pre=hid),
-        matmul_launch(hid, w2.t(), x, bias=c, y2=x, out_col_scale=c, out_row_scale=ds,
-                      residual=x, rows_per_sample=rows_per_sample),
-        matmul_launch(x, w1.t(), hid, bias=b1, epilogue=PLAIN),
-        matmul_launch(x, w2, hid, epilogue=GELU_GRAD, aux=hid, **scales),
-        matmul_launch(x.t(), hid, ws["fc2_w"], partials=True, row_sum=ws["fc2_b"],
-                      a_row_scale=c, a_col_scale=ds, a_col_div=rows_per_sample, b_gelu=True),
-        matmul_launch(hid.t(), x, ws["fc1_w"], partials=True, row_sum=ws["fc1_b"]),
-        matmul_launch(hid, w1, x),
-        scaled_product_column_sums_launch(x, x, ds, ws["gamma"], rows_per_sample),
-        # GRN variant
-        matmul_launch(x, w1.t(), hid, bias=b1, epilogue=GELU, sums=stats, sumsq=True,
-                      rows_per_sample=rows_per_sample),
-        matmul_launch(hid, w2.t(), x, bias=c, a_grn_scale=stats, y2=x,
-                      rows_per_sample=rows_per_sample),
-        matmul_launch(x, w2, hid, epilogue=GRN_GRAD, aux=hid, sums=stats, sums2=stats,
-                      rows_per_sample=rows_per_sample, **scales),
-        matmul_launch(x.t(), hid, ws["fc2_w"], partials=True, row_sum=ws["fc2_b"],
-                      a_row_scale=c, a_col_scale=ds, a_col_div=rows_per_sample, b_gelu=True,
-                      b_grn_scale=stats, b_grn_bias=b1, rows_per_sample=rows_per_sample),
-    ]

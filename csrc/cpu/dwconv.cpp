@@ -1,12 +1,30 @@
-// CPU glue of dwconv2d: checks, layout and dtype plumbing around cpu/dwconv_kernels.h.
+// CPU glue of dwconv2d: checks, layout and dtype plumbing around the SIMD kernels
+// (cpu/dwconv_simd.h: fp32, fp16, bf16) and the plain ones (cpu/dwconv_kernels.h: float64).
 #include <torch/extension.h>
+
+#include <cstdlib>
 
 #include "accumulate.h"
 #include "../dwconv_args.h"
 #include "dwconv_kernels.h"
+#include "dwconv_simd.h"
 #include "parallel.h"
 
+namespace ck::cpu {
+
+// The SIMD forward's instruction set, chosen once from the CPU (CK_CPU_ISA narrows it).
+const simd::Isa& cpu_isa() {
+  static const simd::Isa isa = simd::select_isa(std::getenv("CK_CPU_ISA"));
+  return isa;
+}
+
+const char* cpu_isa_name() { return cpu_isa().name; }
+
+}  // namespace ck::cpu
+
 namespace {
+
+using ck::cpu::cpu_isa;
 
 ck::cpu::DwconvShape shape_of(const at::Tensor& x, int64_t k) {
   return {x.size(0), x.size(2), x.size(3), x.size(1), k};
@@ -21,16 +39,26 @@ at::Tensor dwconv2d_cpu(const at::Tensor& x, const at::Tensor& weight,
   const at::Tensor x_nhwc = ck::as_nhwc(x);
   at::Tensor y_nhwc = ck::is_nhwc(out) ? out : at::empty_like(x_nhwc);
   const auto acc_type = ck::cpu::acc_type(x);
-  const at::Tensor taps = ck::taps_by_channel(weight, acc_type);
-  const at::Tensor bias_acc = bias.has_value() ? bias->to(acc_type).contiguous() : at::Tensor();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "dwconv2d_cpu", [&] {
-    using Acc = ck::cpu::acc_t<scalar_t>;
-    ck::cpu::dwconv_forward<scalar_t, Acc>(
-        x_nhwc.const_data_ptr<scalar_t>(), taps.const_data_ptr<Acc>(),
-        bias_acc.defined() ? bias_acc.const_data_ptr<Acc>() : nullptr,
-        y_nhwc.mutable_data_ptr<scalar_t>(), shape_of(x, k),
-        ck::cpu::aten_parallel_for());
-  });
+  if (acc_type == at::kFloat) {  // fp32, fp16, bf16: the SIMD kernel
+    const at::Tensor w = weight.contiguous();
+    const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "dwconv2d_cpu", [&] {
+      ck::cpu::simd::dwconv_forward<scalar_t>(
+          x_nhwc.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
+          b.defined() ? b.const_data_ptr<scalar_t>() : nullptr, y_nhwc.mutable_data_ptr<scalar_t>(),
+          x.size(0), x.size(2), x.size(3), x.size(1), k, cpu_isa(), ck::cpu::aten_parallel_for());
+    });
+  } else {  // float64: the plain kernel (the tests' reference precision)
+    const at::Tensor taps = ck::taps_by_channel(weight, acc_type);
+    const at::Tensor bias_acc = bias.has_value() ? bias->to(acc_type).contiguous() : at::Tensor();
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dwconv2d_cpu", [&] {
+      using Acc = ck::cpu::acc_t<scalar_t>;
+      ck::cpu::dwconv_forward<scalar_t, Acc>(
+          x_nhwc.const_data_ptr<scalar_t>(), taps.const_data_ptr<Acc>(),
+          bias_acc.defined() ? bias_acc.const_data_ptr<Acc>() : nullptr,
+          y_nhwc.mutable_data_ptr<scalar_t>(), shape_of(x, k), ck::cpu::aten_parallel_for());
+    });
+  }
   if (!y_nhwc.is_same(out)) out.copy_(y_nhwc);
   return out;
 }
@@ -47,14 +75,24 @@ std::tuple<at::Tensor, at::Tensor> dwconv2d_backward_weight_cpu(const at::Tensor
   if (x.numel() != 0) {
     const at::Tensor x_nhwc = ck::as_nhwc(x);
     const at::Tensor g_nhwc = ck::as_nhwc(grad_out);
-    AT_DISPATCH_FLOATING_TYPES_AND2(
-        at::kHalf, at::kBFloat16, x.scalar_type(), "dwconv2d_backward_weight_cpu", [&] {
-          using Acc = ck::cpu::acc_t<scalar_t>;
-          Acc* sums_ptr = sums.mutable_data_ptr<Acc>();
-          ck::cpu::dwconv_backward_weight<scalar_t, Acc>(
-              g_nhwc.const_data_ptr<scalar_t>(), x_nhwc.const_data_ptr<scalar_t>(), sums_ptr,
-              sums_ptr + k * k * C, shape_of(x, k), ck::cpu::aten_parallel_for());
-        });
+    if (acc_type == at::kFloat) {  // fp32, fp16, bf16: the SIMD kernel
+      float* sums_ptr = sums.mutable_data_ptr<float>();
+      AT_DISPATCH_FLOATING_TYPES_AND2(
+          at::kHalf, at::kBFloat16, x.scalar_type(), "dwconv2d_backward_weight_cpu", [&] {
+            ck::cpu::simd::dwconv_backward_weight<scalar_t>(
+                g_nhwc.const_data_ptr<scalar_t>(), x_nhwc.const_data_ptr<scalar_t>(), sums_ptr,
+                sums_ptr + k * k * C, x.size(0), x.size(2), x.size(3), C, k, cpu_isa(),
+                ck::cpu::aten_parallel_for());
+          });
+    } else {  // float64: the plain kernel
+      AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dwconv2d_backward_weight_cpu", [&] {
+        using Acc = ck::cpu::acc_t<scalar_t>;
+        Acc* sums_ptr = sums.mutable_data_ptr<Acc>();
+        ck::cpu::dwconv_backward_weight<scalar_t, Acc>(
+            g_nhwc.const_data_ptr<scalar_t>(), x_nhwc.const_data_ptr<scalar_t>(), sums_ptr,
+            sums_ptr + k * k * C, shape_of(x, k), ck::cpu::aten_parallel_for());
+      });
+    }
   }
   return ck::split_weight_grad_sums(sums, weight);
 }
