@@ -58,10 +58,7 @@ def check_layer_norm_args(op, x, weight, bias, eps):
         if tuple(t.shape) != (x.shape[1],):
             raise ValueError(f"{op}: {name} must have shape [{x.shape[1]}] (C of x), "
                              f"got {tuple(t.shape)}")
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
-        raise TypeError(f"{op}: eps must be a float, got {type(eps).__name__}")
-    if not eps > 0:
-        raise ValueError(f"{op}: eps must be > 0, got {eps}")
+    _check_eps(op, eps)
 
 
 def _check_vector(op, name, t, size):

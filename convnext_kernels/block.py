@@ -156,7 +156,7 @@ def fused_block(x, dw_weight, dw_bias, ln_weight, ln_bias, fc1_w, fc1_b, fc2_w, 
         # One op for the whole block; under autocast its kernels read x and the parameters in
         # their own dtypes (no cast launches) and compute in the autocast dtype.
         x_cl = x.contiguous(memory_format=torch.channels_last)
-        drop_scale = _drop_scale(x, drop_prob)
+        drop_scale = reference.drop_path_scale(x, drop_prob)
         out = block_v1(x_cl, dw_weight, dw_bias, ln_weight, ln_bias, fc1_w, fc1_b, fc2_w, fc2_b,
                        gamma, drop_scale, eps, dtype or x.dtype, whole_block)
         return out if x.is_contiguous(memory_format=torch.channels_last) else out.contiguous()
@@ -168,19 +168,11 @@ def fused_block(x, dw_weight, dw_bias, ln_weight, ln_bias, fc1_w, fc1_b, fc2_w, 
     channels_last = x.is_contiguous(memory_format=torch.channels_last)
     x_cl = x if channels_last else x.contiguous(memory_format=torch.channels_last)
     y = dwconv_layer_norm(x_cl, dw_weight, dw_bias, ln_weight, ln_bias, eps, backend=backend)
-    drop_scale = _drop_scale(x, drop_prob)
+    drop_scale = reference.drop_path_scale(x, drop_prob)
     out = mlp(y.permute(0, 2, 3, 1), fc1_w, fc1_b, fc2_w, fc2_b, gamma, x_cl.permute(0, 2, 3, 1),
               drop_scale, grn_weight=grn_weight, grn_bias=grn_bias, grn_eps=grn_eps,
               backend=MLP_BACKEND.get(backend, backend)).permute(0, 3, 1, 2)
     return out if channels_last else out.contiguous()
-
-
-def _drop_scale(x, drop_prob):
-    """Drop path's per-sample factor (0 or 1/keep), or None when nothing is dropped."""
-    if drop_prob == 0.0:
-        return None
-    keep = 1.0 - drop_prob
-    return x.new_empty(x.shape[0]).bernoulli_(keep).div_(keep)
 
 
 def layer_norm_2d_autocast(x, weight, bias, eps, backend):

@@ -31,8 +31,8 @@ class DropPath(nn.Module):
     def forward(self, x):
         if not self.training or self.drop_prob == 0.0:
             return x
-        keep = 1 - self.drop_prob
-        return x * x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep).div_(keep)
+        scale = reference.drop_path_scale(x, self.drop_prob)
+        return x * scale.reshape((-1,) + (1,) * (x.dim() - 1))
 
     def extra_repr(self):
         return f"drop_prob={self.drop_prob}"

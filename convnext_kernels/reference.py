@@ -10,6 +10,21 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+def statistics_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype every kernel keeps its statistics in (LayerNorm's mean and rstd, GRN's norms):
+    fp32, float64 for float64 inputs."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def drop_path_scale(x: Tensor, drop_prob: float) -> Optional[Tensor]:
+    """Drop path's per-sample factor [x.shape[0]] (0, or 1/keep with probability keep, as timm
+    draws it), or None where nothing is dropped."""
+    if drop_prob == 0.0:
+        return None
+    keep = 1.0 - drop_prob
+    return x.new_empty(x.shape[0]).bernoulli_(keep).div_(keep)
+
+
 def dwconv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
     """Depthwise k×k convolution of N,C,H,W `x` with `weight` [C,1,k,k]: stride 1, padding k//2."""
     return F.conv2d(x, weight, bias, padding=weight.shape[-1] // 2, groups=x.shape[1])

@@ -15,8 +15,7 @@ _NS = "convnext_kernels"
 
 
 def _forward_fake(x, weight, bias, eps):
-    stats_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    stats = x.new_empty(x.shape[0], x.shape[3], dtype=stats_dtype)
+    stats = x.new_empty(x.shape[0], x.shape[3], dtype=reference.statistics_dtype(x.dtype))
     return x.new_empty(x.shape), stats, torch.empty_like(stats)
 
 

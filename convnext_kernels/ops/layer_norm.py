@@ -21,13 +21,9 @@ from . import dwconv as dwconv_ops
 _NS = "convnext_kernels"
 
 
-def _stats_dtype(x):
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
-
-
 def _layer_norm_fake(x, weight, bias, eps):
     N, _, H, W = x.shape
-    stats = x.new_empty(N, H, W, dtype=_stats_dtype(x))
+    stats = x.new_empty(N, H, W, dtype=reference.statistics_dtype(x.dtype))
     return torch.empty_like(x), stats, torch.empty_like(stats)
 
 

@@ -24,7 +24,7 @@ def _forward_fake(x, fc1_w, fc1_b, fc2_w, fc2_b, gamma, residual, drop_scale, gr
     M, H = x.shape[0], fc1_w.shape[0]
     hidden = x.new_empty(M, H) if keep_hidden else x.new_empty(0)
     y2 = torch.empty_like(x) if save_y2 else x.new_empty(0)
-    stats_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    stats_dtype = reference.statistics_dtype(x.dtype)
     if grn_weight is not None:
         stats = x.new_empty(M // rows_per_sample, H, dtype=stats_dtype)
     else:
