@@ -84,7 +84,10 @@ def test_cuda_layer_norm_lanes(emulation, dtype, shape, scalar_path, poisoned):
     reference.layer_norm_2d(x_eager, weight, bias).backward(as_nchw(grad))
     assert_accurate("grad_x", as_nchw(grad_x), leaves[0].grad, x_eager.grad, dtype, seed)
     assert_accurate("grad_weight", sums[0], leaves[1].grad, None, torch.float32, seed)
-    assert_accurate("grad_bias", sums[1], leaves[2].grad, None, torch.float32, seed)
+    # A sum over rows: judged against the size of its terms (with few rows, e.g. 4, the sum
+    # itself can cancel to near zero, and fp32 rounding of the terms is then a large part of it).
+    assert_accurate("grad_bias", sums[1], leaves[2].grad, None, torch.float32, seed,
+                    scale=grad.double().abs().sum(0).max())
 
 
 # (N, C, H, W): many strips per block (C = 40), one strip per block with its channel groups
