@@ -4,10 +4,10 @@
 // Torch-free. The input rows a band of output rows needs are first copied, converted to fp32,
 // into a zero-padded buffer [rows + k - 1][W + k - 1][xs] (strides_for: channels rounded up to
 // the vector width, pixels spread over the cache's sets), so the inner loops have no bounds
-// checks and fp16/bf16 are
-// converted once per element, not once per tap. A row of output pixels is then computed one channel
-// vector at a time: TW pixels × one vector of accumulators stay in registers while all k*k taps are
-// added, each tap vector loaded once for the TW pixels (register blocking).
+// checks and fp16/bf16 are converted once per element, not once per tap. A row of output pixels
+// is then computed one channel vector at a time: TW pixels × one vector of accumulators stay in
+// registers while all k*k taps are added, each tap vector loaded once for the TW pixels
+// (register blocking).
 //
 // The vector code is GCC/Clang vector extensions, compiled three times under target attributes
 // and picked once from the CPU's features, so the library runs on any x86-64 (and builds on
@@ -219,7 +219,8 @@ inline Isa select_isa(const char* request) {
 // Channel strides: Cp (taps, outputs) is C rounded up to the vector width; xs, the pixel stride
 // of the padded input, is Cp plus one cache line where Cp spans an even number of lines, so
 // that neighbouring pixels (768 channels: 3072 bytes apart) do not all fall into the same few
-// L1 sets (measured at 7×7×768: the kernel ran at 2/3 of its rate at other widths).
+// L1 sets. Added because 7×7×768 ran at 2/3 of the rate of the other widths; in the same-run
+// harness it did not measurably close that gap, which remains open.
 struct Strides {
   int64_t Cp, xs;
 };
