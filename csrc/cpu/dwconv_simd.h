@@ -232,9 +232,9 @@ inline Strides strides_for(int64_t C, const Isa& isa) {
   return {Cp, even_lines ? Cp + kLine : Cp};
 }
 
-// Scratch of the calling thread that outlives the call (grown, never shrunk). Allocating the
-// band buffers afresh on every call mapped and unmapped them: page faults and, with two threads,
-// TLB shootdowns made 2 threads slower than 1 (measured: 1.5 ms against 0.9 ms at 1×96×56×56).
+// Scratch of the calling thread that outlives the call (grown, never shrunk), so that a call
+// does not map, fault in and unmap its band buffers (hundreds of KB) each time. (The 2-threads-
+// slower-than-1 timing first blamed on this was _C built without OpenMP: see setup.py.)
 enum Scratch { kBand, kRow, kPartial, kScratchKinds };
 
 inline float* thread_scratch(Scratch kind, size_t floats) {
