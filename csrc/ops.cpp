@@ -2,6 +2,8 @@
 // cpu/*.cpp and cuda/*.cu; Python (convnext_kernels/ops) adds fake impls and autograd.
 #include <torch/extension.h>
 
+#include "cpu/isa.h"
+
 TORCH_LIBRARY(convnext_kernels, m) {
   // y = depthwise conv of x (N,C,H,W; any memory format) with weight [C,1,k,k], stride 1,
   // padding k//2. The output has x's strides.
@@ -43,11 +45,9 @@ TORCH_LIBRARY(convnext_kernels, m) {
       "-> (Tensor, Tensor, Tensor)");
 }
 
-namespace ck::cpu {
-const char* cpu_isa_name();  // csrc/cpu/dwconv.cpp
-}  // namespace ck::cpu
-
 namespace {
+const char* cpu_isa_name() { return ck::cpu::isa_name(ck::cpu::cpu_isa()); }
+
 bool built_with_cuda() {
 #ifdef WITH_CUDA
   return true;
@@ -59,6 +59,6 @@ bool built_with_cuda() {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("built_with_cuda", &built_with_cuda, "whether the CUDA kernels were compiled into _C");
-  m.def("cpu_isa", &ck::cpu::cpu_isa_name,
+  m.def("cpu_isa", &cpu_isa_name,
         "the instruction set of the SIMD CPU kernels on this CPU: avx512, avx2 or portable");
 }

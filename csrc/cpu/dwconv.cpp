@@ -2,29 +2,20 @@
 // (cpu/dwconv_simd.h: fp32, fp16, bf16) and the plain ones (cpu/dwconv_kernels.h: float64).
 #include <torch/extension.h>
 
-#include <cstdlib>
-
 #include "accumulate.h"
 #include "../dwconv_args.h"
 #include "dwconv_kernels.h"
 #include "dwconv_simd.h"
+#include "isa.h"
 #include "parallel.h"
-
-namespace ck::cpu {
-
-// The SIMD forward's instruction set, chosen once from the CPU (CK_CPU_ISA narrows it).
-const simd::Isa& cpu_isa() {
-  static const simd::Isa isa = simd::select_isa(std::getenv("CK_CPU_ISA"));
-  return isa;
-}
-
-const char* cpu_isa_name() { return cpu_isa().name; }
-
-}  // namespace ck::cpu
 
 namespace {
 
-using ck::cpu::cpu_isa;
+// The SIMD kernels of this CPU's instruction set (isa.h).
+const ck::cpu::simd::RowKernels& row_kernels() {
+  static const ck::cpu::simd::RowKernels kernels = ck::cpu::simd::row_kernels(ck::cpu::cpu_isa());
+  return kernels;
+}
 
 ck::cpu::DwconvShape shape_of(const at::Tensor& x, int64_t k) {
   return {x.size(0), x.size(2), x.size(3), x.size(1), k};
@@ -46,7 +37,8 @@ at::Tensor dwconv2d_cpu(const at::Tensor& x, const at::Tensor& weight,
       ck::cpu::simd::dwconv_forward<scalar_t>(
           x_nhwc.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
           b.defined() ? b.const_data_ptr<scalar_t>() : nullptr, y_nhwc.mutable_data_ptr<scalar_t>(),
-          x.size(0), x.size(2), x.size(3), x.size(1), k, cpu_isa(), ck::cpu::aten_parallel_for());
+          x.size(0), x.size(2), x.size(3), x.size(1), k, row_kernels(),
+          ck::cpu::aten_parallel_for());
     });
   } else {  // float64: the plain kernel (the tests' reference precision)
     const at::Tensor taps = ck::taps_by_channel(weight, acc_type);
@@ -81,7 +73,7 @@ std::tuple<at::Tensor, at::Tensor> dwconv2d_backward_weight_cpu(const at::Tensor
           at::kHalf, at::kBFloat16, x.scalar_type(), "dwconv2d_backward_weight_cpu", [&] {
             ck::cpu::simd::dwconv_backward_weight<scalar_t>(
                 g_nhwc.const_data_ptr<scalar_t>(), x_nhwc.const_data_ptr<scalar_t>(), sums_ptr,
-                sums_ptr + k * k * C, x.size(0), x.size(2), x.size(3), C, k, cpu_isa(),
+                sums_ptr + k * k * C, x.size(0), x.size(2), x.size(3), C, k, row_kernels(),
                 ck::cpu::aten_parallel_for());
           });
     } else {  // float64: the plain kernel

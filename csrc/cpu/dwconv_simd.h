@@ -9,19 +9,14 @@
 // registers while all k*k taps are added, each tap vector loaded once for the TW pixels
 // (register blocking).
 //
-// The vector code is GCC/Clang vector extensions, compiled three times under target attributes
-// and picked once from the CPU's features, so the library runs on any x86-64 (and builds on
-// other architectures, portable code only).
+// The vector code is GCC/Clang vector extensions, compiled once per instruction set (isa.h).
 #pragma once
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
-#include <string>
 #include <vector>
 
-#if defined(__GNUC__) && defined(__x86_64__)
-#define CK_DWCONV_X86 1
-#endif
+#include "isa.h"
 
 // The vector helpers are always inlined into the target-attributed row functions; GCC still
 // warns that their out-of-line forms would pass AVX vectors under the default ABI.
@@ -174,8 +169,7 @@ using RowFn = void (*)(const float*, const float*, const float*, float*, int64_t
                        int64_t);
 using WgradRowFn = void (*)(const float*, const float*, float*, int64_t, int64_t, int64_t, int64_t);
 
-struct Isa {
-  const char* name;
+struct RowKernels {
   int lanes;  // floats per vector: Cp is a multiple of it
   RowFn row;
   WgradRowFn wgrad_row;
@@ -191,29 +185,19 @@ struct Isa {
     wgrad_row_any_k<LANES>(x, g, part, W, Cp, xs, k);                                              \
   }
 
-#if CK_DWCONV_X86
-CK_DWCONV_ROW_KERNELS(avx512, __attribute__((target("avx512f"))), 16)
-CK_DWCONV_ROW_KERNELS(avx2, __attribute__((target("avx2,fma"))), 8)
+#if CK_CPU_X86
+CK_DWCONV_ROW_KERNELS(avx512, CK_TARGET_AVX512, 16)
+CK_DWCONV_ROW_KERNELS(avx2, CK_TARGET_AVX2, 8)
 #endif
 CK_DWCONV_ROW_KERNELS(portable, , 4)
 #undef CK_DWCONV_ROW_KERNELS
 
-// The widest instruction set this CPU has, chosen once. CK_CPU_ISA=avx2|portable narrows it
-// (tests run every path the machine can).
-inline Isa select_isa(const char* request) {
-  const std::string want = request ? request : "";
-#if CK_DWCONV_X86
-  __builtin_cpu_init();
-  const bool avx512 = __builtin_cpu_supports("avx512f");
-  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  if (avx512 && (want.empty() || want == "avx512")) {
-    return {"avx512", 16, conv_row_avx512, wgrad_row_avx512};
-  }
-  if (avx2 && (want.empty() || want == "avx512" || want == "avx2")) {
-    return {"avx2", 8, conv_row_avx2, wgrad_row_avx2};
-  }
+inline RowKernels row_kernels(Isa isa) {
+#if CK_CPU_X86
+  if (isa == Isa::kAvx512) return {16, conv_row_avx512, wgrad_row_avx512};
+  if (isa == Isa::kAvx2) return {8, conv_row_avx2, wgrad_row_avx2};
 #endif
-  return {"portable", 4, conv_row_portable, wgrad_row_portable};
+  return {4, conv_row_portable, wgrad_row_portable};
 }
 
 // Channel strides: Cp (taps, outputs) is C rounded up to the vector width; xs, the pixel stride
@@ -225,8 +209,8 @@ struct Strides {
   int64_t Cp, xs;
 };
 
-inline Strides strides_for(int64_t C, const Isa& isa) {
-  const int64_t Cp = (C + isa.lanes - 1) / isa.lanes * isa.lanes;
+inline Strides strides_for(int64_t C, const RowKernels& kernels) {
+  const int64_t Cp = (C + kernels.lanes - 1) / kernels.lanes * kernels.lanes;
   constexpr int64_t kLine = 16;  // floats per 64-byte cache line
   const bool even_lines = Cp % kLine == 0 && (Cp / kLine) % 2 == 0;
   return {Cp, even_lines ? Cp + kLine : Cp};
@@ -281,9 +265,10 @@ void prepare_taps(const T* weight, const T* bias, int64_t C, int64_t k, int64_t 
 // needs no per-image synchronisation.
 template <typename T, typename ParallelFor>
 void dwconv_forward(const T* x, const T* weight, const T* bias, T* y, int64_t N, int64_t H,
-                    int64_t W, int64_t C, int64_t k, const Isa& isa, ParallelFor parallel_for) {
+                    int64_t W, int64_t C, int64_t k, const RowKernels& kernels,
+                    ParallelFor parallel_for) {
   constexpr int64_t kBandRows = 8;
-  const auto [Cp, xs] = strides_for(C, isa);
+  const auto [Cp, xs] = strides_for(C, kernels);
   const int64_t Wp = W + k - 1;
   const int64_t band_rows = std::min(H, kBandRows);
   const int64_t bands = (H + band_rows - 1) / band_rows;  // per image
@@ -298,7 +283,7 @@ void dwconv_forward(const T* x, const T* weight, const T* bias, T* y, int64_t N,
       const int64_t h_end = std::min(H, h_begin + band_rows);
       fill_padded_rows(x + n * H * W * C, band, h_begin, h_end + k - 1, H, W, C, k, xs);
       for (int64_t h = h_begin; h < h_end; ++h) {
-        isa.row(band + (h - h_begin) * Wp * xs, taps.data(), bias_ptr, row, W, Cp, xs, k);
+        kernels.row(band + (h - h_begin) * Wp * xs, taps.data(), bias_ptr, row, W, Cp, xs, k);
         T* dst = y + (n * H + h) * W * C;
         for (int64_t w = 0; w < W; ++w) {
           for (int64_t c = 0; c < C; ++c) dst[w * C + c] = static_cast<T>(row[w * Cp + c]);
@@ -322,9 +307,9 @@ inline int64_t wgrad_rows_per_chunk(int64_t N, int64_t H, int64_t C, int64_t k) 
 // grad_taps [k*k][C] and grad_bias [C] (fp32) of dwconv_forward, from g and x [N][H][W][C].
 template <typename T, typename ParallelFor>
 void dwconv_backward_weight(const T* g, const T* x, float* grad_taps, float* grad_bias, int64_t N,
-                            int64_t H, int64_t W, int64_t C, int64_t k, const Isa& isa,
+                            int64_t H, int64_t W, int64_t C, int64_t k, const RowKernels& kernels,
                             ParallelFor parallel_for) {
-  const auto [Cp, xs] = strides_for(C, isa);
+  const auto [Cp, xs] = strides_for(C, kernels);
   const int64_t Wp = W + k - 1, taps = k * k, rows = N * H;
   const int64_t rows_per_chunk = wgrad_rows_per_chunk(N, H, C, k);
   const int64_t chunks = (rows + rows_per_chunk - 1) / rows_per_chunk;
@@ -347,7 +332,7 @@ void dwconv_backward_weight(const T* g, const T* x, float* grad_taps, float* gra
             for (int64_t c = 0; c < C; ++c)
               g_row[w * Cp + c] = static_cast<float>(g_src[w * C + c]);
           }
-          isa.wgrad_row(band + (h - h_begin) * Wp * xs, g_row, part, W, Cp, xs, k);
+          kernels.wgrad_row(band + (h - h_begin) * Wp * xs, g_row, part, W, Cp, xs, k);
         }
         row += h_end - h_begin;
       }

@@ -4,10 +4,50 @@
 #include "accumulate.h"
 #include "../dwconv_args.h"
 #include "../layer_norm_args.h"
+#include "isa.h"
 #include "layer_norm_kernels.h"
 #include "parallel.h"
 
 namespace {
+
+using ck::cpu::Isa;
+using ck::cpu::LayerNormRows;
+
+// The row kernels compiled for each instruction set (fp32 math; fp16/bf16 converted in the
+// loops, which the compiler vectorises).
+#define CK_LAYER_NORM_ROWS(SUFFIX, TARGET)                                                        \
+  template <typename T, typename Acc>                                                             \
+  TARGET void forward_rows_##SUFFIX(const T* x, const Acc* w, const Acc* b, T* y, Acc* mean,      \
+                                    Acc* rstd, int64_t begin, int64_t end, int64_t C, Acc eps,    \
+                                    Acc* v) {                                                     \
+    ck::cpu::layer_norm_forward_rows<T, Acc>(x, w, b, y, mean, rstd, begin, end, C, eps, v);      \
+  }                                                                                               \
+  template <typename T, typename Acc>                                                             \
+  TARGET void backward_rows_##SUFFIX(const T* g, const T* x, const Acc* w, const Acc* mean,       \
+                                     const Acc* rstd, T* grad_x, Acc* part_w, Acc* part_b,        \
+                                     int64_t begin, int64_t end, int64_t C, Acc* xhat, Acc* gh) { \
+    ck::cpu::layer_norm_backward_rows<T, Acc>(g, x, w, mean, rstd, grad_x, part_w, part_b, begin, \
+                                              end, C, xhat, gh);                                  \
+  }
+#if CK_CPU_X86
+CK_LAYER_NORM_ROWS(avx512, CK_TARGET_AVX512)
+CK_LAYER_NORM_ROWS(avx2, CK_TARGET_AVX2)
+#endif
+CK_LAYER_NORM_ROWS(portable, )
+#undef CK_LAYER_NORM_ROWS
+
+// This CPU's instantiation for T (float64, the tests' reference precision: portable).
+template <typename T, typename Acc = ck::cpu::acc_t<T>>
+LayerNormRows<T, Acc> layer_norm_rows() {
+#if CK_CPU_X86
+  if constexpr (std::is_same_v<Acc, float>) {
+    static const Isa isa = ck::cpu::cpu_isa();
+    if (isa == Isa::kAvx512) return {forward_rows_avx512<T, Acc>, backward_rows_avx512<T, Acc>};
+    if (isa == Isa::kAvx2) return {forward_rows_avx2<T, Acc>, backward_rows_avx2<T, Acc>};
+  }
+#endif
+  return {forward_rows_portable<T, Acc>, backward_rows_portable<T, Acc>};
+}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_2d_cpu(const at::Tensor& x,
                                                                  const at::Tensor& weight,
@@ -28,7 +68,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_2d_cpu(const at::Tenso
             x_nhwc.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
             b.const_data_ptr<scalar_t>(), y_nhwc.mutable_data_ptr<scalar_t>(),
             mean.mutable_data_ptr<Acc>(), rstd.mutable_data_ptr<Acc>(), mean.numel(), x.size(1),
-            static_cast<Acc>(eps), ck::cpu::aten_parallel_for());
+            static_cast<Acc>(eps), layer_norm_rows<scalar_t>(), ck::cpu::aten_parallel_for());
       });
   if (!y_nhwc.is_same(out)) out.copy_(y_nhwc);
   return {out, mean, rstd};
@@ -58,7 +98,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_2d_backward_cpu(const 
               g_nhwc.const_data_ptr<scalar_t>(), x_nhwc.const_data_ptr<scalar_t>(),
               w.const_data_ptr<scalar_t>(), m.const_data_ptr<Acc>(), r.const_data_ptr<Acc>(),
               gx_nhwc.mutable_data_ptr<scalar_t>(), sums_ptr, sums_ptr + C, m.numel(), C,
-              ck::cpu::aten_parallel_for());
+              layer_norm_rows<scalar_t>(), ck::cpu::aten_parallel_for());
         });
     if (!gx_nhwc.is_same(grad_x)) grad_x.copy_(gx_nhwc);
   }

@@ -1,7 +1,9 @@
 // LayerNorm over the C contiguous channels of each pixel (row) of an N,H,W,C buffer, for the CPU.
 // Torch-free; see dwconv_kernels.h for the conventions (T storage, Acc accumulation,
-// parallel_for(begin, end, fn)). The row reductions are `omp simd` loops (built with
-// -fopenmp-simd): without them the compiler may not reorder a float sum and runs it serially.
+// parallel_for(begin, end, fn)). The row kernels are written once (`omp simd` loops, built with
+// -fopenmp: without them the compiler may not reorder a float sum and runs it serially) and
+// compiled once per instruction set (layer_norm.cpp, isa.h); the drivers below take the set's
+// instantiation as LayerNormRows.
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -10,90 +12,129 @@
 
 namespace ck::cpu {
 
-// y = (x - mean) * rstd * weight + bias per row; mean and rstd (two-pass variance) saved.
+// Rows [begin, end): y = (x - mean) * rstd * w + b; mean and rstd (two-pass variance) saved.
+// w, b: the affine parameters in Acc; v: C Acc of scratch.
+template <typename T, typename Acc>
+__attribute__((always_inline)) inline void layer_norm_forward_rows(const T* x, const Acc* w,
+                                                                   const Acc* b, T* y,
+                                                                   Acc* mean_out, Acc* rstd_out,
+                                                                   int64_t begin, int64_t end,
+                                                                   int64_t C, Acc eps, Acc* v) {
+  for (int64_t row = begin; row < end; ++row) {
+    const T* xr = x + row * C;
+    Acc sum = 0;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t c = 0; c < C; ++c) {
+      v[c] = static_cast<Acc>(xr[c]);
+      sum += v[c];
+    }
+    const Acc mean = sum / C;
+    Acc sq = 0;
+#pragma omp simd reduction(+ : sq)
+    for (int64_t c = 0; c < C; ++c) sq += (v[c] - mean) * (v[c] - mean);
+    const Acc rstd = Acc(1) / std::sqrt(sq / C + eps);
+    T* yr = y + row * C;
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) yr[c] = static_cast<T>((v[c] - mean) * rstd * w[c] + b[c]);
+    mean_out[row] = mean;
+    rstd_out[row] = rstd;
+  }
+}
+
+// Rows [begin, end) of the backward, with xhat = (x - mean) * rstd and gh = g * w:
+// grad_x = rstd * (gh - mean_c(gh) - xhat * mean_c(gh * xhat)); part_w += g * xhat and
+// part_b += g (this chunk's partial weight and bias gradients). xhat, gh: C Acc of scratch.
+template <typename T, typename Acc>
+__attribute__((always_inline)) inline void layer_norm_backward_rows(
+    const T* g, const T* x, const Acc* w, const Acc* mean, const Acc* rstd, T* grad_x, Acc* part_w,
+    Acc* part_b, int64_t begin, int64_t end, int64_t C, Acc* xhat, Acc* gh) {
+  for (int64_t row = begin; row < end; ++row) {
+    const T* gr = g + row * C;
+    const T* xr = x + row * C;
+    const Acc row_mean = mean[row], row_rstd = rstd[row];
+    Acc sum_gh = 0, sum_gh_xhat = 0;
+#pragma omp simd reduction(+ : sum_gh, sum_gh_xhat)
+    for (int64_t c = 0; c < C; ++c) {
+      const Acc gv = static_cast<Acc>(gr[c]);
+      xhat[c] = (static_cast<Acc>(xr[c]) - row_mean) * row_rstd;
+      gh[c] = gv * w[c];
+      sum_gh += gh[c];
+      sum_gh_xhat += gh[c] * xhat[c];
+      part_w[c] += gv * xhat[c];
+      part_b[c] += gv;
+    }
+    const Acc mean_gh = sum_gh / C, mean_gh_xhat = sum_gh_xhat / C;
+    T* gxr = grad_x + row * C;
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c)
+      gxr[c] = static_cast<T>(row_rstd * (gh[c] - mean_gh - xhat[c] * mean_gh_xhat));
+  }
+}
+
+// The row kernels above, compiled for one instruction set.
+template <typename T, typename Acc>
+struct LayerNormRows {
+  void (*forward)(const T*, const Acc*, const Acc*, T*, Acc*, Acc*, int64_t, int64_t, int64_t, Acc,
+                  Acc*);
+  void (*backward)(const T*, const T*, const Acc*, const Acc*, const Acc*, T*, Acc*, Acc*, int64_t,
+                   int64_t, int64_t, Acc*, Acc*);
+};
+
+template <typename T, typename Acc>
+std::vector<Acc> as_acc(const T* values, int64_t n) {
+  std::vector<Acc> out(n);
+  for (int64_t i = 0; i < n; ++i) out[i] = static_cast<Acc>(values[i]);
+  return out;
+}
+
 template <typename T, typename Acc, typename ParallelFor>
 void layer_norm_forward(const T* x, const T* weight, const T* bias, T* y, Acc* mean_out,
-                        Acc* rstd_out, int64_t rows, int64_t C, Acc eps, ParallelFor parallel_for) {
+                        Acc* rstd_out, int64_t rows, int64_t C, Acc eps,
+                        const LayerNormRows<T, Acc>& kernels, ParallelFor parallel_for) {
+  const std::vector<Acc> w = as_acc<T, Acc>(weight, C), b = as_acc<T, Acc>(bias, C);
   parallel_for(0, rows, [&](int64_t begin, int64_t end) {
-    std::vector<Acc> w(C), b(C), v(C);
-    for (int64_t c = 0; c < C; ++c) {
-      w[c] = static_cast<Acc>(weight[c]);
-      b[c] = static_cast<Acc>(bias[c]);
-    }
-    for (int64_t row = begin; row < end; ++row) {
-      const T* xr = x + row * C;
-      Acc sum = 0;
-#pragma omp simd reduction(+ : sum)
-      for (int64_t c = 0; c < C; ++c) {
-        v[c] = static_cast<Acc>(xr[c]);
-        sum += v[c];
-      }
-      const Acc mean = sum / C;
-      Acc sq = 0;
-#pragma omp simd reduction(+ : sq)
-      for (int64_t c = 0; c < C; ++c) sq += (v[c] - mean) * (v[c] - mean);
-      const Acc rstd = Acc(1) / std::sqrt(sq / C + eps);
-      T* yr = y + row * C;
-      for (int64_t c = 0; c < C; ++c) yr[c] = static_cast<T>((v[c] - mean) * rstd * w[c] + b[c]);
-      mean_out[row] = mean;
-      rstd_out[row] = rstd;
-    }
+    std::vector<Acc> v(C);
+    kernels.forward(x, w.data(), b.data(), y, mean_out, rstd_out, begin, end, C, eps, v.data());
   });
 }
 
 // Rows cut into chunks from the shape alone; each chunk sums partial (grad_weight, grad_bias)
-// [2][C], added in chunk order afterwards: bitwise reproducible for any thread count.
+// [2][C], added in chunk order afterwards: bitwise reproducible for any thread count. A chunk
+// has at least kMinRows rows: with one or two rows each (T4, batch 8: 392 rows of 768) adding
+// the partials cost as much as the rows themselves.
 inline int64_t layer_norm_grad_chunks(int64_t rows, int64_t C) {
   constexpr int64_t kPartialBudget = int64_t(1) << 22;  // elements of all partials together
-  return std::max<int64_t>(1, std::min<int64_t>({rows, 256, kPartialBudget / (2 * C)}));
+  constexpr int64_t kMinRows = 32;
+  return std::max<int64_t>(1, std::min<int64_t>({rows / kMinRows, 256, kPartialBudget / (2 * C)}));
 }
 
-// xhat = (x - mean) * rstd, gh = g * weight:
-// grad_x = rstd * (gh - mean_c(gh) - xhat * mean_c(gh * xhat)),
-// grad_weight = sum_rows g * xhat, grad_bias = sum_rows g.
+// grad_x, and grad_weight = sum_rows g * xhat, grad_bias = sum_rows g (Acc).
 template <typename T, typename Acc, typename ParallelFor>
 void layer_norm_backward(const T* g, const T* x, const T* weight, const Acc* mean, const Acc* rstd,
                          T* grad_x, Acc* grad_weight, Acc* grad_bias, int64_t rows, int64_t C,
-                         ParallelFor parallel_for) {
+                         const LayerNormRows<T, Acc>& kernels, ParallelFor parallel_for) {
   const int64_t chunks = layer_norm_grad_chunks(rows, C);
   const int64_t rows_per_chunk = (rows + chunks - 1) / chunks;
+  const std::vector<Acc> w = as_acc<T, Acc>(weight, C);
   std::vector<Acc> partial(chunks * 2 * C, Acc(0));
   parallel_for(0, chunks, [&](int64_t chunk_begin, int64_t chunk_end) {
-    std::vector<Acc> w(C), xhat(C), gh(C);
-    for (int64_t c = 0; c < C; ++c) w[c] = static_cast<Acc>(weight[c]);
+    std::vector<Acc> xhat(C), gh(C);
     for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
       Acc* part_w = partial.data() + chunk * 2 * C;
-      Acc* part_b = part_w + C;
-      const int64_t row_end = std::min(rows, (chunk + 1) * rows_per_chunk);
-      for (int64_t row = chunk * rows_per_chunk; row < row_end; ++row) {
-        const T* gr = g + row * C;
-        const T* xr = x + row * C;
-        Acc sum_gh = 0, sum_gh_xhat = 0;
-#pragma omp simd reduction(+ : sum_gh, sum_gh_xhat)
-        for (int64_t c = 0; c < C; ++c) {
-          const Acc gv = static_cast<Acc>(gr[c]);
-          xhat[c] = (static_cast<Acc>(xr[c]) - mean[row]) * rstd[row];
-          gh[c] = gv * w[c];
-          sum_gh += gh[c];
-          sum_gh_xhat += gh[c] * xhat[c];
-          part_w[c] += gv * xhat[c];
-          part_b[c] += gv;
-        }
-        const Acc mean_gh = sum_gh / C, mean_gh_xhat = sum_gh_xhat / C;
-        T* gxr = grad_x + row * C;
-        for (int64_t c = 0; c < C; ++c)
-          gxr[c] = static_cast<T>(rstd[row] * (gh[c] - mean_gh - xhat[c] * mean_gh_xhat));
-      }
+      kernels.backward(g, x, w.data(), mean, rstd, grad_x, part_w, part_w + C,
+                       chunk * rows_per_chunk, std::min(rows, (chunk + 1) * rows_per_chunk), C,
+                       xhat.data(), gh.data());
     }
   });
-  for (int64_t c = 0; c < C; ++c) grad_weight[c] = grad_bias[c] = Acc(0);
-  for (int64_t chunk = 0; chunk < chunks; ++chunk) {
-    const Acc* part_w = partial.data() + chunk * 2 * C;
-    for (int64_t c = 0; c < C; ++c) {
-      grad_weight[c] += part_w[c];
-      grad_bias[c] += part_w[C + c];
+  parallel_for(0, 2 * C, [&](int64_t begin, int64_t end) {  // [grad_weight; grad_bias] columns
+    std::vector<Acc> sums(end - begin, Acc(0));
+    for (int64_t chunk = 0; chunk < chunks; ++chunk) {
+      const Acc* part = partial.data() + chunk * 2 * C + begin;
+      for (int64_t j = 0; j < end - begin; ++j) sums[j] += part[j];
     }
-  }
+    for (int64_t j = begin; j < end; ++j)
+      (j < C ? grad_weight[j] : grad_bias[j - C]) = sums[j - begin];
+  });
 }
 
 }  // namespace ck::cpu
