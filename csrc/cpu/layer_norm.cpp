@@ -14,7 +14,7 @@ using ck::cpu::Isa;
 using ck::cpu::LayerNormRows;
 
 // The row kernels compiled for each instruction set (fp32 math; fp16/bf16 converted in the
-// loops, which the compiler vectorises).
+// loops).
 #define CK_LAYER_NORM_ROWS(SUFFIX, TARGET)                                                        \
   template <typename T, typename Acc>                                                             \
   TARGET void forward_rows_##SUFFIX(const T* x, const Acc* w, const Acc* b, T* y, Acc* mean,      \
@@ -35,6 +35,29 @@ CK_LAYER_NORM_ROWS(avx2, CK_TARGET_AVX2)
 #endif
 CK_LAYER_NORM_ROWS(portable, )
 #undef CK_LAYER_NORM_ROWS
+
+// The kernels' storage type for scalar_t: bf16 as its bits (convert.h: conversions that
+// vectorise), the others as they are.
+template <typename T>
+struct KernelType {
+  using type = T;
+};
+template <>
+struct KernelType<c10::BFloat16> {
+  using type = ck::cpu::Bf16Bits;
+};
+static_assert(sizeof(c10::BFloat16) == sizeof(ck::cpu::Bf16Bits));
+template <typename T>
+using kernel_t = typename KernelType<T>::type;
+
+template <typename T>
+const kernel_t<T>* kernel_ptr(const T* p) {
+  return reinterpret_cast<const kernel_t<T>*>(p);
+}
+template <typename T>
+kernel_t<T>* kernel_ptr(T* p) {
+  return reinterpret_cast<kernel_t<T>*>(p);
+}
 
 // This CPU's instantiation for T (float64, the tests' reference precision: portable).
 template <typename T, typename Acc = ck::cpu::acc_t<T>>
@@ -64,11 +87,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_2d_cpu(const at::Tenso
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, x.scalar_type(), "layer_norm_2d_cpu", [&] {
         using Acc = ck::cpu::acc_t<scalar_t>;
-        ck::cpu::layer_norm_forward<scalar_t, Acc>(
-            x_nhwc.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
-            b.const_data_ptr<scalar_t>(), y_nhwc.mutable_data_ptr<scalar_t>(),
-            mean.mutable_data_ptr<Acc>(), rstd.mutable_data_ptr<Acc>(), mean.numel(), x.size(1),
-            static_cast<Acc>(eps), layer_norm_rows<scalar_t>(), ck::cpu::aten_parallel_for());
+        using K = kernel_t<scalar_t>;
+        ck::cpu::layer_norm_forward<K, Acc>(
+            kernel_ptr(x_nhwc.const_data_ptr<scalar_t>()), kernel_ptr(w.const_data_ptr<scalar_t>()),
+            kernel_ptr(b.const_data_ptr<scalar_t>()),
+            kernel_ptr(y_nhwc.mutable_data_ptr<scalar_t>()), mean.mutable_data_ptr<Acc>(),
+            rstd.mutable_data_ptr<Acc>(), mean.numel(), x.size(1), static_cast<Acc>(eps),
+            layer_norm_rows<K>(), ck::cpu::aten_parallel_for());
       });
   if (!y_nhwc.is_same(out)) out.copy_(y_nhwc);
   return {out, mean, rstd};
@@ -93,12 +118,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_2d_backward_cpu(const 
     AT_DISPATCH_FLOATING_TYPES_AND2(
         at::kHalf, at::kBFloat16, x.scalar_type(), "layer_norm_2d_backward_cpu", [&] {
           using Acc = ck::cpu::acc_t<scalar_t>;
+          using K = kernel_t<scalar_t>;
           Acc* sums_ptr = sums.mutable_data_ptr<Acc>();
-          ck::cpu::layer_norm_backward<scalar_t, Acc>(
-              g_nhwc.const_data_ptr<scalar_t>(), x_nhwc.const_data_ptr<scalar_t>(),
-              w.const_data_ptr<scalar_t>(), m.const_data_ptr<Acc>(), r.const_data_ptr<Acc>(),
-              gx_nhwc.mutable_data_ptr<scalar_t>(), sums_ptr, sums_ptr + C, m.numel(), C,
-              layer_norm_rows<scalar_t>(), ck::cpu::aten_parallel_for());
+          ck::cpu::layer_norm_backward<K, Acc>(
+              kernel_ptr(g_nhwc.const_data_ptr<scalar_t>()),
+              kernel_ptr(x_nhwc.const_data_ptr<scalar_t>()),
+              kernel_ptr(w.const_data_ptr<scalar_t>()), m.const_data_ptr<Acc>(),
+              r.const_data_ptr<Acc>(), kernel_ptr(gx_nhwc.mutable_data_ptr<scalar_t>()), sums_ptr,
+              sums_ptr + C, m.numel(), C, layer_norm_rows<K>(), ck::cpu::aten_parallel_for());
         });
     if (!gx_nhwc.is_same(grad_x)) grad_x.copy_(gx_nhwc);
   }

@@ -10,6 +10,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "convert.h"
+
 namespace ck::cpu {
 
 // Rows [begin, end): y = (x - mean) * rstd * w + b; mean and rstd (two-pass variance) saved.
@@ -25,7 +27,7 @@ __attribute__((always_inline)) inline void layer_norm_forward_rows(const T* x, c
     Acc sum = 0;
 #pragma omp simd reduction(+ : sum)
     for (int64_t c = 0; c < C; ++c) {
-      v[c] = static_cast<Acc>(xr[c]);
+      v[c] = to_acc<Acc>(xr[c]);
       sum += v[c];
     }
     const Acc mean = sum / C;
@@ -35,7 +37,7 @@ __attribute__((always_inline)) inline void layer_norm_forward_rows(const T* x, c
     const Acc rstd = Acc(1) / std::sqrt(sq / C + eps);
     T* yr = y + row * C;
 #pragma omp simd
-    for (int64_t c = 0; c < C; ++c) yr[c] = static_cast<T>((v[c] - mean) * rstd * w[c] + b[c]);
+    for (int64_t c = 0; c < C; ++c) yr[c] = from_acc<T>((v[c] - mean) * rstd * w[c] + b[c]);
     mean_out[row] = mean;
     rstd_out[row] = rstd;
   }
@@ -55,8 +57,8 @@ __attribute__((always_inline)) inline void layer_norm_backward_rows(
     Acc sum_gh = 0, sum_gh_xhat = 0;
 #pragma omp simd reduction(+ : sum_gh, sum_gh_xhat)
     for (int64_t c = 0; c < C; ++c) {
-      const Acc gv = static_cast<Acc>(gr[c]);
-      xhat[c] = (static_cast<Acc>(xr[c]) - row_mean) * row_rstd;
+      const Acc gv = to_acc<Acc>(gr[c]);
+      xhat[c] = (to_acc<Acc>(xr[c]) - row_mean) * row_rstd;
       gh[c] = gv * w[c];
       sum_gh += gh[c];
       sum_gh_xhat += gh[c] * xhat[c];
@@ -67,7 +69,7 @@ __attribute__((always_inline)) inline void layer_norm_backward_rows(
     T* gxr = grad_x + row * C;
 #pragma omp simd
     for (int64_t c = 0; c < C; ++c)
-      gxr[c] = static_cast<T>(row_rstd * (gh[c] - mean_gh - xhat[c] * mean_gh_xhat));
+      gxr[c] = from_acc<T>(row_rstd * (gh[c] - mean_gh - xhat[c] * mean_gh_xhat));
   }
 }
 
@@ -83,7 +85,7 @@ struct LayerNormRows {
 template <typename T, typename Acc>
 std::vector<Acc> as_acc(const T* values, int64_t n) {
   std::vector<Acc> out(n);
-  for (int64_t i = 0; i < n; ++i) out[i] = static_cast<Acc>(values[i]);
+  for (int64_t i = 0; i < n; ++i) out[i] = to_acc<Acc>(values[i]);
   return out;
 }
 
