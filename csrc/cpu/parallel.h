@@ -4,9 +4,11 @@
 
 namespace ck::cpu {
 
+// parallel_for(begin, end, fn[, grain]): fn(b, e) over parts of at least `grain` items; a range
+// under it runs on the calling thread (no OpenMP region for a few hundred operations).
 inline auto aten_parallel_for() {
-  return [](int64_t begin, int64_t end, const auto& fn) {
-    at::parallel_for(begin, end, 1, [&](int64_t b, int64_t e) { fn(b, e); });
+  return [](int64_t begin, int64_t end, const auto& fn, int64_t grain = 1) {
+    at::parallel_for(begin, end, grain, [&](int64_t b, int64_t e) { fn(b, e); });
   };
 }
 
