@@ -5,8 +5,10 @@ peak memory, for: eager NCHW, eager channels_last, torch.compile (default; max-a
 
     python -m benchmarks.bench_model [--quick] [--autotune] [--out DIR]
 
-On a CPU: ConvNeXt-atto, batch 4 (inference 8), 64 px, fp32 (no AMP), labelled CPU (--quick:
-batch 2, 32 px): it checks the harness end to end and measures only what a CPU does.
+On a CPU: timm's convnext_tiny at 224 px, fp32, as users serve and train it there: inference at
+batch 1, 4 and 32 and a training step at batch 4, against eager channels_last and torch.compile;
+ours is the timm model converted by ck.convert_model (backend auto). Labelled CPU. --tiny:
+ck.models' ConvNeXt-atto, batch 2, 32 px: checks the harness end to end.
 """
 import sys
 
@@ -21,16 +23,26 @@ NAME = "model"
 add_options = harness.add_autotune_option
 
 
+def _models(plan, size):
+    """(plain model, ours): timm's on a CPU (what CPU users run), else ck.models'."""
+    if not plan.gpu and not plan.tiny:
+        import timm
+        plain = timm.create_model(f"convnext_{size}")
+        fused = ck.convert_model(timm.create_model(f"convnext_{size}"))
+    else:
+        builder = getattr(ck.models, f"convnext_{size}")
+        plain, fused = builder(fused=False), builder()
+    fused.load_state_dict(plain.state_dict())
+    return plain.to(plan.device), fused.to(plan.device)
+
+
 def providers(plan, args):
     """size -> name -> (memory format, model); built per case."""
     def table(size):
-        builder = getattr(ck.models, f"convnext_{size}")
-        plain = builder(fused=False).to(plan.device)
-        fused = builder().to(plan.device)
-        fused.load_state_dict(plain.state_dict())
+        plain, fused = _models(plan, size)
         cl, nchw = torch.channels_last, torch.contiguous_format
-        rows = {"eager NCHW": (nchw, plain), "eager channels_last": (cl, plain),
-                "ours": (cl, fused)}
+        rows = {"eager NCHW": (nchw, plain)} if plan.gpu else {}
+        rows.update({"eager channels_last": (cl, plain), "ours": (cl, fused)})
         if plan.compile:
             rows["compile default"] = (cl, torch.compile(plain))
             if plan.gpu and getattr(args, "autotune", False):
@@ -42,22 +54,24 @@ def providers(plan, args):
 
 
 def settings(plan):
-    """(sizes, train batch, inference batch, resolution, autocast dtype or None)."""
+    """(sizes, train batches, inference batches, resolution, autocast dtype or None)."""
     if plan.gpu:
-        return (["tiny"] if plan.quick else ["tiny", "small", "base"]), 128, 256, 224, \
+        return (["tiny"] if plan.quick else ["tiny", "small", "base"]), [128], [256], 224, \
             torch.bfloat16
-    if plan.quick:
-        return ["atto"], 2, 2, 32, None
-    return ["atto"], 4, 8, 64, None
+    if plan.tiny:
+        return ["atto"], [2], [2], 32, None
+    return ["tiny"], [4], [1, 4, 32], 224, None
 
 
 def cases(plan):
-    sizes = settings(plan)[0]
-    return [(size, mode) for size in sizes for mode in ("train", "inference")]
+    sizes, train, inference = settings(plan)[:3]
+    return [(size, mode, batch) for size in sizes
+            for mode, batches in (("train", train), ("inference", inference))
+            for batch in batches]
 
 
 def describe(plan, case):
-    return f"ConvNeXt-{case[0]} {case[1]}"
+    return f"ConvNeXt-{case[0]} {case[1]} batch {case[2]}"
 
 
 def _time_steps(step, batches, device, reps):
@@ -66,9 +80,8 @@ def _time_steps(step, batches, device, reps):
 
 
 def run_case(plan, tables, case):
-    size, mode = case
-    _, train_batch, infer_batch, px, amp = settings(plan)
-    batch = train_batch if mode == "train" else infer_batch
+    size, mode, batch = case
+    px, amp = settings(plan)[3:]
     device = plan.device
     timings, rows = {}, []  # eager and ours first: the compiled providers come last
     for provider, (fmt, model) in tables(size).items():

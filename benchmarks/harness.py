@@ -66,6 +66,7 @@ class Plan:
         self.batch = getattr(args, "batch", None) or (64 if self.gpu else 2)
         self.reps = (30 if args.quick else 100) if self.gpu else 10
         self.quick = args.quick or args.tiny
+        self.tiny = args.tiny
         if args.tiny:
             self.stages, self.batch, self.reps = [("tiny", 16, 8)], 2, 3
         self.compile = not args.no_compile and getattr(args, "providers", "all") != "uncompiled"

@@ -11,12 +11,12 @@ from benchmarks.harness import speedup_over_eager  # noqa: E402
 BASELINES = ("eager channels_last", "eager")
 
 
-def _grouped_bars(ax, rows, value, providers, stages):
+def _grouped_bars(ax, rows, value, providers, stages, key="stage"):
     width = 0.8 / max(1, len(providers))
     for i, provider in enumerate(providers):
         heights = []
         for stage in stages:
-            match = [value(r) for r in rows if r["provider"] == provider and r["stage"] == stage]
+            match = [value(r) for r in rows if r["provider"] == provider and r[key] == stage]
             heights.append(match[0] if match else 0.0)
         ax.bar([s + i * width for s in range(len(stages))], heights, width, label=provider)
     ax.set_xticks([s + width * (len(providers) - 1) / 2 for s in range(len(stages))], stages)
@@ -29,13 +29,14 @@ def _by_op(rows, dtype, pass_name):
 
 
 def write_plots(rows, env, out_dir):
-    """images.png (training images/s per model, when model rows exist), speedup.png (fwd+bwd
+    """model.png (each model case's speed-up over eager channels_last, when model rows
+    exist), speedup.png (fwd+bwd
     speed-up over eager, channels_last where it applies, per op and stage) and floor.png
     (% of floor of our kernels, per op, pass and stage), for the first dtype in the rows.
     Returns the paths written."""
-    model_rows = [r for r in rows if r.get("op") == "model" and r["pass"] == "train"]
+    model_rows = [r for r in rows if r.get("op") == "model"]
     rows = [r for r in rows if r.get("op") != "model"]
-    paths = [_images_plot(model_rows, env, out_dir)] if model_rows else []
+    paths = [_model_plot(model_rows, env, out_dir)] if model_rows else []
     if not rows:
         return paths
     dtype = rows[0]["dtype"]
@@ -65,18 +66,21 @@ def write_plots(rows, env, out_dir):
     return paths
 
 
-def _images_plot(rows, env, out_dir):
-    """images.png: training images/s per model and provider."""
-    fig, ax = plt.subplots(figsize=(7, 4))
+def _model_plot(rows, env, out_dir):
+    """model.png: each model case's (training step, inference batch) speed-up over eager
+    channels_last, per provider; the images/s are in results.md."""
+    fig, ax = plt.subplots(figsize=(9, 4))
     providers = list(dict.fromkeys(r["provider"] for r in rows))
-    models = list(dict.fromkeys(r["stage"] for r in rows))
-    _grouped_bars(ax, rows, lambda r: r["images_per_s"], providers, models)
-    ax.set_ylabel("training images/s")
+    cases = list(dict.fromkeys(r["case"] for r in rows))
+    _grouped_bars(ax, rows, speedup_over_eager, providers, cases, key="case")
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_ylabel("speed-up over eager channels_last")
+    ax.tick_params(axis="x", labelsize=7)
     ax.legend(fontsize=7)
     fig.suptitle(f"{env['device']} ({env['label']}), {rows[0]['dtype']}, {env['date']}",
                  fontsize=9)
     fig.tight_layout()
-    path = os.path.join(out_dir, "images.png")
+    path = os.path.join(out_dir, "model.png")
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

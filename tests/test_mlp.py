@@ -129,6 +129,72 @@ def test_keep_hidden_and_both_triton_strategies(backend, device, variant, keep_h
     _check(ours, ref, ref, torch.float32, seed, _magnitude_scales(*args[:3], *args[4:]))
 
 
+@pytest.mark.skipif("cpp" not in ck.available_backends(), reason="needs _C")
+@pytest.mark.parametrize("keep_hidden", [False, True], ids=["recompute", "keep"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpp_forward_in_row_tiles(dtype, keep_hidden, poisoned):
+    """The cpp forward runs fc1, GELU, fc2 and the output pass in row tiles once the hidden holds
+    over 4M elements (csrc/cpu/mlp.cpp, tile_rows): 3 x 210 x 210 pixels x 32 hidden channels
+    make 5 tiles whose edges fall inside samples (drop_scale's per-sample index)."""
+    gen, seed = fresh_generator()
+    args = _inputs(gen, (3, 210, 210, 8, 4), "v1", dtype, "cpu")
+    ours = _run(ck.mlp, *args, backend="cpp", keep_hidden=keep_hidden)
+    ref = _run(reference.mlp, *[_to64(a) for a in args])
+    eager = _run(reference.mlp, *args)
+    _check(ours, ref, eager, dtype, seed, _magnitude_scales(*args[:3], *args[4:]))
+
+
+@pytest.mark.skipif("cpp" not in ck.available_backends(), reason="needs _C")
+def test_cpp_gelu_over_the_float_range():
+    """The cpp GELU (csrc/cpu/gelu_kernels.h, a rational erf) and its derivative against float64
+    over [-20, 20], inf and NaN, through the MLP with one channel and unit weights (fc1 and fc2
+    exact): as accurate as ATen's fp32 GELU (which the tolerance measures) to within a rounding
+    of the output."""
+    x = torch.cat([torch.linspace(-20, 20, 40956), torch.tensor([float("inf"), -float("inf"),
+                                                                  float("nan"), 0.0])])
+    rows = x.reshape(-1, 1)
+    eye, zero = torch.ones(1, 1), torch.zeros(1)
+    grad = randn(fresh_generator()[0], *rows.shape)
+    none = torch.empty(0)
+    out = torch.ops.convnext_kernels.mlp(rows, eye, zero, eye, zero, None, None, None, None, None,
+                                         1, 1e-6, False, False)[0]
+    grad_x = torch.ops.convnext_kernels.mlp_backward(grad, rows, eye, zero, eye, None, None,
+                                                     None, None, none, none, none, none, 1,
+                                                     1e-6)[0]
+    x64 = rows.double().requires_grad_()
+    ref = F.gelu(x64)
+    ref_grad, = torch.autograd.grad(ref, x64, grad.double())
+    finite = rows.isfinite()
+    for ours, eager, exact in [(out, F.gelu(rows), ref.detach()),
+                               (grad_x, torch.ops.aten.gelu_backward(grad, rows), ref_grad)]:
+        ulp = exact.abs().clamp_min(1e-30) * 2.0 ** -23
+        error = ((ours.double() - exact).abs())[finite]
+        eager_error = ((eager.double() - exact).abs())[finite]
+        assert error.max() <= eager_error.max() + ulp[finite].max()
+        assert (error <= 4 * eager_error.max() + 2 * ulp[finite]).all()
+        # inf and NaN as eager: gelu(inf) = inf, gelu(-inf) and gelu(NaN) NaN
+        assert torch.equal(ours[~finite].isnan(), eager[~finite].isnan())
+        torch.testing.assert_close(ours[~finite & ~eager.isnan()],
+                                   eager[~finite & ~eager.isnan()])
+
+
+def test_gelu_fit_is_the_committed_one():
+    """The coefficients in csrc/cpu/gelu_kernels.h are what tests/gelu_fit.py fits."""
+    import pathlib
+    import re
+
+    import gelu_fit
+    numerator, denominator, error = gelu_fit.fit()
+    assert error < 3e-8
+    header = (pathlib.Path(__file__).parents[1] / "csrc/cpu/gelu_kernels.h").read_text()
+    for name, fitted in [("kErfNumerator", numerator), ("kErfDenominator", denominator)]:
+        body = re.search(name + r"\[\] = \{([^}]*)\}", header).group(1)
+        committed = [float(v.strip().rstrip("f")) for v in body.split(",")]
+        assert committed == [float(torch.tensor(c, dtype=torch.float32)) for c in fitted] or \
+            max(abs(a - b) / abs(b) for a, b in zip(committed, fitted)) < 1e-6, name
+    assert f"kErfMaxArg = {gelu_fit.Z_MAX}f" in header
+
+
 def test_triton_picks_the_fused_forward_for_small_c_only():
     pytest.importorskip("triton")
     from convnext_kernels.triton.mlp import uses_fused_forward
@@ -140,8 +206,9 @@ def test_triton_picks_the_fused_forward_for_small_c_only():
 
 @pytest.mark.parametrize("backend,device", TARGETS)
 def test_recompute_saves_input_sized_activations(backend, device):
-    """By default the MLP keeps its input (and y2 for a learnable gamma), not the [M, 4C] hidden
-    tensor; keep_hidden saves it. Measured on what autograd actually saves."""
+    """Without keep_hidden the MLP keeps its input (and y2 for a learnable gamma), not the
+    [M, 4C] hidden tensor; keep_hidden saves it, and is the default on cpp only. Measured on
+    what autograd actually saves."""
     gen, _ = fresh_generator()
     x, params, gamma, residual, drop, _, _, _ = _inputs(gen, (2, 7, 7, 40, 4), "v1",
                                                         torch.float32, device)
@@ -149,8 +216,9 @@ def test_recompute_saves_input_sized_activations(backend, device):
 
     def ours(**kwargs):
         return lambda *a: ck.mlp(*a, residual, drop, backend=backend, **kwargs)
-    recompute = saved_activation_bytes(ours(), inputs)
+    recompute = saved_activation_bytes(ours(keep_hidden=False), inputs)
     kept = saved_activation_bytes(ours(keep_hidden=True), inputs)
+    assert saved_activation_bytes(ours(), inputs) == (kept if backend == "cpp" else recompute)
     eager = saved_activation_bytes(lambda *a: reference.mlp(*a, residual, drop), inputs)
     assert recompute <= 2 * x.numel() * 4 + 64  # x and y2
     assert kept >= recompute + 4 * x.numel() * 4  # + the [M, 4C] pre-activation

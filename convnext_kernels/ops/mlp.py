@@ -4,9 +4,10 @@ in its epilogue, and optionally ConvNeXt-V2's GRN between GELU and fc2.
 Backends: cpp is the C++ op convnext_kernels::mlp (ATen GEMMs + fused C++ passes); triton is the
 Python custom op convnext_kernels::mlp_triton (matmul.py's GEMM with prologues/epilogues, a fully
 fused forward for small C). Both return (out, kept pre-activation, y2, GRN norm, GRN nx) and share
-one autograd formula (the matching backward op). By default the backward recomputes fc1's
-pre-activation: the MLP saves its input (and y2 [M, C] with a learnable gamma, GRN's [N, H]
-statistics), not its [M, H] hidden tensor; keep_hidden=True saves that instead.
+one autograd formula (the matching backward op). The backward recomputes fc1's pre-activation
+where the forward did not keep it (keep_hidden: by default cpp keeps it, triton recomputes):
+then the MLP saves its input (and y2 [M, C] with a learnable gamma, GRN's [N, H] statistics),
+not its [M, H] hidden tensor.
 """
 from typing import Optional, Tuple
 
@@ -72,12 +73,14 @@ def _register_autograd(forward_op, backward_op):
     torch.library.register_autograd(forward_op, backward, setup_context=setup_context)
 
 
-# auto: the MLP has no CUDA kernels (triton serves CUDA). On the 2-core CI machine the cpp MLP
-# without GRN is 0.76-0.95x eager in fwd+bwd (its backward recomputes fc1: one more GEMM on a
-# compute-bound CPU), so CPU keeps torch; with GRN the cpp MLP is fwd 1.1-2x, fwd+bwd
-# 0.96-1.03x eager (benchmarks/results/cpu-*/results.md), so it is the CPU choice there.
-# The two forms share their implementations; only `auto`'s order differs.
-MLP = backends.Op("mlp", auto_order={"cpu": ("torch",), "cuda": ("triton",)})
+# auto: the MLP has no CUDA kernels (triton serves CUDA). On CPU, cpp: its forward adds the
+# biases and GELU (a rational erf, csrc/cpu/gelu_kernels.h) in its own passes and runs large
+# hiddens in row tiles that stay in cache; its backward keeps the hidden (no fc1 recompute). On
+# the 2-core CI machine, fp32, batch 8 at the ConvNeXt-T stages (python -m benchmarks.bench_mlp,
+# same run): forward 0.87-1.37x, fwd+bwd 0.95-1.08x eager, the GEMMs being the same ATen calls;
+# batch 32 forward 1.04-2.3x (stages 4-1); and timm's convnext_tiny converted with the MLP on
+# cpp ran 1.16-1.17x eager (inference and a training step, batch 4), with it on eager ~1.0x.
+MLP = backends.Op("mlp", auto_order={"cpu": ("cpp",), "cuda": ("triton",)})
 MLP_GRN = backends.Op("mlp", auto_order={"cpu": ("cpp",), "cuda": ("triton",)}, impls=MLP.impls)
 
 if _ext.LOADED:
@@ -123,14 +126,17 @@ if backends.triton_importable():
 def mlp(x: Tensor, fc1_w: Tensor, fc1_b: Tensor, fc2_w: Tensor, fc2_b: Tensor,
         gamma: Optional[Tensor] = None, residual: Optional[Tensor] = None,
         drop_scale: Optional[Tensor] = None, *, grn_weight: Optional[Tensor] = None,
-        grn_bias: Optional[Tensor] = None, grn_eps: float = 1e-6, keep_hidden: bool = False,
-        backend: str = "auto") -> Tensor:
+        grn_bias: Optional[Tensor] = None, grn_eps: float = 1e-6,
+        keep_hidden: Optional[bool] = None, backend: str = "auto") -> Tensor:
     """[residual +] [drop_scale (per sample) *] [gamma *] fc2(gelu(fc1(x))) on rows (..., C),
     exact-erf GELU; fc1_w [H, C], fc1_b [H], fc2_w [C, H], fc2_b [C], gamma [C], residual like x,
     drop_scale [x.shape[0]] (drop path's per-sample factor; not differentiated). With
     grn_weight/grn_bias (H values, [H] or [1,1,1,H]) x is N,H,W,C and GRN (ConvNeXt V2) runs
     between GELU and fc2. keep_hidden saves fc1's [M, H] pre-activation for the backward instead
-    of recomputing it. Differentiable in x, the weights, gamma, residual and GRN's parameters."""
+    of recomputing it; None leaves it to the backend: cpp keeps it (host memory is plentiful and
+    the recompute is a GEMM, a seventh of the MLP's GEMM work), triton recomputes (GPU memory:
+    eager saves two [M, H] tensors). Differentiable in x, the weights, gamma, residual and GRN's
+    parameters."""
     check_mlp_args("mlp", x, fc1_w, fc1_b, fc2_w, fc2_b, gamma, residual, drop_scale,
                    grn_weight, grn_bias, grn_eps)
     name = (MLP_GRN if grn_weight is not None else MLP).resolve(backend, x, x.shape[-1])
@@ -142,6 +148,8 @@ def mlp(x: Tensor, fc1_w: Tensor, fc1_b: Tensor, fc2_w: Tensor, fc2_b: Tensor,
     per_sample = drop_scale is not None or grn_weight is not None
     rows_per_sample = max(1, rows.shape[0] // x.shape[0]) if per_sample and x.shape[0] else 1
     save_y2 = gamma is not None and gamma.requires_grad and torch.is_grad_enabled()
+    if keep_hidden is None:
+        keep_hidden = name == "cpp"
     out = MLP.impls[name](rows.contiguous(), fc1_w.contiguous(), fc1_b.contiguous(),
                      fc2_w.contiguous(), fc2_b.contiguous(),
                      gamma.reshape(-1) if gamma is not None else None,

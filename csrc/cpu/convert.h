@@ -6,8 +6,13 @@
 #pragma once
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 namespace ck::cpu {
+
+// The accumulation type for storage type T: double for double, float otherwise.
+template <typename T>
+using acc_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
 struct Bf16Bits {
   uint16_t bits;

@@ -11,6 +11,8 @@
 namespace {
 
 using ck::cpu::Isa;
+using ck::cpu::kernel_ptr;
+using ck::cpu::kernel_t;
 using ck::cpu::LayerNormRows;
 
 // The row kernels compiled for each instruction set (fp32 math; fp16/bf16 converted in the
@@ -36,35 +38,12 @@ CK_LAYER_NORM_ROWS(avx2, CK_TARGET_AVX2)
 CK_LAYER_NORM_ROWS(portable, )
 #undef CK_LAYER_NORM_ROWS
 
-// The kernels' storage type for scalar_t: bf16 as its bits (convert.h: conversions that
-// vectorise), the others as they are.
-template <typename T>
-struct KernelType {
-  using type = T;
-};
-template <>
-struct KernelType<c10::BFloat16> {
-  using type = ck::cpu::Bf16Bits;
-};
-static_assert(sizeof(c10::BFloat16) == sizeof(ck::cpu::Bf16Bits));
-template <typename T>
-using kernel_t = typename KernelType<T>::type;
-
-template <typename T>
-const kernel_t<T>* kernel_ptr(const T* p) {
-  return reinterpret_cast<const kernel_t<T>*>(p);
-}
-template <typename T>
-kernel_t<T>* kernel_ptr(T* p) {
-  return reinterpret_cast<kernel_t<T>*>(p);
-}
-
 // This CPU's instantiation for T (float64, the tests' reference precision: portable).
 template <typename T, typename Acc = ck::cpu::acc_t<T>>
 LayerNormRows<T, Acc> layer_norm_rows() {
 #if CK_CPU_X86
   if constexpr (std::is_same_v<Acc, float>) {
-    static const Isa isa = ck::cpu::cpu_isa();
+    const Isa isa = ck::cpu::cpu_isa();
     if (isa == Isa::kAvx512) return {forward_rows_avx512<T, Acc>, backward_rows_avx512<T, Acc>};
     if (isa == Isa::kAvx2) return {forward_rows_avx2<T, Acc>, backward_rows_avx2<T, Acc>};
   }

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "convert.h"
+#include "grain.h"
 
 namespace ck::cpu {
 
@@ -82,11 +83,6 @@ struct LayerNormRows {
                    int64_t, int64_t, Acc*, Acc*);
 };
 
-// Elements a thread's part should hold at least (ATen's grain): a LayerNorm of a few rows runs
-// on the calling thread (measured beside CI: a 1-pixel, 768-channel backward cost ~0.1 ms more
-// than ATen's, most of it waking the OpenMP threads for the per-column sum).
-constexpr int64_t kElementsPerTask = 32768;
-
 template <typename T, typename Acc>
 std::vector<Acc> as_acc(const T* values, int64_t n) {
   std::vector<Acc> out(n);
@@ -105,7 +101,7 @@ void layer_norm_forward(const T* x, const T* weight, const T* bias, T* y, Acc* m
         std::vector<Acc> v(C);
         kernels.forward(x, w.data(), b.data(), y, mean_out, rstd_out, begin, end, C, eps, v.data());
       },
-      std::max<int64_t>(1, kElementsPerTask / C));
+      rows_per_task(C));
 }
 
 // Rows cut into chunks from the shape alone; each chunk sums partial (grad_weight, grad_bias)
@@ -147,7 +143,7 @@ void layer_norm_backward(const T* g, const T* x, const T* weight, const Acc* mea
         for (int64_t j = begin; j < end; ++j)
           (j < C ? grad_weight[j] : grad_bias[j - C]) = sums[j - begin];
       },
-      std::max<int64_t>(1, kElementsPerTask / chunks));
+      rows_per_task(chunks));
 }
 
 }  // namespace ck::cpu

@@ -1,30 +1,61 @@
 // The elementwise and reduction passes of the ConvNeXt MLP and of GRN on the CPU, between the
-// GEMMs and GELU (ATen's, in mlp.cpp). Torch-free; T is the storage type, Acc the accumulation type
-// (float, or double for double); parallel_for(begin, end, fn) as in dwconv_kernels.h.
-// Rows are [rows, C] contiguous; "samples" are consecutive groups of rows_per_sample rows
-// (N,H,W,C: a sample is an image). Every reduction has a fixed order (bitwise reproducible).
+// GEMMs (ATen's, in mlp.cpp) and around GELU (gelu_kernels.h). Torch-free; T is the storage type,
+// Acc the accumulation type (float, or double for double); parallel_for(begin, end, fn) as in
+// dwconv_kernels.h. Rows are [rows, C] contiguous; "samples" are consecutive groups of
+// rows_per_sample rows (N,H,W,C: a sample is an image). Every reduction has a fixed order (bitwise
+// reproducible).
 #pragma once
 #include <algorithm>
 #include <cstdint>
 #include <vector>
 
+#include "convert.h"
+#include "flags.h"
+
 namespace ck::cpu {
 
-// out = [residual +] [row_scale[row / rows_per_sample] *] [col_scale *] y, each optional (null).
-template <typename T, typename Acc, typename ParallelFor>
-void scale_rows_cols(const T* y, const T* col_scale, const T* row_scale, const T* residual, T* out,
-                     int64_t rows, int64_t C, int64_t rows_per_sample, ParallelFor parallel_for) {
-  parallel_for(0, rows, [&](int64_t begin, int64_t end) {
+// Rows [begin, end) of the MLP's output pass: v = y [+ bias]; y_out = v (when kYOut; may be y);
+// out = [residual +] [col_scale *] row_scale[(first_row + row) / rows_per_sample] * v (row_scale
+// may be null: 1; first_row: where these rows start among the op's, for a tile of them). The
+// optional operands are template flags (flags.h), so that the loop vectorises.
+struct OutputRows {
+  template <bool kBias, bool kYOut, bool kColScale, bool kResidual, typename T>
+  __attribute__((always_inline)) inline static void run(const T* y, const T* bias,
+                                                        const T* col_scale, const T* row_scale,
+                                                        const T* residual, T* y_out, T* out,
+                                                        int64_t begin, int64_t end, int64_t C,
+                                                        int64_t rows_per_sample,
+                                                        int64_t first_row) {
+    using Acc = acc_t<T>;
     for (int64_t r = begin; r < end; ++r) {
-      const Acc rs = row_scale ? static_cast<Acc>(row_scale[r / rows_per_sample]) : Acc(1);
+      const Acc rs = row_scale ? to_acc<Acc>(row_scale[(first_row + r) / rows_per_sample]) : Acc(1);
+      const T* yr = y + r * C;
+      const T* res = residual + (kResidual ? r * C : 0);
+      T* yo = y_out + (kYOut ? r * C : 0);
+      T* o = out + r * C;
+#pragma omp simd
       for (int64_t c = 0; c < C; ++c) {
-        Acc v = static_cast<Acc>(y[r * C + c]) * rs;
-        if (col_scale) v *= static_cast<Acc>(col_scale[c]);
-        if (residual) v += static_cast<Acc>(residual[r * C + c]);
-        out[r * C + c] = static_cast<T>(v);
+        Acc v = to_acc<Acc>(yr[c]);
+        if constexpr (kBias) v += to_acc<Acc>(bias[c]);
+        if constexpr (kYOut) yo[c] = from_acc<T>(v);
+        v *= rs;
+        if constexpr (kColScale) v *= to_acc<Acc>(col_scale[c]);
+        if constexpr (kResidual) v += to_acc<Acc>(res[c]);
+        o[c] = from_acc<T>(v);
       }
     }
-  });
+  }
+};
+
+template <typename T>
+__attribute__((always_inline)) inline void output_rows(const T* y, const T* bias,
+                                                       const T* col_scale, const T* row_scale,
+                                                       const T* residual, T* y_out, T* out,
+                                                       int64_t begin, int64_t end, int64_t C,
+                                                       int64_t rows_per_sample, int64_t first_row) {
+  const bool has[] = {bias != nullptr, y_out != nullptr, col_scale != nullptr, residual != nullptr};
+  with_flags<4, OutputRows>(has, y, bias, col_scale, row_scale, residual, y_out, out, begin, end, C,
+                            rows_per_sample, first_row);
 }
 
 // uv[s][c] = sum over sample s's rows of u*v; u_sum[s][c] (if not null) = sum of u. v may be u.
