@@ -24,25 +24,32 @@ add_options = harness.add_autotune_option
 
 
 def _models(plan, size):
-    """(plain model, ours): timm's on a CPU (what CPU users run), else ck.models'."""
+    """{"plain": model, "ours": converted (backend auto)[, "ours cpp": backend cpp]}, the same
+    weights: timm's on a CPU (what CPU users run; cpp shown beside auto, whose choices the
+    results justify), else ck.models'."""
     if not plan.gpu and not plan.tiny:
         import timm
-        plain = timm.create_model(f"convnext_{size}")
-        fused = ck.convert_model(timm.create_model(f"convnext_{size}"))
+        models = {"plain": timm.create_model(f"convnext_{size}")}
+        models["ours"] = ck.convert_model(timm.create_model(f"convnext_{size}"))
+        models["ours cpp"] = ck.convert_model(timm.create_model(f"convnext_{size}"), "cpp")
     else:
         builder = getattr(ck.models, f"convnext_{size}")
-        plain, fused = builder(fused=False), builder()
-    fused.load_state_dict(plain.state_dict())
-    return plain.to(plan.device), fused.to(plan.device)
+        models = {"plain": builder(fused=False), "ours": builder()}
+    for model in models.values():
+        model.load_state_dict(models["plain"].state_dict())
+    return {name: model.to(plan.device) for name, model in models.items()}
 
 
 def providers(plan, args):
     """size -> name -> (memory format, model); built per case."""
     def table(size):
-        plain, fused = _models(plan, size)
+        models = _models(plan, size)
+        plain, fused = models["plain"], models["ours"]
         cl, nchw = torch.channels_last, torch.contiguous_format
         rows = {"eager NCHW": (nchw, plain)} if plan.gpu else {}
         rows.update({"eager channels_last": (cl, plain), "ours": (cl, fused)})
+        if "ours cpp" in models:
+            rows["ours cpp"] = (cl, models["ours cpp"])
         if plan.compile:
             rows["compile default"] = (cl, torch.compile(plain))
             if plan.gpu and getattr(args, "autotune", False):
@@ -74,56 +81,72 @@ def describe(plan, case):
     return f"ConvNeXt-{case[0]} {case[1]} batch {case[2]}"
 
 
-def _time_steps(step, batches, device, reps):
-    times = harness.time_calls(step, [(b,) for b in batches], device, warmup=3, reps=reps)
-    return harness.summarize(times)
+# Timed rounds per provider on a CPU. There the providers run interleaved, one call each per
+# round, so that the drift of a shared 2-core VM (same-run medians of one provider moved by 10-20 %
+# between runs minutes apart) hits them alike; on a GPU one provider after another, so that each
+# peak memory is its own.
+CPU_ROUNDS = 7
+
+
+def _step(model, mode, amp, device, target):
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+
+    def step(x):
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            if mode == "train":
+                loss = torch.nn.functional.cross_entropy(model(x), target)
+            else:
+                with torch.no_grad():
+                    model(x)
+        if mode == "train":
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    model.train(mode == "train")
+    return step
 
 
 def run_case(plan, tables, case):
     size, mode, batch = case
     px, amp = settings(plan)[3:]
     device = plan.device
-    timings, rows = {}, []  # eager and ours first: the compiled providers come last
+    case = dict(op="model", case=f"ConvNeXt-{size} {mode} batch {batch} {px}px", stage=size,
+                dtype=str(amp or torch.float32).replace("torch.", ""), shape=[batch, 3, px, px])
+    target = torch.randint(0, 1000, (batch,), device=device)
+    ready = {}  # provider -> (memory format, step, inputs, compiled graphs); eager first
+    times, peaks = {}, {}
     for provider, (fmt, model) in tables(size).items():
-        batches = [torch.randn(batch, 3, px, px, device=device).contiguous(memory_format=fmt)
-                   for _ in range(2)]
-        target = torch.randint(0, 1000, (batch,), device=device)
-        model = model.to(memory_format=fmt)
-        optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-
-        def step(x):
-            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                if mode == "train":
-                    loss = torch.nn.functional.cross_entropy(model(x), target)
-                else:
-                    with torch.no_grad():
-                        model(x)
-            if mode == "train":
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-        model.train(mode == "train")
+        inputs = [(torch.randn(batch, 3, px, px, device=device).contiguous(memory_format=fmt),)
+                  for _ in range(2)]
+        step = _step(model.to(memory_format=fmt), mode, amp, device, target)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        case = dict(op="model", case=f"ConvNeXt-{size} {mode} batch {batch} {px}px",
-                    stage=size, dtype=str(amp or torch.float32).replace("torch.", ""),
-                    shape=[batch, 3, px, px])
         graphs = harness.compiled_graphs()
         try:
-            stats = _time_steps(step, batches, device, max(3, plan.reps // 5))
+            warm = harness.time_calls(step, inputs, device, warmup=3,
+                                      reps=0 if not plan.gpu else max(3, plan.reps // 5))
         except Exception as error:  # a compile that fails on this machine: reported, not hidden
             plan.results.not_measured(case, provider, mode, error)
             continue
-        peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-        timings[provider] = stats["median_ms"]
+        ready[provider] = (fmt, step, inputs, harness.compiled_graphs() - graphs)
+        times[provider] = warm
+        if device.type == "cuda":
+            peaks[provider] = torch.cuda.max_memory_allocated(device) / 2**20
+    for i in range(0 if plan.gpu else CPU_ROUNDS):
+        for provider, (_, step, inputs, _) in ready.items():
+            times[provider] += harness.time_calls(step, [inputs[i % 2]], device, warmup=0, reps=1)
+    rows, medians = [], {}
+    for provider, (fmt, _, _, graphs) in ready.items():
+        stats = harness.summarize(times[provider])
+        medians[provider] = stats["median_ms"]
         row = dict(case, provider=provider, memory_format=str(fmt).replace("torch.", ""),
                    **{"pass": mode}, **stats, images_per_s=batch / (stats["median_ms"] * 1e-3),
-                   peak_memory_MiB=peak)
+                   peak_memory_MiB=peaks.get(provider))
         if harness.is_compiled(provider):
-            row["compiled_graphs"] = harness.compiled_graphs() - graphs
-        rows.append(plan.results.add(**row))  # written now: a killed run keeps it
+            row["compiled_graphs"] = graphs
+        rows.append(plan.results.add(**row))
     for row in rows:
-        harness.add_speedups(row, {base: timings.get(base) for base in (
+        harness.add_speedups(row, {base: medians.get(base) for base in (
             "eager channels_last", "compile default", "compile max-autotune")})
     plan.results.changed()
 

@@ -63,12 +63,6 @@ def _unavailable_reason(name):
     raise ValueError(f"backend must be one of {BACKENDS + ('auto',)}, got {name!r}")
 
 
-def needs_grad(*tensors):
-    """Whether a backward will follow: grad mode is on and a tensor argument requires grad."""
-    return torch.is_grad_enabled() and any(
-        isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
-
-
 def available_backends():
     """The backends that can run on this machine, e.g. ['torch', 'cpp', 'triton', 'cuda']."""
     return [name for name in BACKENDS if _unavailable_reason(name) is None]
@@ -109,8 +103,6 @@ class Op:
     auto_order: Dict[str, Tuple[str, ...]]
     impls: Dict[str, Callable] = field(default_factory=dict)
     max_channels: Dict[str, int] = field(default_factory=dict)
-    # Where the fastest choice differs when a backward will follow (training): its own order.
-    training_auto_order: Dict[str, Tuple[str, ...]] = field(default_factory=dict)
 
     def register(self, backend, impl, *, max_channels=None):
         if backend not in BACKENDS[1:]:
@@ -132,21 +124,19 @@ class Op:
             reason = f"its kernels take at most {limit} channels, got {channels}"
         return reason
 
-    def order(self, device_type, training=False):
+    def order(self, device_type):
         """The backends `auto` tries on this device type, fastest measured first."""
-        if training and device_type in self.training_auto_order:
-            return self.training_auto_order[device_type]
         return self.auto_order.get(device_type, ())
 
-    def first_serving(self, backend, tensor, channels, training=False):
+    def first_serving(self, backend, tensor, channels):
         """The backend that serves this call (`backend`, or under "auto" the first of the
         device's order that can), or None."""
-        names = self.order(tensor.device.type, training) if backend == "auto" else (backend,)
+        names = self.order(tensor.device.type) if backend == "auto" else (backend,)
         return next((n for n in names if self.cannot_serve(n, tensor, channels) is None), None)
 
-    def resolve(self, backend, tensor, channels, training=False):
-        """The backend that serves this call on `tensor` with `channels` channels (`training`:
-        a backward will follow); raises ValueError naming why a requested one cannot; under
+    def resolve(self, backend, tensor, channels):
+        """The backend that serves this call on `tensor` with `channels` channels; raises
+        ValueError naming why a requested one cannot; under
         "auto", eager torch with a warning where no kernel backend of the order serves."""
         if not isinstance(backend, str):
             raise TypeError(f"{self.name}: backend must be a str, got {type(backend).__name__}")
@@ -160,10 +150,10 @@ class Op:
                 raise ValueError(f"{self.name}: backend {backend!r} cannot serve this call: "
                                  f"{reason}")
             return backend
-        name = self.first_serving(backend, tensor, channels, training)
+        name = self.first_serving(backend, tensor, channels)
         if name is not None:
             return name
-        order = self.order(tensor.device.type, training)
+        order = self.order(tensor.device.type)
         warnings.warn(
             f"{self.name}: no kernel backend serves a {tensor.device.type} {tensor.dtype} tensor "
             f"with {channels} channels here "

@@ -276,18 +276,3 @@ def test_auto_falls_back_by_declared_limits():
         assert strict.resolve("auto", wide, 9) == "torch"
     with pytest.raises(ValueError, match="demo: backend 'cpp' cannot serve.*at most 8"):
         strict.resolve("cpp", wide, 9)
-
-
-@pytest.mark.skipif("cpp" not in ck.available_backends(), reason="needs the cpp backend")
-def test_auto_takes_the_training_order_where_a_backward_follows():
-    op = ck.backends.Op("demo", auto_order={"cpu": ("torch",)},
-                        training_auto_order={"cpu": ("cpp",)})
-    op.register("cpp", lambda x: x)
-    x = torch.randn(2, 4)
-    assert op.resolve("auto", x, 4) == "torch"
-    assert op.resolve("auto", x, 4, training=True) == "cpp"
-    assert not ck.backends.needs_grad(x, None)
-    x.requires_grad_()
-    assert ck.backends.needs_grad(None, x)
-    with torch.no_grad():
-        assert not ck.backends.needs_grad(x)

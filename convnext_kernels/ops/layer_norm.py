@@ -81,16 +81,18 @@ def _register_layer_norm_autograd(forward_op, backward_op):
     torch.library.register_autograd(forward_op, backward, setup_context=setup_context)
 
 
-# auto: on the 2-core CI machine ATen's LayerNorm beats the cpp one (fwd 0.47-0.81x, fwd+bwd
-# 0.34-0.55x at batch 8), so CPU keeps torch for it. dwconv then LayerNorm with the cpp ops (SIMD
-# dwconv) is faster in fwd+bwd (1.29-3.2x eager channels_last) but not always in the forward
-# alone (0.66-2.71x): cpp where a backward follows, torch otherwise
-# (benchmarks/results/cpu-dwconv-2026-11-30/layer_norm-batch8).
+# auto: cpp on CPU. Alone, the cpp LayerNorm is 0.83-1.08x ATen's forward and 0.75-1.43x its
+# fwd+bwd in fp32 at batch 8 (bf16 0.87-1.32x, 1.09-1.42x;
+# benchmarks/results/cpu-dwconv-2026-11-30/layer_norm-batch8), and dwconv then LayerNorm with the
+# cpp ops 0.66-2.71x eager channels_last forward, 1.29-3.2x fwd+bwd; in the whole model, timm's
+# convnext_tiny with every op on cpp ran faster than with these two on eager in each case timed
+# (training step batch 4 1.20x against 1.10x eager, inference batch 1/4/32 0.98/1.06/1.24x against
+# 0.87/1.00/1.14x; benchmarks/results/cpu-x86-64-2-threads-2026-11-30).
 LAYER_NORM = backends.Op("layer_norm_2d",
-                         auto_order={"cpu": ("torch",), "cuda": ("cuda", "triton")})
+                         auto_order={"cpu": ("cpp",), "cuda": ("cuda", "triton")})
 DWCONV_LAYER_NORM = backends.Op("dwconv_layer_norm",
-                                auto_order={"cpu": ("torch",), "cuda": ("cuda", "triton")},
-                                training_auto_order={"cpu": ("cpp",)})
+                                auto_order={"cpu": ("cpp",), "cuda": ("cuda", "triton")})
+
 
 def _dwconv_then_layer_norm_cpp(x, dw_weight, dw_bias, ln_weight, ln_bias, eps):
     """cpp's dwconv_layer_norm: the two CPU ops one after the other (no fused CPU kernel)."""
@@ -168,9 +170,7 @@ def dwconv_layer_norm(x: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor],
     kernel on triton and cuda. cpp runs the two CPU ops one after the other."""
     check_dwconv_args("dwconv_layer_norm", x, dw_weight, dw_bias)
     check_layer_norm_args("dwconv_layer_norm", x, ln_weight, ln_bias, eps)
-    name = DWCONV_LAYER_NORM.resolve(
-        backend, x, x.shape[1],
-        training=backends.needs_grad(x, dw_weight, dw_bias, ln_weight, ln_bias))
+    name = DWCONV_LAYER_NORM.resolve(backend, x, x.shape[1])
     if name == "torch":
         return reference.dwconv_layer_norm(x, dw_weight, dw_bias, ln_weight, ln_bias, eps)
     return DWCONV_LAYER_NORM.impls[name](x, dw_weight, dw_bias, ln_weight, ln_bias,
