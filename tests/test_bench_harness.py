@@ -79,7 +79,7 @@ def test_suite_writes_schema_tables_and_plots(tmp_path):
     markdown = (directory / "results.md").read_text()
     assert f"({label})" in markdown
     assert os.path.basename(directory).endswith(data["env"]["date"])
-    plots = ("speedup.png", "floor.png", "images.png")
+    plots = ("speedup.png", "floor.png", "model.png")
     if importlib.util.find_spec("matplotlib") is None:  # optional: the results come without
         assert not any((directory / plot).exists() for plot in plots)
         return

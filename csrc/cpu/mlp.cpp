@@ -1,8 +1,9 @@
 // CPU glue of the ConvNeXt MLP (rows [M, C]: fc1 -> GELU [-> GRN] -> fc2 [* gamma]
 // [* drop_scale per sample] [+ residual]): ATen GEMMs, with every elementwise step between them
-// one fused pass of cpu/mlp_kernels.h. The backward recomputes fc1's pre-activation unless the
-// forward kept it. Argument checks with messages for users are in Python (ck.mlp); these guard
-// the op's own contract.
+// one fused pass (GELU: gelu_kernels.h; the others: mlp_kernels.h), compiled per instruction
+// set; without GRN the forward runs in row tiles that keep the hidden in cache (tile_rows). The
+// backward recomputes fc1's pre-activation unless the forward kept it. Argument checks with
+// messages for users are in Python (ck.mlp); these guard the op's own contract.
 #include <torch/extension.h>
 
 #include "accumulate.h"
