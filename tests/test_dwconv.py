@@ -267,8 +267,9 @@ ISA_NAMES = ["avx512", "avx2", "portable"]
 @pytest.mark.skipif("cpp" not in ck.available_backends(), reason="needs the cpp backend")
 @pytest.mark.parametrize("isa", ISA_NAMES[1:])
 def test_every_narrower_instruction_set_matches_the_reference(isa):
-    """CK_CPU_ISA narrows the choice: the cpp dwconv and LayerNorm tests again on each narrower
-    path this CPU can run (the widest one is the default, tested above)."""
+    """CK_CPU_ISA narrows the choice: the cpp dwconv and LayerNorm tests, and the MLP's GELU and
+    tiled-forward tests, again on each narrower path this CPU can run (the widest one is the
+    default, tested above)."""
     from convnext_kernels import _C
     if ISA_NAMES.index(isa) <= ISA_NAMES.index(_C.cpu_isa()):
         pytest.skip(f"{isa} is this CPU's default or wider than it has: tested above")
@@ -280,7 +281,9 @@ def test_every_narrower_instruction_set_matches_the_reference(isa):
     assert check.stdout.split() == [isa]
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
-         os.path.join(os.path.dirname(__file__), "test_layer_norm.py"), "-k",
-         "cpp and (matches_float64 or deterministic or without_bias or empty or constant)"],
+         os.path.join(os.path.dirname(__file__), "test_layer_norm.py"),
+         os.path.join(os.path.dirname(__file__), "test_mlp.py"), "-k",
+         "cpp and (matches_float64 or deterministic or without_bias or empty or constant"
+         " or row_tiles or float_range)"],
         cwd=root, env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout[-3000:]
