@@ -86,8 +86,10 @@ def _register_layer_norm_autograd(forward_op, backward_op):
 # benchmarks/results/cpu-dwconv-2026-11-30/layer_norm-batch8), and dwconv then LayerNorm with the
 # cpp ops 0.66-2.71x eager channels_last forward, 1.29-3.2x fwd+bwd; in the whole model, timm's
 # convnext_tiny with every op on cpp ran faster than with these two on eager in each case timed
-# (training step batch 4 1.20x against 1.10x eager, inference batch 1/4/32 0.98/1.06/1.24x against
-# 0.87/1.00/1.14x; benchmarks/results/cpu-x86-64-2-threads-2026-11-30).
+# (python -m benchmarks --model, one run, both beside eager: training step batch 4 1.20x against
+# 1.10x eager, inference batch 1/4/32 0.98/1.06/1.24x against 0.87/1.00/1.14x). That run was
+# replaced by the one after the switch (benchmarks/results/cpu-x86-64-2-threads-2026-11-30),
+# where auto and backend cpp, now the same choices, agree within 2 %.
 LAYER_NORM = backends.Op("layer_norm_2d",
                          auto_order={"cpu": ("cpp",), "cuda": ("cuda", "triton")})
 DWCONV_LAYER_NORM = backends.Op("dwconv_layer_norm",
