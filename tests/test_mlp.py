@@ -190,8 +190,8 @@ def test_gelu_fit_is_the_committed_one():
     for name, fitted in [("kErfNumerator", numerator), ("kErfDenominator", denominator)]:
         body = re.search(name + r"\[\] = \{([^}]*)\}", header).group(1)
         committed = [float(v.strip().rstrip("f")) for v in body.split(",")]
-        assert committed == [float(torch.tensor(c, dtype=torch.float32)) for c in fitted] or \
-            max(abs(a - b) / abs(b) for a, b in zip(committed, fitted)) < 1e-6, name
+        assert len(committed) == len(fitted), name
+        assert max(abs(a - b) / abs(b) for a, b in zip(committed, fitted)) < 1e-6, name
     assert f"kErfMaxArg = {gelu_fit.Z_MAX}f" in header
 
 

@@ -76,10 +76,11 @@ def _register_autograd(forward_op, backward_op):
 # auto: the MLP has no CUDA kernels (triton serves CUDA). On CPU, cpp: its forward adds the
 # biases and GELU (a rational erf, csrc/cpu/gelu_kernels.h) in its own passes and runs large
 # hiddens in row tiles that stay in cache; its backward keeps the hidden (no fc1 recompute). On
-# the 2-core CI machine, fp32, batch 8 at the ConvNeXt-T stages (python -m benchmarks.bench_mlp,
-# same run): forward 0.87-1.37x, fwd+bwd 0.95-1.08x eager, the GEMMs being the same ATen calls;
-# batch 32 forward 1.04-2.3x (stages 4-1); and timm's convnext_tiny converted with the MLP on
-# cpp ran 1.16-1.17x eager (inference and a training step, batch 4), with it on eager ~1.0x.
+# the 2-core CI machine, fp32 at the ConvNeXt-T stages (python -m benchmarks.bench_mlp, same
+# run; benchmarks/results/cpu-dwconv-2026-11-30/mlp-batch8, mlp-batch32): forward 0.87-1.37x
+# eager at batch 8, 0.91-1.54x at batch 32, fwd+bwd 0.95-1.08x and 0.98-1.32x, the GEMMs being
+# the same ATen calls; timm's convnext_tiny with every op on cpp: 1.06-1.15x eager in inference,
+# 1.14x in a training step (benchmarks/results/cpu-x86-64-2-threads-2026-11-30).
 MLP = backends.Op("mlp", auto_order={"cpu": ("cpp",), "cuda": ("triton",)})
 MLP_GRN = backends.Op("mlp", auto_order={"cpu": ("cpp",), "cuda": ("triton",)}, impls=MLP.impls)
 

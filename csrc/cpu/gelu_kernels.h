@@ -54,8 +54,7 @@ CK_INLINE float exp_nonpositive(float y) {
   return p * scale;
 }
 
-// Phi(x), the standard normal CDF (Horner written out: a loop here is control flow in the
-// caller's loop, which stops its vectorisation).
+// Phi(x), the standard normal CDF.
 CK_INLINE float normal_cdf(float x) {
   float z = x * kSqrtHalf;
   z = z > kErfMaxArg ? kErfMaxArg : z;

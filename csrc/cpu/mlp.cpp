@@ -93,14 +93,27 @@ MlpRows<T> mlp_rows() {
   return {bias_gelu_portable<T>, gelu_backward_portable<T>, output_portable<T>};
 }
 
-// x w^T, and the bias still to add (std::nullopt when added). In fp32 and fp64 the bias is left
-// to the row pass that follows: ATen's addmm copies the bias into its output before the GEMM, a
-// pass over [M, N] of its own (measured: 4 % of timm ConvNeXt-T's CPU inference). In fp16/bf16
-// the GEMM's output is rounded, so addmm adds the bias before that rounding, as eager does.
+// out <- x w^T, and the bias still to add (std::nullopt when added). In fp32 and fp64 the bias is
+// left to the row pass that follows: ATen's addmm copies the bias into its output before the
+// GEMM, a pass over [M, N] of its own (measured: 4 % of timm ConvNeXt-T's CPU inference). In
+// fp16/bf16 the GEMM's output is rounded, so addmm adds the bias before that rounding, as eager
+// does.
+OptTensor linear_into(at::Tensor& out, const at::Tensor& x, const at::Tensor& w,
+                      const at::Tensor& b) {
+  if (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble) {
+    at::mm_out(out, x, w.t());
+    return b;
+  }
+  at::addmm_out(out, b, x, w.t());
+  return std::nullopt;
+}
+
+// linear_into a new [M, N] tensor.
 std::pair<at::Tensor, OptTensor> linear_leaving_bias(const at::Tensor& x, const at::Tensor& w,
                                                      const at::Tensor& b) {
-  if (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble) return {at::mm(x, w.t()), b};
-  return {at::addmm(b, x, w.t()), std::nullopt};
+  at::Tensor out = at::empty({x.size(0), w.size(0)}, x.options());
+  OptTensor bias_left = linear_into(out, x, w, b);
+  return {out, bias_left};
 }
 
 // act = gelu(h [+ bias]); with keep_pre, h itself becomes h + bias (the backward's
@@ -217,22 +230,11 @@ int64_t tile_rows(int64_t M, int64_t C, int64_t H) {
   return (M + tiles - 1) / tiles;
 }
 
-// out <- x w^T [+ b] (b added by the GEMM in fp16/bf16, left otherwise; as linear_leaving_bias).
-OptTensor linear_into(at::Tensor& out, const at::Tensor& x, const at::Tensor& w,
-                      const at::Tensor& b) {
-  if (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble) {
-    at::mm_out(out, x, w.t());
-    return b;
-  }
-  at::addmm_out(out, b, x, w.t());
-  return std::nullopt;
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mlp_tiled(
+// (out, the kept pre-activation or empty, y2 or empty), the forward without GRN over row tiles.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> mlp_tiled(
     const at::Tensor& x, const at::Tensor& fc1_w, const at::Tensor& fc1_b, const at::Tensor& fc2_w,
     const at::Tensor& fc2_b, const OptTensor& gamma, const OptTensor& residual,
-    const OptTensor& drop_scale, int64_t rows_per_sample, bool keep_hidden, bool save_y2,
-    const at::Tensor& norm, const at::Tensor& nx) {
+    const OptTensor& drop_scale, int64_t rows_per_sample, bool keep_hidden, bool save_y2) {
   const int64_t M = x.size(0), C = x.size(1), H = fc1_w.size(0);
   const int64_t tile = tile_rows(M, C, H);
   at::Tensor out = at::empty_like(x);
@@ -254,7 +256,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mlp_tiled
     output_into(out_rows, y, fc2_bias_left, gamma, drop_scale, res_rows, rows_per_sample, save_y2,
                 r0);
   }
-  return {out, hidden, y2, norm, nx};
+  return {out, hidden, y2};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mlp_cpu(
@@ -266,9 +268,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mlp_cpu(
   const at::Tensor xc = x.contiguous();
   at::Tensor norm = at::empty({0}, x.options().dtype(ck::cpu::acc_type(x)));
   at::Tensor nx = at::empty_like(norm);
-  if (!grn_weight)
-    return mlp_tiled(xc, fc1_w, fc1_b, fc2_w, fc2_b, flat(gamma), residual, flat(drop_scale),
-                     rows_per_sample, keep_hidden, save_y2, norm, nx);
+  if (!grn_weight) {
+    auto [out, hidden, y2] = mlp_tiled(xc, fc1_w, fc1_b, fc2_w, fc2_b, flat(gamma), residual,
+                                       flat(drop_scale), rows_per_sample, keep_hidden, save_y2);
+    return {out, hidden, y2, norm, nx};
+  }
   // GRN: its per-sample statistics need every row's GELU output before fc2
   auto [h, fc1_bias_left] = linear_leaving_bias(xc, fc1_w, fc1_b);
   at::Tensor act = keep_hidden ? at::empty_like(h) : h;
@@ -293,7 +297,8 @@ mlp_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x, const at::Tens
                  const at::Tensor& norm, const at::Tensor& nx, int64_t rows_per_sample,
                  double eps) {
   check_mlp_args(x, fc1_w, fc2_w, rows_per_sample);
-  at::Tensor xc = x.contiguous(), g = grad_out.contiguous();
+  const at::Tensor xc = x.contiguous();
+  at::Tensor g = grad_out.contiguous();  // output() may return it as g_scaled
   // The pre-activation (fc1's output with its bias), saved or recomputed; GELU of it is fc2's
   // input, made in the recomputing pass, else in GELU's backward pass (no GRN) or alone (GRN:
   // its sums need fc2's input before the gradient goes through GELU).
