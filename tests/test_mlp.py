@@ -225,6 +225,36 @@ def test_recompute_saves_input_sized_activations(backend, device):
     assert recompute <= 0.3 * eager
 
 
+@pytest.mark.parametrize("backend,device", TARGETS)
+def test_nothing_kept_without_a_backward(backend, device, monkeypatch):
+    """With no gradient to come (no_grad, or no input that requires one) the MLP keeps no
+    [M, H] pre-activation, even when asked to: keeping writes the hidden to memory (on cpp, past
+    the row tiles that hold it in cache). With one to come, cpp's default keeps it. Observed on
+    what the backend's op returns."""
+    from convnext_kernels.ops.mlp import MLP
+    gen, seed = fresh_generator()
+    x, params, gamma, residual, drop, _, _, _ = _inputs(gen, (2, 7, 7, 40, 4), "v1",
+                                                        torch.float32, device)
+    op, kept = MLP.impls[backend], []
+
+    def spy(*args):
+        outs = op(*args)
+        kept.append(outs[1].numel())
+        return outs
+    monkeypatch.setitem(MLP.impls, backend, spy)
+
+    def run(*leaves, **kwargs):
+        return ck.mlp(*leaves[:5], leaves[5], residual, drop, backend=backend, **kwargs)
+    leaves = [x, *params, gamma]
+    with torch.no_grad():
+        expected = run(*leaves, keep_hidden=True)
+        assert torch.equal(run(*leaves), expected), seed
+    run(*leaves, keep_hidden=True)  # grad mode on, but nothing requires a gradient
+    assert kept == [0, 0, 0], seed
+    run(*[t.detach().requires_grad_() for t in leaves])
+    assert kept[-1] == (x.numel() * 4 if backend == "cpp" else 0), seed
+
+
 def test_gradcheck_cpp_float64():
     gen, _ = fresh_generator()
     x, params, gamma, residual, drop, _, _, _ = _inputs(gen, (2, 2, 3, 4, 2), "v1",

@@ -2,12 +2,12 @@
 conv then that LayerNorm, fused).
 
 Backends: cpp and cuda are the C++ ops convnext_kernels::layer_norm_2d (CPU and CUDA kernels
-in _C) and ::dwconv_layer_norm (CUDA only); triton is the Python custom ops
+in _C) and ::dwconv_layer_norm (CPU and CUDA); triton is the Python custom ops
 convnext_kernels::layer_norm_2d_triton and ::dwconv_layer_norm_triton. The ops return
 (y, mean, rstd) [and the conv output]; autograd saves those and runs the matching backward op.
 dwconv_layer_norm's backward is the LayerNorm backward on the kept conv output followed by the
 dwconv backward (the input gradient of the conv needs the LayerNorm gradient of a k×k
-neighbourhood, so the two are not fused). cpp composes the two CPU ops.
+neighbourhood, so the two are not fused).
 """
 from typing import Optional, Tuple
 
@@ -95,12 +95,6 @@ LAYER_NORM = backends.Op("layer_norm_2d",
 DWCONV_LAYER_NORM = backends.Op("dwconv_layer_norm",
                                 auto_order={"cpu": ("cpp",), "cuda": ("cuda", "triton")})
 
-
-def _dwconv_then_layer_norm_cpp(x, dw_weight, dw_bias, ln_weight, ln_bias, eps):
-    """cpp's dwconv_layer_norm: the two CPU ops one after the other (no fused CPU kernel)."""
-    conv = dwconv_ops.DWCONV.impls["cpp"](x, dw_weight, dw_bias)
-    return LAYER_NORM.impls["cpp"](conv, ln_weight, ln_bias, eps)[:1]
-
 if _ext.LOADED:
     torch.library.register_fake(f"{_NS}::layer_norm_2d")(_layer_norm_fake)
     torch.library.register_fake(f"{_NS}::layer_norm_2d_backward")(_layer_norm_backward_fake)
@@ -112,7 +106,7 @@ if _ext.LOADED:
                              dwconv_ops.flipped_input_grad,
                              torch.ops.convnext_kernels.dwconv2d_backward_weight.default)
     LAYER_NORM.register("cpp", torch.ops.convnext_kernels.layer_norm_2d)
-    DWCONV_LAYER_NORM.register("cpp", _dwconv_then_layer_norm_cpp)
+    DWCONV_LAYER_NORM.register("cpp", torch.ops.convnext_kernels.dwconv_layer_norm)
     if _ext.BUILT_WITH_CUDA:
         LAYER_NORM.register("cuda", torch.ops.convnext_kernels.layer_norm_2d)
         DWCONV_LAYER_NORM.register("cuda", torch.ops.convnext_kernels.dwconv_layer_norm)
@@ -169,7 +163,7 @@ def dwconv_layer_norm(x: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor],
                       ln_weight: Tensor, ln_bias: Tensor, eps: float = 1e-6, *,
                       backend: str = "auto") -> Tensor:
     """layer_norm_2d(dwconv2d(x, dw_weight, dw_bias), ln_weight, ln_bias, eps), fused into one
-    kernel on triton and cuda. cpp runs the two CPU ops one after the other."""
+    pass over x on every backend."""
     check_dwconv_args("dwconv_layer_norm", x, dw_weight, dw_bias)
     check_layer_norm_args("dwconv_layer_norm", x, ln_weight, ln_bias, eps)
     name = DWCONV_LAYER_NORM.resolve(backend, x, x.shape[1])

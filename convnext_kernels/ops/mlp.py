@@ -136,8 +136,8 @@ def mlp(x: Tensor, fc1_w: Tensor, fc1_b: Tensor, fc2_w: Tensor, fc2_b: Tensor,
     between GELU and fc2. keep_hidden saves fc1's [M, H] pre-activation for the backward instead
     of recomputing it; None leaves it to the backend: cpp keeps it (host memory is plentiful and
     the recompute is a GEMM, a seventh of the MLP's GEMM work), triton recomputes (GPU memory:
-    eager saves two [M, H] tensors). Differentiable in x, the weights, gamma, residual and GRN's
-    parameters."""
+    eager saves two [M, H] tensors); with no gradient to compute nothing is kept.
+    Differentiable in x, the weights, gamma, residual and GRN's parameters."""
     check_mlp_args("mlp", x, fc1_w, fc1_b, fc2_w, fc2_b, gamma, residual, drop_scale,
                    grn_weight, grn_bias, grn_eps)
     name = (MLP_GRN if grn_weight is not None else MLP).resolve(backend, x, x.shape[-1])
@@ -149,8 +149,13 @@ def mlp(x: Tensor, fc1_w: Tensor, fc1_b: Tensor, fc2_w: Tensor, fc2_b: Tensor,
     per_sample = drop_scale is not None or grn_weight is not None
     rows_per_sample = max(1, rows.shape[0] // x.shape[0]) if per_sample and x.shape[0] else 1
     save_y2 = gamma is not None and gamma.requires_grad and torch.is_grad_enabled()
-    if keep_hidden is None:
-        keep_hidden = name == "cpp"
+    # With no backward to come there is nothing to keep it for, and keeping would write the
+    # [M, H] hidden to memory (on cpp, past the row tiles that hold it in cache; at inference
+    # batch 32 that made stage 1's fc1 GEMMs 2x slower: a fresh 154 MB tensor faulted in).
+    backward = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad
+        for t in (x, fc1_w, fc1_b, fc2_w, fc2_b, gamma, residual, grn_weight, grn_bias))
+    keep_hidden = backward and (name == "cpp" if keep_hidden is None else keep_hidden)
     out = MLP.impls[name](rows.contiguous(), fc1_w.contiguous(), fc1_b.contiguous(),
                      fc2_w.contiguous(), fc2_b.contiguous(),
                      gamma.reshape(-1) if gamma is not None else None,

@@ -11,12 +11,6 @@
 
 namespace {
 
-// The SIMD kernels of this CPU's instruction set (isa.h).
-const ck::cpu::simd::RowKernels& row_kernels() {
-  static const ck::cpu::simd::RowKernels kernels = ck::cpu::simd::row_kernels(ck::cpu::cpu_isa());
-  return kernels;
-}
-
 ck::cpu::DwconvShape shape_of(const at::Tensor& x, int64_t k) {
   return {x.size(0), x.size(2), x.size(3), x.size(1), k};
 }
@@ -37,7 +31,7 @@ at::Tensor dwconv2d_cpu(const at::Tensor& x, const at::Tensor& weight,
       ck::cpu::simd::dwconv_forward<scalar_t>(
           x_nhwc.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
           b.defined() ? b.const_data_ptr<scalar_t>() : nullptr, y_nhwc.mutable_data_ptr<scalar_t>(),
-          x.size(0), x.size(2), x.size(3), x.size(1), k, row_kernels(),
+          x.size(0), x.size(2), x.size(3), x.size(1), k, ck::cpu::simd::this_cpu_row_kernels(),
           ck::cpu::aten_parallel_for());
     });
   } else {  // float64: the plain kernel (the tests' reference precision)
@@ -73,7 +67,7 @@ std::tuple<at::Tensor, at::Tensor> dwconv2d_backward_weight_cpu(const at::Tensor
           at::kHalf, at::kBFloat16, x.scalar_type(), "dwconv2d_backward_weight_cpu", [&] {
             ck::cpu::simd::dwconv_backward_weight<scalar_t>(
                 g_nhwc.const_data_ptr<scalar_t>(), x_nhwc.const_data_ptr<scalar_t>(), sums_ptr,
-                sums_ptr + k * k * C, x.size(0), x.size(2), x.size(3), C, k, row_kernels(),
+                sums_ptr + k * k * C, x.size(0), x.size(2), x.size(3), C, k, ck::cpu::simd::this_cpu_row_kernels(),
                 ck::cpu::aten_parallel_for());
           });
     } else {  // float64: the plain kernel

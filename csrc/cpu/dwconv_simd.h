@@ -200,6 +200,12 @@ inline RowKernels row_kernels(Isa isa) {
   return {4, conv_row_portable, wgrad_row_portable};
 }
 
+// The row kernels of this CPU's instruction set (isa.h), chosen once per process.
+inline const RowKernels& this_cpu_row_kernels() {
+  static const RowKernels kernels = row_kernels(cpu_isa());
+  return kernels;
+}
+
 // Channel strides: Cp (taps, outputs) is C rounded up to the vector width; xs, the pixel stride
 // of the padded input, is Cp plus one cache line where Cp spans an even number of lines, so
 // that neighbouring pixels (768 channels: 3072 bytes apart) do not all fall into the same few
@@ -219,7 +225,7 @@ inline Strides strides_for(int64_t C, const RowKernels& kernels) {
 // Scratch of the calling thread that outlives the call (grown, never shrunk), so that a call
 // does not map, fault in and unmap its band buffers (hundreds of KB) each time. (The 2-threads-
 // slower-than-1 timing first blamed on this was _C built without OpenMP: see setup.py.)
-enum Scratch { kBand, kRow, kPartial, kScratchKinds };
+enum Scratch { kBand, kRow, kPartial, kNorm, kScratchKinds };
 
 inline float* thread_scratch(Scratch kind, size_t floats) {
   thread_local std::vector<float> buffers[kScratchKinds];
@@ -258,15 +264,25 @@ void prepare_taps(const T* weight, const T* bias, int64_t C, int64_t k, int64_t 
   for (int64_t c = 0; bias && c < C; ++c) bias_p[c] = static_cast<float>(bias[c]);
 }
 
-// y = dwconv(x, weight, bias): x, y [N][H][W][C], weight [C][k*k], bias [C] or null, all of T;
-// fp32 math. parallel_for(begin, end, fn) runs fn(b, e) over a partition of [begin, end). The
-// work items are bands of up to kBandRows output rows of one image, each padding its own input
-// rows (k - 1 more than it has): batch 1 still spreads over the threads, and a larger batch
-// needs no per-image synchronisation.
-template <typename T, typename ParallelFor>
-void dwconv_forward(const T* x, const T* weight, const T* bias, T* y, int64_t N, int64_t H,
-                    int64_t W, int64_t C, int64_t k, const RowKernels& kernels,
-                    ParallelFor parallel_for) {
+// Stores one output row [W][Cp] fp32 as W pixels of C channels of T at dst.
+template <typename T>
+void store_row(const float* row, T* dst, int64_t W, int64_t C, int64_t Cp) {
+  for (int64_t w = 0; w < W; ++w) {
+    for (int64_t c = 0; c < C; ++c) dst[w * C + c] = static_cast<T>(row[w * Cp + c]);
+  }
+}
+
+// dwconv(x, weight, bias) row by row: x [N][H][W][C], weight [C][k*k], bias [C] or null, all of
+// T; fp32 math. Each output row is computed into the calling thread's scratch and handed to
+// emit_row(first pixel (n*H + h)*W, row [W][Cp] fp32 (which emit_row may overwrite), Cp), in the
+// thread that computed it. parallel_for(begin, end, fn) runs fn(b, e) over a partition of
+// [begin, end). The work items are bands of up to kBandRows output rows of one image, each
+// padding its own input rows (k - 1 more than it has): batch 1 still spreads over the threads,
+// and a larger batch needs no per-image synchronisation.
+template <typename T, typename ParallelFor, typename EmitRow>
+void dwconv_forward_rows(const T* x, const T* weight, const T* bias, int64_t N, int64_t H,
+                         int64_t W, int64_t C, int64_t k, const RowKernels& kernels,
+                         ParallelFor parallel_for, EmitRow emit_row) {
   constexpr int64_t kBandRows = 8;
   const auto [Cp, xs] = strides_for(C, kernels);
   const int64_t Wp = W + k - 1;
@@ -284,13 +300,21 @@ void dwconv_forward(const T* x, const T* weight, const T* bias, T* y, int64_t N,
       fill_padded_rows(x + n * H * W * C, band, h_begin, h_end + k - 1, H, W, C, k, xs);
       for (int64_t h = h_begin; h < h_end; ++h) {
         kernels.row(band + (h - h_begin) * Wp * xs, taps.data(), bias_ptr, row, W, Cp, xs, k);
-        T* dst = y + (n * H + h) * W * C;
-        for (int64_t w = 0; w < W; ++w) {
-          for (int64_t c = 0; c < C; ++c) dst[w * C + c] = static_cast<T>(row[w * Cp + c]);
-        }
+        emit_row((n * H + h) * W, row, Cp);
       }
     }
   });
+}
+
+// y = dwconv(x, weight, bias), y [N][H][W][C] of T.
+template <typename T, typename ParallelFor>
+void dwconv_forward(const T* x, const T* weight, const T* bias, T* y, int64_t N, int64_t H,
+                    int64_t W, int64_t C, int64_t k, const RowKernels& kernels,
+                    ParallelFor parallel_for) {
+  dwconv_forward_rows(x, weight, bias, N, H, W, C, k, kernels, parallel_for,
+                      [&](int64_t pixel, const float* row, int64_t Cp) {
+                        store_row(row, y + pixel * C, W, C, Cp);
+                      });
 }
 
 // Rows (n, h) per weight-gradient chunk: each chunk pads its own band of rows (k - 1 more than

@@ -1,9 +1,12 @@
-// CPU glue of layer_norm_2d: checks, layout and dtype plumbing around cpu/layer_norm_kernels.h.
+// CPU glue of layer_norm_2d and dwconv_layer_norm: checks, layout and dtype plumbing around
+// cpu/layer_norm_kernels.h (and, fused with the LayerNorm, the dwconv kernels).
 #include <torch/extension.h>
 
 #include "accumulate.h"
 #include "../dwconv_args.h"
 #include "../layer_norm_args.h"
+#include "dwconv_kernels.h"
+#include "dwconv_simd.h"
 #include "isa.h"
 #include "layer_norm_kernels.h"
 #include "parallel.h"
@@ -112,9 +115,92 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_2d_backward_cpu(const 
           sums[1].to(weight.scalar_type(), false, true)};
 }
 
+// (y, conv, mean, rstd): y = layer_norm_2d(conv), conv = dwconv2d(x) kept for the backward, as
+// the CUDA op. fp32, fp16, bf16: one pass; each output row of the conv, fp32 in the thread's
+// scratch (dwconv_simd.h), is stored as conv and then normalised where it lies, so the LayerNorm
+// does not read the conv back from memory (and in fp16/bf16 normalises it unrounded, as the CUDA
+// kernel does). float64: the plain conv kernel, then the LayerNorm.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwconv_layer_norm_cpu(
+    const at::Tensor& x, const at::Tensor& dw_weight, const std::optional<at::Tensor>& dw_bias,
+    const at::Tensor& ln_weight, const at::Tensor& ln_bias, double eps) {
+  const int64_t k = ck::check_dwconv_args(x, dw_weight, dw_bias);
+  ck::check_layer_norm_args(x, ln_weight, ln_bias, eps);
+  TORCH_CHECK_VALUE(x.device().is_cpu(), "dwconv_layer_norm (cpu): x must be on the CPU");
+  at::Tensor y = at::empty_like(x), conv = at::empty_like(x);
+  at::Tensor mean = ck::new_row_stats(x), rstd = ck::new_row_stats(x);
+  if (x.numel() == 0) return {y, conv, mean, rstd};
+  const at::Tensor x_nhwc = ck::as_nhwc(x);
+  at::Tensor y_nhwc = ck::is_nhwc(y) ? y : at::empty_like(x_nhwc);
+  at::Tensor conv_nhwc = ck::is_nhwc(conv) ? conv : at::empty_like(x_nhwc);
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  const auto acc_type = ck::cpu::acc_type(x);
+  if (acc_type == at::kFloat) {
+    const at::Tensor w = dw_weight.contiguous();
+    const at::Tensor b = dw_bias.has_value() ? dw_bias->contiguous() : at::Tensor();
+    const at::Tensor ln_w = ln_weight.to(at::kFloat).contiguous();
+    const at::Tensor ln_b = ln_bias.to(at::kFloat).contiguous();
+    const float* ln_w_ptr = ln_w.const_data_ptr<float>();
+    const float* ln_b_ptr = ln_b.const_data_ptr<float>();
+    float* mean_ptr = mean.mutable_data_ptr<float>();
+    float* rstd_ptr = rstd.mutable_data_ptr<float>();
+    const LayerNormRows<float, float> norm = layer_norm_rows<float>();
+    const float eps_f = static_cast<float>(eps);
+    AT_DISPATCH_FLOATING_TYPES_AND2(
+        at::kHalf, at::kBFloat16, x.scalar_type(), "dwconv_layer_norm_cpu", [&] {
+          scalar_t* conv_ptr = conv_nhwc.mutable_data_ptr<scalar_t>();
+          scalar_t* y_ptr = y_nhwc.mutable_data_ptr<scalar_t>();
+          ck::cpu::simd::dwconv_forward_rows<scalar_t>(
+              x_nhwc.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
+              b.defined() ? b.const_data_ptr<scalar_t>() : nullptr, N, H, W, C, k,
+              ck::cpu::simd::this_cpu_row_kernels(), ck::cpu::aten_parallel_for(),
+              [&](int64_t pixel, float* row, int64_t Cp) {
+                ck::cpu::simd::store_row(row, conv_ptr + pixel * C, W, C, Cp);
+                float* v = ck::cpu::simd::thread_scratch(ck::cpu::simd::kNorm, C);
+                // Normalised into y (fp32, pixels C apart in row as in y), else in place (the row
+                // kernel reads a pixel into v first) and stored as T.
+                float* dst = row;
+                if constexpr (std::is_same_v<scalar_t, float>) {
+                  if (Cp == C) dst = reinterpret_cast<float*>(y_ptr) + pixel * C;
+                }
+                if (Cp == C) {
+                  norm.forward(row, ln_w_ptr, ln_b_ptr, dst, mean_ptr + pixel, rstd_ptr + pixel,
+                               0, W, C, eps_f, v);
+                } else {
+                  for (int64_t p = 0; p < W; ++p) {
+                    norm.forward(row + p * Cp, ln_w_ptr, ln_b_ptr, row + p * Cp,
+                                 mean_ptr + pixel + p, rstd_ptr + pixel + p, 0, 1, C, eps_f, v);
+                  }
+                }
+                if (dst == row) ck::cpu::simd::store_row(row, y_ptr + pixel * C, W, C, Cp);
+              });
+        });
+  } else {  // float64 (the tests' reference precision): the plain kernels one after the other
+    const at::Tensor taps = ck::taps_by_channel(dw_weight, acc_type);
+    const at::Tensor bias_acc = dw_bias.has_value() ? dw_bias->to(acc_type).contiguous()
+                                                    : at::Tensor();
+    const at::Tensor ln_w = ln_weight.contiguous(), ln_b = ln_bias.contiguous();
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dwconv_layer_norm_cpu", [&] {
+      using Acc = ck::cpu::acc_t<scalar_t>;
+      ck::cpu::dwconv_forward<scalar_t, Acc>(
+          x_nhwc.const_data_ptr<scalar_t>(), taps.const_data_ptr<Acc>(),
+          bias_acc.defined() ? bias_acc.const_data_ptr<Acc>() : nullptr,
+          conv_nhwc.mutable_data_ptr<scalar_t>(), {N, H, W, C, k}, ck::cpu::aten_parallel_for());
+      ck::cpu::layer_norm_forward<scalar_t, Acc>(
+          conv_nhwc.const_data_ptr<scalar_t>(), ln_w.const_data_ptr<scalar_t>(),
+          ln_b.const_data_ptr<scalar_t>(), y_nhwc.mutable_data_ptr<scalar_t>(),
+          mean.mutable_data_ptr<Acc>(), rstd.mutable_data_ptr<Acc>(), mean.numel(), C,
+          static_cast<Acc>(eps), layer_norm_rows<scalar_t>(), ck::cpu::aten_parallel_for());
+    });
+  }
+  if (!y_nhwc.is_same(y)) y.copy_(y_nhwc);
+  if (!conv_nhwc.is_same(conv)) conv.copy_(conv_nhwc);
+  return {y, conv, mean, rstd};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(convnext_kernels, CPU, m) {
   m.impl("layer_norm_2d", &layer_norm_2d_cpu);
   m.impl("layer_norm_2d_backward", &layer_norm_2d_backward_cpu);
+  m.impl("dwconv_layer_norm", &dwconv_layer_norm_cpu);
 }
