@@ -5,7 +5,7 @@ N,H,W,C view), torch.compile and the measured floor, at the ConvNeXt-T/B stage s
     python -m benchmarks.bench_layernorm [--quick] [--out DIR] [--dtype bf16 fp32]
 
 On a GPU: batch 64 at 224 px, bf16 and fp32, ours = triton and cuda. On a CPU (no GPU): a short run,
-labelled CPU, with ours = cpp (the fused op composes the cpp dwconv and LayerNorm there).
+labelled CPU, with ours = cpp.
 """
 import sys
 

@@ -17,7 +17,7 @@ TORCH_LIBRARY(convnext_kernels, m) {
   m.def(
       "layer_norm_2d_backward(Tensor grad_y, Tensor x, Tensor weight, Tensor mean, Tensor rstd) "
       "-> (Tensor, Tensor, Tensor)");
-  // dwconv2d then layer_norm_2d in one kernel (CUDA): (y, conv output, mean, rstd); the conv
+  // dwconv2d then layer_norm_2d in one pass (CPU, CUDA): (y, conv output, mean, rstd); the conv
   // output is kept for the backward.
   m.def(
       "dwconv_layer_norm(Tensor x, Tensor dw_weight, Tensor? dw_bias, Tensor ln_weight, "

@@ -79,8 +79,8 @@ def _register_autograd(forward_op, backward_op):
 # the 2-core CI machine, fp32 at the ConvNeXt-T stages (python -m benchmarks.bench_mlp, same
 # run; benchmarks/results/cpu-dwconv-2026-11-30/mlp-batch8, mlp-batch32): forward 0.87-1.37x
 # eager at batch 8, 0.91-1.54x at batch 32, fwd+bwd 0.95-1.08x and 0.98-1.32x, the GEMMs being
-# the same ATen calls; timm's convnext_tiny with every op on cpp: 1.06-1.15x eager in inference,
-# 1.14x in a training step (benchmarks/results/cpu-x86-64-2-threads-2026-11-30).
+# the same ATen calls; timm's convnext_tiny with every op on cpp: 1.06-1.33x eager in inference,
+# 1.11x in a training step (benchmarks/results/cpu-x86-64-2-threads-2026-11-30).
 MLP = backends.Op("mlp", auto_order={"cpu": ("cpp",), "cuda": ("triton",)})
 MLP_GRN = backends.Op("mlp", auto_order={"cpu": ("cpp",), "cuda": ("triton",)}, impls=MLP.impls)
 

@@ -67,8 +67,8 @@ std::tuple<at::Tensor, at::Tensor> dwconv2d_backward_weight_cpu(const at::Tensor
           at::kHalf, at::kBFloat16, x.scalar_type(), "dwconv2d_backward_weight_cpu", [&] {
             ck::cpu::simd::dwconv_backward_weight<scalar_t>(
                 g_nhwc.const_data_ptr<scalar_t>(), x_nhwc.const_data_ptr<scalar_t>(), sums_ptr,
-                sums_ptr + k * k * C, x.size(0), x.size(2), x.size(3), C, k, ck::cpu::simd::this_cpu_row_kernels(),
-                ck::cpu::aten_parallel_for());
+                sums_ptr + k * k * C, x.size(0), x.size(2), x.size(3), C, k,
+                ck::cpu::simd::this_cpu_row_kernels(), ck::cpu::aten_parallel_for());
           });
     } else {  // float64: the plain kernel
       AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dwconv2d_backward_weight_cpu", [&] {

@@ -163,8 +163,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwconv_layer_norm_cpu
                   if (Cp == C) dst = reinterpret_cast<float*>(y_ptr) + pixel * C;
                 }
                 if (Cp == C) {
-                  norm.forward(row, ln_w_ptr, ln_b_ptr, dst, mean_ptr + pixel, rstd_ptr + pixel,
-                               0, W, C, eps_f, v);
+                  norm.forward(row, ln_w_ptr, ln_b_ptr, dst, mean_ptr + pixel, rstd_ptr + pixel, 0,
+                               W, C, eps_f, v);
                 } else {
                   for (int64_t p = 0; p < W; ++p) {
                     norm.forward(row + p * Cp, ln_w_ptr, ln_b_ptr, row + p * Cp,
@@ -176,8 +176,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwconv_layer_norm_cpu
         });
   } else {  // float64 (the tests' reference precision): the plain kernels one after the other
     const at::Tensor taps = ck::taps_by_channel(dw_weight, acc_type);
-    const at::Tensor bias_acc = dw_bias.has_value() ? dw_bias->to(acc_type).contiguous()
-                                                    : at::Tensor();
+    const at::Tensor bias_acc =
+        dw_bias.has_value() ? dw_bias->to(acc_type).contiguous() : at::Tensor();
     const at::Tensor ln_w = ln_weight.contiguous(), ln_b = ln_bias.contiguous();
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dwconv_layer_norm_cpu", [&] {
       using Acc = ck::cpu::acc_t<scalar_t>;
