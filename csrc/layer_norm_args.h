@@ -1,6 +1,9 @@
-// Argument checks shared by the CPU and CUDA glue of layer_norm_2d and dwconv_layer_norm.
+// Argument checks and outputs shared by the CPU and CUDA glue of layer_norm_2d and
+// dwconv_layer_norm.
 #pragma once
 #include <torch/extension.h>
+
+#include "dwconv_args.h"
 
 namespace ck {
 
@@ -27,5 +30,26 @@ inline at::Tensor new_row_stats(const at::Tensor& x) {
   const auto dtype = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   return at::empty({x.size(0), x.size(2), x.size(3)}, x.options().dtype(dtype));
 }
+
+// dwconv_layer_norm's outputs (y and the kept conv output in x's memory format, the per-pixel
+// statistics), with the N,H,W,C buffers its kernels write: the outputs themselves where x is
+// channels_last, else copied into them by finish().
+struct DwconvLayerNormOutputs {
+  at::Tensor y, conv, mean, rstd, y_nhwc, conv_nhwc;
+
+  explicit DwconvLayerNormOutputs(const at::Tensor& x)
+      : y(at::empty_like(x)),
+        conv(at::empty_like(x)),
+        mean(new_row_stats(x)),
+        rstd(new_row_stats(x)),
+        y_nhwc(is_nhwc(y) ? y : at::empty_like(y, at::MemoryFormat::ChannelsLast)),
+        conv_nhwc(is_nhwc(conv) ? conv : at::empty_like(conv, at::MemoryFormat::ChannelsLast)) {}
+
+  std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> finish() {
+    if (!y_nhwc.is_same(y)) y.copy_(y_nhwc);
+    if (!conv_nhwc.is_same(conv)) conv.copy_(conv_nhwc);
+    return {y, conv, mean, rstd};
+  }
+};
 
 }  // namespace ck

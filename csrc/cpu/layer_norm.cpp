@@ -126,12 +126,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwconv_layer_norm_cpu
   const int64_t k = ck::check_dwconv_args(x, dw_weight, dw_bias);
   ck::check_layer_norm_args(x, ln_weight, ln_bias, eps);
   TORCH_CHECK_VALUE(x.device().is_cpu(), "dwconv_layer_norm (cpu): x must be on the CPU");
-  at::Tensor y = at::empty_like(x), conv = at::empty_like(x);
-  at::Tensor mean = ck::new_row_stats(x), rstd = ck::new_row_stats(x);
-  if (x.numel() == 0) return {y, conv, mean, rstd};
+  ck::DwconvLayerNormOutputs out(x);
+  if (x.numel() == 0) return out.finish();
   const at::Tensor x_nhwc = ck::as_nhwc(x);
-  at::Tensor y_nhwc = ck::is_nhwc(y) ? y : at::empty_like(x_nhwc);
-  at::Tensor conv_nhwc = ck::is_nhwc(conv) ? conv : at::empty_like(x_nhwc);
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const auto acc_type = ck::cpu::acc_type(x);
   if (acc_type == at::kFloat) {
@@ -141,14 +138,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwconv_layer_norm_cpu
     const at::Tensor ln_b = ln_bias.to(at::kFloat).contiguous();
     const float* ln_w_ptr = ln_w.const_data_ptr<float>();
     const float* ln_b_ptr = ln_b.const_data_ptr<float>();
-    float* mean_ptr = mean.mutable_data_ptr<float>();
-    float* rstd_ptr = rstd.mutable_data_ptr<float>();
+    float* mean_ptr = out.mean.mutable_data_ptr<float>();
+    float* rstd_ptr = out.rstd.mutable_data_ptr<float>();
     const LayerNormRows<float, float> norm = layer_norm_rows<float>();
     const float eps_f = static_cast<float>(eps);
     AT_DISPATCH_FLOATING_TYPES_AND2(
         at::kHalf, at::kBFloat16, x.scalar_type(), "dwconv_layer_norm_cpu", [&] {
-          scalar_t* conv_ptr = conv_nhwc.mutable_data_ptr<scalar_t>();
-          scalar_t* y_ptr = y_nhwc.mutable_data_ptr<scalar_t>();
+          scalar_t* conv_ptr = out.conv_nhwc.mutable_data_ptr<scalar_t>();
+          scalar_t* y_ptr = out.y_nhwc.mutable_data_ptr<scalar_t>();
           ck::cpu::simd::dwconv_forward_rows<scalar_t>(
               x_nhwc.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
               b.defined() ? b.const_data_ptr<scalar_t>() : nullptr, N, H, W, C, k,
@@ -184,17 +181,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwconv_layer_norm_cpu
       ck::cpu::dwconv_forward<scalar_t, Acc>(
           x_nhwc.const_data_ptr<scalar_t>(), taps.const_data_ptr<Acc>(),
           bias_acc.defined() ? bias_acc.const_data_ptr<Acc>() : nullptr,
-          conv_nhwc.mutable_data_ptr<scalar_t>(), {N, H, W, C, k}, ck::cpu::aten_parallel_for());
+          out.conv_nhwc.mutable_data_ptr<scalar_t>(), {N, H, W, C, k},
+          ck::cpu::aten_parallel_for());
       ck::cpu::layer_norm_forward<scalar_t, Acc>(
-          conv_nhwc.const_data_ptr<scalar_t>(), ln_w.const_data_ptr<scalar_t>(),
-          ln_b.const_data_ptr<scalar_t>(), y_nhwc.mutable_data_ptr<scalar_t>(),
-          mean.mutable_data_ptr<Acc>(), rstd.mutable_data_ptr<Acc>(), mean.numel(), C,
+          out.conv_nhwc.const_data_ptr<scalar_t>(), ln_w.const_data_ptr<scalar_t>(),
+          ln_b.const_data_ptr<scalar_t>(), out.y_nhwc.mutable_data_ptr<scalar_t>(),
+          out.mean.mutable_data_ptr<Acc>(), out.rstd.mutable_data_ptr<Acc>(), out.mean.numel(), C,
           static_cast<Acc>(eps), layer_norm_rows<scalar_t>(), ck::cpu::aten_parallel_for());
     });
   }
-  if (!y_nhwc.is_same(y)) y.copy_(y_nhwc);
-  if (!conv_nhwc.is_same(conv)) conv.copy_(conv_nhwc);
-  return {y, conv, mean, rstd};
+  return out.finish();
 }
 
 }  // namespace

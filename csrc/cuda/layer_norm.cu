@@ -102,12 +102,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwconv_layer_norm_cud
   ck::check_layer_norm_args(x, ln_weight, ln_bias, eps);
   check_cuda_tensor(x, kOp);
   const c10::cuda::CUDAGuard guard(x.device());
-  at::Tensor y = at::empty_like(x), conv = at::empty_like(x);
-  at::Tensor mean = ck::new_row_stats(x), rstd = ck::new_row_stats(x);
-  if (x.numel() == 0) return {y, conv, mean, rstd};
+  ck::DwconvLayerNormOutputs out(x);
+  if (x.numel() == 0) return out.finish();
   const at::Tensor x_nhwc = ck::as_nhwc(x);
-  at::Tensor y_nhwc = ck::is_nhwc(y) ? y : at::empty_like(x_nhwc);
-  at::Tensor conv_nhwc = ck::is_nhwc(conv) ? conv : at::empty_like(x_nhwc);
   const at::Tensor taps = ck::taps_by_channel(dw_weight, at::kFloat);
   const at::Tensor dw_bias_f =
       dw_bias.has_value() ? dw_bias->to(at::kFloat).contiguous() : at::Tensor();
@@ -117,7 +114,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwconv_layer_norm_cud
   dispatch_dtype(x.scalar_type(), kOp, [&](auto tag) {
     using T = typename decltype(tag)::type;
     const T *xp = ptr<T>(x_nhwc), *lwp = ptr<T>(lw), *lbp = ptr<T>(lb);
-    T *yp = mutable_ptr<T>(y_nhwc), *cp = mutable_ptr<T>(conv_nhwc);
+    T *yp = mutable_ptr<T>(out.y_nhwc), *cp = mutable_ptr<T>(out.conv_nhwc);
     const float* bp = dw_bias_f.defined() ? dw_bias_f.const_data_ptr<float>() : nullptr;
     dispatch_vec<T>(s.C, {xp, lwp, lbp, yp, cp, taps.const_data_ptr(), bp}, [&](auto vec) {
       dispatch_k(k, [&](auto k_const) {
@@ -127,15 +124,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwconv_layer_norm_cud
         ck::cuda::dwconv_layer_norm_kernel<T, VEC, K>
             <<<blocks_for(s.N * s.H * plan.blocks_per_row, 1, kOp), ck::cuda::kFusedThreads, 0,
                stream>>>(xp, taps.const_data_ptr<float>(), bp, lwp, lbp, yp, cp,
-                         mean.mutable_data_ptr<float>(), rstd.mutable_data_ptr<float>(), s, plan,
-                         static_cast<float>(eps));
+                         out.mean.mutable_data_ptr<float>(), out.rstd.mutable_data_ptr<float>(), s,
+                         plan, static_cast<float>(eps));
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
     });
   });
-  if (!y_nhwc.is_same(y)) y.copy_(y_nhwc);
-  if (!conv_nhwc.is_same(conv)) conv.copy_(conv_nhwc);
-  return {y, conv, mean, rstd};
+  return out.finish();
 }
 
 }  // namespace
