@@ -241,7 +241,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mlp_tiled(
   at::Tensor hidden = keep_hidden ? at::empty({M, H}, x.options()) : x.new_empty({0});
   at::Tensor y2 = save_y2 ? at::empty_like(x) : x.new_empty({0});
   at::Tensor act_buf = at::empty({tile, H}, x.options());
-  at::Tensor y_buf = at::empty({tile, C}, x.options());
+  // fc2's output per tile: into y2 where it is saved, else into a tile buffer
+  at::Tensor y_buf = save_y2 ? at::Tensor() : at::empty({tile, C}, x.options());
   const OptTensor res = residual ? OptTensor(residual->contiguous()) : std::nullopt;
   for (int64_t r0 = 0; r0 < M; r0 += tile) {
     const int64_t n = std::min(tile, M - r0);
