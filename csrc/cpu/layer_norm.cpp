@@ -153,22 +153,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwconv_layer_norm_cpu
               [&](int64_t pixel, float* row, int64_t Cp) {
                 ck::cpu::simd::store_row(row, conv_ptr + pixel * C, W, C, Cp);
                 float* v = ck::cpu::simd::thread_scratch(ck::cpu::simd::kNorm, C);
-                // Normalised into y (fp32, pixels C apart in row as in y), else in place (the row
-                // kernel reads a pixel into v first) and stored as T.
-                float* dst = row;
-                if constexpr (std::is_same_v<scalar_t, float>) {
-                  if (Cp == C) dst = reinterpret_cast<float*>(y_ptr) + pixel * C;
-                }
+                // Pixels C apart as in y (Cp == C): the whole row at once, fp32 straight into y;
+                // else in place (the row kernel reads a pixel into v first), then stored as T.
                 if (Cp == C) {
+                  float* dst = std::is_same_v<scalar_t, float>
+                                   ? reinterpret_cast<float*>(y_ptr) + pixel * C
+                                   : row;
                   norm.forward(row, ln_w_ptr, ln_b_ptr, dst, mean_ptr + pixel, rstd_ptr + pixel, 0,
                                W, C, eps_f, v);
+                  if (dst != row) return;
                 } else {
                   for (int64_t p = 0; p < W; ++p) {
                     norm.forward(row + p * Cp, ln_w_ptr, ln_b_ptr, row + p * Cp,
                                  mean_ptr + pixel + p, rstd_ptr + pixel + p, 0, 1, C, eps_f, v);
                   }
                 }
-                if (dst == row) ck::cpu::simd::store_row(row, y_ptr + pixel * C, W, C, Cp);
+                ck::cpu::simd::store_row(row, y_ptr + pixel * C, W, C, Cp);
               });
         });
   } else {  // float64 (the tests' reference precision): the plain kernels one after the other
