@@ -51,27 +51,41 @@ def _run(fn, x, params, gamma, residual, drop, grn_w, grn_b, grad, **kwargs):
 
 def _magnitude_scales(x, params, gamma, drop, grn_w, grn_b, grad):
     """The parameter gradients are sums over rows that can cancel; their error is judged
-    against the sum of the terms' magnitudes (the bound of any summation order)."""
+    against the sum of the terms' magnitudes (the bound of any summation order), in float64:
+    fc1's terms are the gradient of GELU's output (through GRN's backward in V2) times its
+    input, fc2's the gradient of the output times fc2's input, GRN's the gradient of its output
+    times what its parameter multiplies."""
     x, grad = x.double().cpu(), grad.double().cpu()
     w1, b1, w2, b2 = (p.double().cpu() for p in params)
     C = x.shape[-1]
     rows = x.reshape(-1, C)
-    pre = F.linear(rows, w1, b1)
-    act = F.gelu(pre)
-    if grn_w is not None:
-        act = reference.grn(act.reshape(*x.shape[:3], -1), grn_w.double().cpu(),
-                            grn_b.double().cpu()).reshape(rows.shape[0], -1)
+    act = F.gelu(F.linear(rows, w1, b1))
     g = grad.reshape(-1, C)
     g_out = g.clone()
     if gamma is not None:
         g_out = g_out * gamma.double().cpu()
     if drop is not None:
         g_out = g_out * drop.double().cpu().repeat_interleave(rows.shape[0] // x.shape[0])[:, None]
-    g_hidden = (g_out @ w2).abs()
-    scales = {"fc2_w": (g_out.abs().t() @ act.abs()).max(), "fc2_b": g_out.abs().sum(0).max(),
-              "fc1_w": (g_hidden.t() @ rows.abs()).max(), "fc1_b": g_hidden.sum(0).max()}
+    g_fc2_input = g_out @ w2
+    scales = {}
+    if grn_w is not None:
+        per_sample = act.reshape(x.shape[0], -1, act.shape[-1])
+        norm = torch.linalg.vector_norm(per_sample, dim=1, keepdim=True)
+        nx = (norm / (norm.mean(-1, keepdim=True) + 1e-6)).expand_as(per_sample).reshape(act.shape)
+        act_leaf = act.detach().requires_grad_()
+        fc2_input = reference.grn(act_leaf.reshape(*x.shape[:3], -1), grn_w.double().cpu(),
+                                  grn_b.double().cpu()).reshape(act.shape)
+        (g_grad_act,) = torch.autograd.grad(fc2_input, act_leaf, g_fc2_input)
+        scales["grn_weight"] = (g_fc2_input * act * nx).abs().sum(0).max()
+        scales["grn_bias"] = g_fc2_input.abs().sum(0).max()
+    else:
+        fc2_input, g_grad_act = act, g_fc2_input
+    scales.update({"fc2_w": (g_out.abs().t() @ fc2_input.abs()).max(),
+                   "fc2_b": g_out.abs().sum(0).max(),
+                   "fc1_w": (g_grad_act.abs().t() @ rows.abs()).max(),
+                   "fc1_b": g_grad_act.abs().sum(0).max()})
     if gamma is not None:
-        y2 = F.linear(act, w2, b2)
+        y2 = F.linear(fc2_input, w2, b2)
         scales["gamma"] = (g * y2).abs().sum(0).max()
     return scales
 

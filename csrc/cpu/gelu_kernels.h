@@ -146,6 +146,45 @@ CK_INLINE void gelu_backward_rows(const T* grad_act, const T* pre, T* grad_pre, 
   }
 }
 
+// GRN's and GELU's backward in one pass over rows [begin, end) of the GRN MLP (sample s = row /
+// rows_per_sample; scale = 1 + w * nx and coef per [sample, H] in Acc, grn_stats.h), with the
+// gradient through GRN kept in Acc instead of rounded to T between the two steps:
+//   grad_pre = (grad_y * scale + act * coef) * gelu'(pre)  (into grad_y's storage)
+//   act      = act * scale [+ bias]                        (GRN's output, fc2's input, in place)
+// where act enters as gelu(pre), GRN's input.
+struct GrnGeluBackwardRows {
+  template <bool kBias, typename T, typename Acc>
+  CK_INLINE static void run(T* grad, const T* pre, T* act, const Acc* scale, const Acc* coef,
+                            const T* bias, int64_t begin, int64_t end, int64_t H,
+                            int64_t rows_per_sample) {
+    for (int64_t r = begin; r < end; ++r) {
+      const Acc* sr = scale + (r / rows_per_sample) * H;
+      const Acc* cr = coef + (r / rows_per_sample) * H;
+      T* gr = grad + r * H;
+      const T* pr = pre + r * H;
+      T* ar = act + r * H;
+#pragma omp simd
+      for (int64_t c = 0; c < H; ++c) {
+        const Acc a = to_acc<Acc>(ar[c]);
+        const Acc grad_act = to_acc<Acc>(gr[c]) * sr[c] + a * cr[c];
+        gr[c] = from_acc<T>(grad_act * gelu_derivative(to_acc<Acc>(pr[c])));
+        Acc y = a * sr[c];
+        if constexpr (kBias) y += to_acc<Acc>(bias[c]);
+        ar[c] = from_acc<T>(y);
+      }
+    }
+  }
+};
+
+template <typename T>
+CK_INLINE void grn_gelu_backward_rows(T* grad, const T* pre, T* act, const acc_t<T>* scale,
+                                      const acc_t<T>* coef, const T* bias, int64_t begin,
+                                      int64_t end, int64_t H, int64_t rows_per_sample) {
+  const bool has[] = {bias != nullptr};
+  with_flags<1, GrnGeluBackwardRows>(has, grad, pre, act, scale, coef, bias, begin, end, H,
+                                     rows_per_sample);
+}
+
 }  // namespace ck::cpu
 
 #undef CK_INLINE

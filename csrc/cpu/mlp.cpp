@@ -59,6 +59,14 @@ void check_mlp_args(const at::Tensor& x, const at::Tensor& fc1_w, const at::Tens
     ck::cpu::gelu_backward_rows<T>(grad_act, pre, grad_pre, act, begin, end, H);                 \
   }                                                                                              \
   template <typename T>                                                                          \
+  TARGET void grn_gelu_backward_##SUFFIX(                                                        \
+      T* grad, const T* pre, T* act, const ck::cpu::acc_t<T>* scale,                             \
+      const ck::cpu::acc_t<T>* coef, const T* bias, int64_t begin, int64_t end, int64_t H,       \
+      int64_t rows_per_sample) {                                                                 \
+    ck::cpu::grn_gelu_backward_rows<T>(grad, pre, act, scale, coef, bias, begin, end, H,         \
+                                       rows_per_sample);                                         \
+  }                                                                                              \
+  template <typename T>                                                                          \
   TARGET void output_##SUFFIX(const T* y, const T* bias, const T* col_scale, const T* row_scale, \
                               const T* residual, T* y_out, T* out, int64_t begin, int64_t end,   \
                               int64_t C, int64_t rows_per_sample, int64_t first_row) {           \
@@ -76,6 +84,7 @@ template <typename T>
 struct MlpRows {
   decltype(&bias_gelu_portable<T>) bias_gelu;
   decltype(&gelu_backward_portable<T>) gelu_backward;
+  decltype(&grn_gelu_backward_portable<T>) grn_gelu_backward;
   decltype(&output_portable<T>) output;
 };
 
@@ -86,11 +95,14 @@ MlpRows<T> mlp_rows() {
   if constexpr (std::is_same_v<ck::cpu::acc_t<T>, float>) {
     const Isa isa = ck::cpu::cpu_isa();
     if (isa == Isa::kAvx512)
-      return {bias_gelu_avx512<T>, gelu_backward_avx512<T>, output_avx512<T>};
-    if (isa == Isa::kAvx2) return {bias_gelu_avx2<T>, gelu_backward_avx2<T>, output_avx2<T>};
+      return {bias_gelu_avx512<T>, gelu_backward_avx512<T>, grn_gelu_backward_avx512<T>,
+              output_avx512<T>};
+    if (isa == Isa::kAvx2)
+      return {bias_gelu_avx2<T>, gelu_backward_avx2<T>, grn_gelu_backward_avx2<T>, output_avx2<T>};
   }
 #endif
-  return {bias_gelu_portable<T>, gelu_backward_portable<T>, output_portable<T>};
+  return {bias_gelu_portable<T>, gelu_backward_portable<T>, grn_gelu_backward_portable<T>,
+          output_portable<T>};
 }
 
 // out <- x w^T, and the bias still to add (std::nullopt when added). In fp32 and fp64 the bias is
@@ -148,6 +160,32 @@ void gelu_backward(at::Tensor& grad_act, const at::Tensor& pre, at::Tensor* act)
   });
 }
 
+// The GRN MLP's backward through GRN and GELU in one pass (ck::cpu::grn_gelu_backward_rows):
+// grad (the gradient of GRN's output) becomes the gradient of fc1's pre-activation, act (GELU's
+// output) becomes GRN's output.
+void grn_gelu_backward(at::Tensor& grad, const at::Tensor& pre, at::Tensor& act,
+                       const at::Tensor& scale, const at::Tensor& coef, const OptTensor& bias,
+                       int64_t rows_per_sample) {
+  const int64_t H = pre.size(1);
+  const at::Tensor sc = scale.contiguous(), cc = coef.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pre.scalar_type(), "grn_gelu_bwd", [&] {
+    using K = kernel_t<scalar_t>;
+    using Acc = ck::cpu::acc_t<scalar_t>;
+    const MlpRows<K> rows = mlp_rows<K>();
+    K* g = kernel_ptr(grad.mutable_data_ptr<scalar_t>());
+    const K* p = kernel_ptr(pre.const_data_ptr<scalar_t>());
+    K* a = kernel_ptr(act.mutable_data_ptr<scalar_t>());
+    const Acc *s = sc.const_data_ptr<Acc>(), *c = cc.const_data_ptr<Acc>();
+    const K* b = kernel_ptr_or_null<scalar_t>(bias);
+    ck::cpu::aten_parallel_for()(
+        0, pre.size(0),
+        [&](int64_t begin, int64_t end) {
+          rows.grn_gelu_backward(g, p, a, s, c, b, begin, end, H, rows_per_sample);
+        },
+        ck::cpu::rows_per_task(H));
+  });
+}
+
 // out = the output pass over y's rows (output below); rows [0, y.size(0)) are the op's rows
 // first_row.. (row_scale's sample index; residual is already those rows).
 void output_into(at::Tensor& out, at::Tensor& y, const OptTensor& bias, const OptTensor& col_scale,
@@ -183,19 +221,16 @@ at::Tensor output(at::Tensor& y, const OptTensor& bias, const OptTensor& col_sca
   return out;
 }
 
-// out = u * s_u[sample] [+ v * s_v[sample]] [+ bias]; see ck::cpu::scaled_sum.
-void scaled_sum(const at::Tensor& u, const at::Tensor& s_u, const at::Tensor* v,
-                const at::Tensor* s_v, const OptTensor& bias, at::Tensor& out,
-                int64_t rows_per_sample) {
-  const at::Tensor su = s_u.contiguous();
-  const at::Tensor sv = s_v ? s_v->contiguous() : at::Tensor();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, u.scalar_type(), "grn_cpu", [&] {
+// GRN's output in place: act = act * scale[sample] [+ bias]; see ck::cpu::scaled_sum.
+void grn_forward(at::Tensor& act, const at::Tensor& scale, const OptTensor& bias,
+                 int64_t rows_per_sample) {
+  const at::Tensor sc = scale.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, act.scalar_type(), "grn_cpu", [&] {
     using Acc = ck::cpu::acc_t<scalar_t>;
-    ck::cpu::scaled_sum<scalar_t, Acc>(
-        u.const_data_ptr<scalar_t>(), su.const_data_ptr<Acc>(),
-        v ? v->const_data_ptr<scalar_t>() : nullptr, s_v ? sv.const_data_ptr<Acc>() : nullptr,
-        ptr_or_null<scalar_t>(bias), out.mutable_data_ptr<scalar_t>(), u.size(0), u.size(1),
-        rows_per_sample, ck::cpu::aten_parallel_for());
+    ck::cpu::scaled_sum<scalar_t, Acc>(act.const_data_ptr<scalar_t>(), sc.const_data_ptr<Acc>(),
+                                       nullptr, nullptr, ptr_or_null<scalar_t>(bias),
+                                       act.mutable_data_ptr<scalar_t>(), act.size(0), act.size(1),
+                                       rows_per_sample, ck::cpu::aten_parallel_for());
   });
 }
 
@@ -282,7 +317,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mlp_cpu(
       ck::cpu::grn_stats(per_sample_sums(act, act, nullptr, rows_per_sample), *grn_weight, eps);
   norm = stats.norm;
   nx = stats.nx;
-  scaled_sum(act, stats.scale, nullptr, nullptr, flat(grn_bias), act, rows_per_sample);
+  grn_forward(act, stats.scale, flat(grn_bias), rows_per_sample);
   auto [y2, fc2_bias_left] = linear_leaving_bias(act, fc2_w, fc2_b);
   at::Tensor out =
       output(y2, fc2_bias_left, flat(gamma), flat(drop_scale), residual, rows_per_sample, save_y2);
@@ -324,10 +359,7 @@ mlp_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x, const at::Tens
         per_sample_sums(grad_hidden, fc2_input, &grad_sum, rows_per_sample);
     const at::Tensor scale = ck::cpu::grn_scale(nx, *grn_weight);
     const at::Tensor coef = ck::cpu::grn_input_grad_coef(norm, nx, *grn_weight, grad_dot_act, eps);
-    // grad of GRN's input, then through GELU.
-    scaled_sum(grad_hidden, scale, &fc2_input, &coef, std::nullopt, grad_hidden, rows_per_sample);
-    gelu_backward(grad_hidden, pre, nullptr);
-    scaled_sum(fc2_input, scale, nullptr, nullptr, flat(grn_bias), fc2_input, rows_per_sample);
+    grn_gelu_backward(grad_hidden, pre, fc2_input, scale, coef, flat(grn_bias), rows_per_sample);
     grad_grn_weight =
         (nx * grad_dot_act).sum(0).to(grn_weight->scalar_type()).reshape(grn_weight->sizes());
     grad_grn_bias = grad_sum.sum(0).to(grn_weight->scalar_type()).reshape(grn_bias->sizes());
