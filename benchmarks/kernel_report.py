@@ -106,18 +106,25 @@ def _grn_calls(dtype, shape):
 
 
 def _block_calls(dtype, shape, param_dtype):
-    """The whole V1 block, forward and backward, training with drop path and a learnable layer
-    scale. param_dtype fp32 with dtype bf16: under autocast (kernels read fp32 and convert)."""
+    """The whole block, forward and backward, training with drop path: V1 with a learnable
+    layer scale, V2 with GRN. param_dtype fp32 with dtype bf16: under autocast (kernels read
+    fp32 and convert)."""
     C = shape[1]
     p = dict(dtype=param_dtype)
     x = _meta(*shape, channels_last=True, **p)
     dw_w, c, fc1_w, fc1_b, fc2_w = (_meta(C, 1, 7, 7, **p), _meta(C, **p), _meta(4 * C, C, **p),
                                     _meta(4 * C, **p), _meta(C, 4 * C, **p))
     drop = _meta(shape[0], dtype=torch.float32)
-    out, y_rows, conv, mean, rstd, hidden, y2 = block.block_forward(
-        x, dw_w, c, c, c, fc1_w, fc1_b, fc2_w, c, c, drop, 1e-6, dtype, True)
-    block.block_backward(out, x, dw_w, c, fc1_w, fc1_b, fc2_w, c, drop, y_rows, conv, mean,
-                         rstd, hidden, y2)
+    out, y_rows, conv, mean, rstd, hidden, y2, G, nx = block.block_forward(
+        x, dw_w, c, c, c, fc1_w, fc1_b, fc2_w, c, c, None, None, drop, 1e-6, 0.0, dtype, True)
+    block.block_backward(out, x, dw_w, c, fc1_w, fc1_b, fc2_w, c, None, None, drop, y_rows, conv,
+                         mean, rstd, hidden, y2, G, nx, 0.0)
+    grn_w = _meta(4 * C, **p)
+    out, y_rows, conv, mean, rstd, hidden, y2, G, nx = block.block_forward(
+        x, dw_w, c, c, c, fc1_w, fc1_b, fc2_w, c, None, grn_w, grn_w, drop, 1e-6, 1e-6, dtype,
+        False)
+    block.block_backward(out, x, dw_w, c, fc1_w, fc1_b, fc2_w, None, grn_w, grn_w, drop, y_rows,
+                         conv, mean, rstd, hidden, y2, G, nx, 1e-6)
 
 
 def _calls():

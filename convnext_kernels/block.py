@@ -22,7 +22,7 @@ from torch import nn
 
 from . import reference
 from .layouts import LAYOUTS, describe_block, lookup
-from .ops.block import BLOCK, block_v1
+from .ops.block import BLOCK, whole_block
 from .ops.layer_norm import dwconv_layer_norm, layer_norm_2d
 from .ops.mlp import mlp
 
@@ -151,14 +151,15 @@ def fused_block(x, dw_weight, dw_bias, ln_weight, ln_bias, fc1_w, fc1_b, fc2_w, 
     w = [dw_weight, dw_bias, ln_weight, ln_bias, fc1_w, fc1_b, fc2_w, fc2_b, gamma, grn_weight,
          grn_bias]
     dtype = autocast_dtype(x)
-    whole_block = BLOCK.first_serving(backend, x, x.shape[1]) if grn_weight is None else None
-    if whole_block is not None:
+    block_backend = BLOCK.first_serving(backend, x, x.shape[1])
+    if block_backend is not None:
         # One op for the whole block; under autocast its kernels read x and the parameters in
         # their own dtypes (no cast launches) and compute in the autocast dtype.
         x_cl = x.contiguous(memory_format=torch.channels_last)
         drop_scale = reference.drop_path_scale(x, drop_prob)
-        out = block_v1(x_cl, dw_weight, dw_bias, ln_weight, ln_bias, fc1_w, fc1_b, fc2_w, fc2_b,
-                       gamma, drop_scale, eps, dtype or x.dtype, whole_block)
+        out = whole_block(x_cl, dw_weight, dw_bias, ln_weight, ln_bias, fc1_w, fc1_b, fc2_w,
+                          fc2_b, gamma, grn_weight, grn_bias, drop_scale, eps, grn_eps,
+                          dtype or x.dtype, block_backend)
         return out if x.is_contiguous(memory_format=torch.channels_last) else out.contiguous()
     if dtype is not None:
         x = x.to(dtype)

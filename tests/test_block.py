@@ -243,17 +243,18 @@ def test_reference_block_agrees_with_plain_block():
 TRITON_DEVICES = [d for b, d in TARGETS if b == "triton"]
 
 
-def _triton_block(gen, dim, dtype, device, **kwargs):
-    plain, fused = _pair(gen, dim, False, **kwargs)
+def _triton_block(gen, dim, dtype, device, use_grn=False, **kwargs):
+    plain, fused = _pair(gen, dim, use_grn, **kwargs)
     fused.backend = "triton"
     return plain, fused.to(device, dtype)
 
 
+@pytest.mark.parametrize("use_grn", [False, True], ids=["v1", "v2"])
 @pytest.mark.parametrize("device", TRITON_DEVICES)
-def test_whole_block_is_one_op(device):
-    """Without GRN the triton block is the whole-block op (not the two composed ops)."""
+def test_whole_block_is_one_op(device, use_grn):
+    """The triton block, V1 and V2, is the whole-block op (not the two composed ops)."""
     gen, _ = fresh_generator()
-    _, fused = _triton_block(gen, 16, torch.float32, device)
+    _, fused = _triton_block(gen, 16, torch.float32, device, use_grn)
     x = torch.randn(2, 16, 5, 5, generator=gen).to(device)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         fused(x)
@@ -262,14 +263,15 @@ def test_whole_block_is_one_op(device):
     assert "convnext_kernels::mlp_triton" not in names
 
 
-@pytest.mark.parametrize("dim", [16, 160], ids=["fused-mlp", "two-gemms"])
+@pytest.mark.parametrize("dim,use_grn", [(16, False), (160, False), (16, True)],
+                         ids=["fused-mlp", "two-gemms", "v2"])
 @pytest.mark.parametrize("device", TRITON_DEVICES)
-def test_whole_block_under_autocast(device, dim, poisoned):
+def test_whole_block_under_autocast(device, dim, use_grn, poisoned):
     """fp32 parameters and input under bf16 autocast: the kernels read fp32 and compute in bf16
     (no casts); out in bf16, every gradient in its parameter's dtype (fp32), within the bf16
     tolerance of the float64 reference, judged against eager's autocast error."""
     gen, seed = fresh_generator()
-    plain, fused = _triton_block(gen, dim, torch.float32, device)
+    plain, fused = _triton_block(gen, dim, torch.float32, device, use_grn)
     x = torch.randn(2, dim, 5, 6, generator=gen, dtype=torch.float64)
     grad = torch.randn(x.shape, generator=gen, dtype=torch.float64)
     ref_out, ref = _grads(plain, x, grad)
@@ -289,39 +291,47 @@ def test_whole_block_under_autocast(device, dim, poisoned):
                         scale=scales.get(name))
 
 
-def _block_op_args(gen, device, dim=16):
-    _, fused = _triton_block(gen, dim, torch.float32, device, drop_path=0.0)
+_PARAM_NAMES = ("dw_weight", "dw_bias", "ln_weight", "ln_bias", "fc1_w", "fc1_b", "fc2_w",
+                "fc2_b", "gamma", "grn_weight", "grn_bias")
+
+
+def _block_op_args(gen, device, use_grn, dim=16):
+    _, fused = _triton_block(gen, dim, torch.float32, device, use_grn, drop_path=0.0)
     w = fused.weights()
     x = torch.randn(2, dim, 3, 4, generator=gen).to(device).contiguous(
         memory_format=torch.channels_last)
-    params = [w[n] for n in ("dw_weight", "dw_bias", "ln_weight", "ln_bias", "fc1_w", "fc1_b",
-                             "fc2_w", "fc2_b", "gamma")]
     drop = torch.tensor([1.0, 2.0], device=device)
-    return x, [p.detach().requires_grad_() for p in params], drop
+    params = {n: w[n].detach().requires_grad_() if w[n] is not None else None
+              for n in _PARAM_NAMES}
+    return x, params, drop
 
 
+@pytest.mark.parametrize("use_grn", [False, True], ids=["v1", "v2"])
 @pytest.mark.parametrize("device", TRITON_DEVICES)
-def test_whole_block_opcheck(device):
+def test_whole_block_opcheck(device, use_grn):
     gen, _ = fresh_generator()
-    x, params, drop = _block_op_args(gen, device)
+    x, params, drop = _block_op_args(gen, device, use_grn)
     forward_op = torch.ops.convnext_kernels.block_triton.default
-    args = (x.requires_grad_(), *params, drop, 1e-6, torch.float32, True)
+    args = (x.requires_grad_(), *params.values(), drop, 1e-6, 1e-6, torch.float32,
+            params["gamma"] is not None)
     torch.library.opcheck(forward_op, args)
-    _, y_rows, conv, mean, rstd, hidden, y2 = forward_op(
+    _, y_rows, conv, mean, rstd, hidden, y2, G, nx = forward_op(
         *[a.detach() if isinstance(a, torch.Tensor) else a for a in args])
-    p = [t.detach() for t in params]
+    p = {n: t.detach() if t is not None else None for n, t in params.items()}
     grad = torch.randn(x.shape, generator=gen).to(device).contiguous(
         memory_format=torch.channels_last)
     torch.library.opcheck(torch.ops.convnext_kernels.block_backward_triton.default,
-                          (grad, x.detach(), p[0], p[2], p[4], p[5], p[6], p[8], drop, y_rows,
-                           conv, mean, rstd, hidden, y2))
+                          (grad, x.detach(), p["dw_weight"], p["ln_weight"], p["fc1_w"],
+                           p["fc1_b"], p["fc2_w"], p["gamma"], p["grn_weight"], p["grn_bias"],
+                           drop, y_rows, conv, mean, rstd, hidden, y2, G, nx, 1e-6))
 
 
+@pytest.mark.parametrize("use_grn", [False, True], ids=["v1", "v2"])
 @pytest.mark.parametrize("device", TRITON_DEVICES)
-def test_whole_block_torch_compile_fullgraph(device):
+def test_whole_block_torch_compile_fullgraph(device, use_grn):
     torch._dynamo.reset()
     gen, _ = fresh_generator()
-    _, fused = _triton_block(gen, 16, torch.float32, device)
+    _, fused = _triton_block(gen, 16, torch.float32, device, use_grn)
     x = torch.randn(2, 16, 4, 5, generator=gen).to(device)
     x_c, x_e = (x.clone().requires_grad_() for _ in range(2))
     torch.compile(fused, fullgraph=True)(x_c).square().sum().backward()
@@ -333,23 +343,25 @@ def test_whole_block_torch_compile_fullgraph(device):
         torch.testing.assert_close(c, p.grad, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("use_grn", [False, True], ids=["v1", "v2"])
 @pytest.mark.parametrize("device", TRITON_DEVICES)
-def test_whole_block_empty_batch_and_frozen_parameters(device):
+def test_whole_block_empty_batch_and_frozen_parameters(device, use_grn):
     gen, seed = fresh_generator()
-    plain, fused = _triton_block(gen, 16, torch.float32, device)
+    plain, fused = _triton_block(gen, 16, torch.float32, device, use_grn)
     x = torch.randn(0, 16, 4, 4, device=device, requires_grad=True)
     fused(x).sum().backward()
     assert x.grad.shape == x.shape
     assert all(p.grad is not None and not p.grad.any() for p in fused.parameters())
     # Frozen parameters get no gradient; the others are still right.
     fused.zero_grad()
-    for p in (fused.dwconv.weight, fused.pwconv2.weight, fused.gamma):
-        p.requires_grad_(False)  # (a frozen layer scale: y2 is not saved, no gamma partials)
+    # (a frozen layer scale: y2 is not saved, no gamma partials)
+    frozen = ("dwconv.weight", "pwconv2.weight", "grn.gamma" if use_grn else "gamma")
+    for name in frozen:
+        fused.get_parameter(name).requires_grad_(False)
     x = torch.randn(2, 16, 4, 4, generator=gen, dtype=torch.float64)
     fused(x.float().to(device)).square().sum().backward()
     plain(x).square().sum().backward()  # the float64 reference
-    assert fused.dwconv.weight.grad is None and fused.pwconv2.weight.grad is None
-    assert fused.gamma.grad is None
+    assert all(fused.get_parameter(name).grad is None for name in frozen)
     # Norm-wise, as every accuracy check here (an elementwise rtol failed once at random on
     # one near-zero element: 1.5e-5 absolute on a 1024-element fp32 gradient).
     for name in ("pwconv1.weight", "pwconv1.bias", "norm.weight", "dwconv.bias"):

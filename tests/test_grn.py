@@ -141,8 +141,13 @@ def test_cpu_and_triton_statistics_agree():
     cpp = torch.ops.convnext_kernels.grn.default(x, w, b, 1e-6)
     tri = torch.ops.convnext_kernels.grn_triton.default(x.to(device), w.to(device),
                                                         b.to(device), 1e-6)
-    for name, a, t in zip(("y", "G", "nx"), cpp, tri):
+    # G and nx elementwise; y as every output is judged (max error over max |y|): an element of
+    # y near zero (x * scale cancelling the bias) magnifies a 1-ulp difference of G (seen:
+    # torch's vectorised fp32 sqrt, which the cpp backend uses, against the interpreter's numpy
+    # one) beyond any elementwise bound.
+    for name, a, t in zip(("G", "nx"), cpp[1:], tri[1:]):
         assert torch.allclose(a, t.cpu(), rtol=1e-5, atol=0), f"{name} (seed {seed})"
+    assert rel_error(tri[0], cpp[0]) <= 1e-5, f"y (seed {seed})"
     assert cpp[1][:, 3].eq(0).all() and cpp[1][:, 7].gt(0).all()
     grads = [torch.ops.convnext_kernels.grn_backward.default(grad, x, w, cpp[1], cpp[2], 1e-6),
              torch.ops.convnext_kernels.grn_backward_triton.default(

@@ -2,8 +2,8 @@
 them and its graph holds each kernel launch (a triton_kernel_wrapper node), not an opaque op call.
 
 Checked on this CPU machine without running a kernel: a subprocess without TRITON_INTERPRET (so
-the ops register as triton_ops, ops/triton_registration.py) compiles the whole V1 block op and
-the LayerNorm op with an AOTAutograd backend that keeps the joint forward+backward graph and
+the ops register as triton_ops, ops/triton_registration.py) compiles the whole block op (V1 and
+V2) and the LayerNorm op with an AOTAutograd backend that keeps the joint forward+backward graph and
 runs nothing; the graph must name the kernels of the forward and of the backward."""
 import json
 import os
@@ -66,9 +66,12 @@ def p(*shape):
 x = torch.randn(2, C, 5, 5, generator=g).bfloat16().contiguous(memory_format=torch.channels_last)
 x.requires_grad_()
 params = [p(C, 1, 7, 7), p(C), p(C), p(C), p(4 * C, C), p(4 * C), p(C, 4 * C), p(C), p(C)]
+grn = [p(4 * C), p(4 * C)]
 block = BLOCK.impls["triton"]
-result = {"block": traced(lambda x, *w: block(x, *w, None, 1e-6, torch.bfloat16, True)[0],
-                          x, *params),
+result = {"block": traced(lambda x, *w: block(x, *w, None, None, None, 1e-6, 0.0,
+                                              torch.bfloat16, True)[0], x, *params),
+          "block_v2": traced(lambda x, *w: block(x, *w[:8], None, *w[8:], None, 1e-6, 1e-6,
+                                                 torch.bfloat16, False)[0], x, *params[:8], *grn),
           "layer_norm": traced(lambda x, w, b: LAYER_NORM.impls["triton"](x, w, b, 1e-6)[0],
                                x, params[2], params[3])}
 print(json.dumps(result))
@@ -83,12 +86,17 @@ def test_torch_compile_sees_every_kernel_of_the_block_and_of_an_op():
                          text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(run.stdout.strip().splitlines()[-1])
-    block, layer_norm = result["block"], result["layer_norm"]
-    assert block["opaque_ops"] == [] and layer_norm["opaque_ops"] == []
+    block, block_v2, layer_norm = result["block"], result["block_v2"], result["layer_norm"]
+    assert block["opaque_ops"] == block_v2["opaque_ops"] == layer_norm["opaque_ops"] == []
     # C = 16 in bf16: the fused MLP forward; the backward's GEMMs, LayerNorm, dwconv and finalize.
     assert set(block["kernels"]) == {
         "_dwconv_layer_norm_kernel", "_fused_mlp_kernel", "_matmul_kernel",
         "_scaled_product_column_sums_kernel", "_layer_norm_backward_kernel",
+        "_dwconv_forward_kernel", "_dwconv_wgrad_partial_kernel", "_finalize_kernel"}
+    # V2: GRN's statistics between the two-GEMM forward's GEMMs, and in the backward.
+    assert set(block_v2["kernels"]) == {
+        "_dwconv_layer_norm_kernel", "_matmul_kernel", "_grn_stats_kernel",
+        "_grn_backward_stats_kernel", "_scaled_sum_kernel", "_layer_norm_backward_kernel",
         "_dwconv_forward_kernel", "_dwconv_wgrad_partial_kernel", "_finalize_kernel"}
     assert set(layer_norm["kernels"]) == {"_layer_norm_forward_kernel",
                                           "_layer_norm_backward_kernel", "_finalize_kernel"}

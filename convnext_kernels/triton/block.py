@@ -1,15 +1,21 @@
-"""The whole ConvNeXt V1 block in Triton, forward and backward, in the fewest launches its math
-needs (the block with GRN composes the ops instead).
+"""The whole ConvNeXt block (V1, and V2 with GRN) in Triton, forward and backward, in the fewest
+launches its math needs.
 
-Forward (2-3 launches):
+Forward (V1: 2-3 launches; V2: 5):
   dwconv + LayerNorm       one kernel: y (LN output rows), conv output, mean, rstd
-  MLP                      fused (C <= FUSED_MAX_CHANNELS: the hidden never leaves the chip) or
-                           fc1+GELU (keeping the pre-activation) then fc2 with layer scale, drop
-                           path and residual in its epilogue
-Backward (9-10 launches, all parameter gradients as fp32 partials in one GradWorkspace):
-  MLP backward             [fc1 recomputed where the forward was fused], gH, fc2 and fc1 weight
-                           gradients (split-K partials + bias row sums), grad_y, layer scale's
-                           column sums
+  MLP                      V1: fused (C <= FUSED_MAX_CHANNELS: the hidden never leaves the chip)
+                           or fc1+GELU (keeping the pre-activation) then fc2 with layer scale,
+                           drop path and residual in its epilogue. V2: GRN needs every pixel's
+                           GELU output before fc2, so fc1+GELU adds the per-sample sums of squares
+                           (into a zero-filled [N, 4C]), one kernel makes GRN's statistics, and
+                           fc2 applies GRN to its input tiles as it loads them
+Backward (V1: 9-10 launches; V2: 12, all parameter gradients as fp32 partials in one
+GradWorkspace):
+  MLP backward             [fc1 recomputed where the forward was fused], gH (V2: with GRN's
+                           per-sample sums, zero-filled, then GRN's backward statistics with its
+                           parameter gradients' partials, then gH through GRN and GELU), fc2 and
+                           fc1 weight gradients (split-K partials + bias row sums), grad_y, layer
+                           scale's column sums
   LayerNorm backward       grad_conv, ln weight/bias partials
   dwconv input gradient    grad_conv conv the weight read flipped, + grad_out (the residual)
   dwconv weight gradient   partials in the weight's [C, k*k] order and the bias's
@@ -28,42 +34,43 @@ from .common import nhwc_buffer
 from .grad_workspace import GradWorkspace, reduction_splits
 
 
-def grad_shapes(dw_weight, fc1_w, fc2_w, gamma, y2):
+def grad_shapes(dw_weight, fc1_w, fc2_w, gamma, y2, grn_weight=None, grn_bias=None):
     """Every block parameter gradient reduced over rows, in the order of the flat buffer the
-    backward returns (gamma's where y2 was saved: mlp.grad_shapes)."""
+    backward returns (gamma's where y2 was saved: mlp.grad_shapes; GRN's with GRN)."""
     C = dw_weight.shape[0]
     shapes = {**dwconv.grad_shapes(dw_weight), "ln_weight": (C,), "ln_bias": (C,)}
-    shapes.update(mlp.grad_shapes(fc1_w, fc2_w, gamma, y2))
+    shapes.update(mlp.grad_shapes(fc1_w, fc2_w, gamma, y2, grn_weight, grn_bias))
     return shapes
 
 
-def keeps_hidden(C, dtype):
-    return not mlp.uses_fused_forward(C, grn=False, keep_hidden=False, dtype=dtype)
+def keeps_hidden(C, dtype, grn):
+    return not mlp.uses_fused_forward(C, grn=grn, keep_hidden=False, dtype=dtype)
 
 
 def block_forward(x, dw_weight, dw_bias, ln_weight, ln_bias, fc1_w, fc1_b, fc2_w, fc2_b, gamma,
-                  drop_scale, eps, dtype, save_y2):
+                  grn_weight, grn_bias, drop_scale, eps, grn_eps, dtype, save_y2):
     """(out N,C,H,W channels_last in `dtype`, y rows [M, C], conv N,C,H,W, mean, rstd [N,H,W]
-    fp32, hidden [M, 4C] or empty, y2 [M, C] or empty). x is N,C,H,W channels_last."""
+    fp32, hidden [M, 4C] or empty, y2 [M, C] or empty, GRN's G and nx [N, 4C] fp32 or empty).
+    x is N,C,H,W channels_last."""
     N, C, H, W = x.shape
     y, conv, mean, rstd = dwconv_layer_norm.dwconv_layer_norm_forward(
         x, dw_weight, dw_bias, ln_weight, ln_bias, eps, dtype=dtype)
     y_rows = y.permute(0, 2, 3, 1).reshape(-1, C)
     residual = x.permute(0, 2, 3, 1).reshape(-1, C)
-    out_rows, hidden, y2, _, _ = mlp.mlp_forward(
-        y_rows, fc1_w, fc1_b, fc2_w, fc2_b, gamma, residual, drop_scale, None, None,
-        max(1, H * W), 0.0, keeps_hidden(C, dtype), save_y2)
+    out_rows, hidden, y2, G, nx = mlp.mlp_forward(
+        y_rows, fc1_w, fc1_b, fc2_w, fc2_b, gamma, residual, drop_scale, grn_weight, grn_bias,
+        max(1, H * W), grn_eps, keeps_hidden(C, dtype, grn_weight is not None), save_y2)
     out = out_rows.view(N, H, W, C).permute(0, 3, 1, 2)
-    return out, y_rows, conv, mean, rstd, hidden, y2
+    return out, y_rows, conv, mean, rstd, hidden, y2, G, nx
 
 
-def block_backward(grad_out, x, dw_weight, ln_weight, fc1_w, fc1_b, fc2_w, gamma, drop_scale,
-                   y_rows, conv, mean, rstd, hidden, y2):
+def block_backward(grad_out, x, dw_weight, ln_weight, fc1_w, fc1_b, fc2_w, gamma, grn_weight,
+                   grn_bias, drop_scale, y_rows, conv, mean, rstd, hidden, y2, G, nx, grn_eps):
     """(grad_x in x's dtype and memory format, every parameter gradient in one flat buffer in
     fc1_w's dtype, in grad_shapes' order)."""
     N, C, H, W = x.shape
     M = N * H * W
-    shapes = grad_shapes(dw_weight, fc1_w, fc2_w, gamma, y2)
+    shapes = grad_shapes(dw_weight, fc1_w, fc2_w, gamma, y2, grn_weight, grn_bias)
     grad_x = torch.empty_like(x)
     ws = GradWorkspace(shapes, reduction_splits(M), fc1_w.dtype, x.device)
     if M == 0:
@@ -71,9 +78,9 @@ def block_backward(grad_out, x, dw_weight, ln_weight, fc1_w, fc1_b, fc2_w, gamma
         return grad_x.zero_(), flat
     g = grad_out.contiguous(memory_format=torch.channels_last)
     g_rows = g.permute(0, 2, 3, 1).reshape(-1, C)
-    grad_y, _, _ = mlp.mlp_backward_into(ws, g_rows, y_rows, fc1_w, fc1_b, fc2_w, gamma,
-                                         drop_scale, None, None, hidden, y2, None, None,
-                                         max(1, H * W), 0.0)
+    grad_y = mlp.mlp_backward_into(ws, g_rows, y_rows, fc1_w, fc1_b, fc2_w, gamma, drop_scale,
+                                   grn_weight, grn_bias, hidden, y2, G, nx, max(1, H * W),
+                                   grn_eps)
     grad_y_nhwc = grad_y.view(N, H, W, C).permute(0, 3, 1, 2)
     grad_conv = torch.empty_like(conv)
     layer_norm.backward_launch(grad_y_nhwc, conv, ln_weight, mean, rstd, grad_conv,

@@ -2,18 +2,23 @@
 
     G[n,c] = ||x[n,:,:,c]||_2,   nx = G / (mean_c G + eps),   y = x * (1 + w*nx) + b
 
-Two kernels serve GRN alone and the GRN variant of the MLP:
+Kernels serving GRN alone and the GRN variant of the MLP:
   per-sample column sums: sums[n,c] = sum over the sample's pixels of u*v (and of u);
+  statistics: from the sums of squares, G, nx and the scale 1 + w*nx (one launch);
+  backward statistics: from the sums of grad_y*x and of grad_y, the scale and the coefficient c
+              with grad_x = grad_y * scale + x * c, and the weight and bias gradients as fp32
+              partials of a GradWorkspace (one launch, where torch took ~15 small ones);
   scaled sum: out = u*s_u[n,c] + v*s_v[n,c] + bias[c], where v may be a pre-activation to pass
               through GELU, the result then multiplied by GELU's derivative (the MLP's backward).
-The [N, C] statistics between them are tiny and computed with torch (grn_scales / grn_input_grad
-_scales below, shared by every backend).
+The statistics have a torch twin in csrc/cpu/grn_stats.h (the cpp backend), pinned together by
+tests/test_grn.py::test_cpu_and_triton_statistics_agree.
 """
 import torch
 import triton
 import triton.language as tl
 
 from .common import INTERPRETED, Launch, cast_for_store
+from .grad_workspace import GradWorkspace, reduction_splits
 from .matmul import gelu, gelu_grad
 
 _TILE = 4096
@@ -100,23 +105,113 @@ def scaled_sum_launch(u, s_u, out, v=None, s_v=None, bias=None, v_is_pre_gelu=Fa
                        INTERPRETED=INTERPRETED))
 
 
-def grn_scales(sumsq, weight, eps):
-    """From the per-(sample, channel) sums of squares [N, C] fp32: (G, nx, 1 + w*nx)."""
-    G = sumsq.sqrt()
-    nx = G / (G.mean(-1, keepdim=True) + eps)
-    return G, nx, 1.0 + weight.reshape(-1).float() * nx
+@triton.jit
+def _grn_stats_kernel(sumsq_ptr, weight_ptr, G_ptr, nx_ptr, scale_ptr, C, eps,
+                      BLOCK_C: tl.constexpr):
+    """One program per sample: G = sqrt(sumsq), nx = G / (mean G + eps), scale = 1 + w*nx.
+    IEEE square roots and divisions (sqrt_rn, div_rn; Triton's defaults are approximate on a
+    GPU), as torch and the cpp backend compute them."""
+    base = tl.program_id(0).to(tl.int64) * C
+    G_sum = tl.zeros([BLOCK_C], dtype=tl.float32)
+    for c0 in range(0, C, BLOCK_C):
+        cols = c0 + tl.arange(0, BLOCK_C)
+        G_sum += tl.sqrt_rn(tl.load(sumsq_ptr + base + cols, mask=cols < C, other=0.0))
+    denom = tl.div_rn(tl.sum(G_sum, axis=0), C.to(tl.float32)) + eps
+    for c0 in range(0, C, BLOCK_C):
+        cols = c0 + tl.arange(0, BLOCK_C)
+        mask = cols < C
+        G = tl.sqrt_rn(tl.load(sumsq_ptr + base + cols, mask=mask, other=0.0))
+        nx = tl.div_rn(G, tl.full([BLOCK_C], denom, tl.float32))
+        w = tl.load(weight_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+        tl.store(G_ptr + base + cols, G, mask=mask)
+        tl.store(nx_ptr + base + cols, nx, mask=mask)
+        tl.store(scale_ptr + base + cols, 1.0 + w * nx, mask=mask)
 
 
-def grn_input_grad_scales(G, nx, weight, grad_dot_x, eps):
-    """The coefficient c[n,k] with grad_x = grad_y * (1 + w*nx) + x * c, from the sums
-    grad_dot_x[n,k] = sum over the sample's pixels of grad_y * x. G = 0 (an all-zero channel)
-    gets no gradient through the norm, as torch.linalg.vector_norm's backward."""
-    C = G.shape[-1]
-    denom = G.mean(-1, keepdim=True) + eps
-    grad_nx = weight.reshape(-1).float() * grad_dot_x
-    grad_G = grad_nx / denom - (grad_nx * nx).sum(-1, keepdim=True) / (C * denom)
-    # the smallest normal of G's dtype, as csrc/cpu/grn_stats.h (pinned by a test)
-    return torch.where(G > 0, grad_G / G.clamp_min(torch.finfo(G.dtype).tiny), 0.0)
+@triton.jit
+def _grn_backward_stats_kernel(G_ptr, nx_ptr, weight_ptr, grad_dot_ptr, grad_sum_ptr, scale_ptr,
+                               coef_ptr, grad_w_ptr, grad_b_ptr, partial_stride, N, C,
+                               samples_per_split, eps, TINY: tl.constexpr,
+                               BLOCK_C: tl.constexpr):
+    """Program `split` takes samples [split * samples_per_split, ...): per sample the scale and
+    coef (two passes over C: the sums, then the values), then the weight and bias gradient
+    partials (sums over its samples of nx * grad_dot and of grad_sum) into its workspace row,
+    written also where it has no samples (zeros)."""
+    split = tl.program_id(0)
+    first = split * samples_per_split
+    last = tl.minimum(N, first + samples_per_split)
+    for n in range(first, last):
+        base = n * C  # ([N, C] statistics: small)
+        G_sum = tl.zeros([BLOCK_C], dtype=tl.float32)
+        grad_nx_dot_nx = tl.zeros([BLOCK_C], dtype=tl.float32)
+        for c0 in range(0, C, BLOCK_C):
+            cols = c0 + tl.arange(0, BLOCK_C)
+            mask = cols < C
+            w = tl.load(weight_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+            G_sum += tl.load(G_ptr + base + cols, mask=mask, other=0.0)
+            grad_nx_dot_nx += w * tl.load(grad_dot_ptr + base + cols, mask=mask, other=0.0) \
+                * tl.load(nx_ptr + base + cols, mask=mask, other=0.0)
+        denom = tl.sum(G_sum, axis=0) / C + eps
+        through_mean = tl.sum(grad_nx_dot_nx, axis=0) / (C * denom)
+        for c0 in range(0, C, BLOCK_C):
+            cols = c0 + tl.arange(0, BLOCK_C)
+            mask = cols < C
+            w = tl.load(weight_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+            G = tl.load(G_ptr + base + cols, mask=mask, other=0.0)
+            nx = tl.load(nx_ptr + base + cols, mask=mask, other=0.0)
+            grad_G = w * tl.load(grad_dot_ptr + base + cols, mask=mask, other=0.0) / denom \
+                - through_mean
+            # G = 0 (an all-zero channel) passes no gradient through the norm, as
+            # torch.linalg.vector_norm's backward; the floor is fp32's smallest normal.
+            coef = tl.where(G > 0, tl.div_rn(grad_G, tl.maximum(G, TINY)), 0.0)
+            tl.store(scale_ptr + base + cols, 1.0 + w * nx, mask=mask)
+            tl.store(coef_ptr + base + cols, coef, mask=mask)
+    row = split.to(tl.int64) * partial_stride
+    for c0 in range(0, C, BLOCK_C):
+        cols = c0 + tl.arange(0, BLOCK_C)
+        mask = cols < C
+        grad_w = tl.zeros([BLOCK_C], dtype=tl.float32)
+        grad_b = tl.zeros([BLOCK_C], dtype=tl.float32)
+        for n in range(first, last):
+            base = n * C  # ([N, C] statistics: small)
+            grad_w += tl.load(nx_ptr + base + cols, mask=mask, other=0.0) \
+                * tl.load(grad_dot_ptr + base + cols, mask=mask, other=0.0)
+            grad_b += tl.load(grad_sum_ptr + base + cols, mask=mask, other=0.0)
+        tl.store(grad_w_ptr + row + cols, grad_w, mask=mask)
+        tl.store(grad_b_ptr + row + cols, grad_b, mask=mask)
+
+
+def _stats_block_c(C):
+    return min(triton.next_power_of_2(C), 1024)
+
+
+def grn_stats_launch(sumsq, weight, G, nx, scale, eps):
+    """G, nx, scale [N, C] fp32 from the sums of squares sumsq [N, C] fp32."""
+    N, C = sumsq.shape
+    return Launch(_grn_stats_kernel, (N,), (sumsq, weight, G, nx, scale, C, float(eps)),
+                  dict(BLOCK_C=_stats_block_c(C)))
+
+
+def grn_backward_stats_launch(G, nx, weight, grad_dot, grad_sum, scale, coef, grad_w, grad_b,
+                              eps):
+    """scale, coef [N, C] fp32 (grad_x = grad_y * scale + x * coef) from G, nx and the
+    per-sample sums grad_dot (of grad_y * x) and grad_sum (of grad_y); the weight and bias
+    gradients' fp32 partials into grad_w, grad_b [splits, C] (GradWorkspace views, one program
+    per split)."""
+    N, C = G.shape
+    splits = grad_w.shape[0]
+    return Launch(_grn_backward_stats_kernel, (splits,),
+                  (G, nx, weight, grad_dot, grad_sum, scale, coef, grad_w, grad_b,
+                   grad_w.stride(0), N, C, triton.cdiv(N, splits), float(eps)),
+                  dict(TINY=torch.finfo(torch.float32).tiny, BLOCK_C=_stats_block_c(C)))
+
+
+def grn_statistics(sumsq, weight, eps):
+    """(G, nx, scale), [N, C] fp32 each, from the sums of squares."""
+    G, nx, scale = (torch.empty_like(sumsq) for _ in range(3))
+    if sumsq.numel():
+        grn_stats_launch(sumsq, weight, G, nx, scale, eps)()
+    return G, nx, scale
 
 
 def _as_samples(t):
@@ -129,27 +224,30 @@ def grn_forward(x, weight, bias, eps):
     x3 = _as_samples(x)
     N, _, C = x3.shape
     y = torch.empty_like(x)
-    sumsq = torch.zeros(N, C, device=x.device, dtype=torch.float32)
     if x.numel() == 0:
-        return y, sumsq, sumsq.clone()
+        return y, *(torch.zeros(N, C, device=x.device, dtype=torch.float32) for _ in range(2))
+    sumsq = torch.empty(N, C, device=x.device, dtype=torch.float32)  # (written whole)
     column_sums_launch(x3, x3, sumsq)()
-    G, nx, scale = grn_scales(sumsq, weight, eps)
+    G, nx, scale = grn_statistics(sumsq, weight, eps)
     scaled_sum_launch(x3, scale, _as_samples(y), bias=bias.reshape(-1).contiguous())()
     return y, G, nx
 
 
 def grn_backward(grad_y, x, weight, G, nx, eps):
-    """(grad_x, grad_weight, grad_bias) of grn."""
+    """(grad_x, grad_weight, grad_bias) of grn; the parameter gradients in weight's dtype."""
     x3, g3 = _as_samples(x), _as_samples(grad_y)
-    N, _, C = x3.shape
+    N, R, C = x3.shape
     grad_x = torch.empty_like(x)
-    grad_dot_x = torch.zeros(N, C, device=x.device, dtype=torch.float32)
-    grad_sum = torch.zeros_like(grad_dot_x)
-    if x.numel() != 0:
-        column_sums_launch(g3, x3, grad_dot_x, grad_sum)()
-        scale = 1.0 + weight.reshape(-1).float() * nx
-        coef = grn_input_grad_scales(G, nx, weight, grad_dot_x, eps)
-        scaled_sum_launch(g3, scale, _as_samples(grad_x), v=x3, s_v=coef)()
-    grad_weight = (nx * grad_dot_x).sum(0).to(weight.dtype).reshape(weight.shape)
-    grad_bias = grad_sum.sum(0).to(weight.dtype).reshape(weight.shape)
-    return grad_x, grad_weight, grad_bias
+    if x.numel() == 0:
+        return grad_x, torch.zeros_like(weight), torch.zeros_like(weight)
+    sums = torch.empty(2, N, C, device=x.device, dtype=torch.float32)
+    column_sums_launch(g3, x3, sums[0], sums[1])()
+    # (the op takes no bias: its gradient has the weight's shape and dtype)
+    ws = GradWorkspace({"weight": weight.shape, "bias": weight.shape}, reduction_splits(N * R),
+                       weight.dtype, x.device)
+    scale, coef = torch.empty_like(sums)
+    grn_backward_stats_launch(G, nx, weight, sums[0], sums[1], scale, coef, ws["weight"],
+                              ws["bias"], eps)()
+    scaled_sum_launch(g3, scale, _as_samples(grad_x), v=x3, s_v=coef)()
+    grads = ws.finalize_each()  # (two tensors: a custom op's outputs may not alias)
+    return grad_x, grads["weight"], grads["bias"]

@@ -7,7 +7,8 @@ Operand prologues (fp32 math on the loaded tile, then rounded back to the dot dt
 rounds; cast_for_store because the interpreter would truncate):
   A_ROW_SCALE / A_COL_SCALE  A[m, k] * row_scale[m // a_row_div] * col_scale[k // a_col_div]
                              (the output gradient times drop-path scale and layer scale)
-  A_GRN                      A[m, k] * grn_scale[m // rows_per_sample, k]   (GRN before fc2)
+  A_GRN                      A[m, k] * grn_scale[m // rows_per_sample, k] + grn_bias[k]
+                             (GRN before fc2)
   B_GELU, B_GRN              gelu(B[k, n]) [* grn_scale[k // rows_per_sample, n] + grn_bias[n]]
 Epilogues, in order:
   HAS_BIAS                   + bias[n]
@@ -155,7 +156,9 @@ def _matmul_kernel(
                                     other=0.0).to(tl.float32)[None, :]
             if A_GRN:
                 a32 = a32 * tl.load(grn_scale_ptr + a_samples[:, None] * K + ks[None, :],
-                                    mask=a_mask, other=0.0)
+                                    mask=a_mask, other=0.0) \
+                    + tl.load(grn_bias_ptr + ks, mask=k_mask, other=0.0).to(tl.float32)[None, :]
+                a32 = tl.where(a_mask, a32, 0.0)
             a = cast_for_store(a32, a_ptr.dtype.element_ty, INTERPRETED)
             if ROW_SUM:
                 row_sum += tl.sum(a.to(tl.float32), axis=1)
@@ -245,13 +248,15 @@ def config(dtype, prologue=False, N=None, per_sample_sums=False):
 class Prologue:
     """What a GEMM applies to its operand tiles as it loads them (module docstring): A's rows
     and columns scaled (per row // a_row_div, per column // a_col_div), A or B scaled by GRN's
-    per-sample [samples, K] scale, B through GELU and GRN (b_grn_bias added after)."""
+    per-sample [samples, K] scale and then GRN's bias added (A: a_grn_*, the forward's fc2; B:
+    b_grn_*, after GELU, the backward's fc2 weight gradient)."""
 
     a_row_scale: Optional[torch.Tensor] = None
     a_row_div: int = 1
     a_col_scale: Optional[torch.Tensor] = None
     a_col_div: int = 1
     a_grn_scale: Optional[torch.Tensor] = None
+    a_grn_bias: Optional[torch.Tensor] = None
     b_gelu: bool = False
     b_grn_scale: Optional[torch.Tensor] = None
     b_grn_bias: Optional[torch.Tensor] = None
@@ -297,12 +302,13 @@ def matmul_launch(a, b, out, prologue=Prologue(), epilogue=Epilogue(), *, rows_p
         k_per_split = triton.cdiv(triton.cdiv(K, splits), cfg["BLOCK_K"]) * cfg["BLOCK_K"]
     else:
         k_per_split = max(K, 1)
-    grn_scale = p.a_grn_scale if p.a_grn_scale is not None else p.b_grn_scale
+    grn_scale, grn_bias = ((p.a_grn_scale, p.a_grn_bias) if p.a_grn_scale is not None
+                           else (p.b_grn_scale, p.b_grn_bias))
     unused = out
     args = (a, b, out, M, N, K, a.stride(0), a.stride(1), b.stride(0), b.stride(1),
             *(t if t is not None else unused for t in (p.a_row_scale, p.a_col_scale)),
             p.a_row_div, p.a_col_div,
-            *(t if t is not None else unused for t in (grn_scale, p.b_grn_bias)),
+            *(t if t is not None else unused for t in (grn_scale, grn_bias)),
             rows_per_sample,
             *(t if t is not None else unused for t in (e.bias, e.pre, e.aux, e.y2, e.sums,
                                                        e.sums2, e.out_col_scale, e.out_row_scale,

@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from .common import INTERPRETED, Launch, cast_for_store
-from .grn import grn_input_grad_scales, grn_scales, scaled_sum_launch
+from .grn import grn_backward_stats_launch, grn_statistics, scaled_sum_launch
 from .grad_workspace import GradWorkspace, reduction_splits
 from .matmul import (GELU, GELU_GRAD, GRN_GRAD, PLAIN, Epilogue, Prologue, as_operand,
                      dot_in_fp32, gelu, input_precision, matmul_launch, output_epilogue)
@@ -140,11 +140,6 @@ def uses_fused_forward(C, grn, keep_hidden, dtype=torch.bfloat16):
             and (dtype != torch.float32 or INTERPRETED))
 
 
-def _grn_bias_of_fc2(fc2_w, fc2_b, grn_bias):
-    """fc2(a*s + beta) = (a*s) @ fc2_w^T + (fc2_b + fc2_w @ beta): GRN's bias folds into fc2's."""
-    return fc2_b.float() + fc2_w.float() @ grn_bias.reshape(-1).float()
-
-
 def mlp_forward(x, fc1_w, fc1_b, fc2_w, fc2_b, gamma, residual, drop_scale, grn_weight,
                 grn_bias, rows_per_sample, eps, keep_hidden, save_y2):
     """(out [M, C], hidden pre-activation [M, H] if keep_hidden, y2 [M, C] if save_y2,
@@ -172,24 +167,27 @@ def mlp_forward(x, fc1_w, fc1_b, fc2_w, fc2_b, gamma, residual, drop_scale, grn_
                   epilogue=Epilogue(GELU, bias=fc1_b, pre=hidden if keep_hidden else None,
                                     sums=sumsq, sumsq=grn),
                   rows_per_sample=rows_per_sample)()
-    fc2_bias, grn_scale = fc2_b, None
+    grn_prologue = Prologue()
     if grn:
-        G, nx, grn_scale = grn_scales(sumsq, grn_weight, eps)
-        fc2_bias = _grn_bias_of_fc2(fc2_w, fc2_b, grn_bias)
-    matmul_launch(act, fc2_w.t(), out, Prologue(a_grn_scale=grn_scale),
-                  Epilogue(bias=fc2_bias, y2=y2_arg, out_col_scale=gamma,
+        G, nx, grn_scale = grn_statistics(sumsq, grn_weight, eps)
+        grn_prologue = Prologue(a_grn_scale=grn_scale,
+                                a_grn_bias=grn_bias.reshape(-1).contiguous())
+    matmul_launch(act, fc2_w.t(), out, grn_prologue,
+                  Epilogue(bias=fc2_b, y2=y2_arg, out_col_scale=gamma,
                            out_row_scale=drop_scale, residual=residual),
                   rows_per_sample=rows_per_sample)()
     return out, hidden, y2, G, nx
 
 
-def grad_shapes(fc1_w, fc2_w, gamma, y2):
+def grad_shapes(fc1_w, fc2_w, gamma, y2, grn_weight=None, grn_bias=None):
     """Shapes of the MLP parameter gradients reduced over rows (a GradWorkspace's `shapes`);
     layer scale's only where the forward saved y2 [M, C], i.e. gamma needed its gradient."""
     H, C = fc1_w.shape
     shapes = {"fc1_w": (H, C), "fc1_b": (H,), "fc2_w": (C, H), "fc2_b": (C,)}
     if gamma is not None and y2.dim() == 2:
         shapes["gamma"] = (C,)
+    if grn_weight is not None:
+        shapes.update(grn_weight=tuple(grn_weight.shape), grn_bias=tuple(grn_bias.shape))
     return shapes
 
 
@@ -204,21 +202,19 @@ def mlp_backward(grad_out, x, fc1_w, fc1_b, fc2_w, gamma, drop_scale, grn_weight
         return (torch.empty_like(x), *(zeros_or_empty(t) for t in (
             fc1_w, fc1_b, fc2_w, fc2_w[:, 0], gamma if y2.dim() == 2 else None, grn_weight,
             grn_bias)))
-    ws = GradWorkspace(grad_shapes(fc1_w, fc2_w, gamma, y2), reduction_splits(M), fc1_w.dtype,
-                       x.device)
-    grad_x, grad_grn_weight, grad_grn_bias = mlp_backward_into(
-        ws, grad_out, x, fc1_w, fc1_b, fc2_w, gamma, drop_scale, grn_weight, grn_bias, hidden,
-        y2, G, nx, rows_per_sample, eps)
+    ws = GradWorkspace(grad_shapes(fc1_w, fc2_w, gamma, y2, grn_weight, grn_bias),
+                       reduction_splits(M), fc1_w.dtype, x.device)
+    grad_x = mlp_backward_into(ws, grad_out, x, fc1_w, fc1_b, fc2_w, gamma, drop_scale,
+                               grn_weight, grn_bias, hidden, y2, G, nx, rows_per_sample, eps)
     grads = ws.finalize_each()
-    return (grad_x, grads["fc1_w"], grads["fc1_b"], grads["fc2_w"], grads["fc2_b"],
-            grads.get("gamma", x.new_empty(0)), grad_grn_weight, grad_grn_bias)
+    return (grad_x, *(grads.get(name, x.new_empty(0)) for name in (
+        "fc1_w", "fc1_b", "fc2_w", "fc2_b", "gamma", "grn_weight", "grn_bias")))
 
 
 def mlp_backward_into(ws, grad_out, x, fc1_w, fc1_b, fc2_w, gamma, drop_scale, grn_weight,
                       grn_bias, hidden, y2, G, nx, rows_per_sample, eps):
-    """The MLP backward with its row-reduced parameter gradients left as partials in `ws`
-    (names of grad_shapes); returns (grad_x, grad_grn_weight,
-    grad_grn_bias). M > 0."""
+    """The MLP backward with its parameter gradients left as partials in `ws` (names of
+    grad_shapes); returns grad_x. M > 0."""
     M, C = x.shape
     H = fc1_w.shape[0]
     grn = grn_weight is not None
@@ -229,24 +225,21 @@ def mlp_backward_into(ws, grad_out, x, fc1_w, fc1_b, fc2_w, gamma, drop_scale, g
     # The output gradient times drop path's per-sample scale and layer scale, on load.
     grad_scales = Prologue(a_row_scale=drop_scale, a_row_div=rows_per_sample, a_col_scale=gamma)
     grad_hidden = x.new_empty(M, H)
-    grad_grn_weight, grad_grn_bias = x.new_empty(0), x.new_empty(0)
     b_prologue = Prologue(a_row_scale=gamma, a_col_scale=drop_scale, a_col_div=rows_per_sample,
                           b_gelu=True)
     if grn:
         samples = M // rows_per_sample
-        grad_dot_act = torch.zeros(samples, H, device=x.device, dtype=torch.float32)
-        grad_sum = torch.zeros_like(grad_dot_act)
-        # gY = g' @ fc2_w, with GRN's per-sample sums of gY * gelu(h) and of gY on the fly.
+        # gY = g' @ fc2_w, with GRN's per-sample sums of gY * gelu(h) and of gY on the fly
+        # (added atomically: zero-filled, one launch for both).
+        sums = torch.zeros(2, samples, H, device=x.device, dtype=torch.float32)
         matmul_launch(g, fc2_w, grad_hidden, grad_scales,
-                      Epilogue(GRN_GRAD, aux=hidden, sums=grad_dot_act, sums2=grad_sum),
+                      Epilogue(GRN_GRAD, aux=hidden, sums=sums[0], sums2=sums[1]),
                       rows_per_sample=rows_per_sample)()
-        scale = 1.0 + grn_weight.reshape(-1).float() * nx
-        coef = grn_input_grad_scales(G, nx, grn_weight, grad_dot_act, eps)
+        scale, coef = torch.empty_like(sums)
+        grn_backward_stats_launch(G, nx, grn_weight, sums[0], sums[1], scale, coef,
+                                  ws["grn_weight"], ws["grn_bias"], eps)()
         h3, gh3 = (t.reshape(samples, rows_per_sample, H) for t in (hidden, grad_hidden))
         scaled_sum_launch(gh3, scale, gh3, v=h3, s_v=coef, v_is_pre_gelu=True)()
-        grad_grn_weight = (nx * grad_dot_act).sum(0).to(grn_weight.dtype).reshape(
-            grn_weight.shape)
-        grad_grn_bias = grad_sum.sum(0).to(grn_bias.dtype).reshape(grn_bias.shape)
         b_prologue = replace(b_prologue, b_grn_scale=scale,
                              b_grn_bias=grn_bias.reshape(-1).contiguous())
     else:
@@ -259,4 +252,4 @@ def mlp_backward_into(ws, grad_out, x, fc1_w, fc1_b, fc2_w, gamma, drop_scale, g
     matmul_launch(grad_hidden, fc1_w, grad_x)()
     if "gamma" in ws.shapes:
         scaled_product_column_sums_launch(g, y2, drop_scale, ws["gamma"], rows_per_sample)()
-    return grad_x, grad_grn_weight, grad_grn_bias
+    return grad_x
