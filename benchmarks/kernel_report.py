@@ -47,7 +47,7 @@ MLP_SHAPES = [(64 * 56 * 56, 96, 384, 56 * 56), (64 * 7 * 7, 768, 3072, 7 * 7),
               (30, 40, 160, 15), (98, 1408, 5632, 49)]
 # GRN on the V2 hidden tensor (N, H, W, 4C): ConvNeXtV2-T stages 1 and 4, an odd one.
 GRN_SHAPES = [(64, 56, 56, 384), (64, 7, 7, 3072), (2, 5, 7, 160)]
-# The whole V1 block: the ConvNeXt-T stages and the odd shape.
+# The whole block (V1 and V2): the ConvNeXt-T stages and the odd shape.
 BLOCK_SHAPES = DWCONV_SHAPES
 
 

@@ -1,8 +1,8 @@
 """FusedConvNeXtBlock: the ConvNeXt V1/V2 block.
 
-Where its backend resolves to triton and the block has no GRN: one op with one autograd, the
-whole block forward and backward in 12 launches (ops/block.py, triton/block.py). Otherwise two
-fused ops,
+Where its backend resolves to triton: one op with one autograd, the whole block forward and
+backward in 12 launches (V2, with GRN: 16; ops/block.py, triton/block.py). Otherwise two fused
+ops,
 
     y   = dwconv_layer_norm(x)                          (one kernel on GPU)
     out = mlp(y, residual=x, gamma, drop_scale, grn)    (fc1+GELU[+GRN sums], fc2+scales+residual)

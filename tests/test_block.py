@@ -238,7 +238,7 @@ def test_reference_block_agrees_with_plain_block():
     torch.testing.assert_close(plain(x), expected)
 
 
-# ------------------------------------------------------------ the V1 block as one op (triton)
+# ------------------------------------------------------------ the block as one op (triton)
 
 TRITON_DEVICES = [d for b, d in TARGETS if b == "triton"]
 

@@ -9,7 +9,7 @@ Forward (V1: 2-3 launches; V2: 5):
                            GELU output before fc2, so fc1+GELU adds the per-sample sums of squares
                            (into a zero-filled [N, 4C]), one kernel makes GRN's statistics, and
                            fc2 applies GRN to its input tiles as it loads them
-Backward (V1: 9-10 launches; V2: 12, all parameter gradients as fp32 partials in one
+Backward (V1: 9-10 launches; V2: 11, all parameter gradients as fp32 partials in one
 GradWorkspace):
   MLP backward             [fc1 recomputed where the forward was fused], gH (V2: with GRN's
                            per-sample sums, zero-filled, then GRN's backward statistics with its

@@ -5,11 +5,15 @@ Forward strategies:
   fused (C <= FUSED_MAX_CHANNELS, no GRN, hidden not kept): one kernel per row tile loops over
       the hidden dimension in chunks; each chunk's GELU activations stay in registers and are
       multiplied into the fc2 accumulator at once, so the [M, H] hidden tensor never exists.
-  two GEMMs: fc1 with bias + GELU in the epilogue (and GRN's sums of squares), fc2 with GRN's
-      scale in its prologue and bias, gamma, drop_scale and residual in its epilogue.
+  two GEMMs: fc1 with bias + GELU in the epilogue (and GRN's sums of squares, then one kernel
+      for GRN's statistics), fc2 with GRN's scale and bias in its prologue and bias, gamma,
+      drop_scale and residual in its epilogue.
 Backward (all matmul.py launches, no elementwise pass over [M, H] without GRN):
   h  = x @ fc1_w^T + fc1_b                      recomputed, unless kept by the forward
-  gH = (g * ds * gamma) @ fc2_w * gelu'(h)      (GRN: a scaled-sum pass adds GRN's backward)
+  gH = (g * ds * gamma) @ fc2_w * gelu'(h)      (GRN: the GEMM adds GRN's per-sample sums, one
+                                                kernel turns them into GRN's backward
+                                                statistics and parameter-gradient partials,
+                                                a scaled-sum pass takes gH through GRN)
   fc2_w' = (g * ds * gamma)^T @ gelu(h)[GRN]    split-K, fp32 partials; fc2_b' = its row sums
   fc1_w' = gH^T @ x                             split-K; fc1_b' = its row sums
   x'     = gH @ fc1_w
