@@ -13,14 +13,20 @@ DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 SHAPES = [(2, 5, 7, 160), (3, 1, 1, 24), (1, 7, 7, 384), (2, 3, 2, 8)]
 
 
-def _inputs(gen, shape, dtype, device, official_shape, zero_channel):
+def _inputs(gen, shape, dtype, device, param_layout, zero_channel):
+    """param_layout: "timm" ([C]), "official" ([1,1,1,C]) or "strided" (every other element of
+    a [2C] tensor: not contiguous)."""
     N, H, W, C = shape
     x = randn(gen, N, H, W, C, dtype=dtype, device=device)
     if zero_channel:  # G = 0: no gradient through the norm (as vector_norm's backward)
         x[0, ..., 1] = 0
-    pshape = (1, 1, 1, C) if official_shape else (C,)
-    weight = randn(gen, *pshape, dtype=dtype, device=device)
-    bias = randn(gen, *pshape, dtype=dtype, device=device)
+
+    def param():
+        if param_layout == "strided":
+            return randn(gen, 2 * C, dtype=dtype, device=device)[::2]
+        return randn(gen, *((1, 1, 1, C) if param_layout == "official" else (C,)), dtype=dtype,
+                     device=device)
+    weight, bias = param(), param()
     return x, weight, bias, randn(gen, N, H, W, C, dtype=dtype, device=device)
 
 
@@ -41,13 +47,13 @@ def _grad_scales(x, grad):
             "grad_bias": grad.abs().sum((0, 1, 2)).max()}
 
 
-@pytest.mark.parametrize("official_shape", [False, True], ids=["timm", "official"])
+@pytest.mark.parametrize("param_layout", ["timm", "official", "strided"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("backend,device", TARGETS)
-def test_grn_matches_float64_reference(backend, device, dtype, shape, official_shape, poisoned):
+def test_grn_matches_float64_reference(backend, device, dtype, shape, param_layout, poisoned):
     gen, seed = fresh_generator()
-    x, w, b, grad = _inputs(gen, shape, dtype, device, official_shape, zero_channel=True)
+    x, w, b, grad = _inputs(gen, shape, dtype, device, param_layout, zero_channel=True)
     ours = _forward_backward(lambda *a: ck.grn(*a, backend=backend), x, w, b, grad)
     ref = _forward_backward(reference.grn, *[t.double().cpu() for t in (x, w, b, grad)])
     eager = _forward_backward(reference.grn, x, w, b, grad)
@@ -59,7 +65,7 @@ def test_grn_matches_float64_reference(backend, device, dtype, shape, official_s
 
 def test_gradcheck_cpp_float64():
     gen, _ = fresh_generator()
-    x, w, b, _ = _inputs(gen, (2, 3, 2, 5), torch.float64, "cpu", False, zero_channel=False)
+    x, w, b, _ = _inputs(gen, (2, 3, 2, 5), torch.float64, "cpu", "timm", zero_channel=False)
     assert torch.autograd.gradcheck(lambda *a: ck.grn(*a, backend="cpp"),
                                     [t.requires_grad_() for t in (x, w, b)])
 
@@ -92,7 +98,7 @@ def test_opcheck(forward_op, backward_op, device):
 def test_torch_compile_fullgraph(backend, device):
     torch._dynamo.reset()
     gen, _ = fresh_generator()
-    x, w, b, _ = _inputs(gen, (2, 3, 4, 16), torch.float32, device, False, False)
+    x, w, b, _ = _inputs(gen, (2, 3, 4, 16), torch.float32, device, "timm", False)
 
     def fn(x, w, b):
         return ck.grn(x, w, b, backend=backend).square().sum()

@@ -143,6 +143,23 @@ def test_keep_hidden_and_both_triton_strategies(backend, device, variant, keep_h
     _check(ours, ref, ref, torch.float32, seed, _magnitude_scales(*args[:3], *args[4:]))
 
 
+@pytest.mark.parametrize("backend,device", TARGETS)
+def test_strided_grn_parameters(backend, device, poisoned):
+    """GRN's weight and bias as views with a stride (every other element of a [2H] tensor): the
+    kernels read them as [H] vectors, so the op must hand them over contiguous."""
+    gen, seed = fresh_generator()
+    x, params, gamma, residual, drop, grn_w, grn_b, grad = _inputs(gen, (2, 3, 5, 40, 4), "v2",
+                                                                   torch.float32, device)
+    grn_w, grn_b = (torch.stack([t, randn(gen, *t.shape, device=device)], 1).flatten()[::2]
+                    for t in (grn_w, grn_b))
+    assert not grn_w.is_contiguous()
+    args = (x, params, gamma, residual, drop, grn_w, grn_b, grad)
+    ours = _run(ck.mlp, *args, backend=backend)
+    ref = _run(reference.mlp, *[_to64(a) for a in args])
+    _check(ours, ref, ref, torch.float32, seed, _magnitude_scales(x, params, gamma, drop, grn_w,
+                                                                  grn_b, grad))
+
+
 @pytest.mark.skipif("cpp" not in ck.available_backends(), reason="needs _C")
 @pytest.mark.parametrize("keep_hidden", [False, True], ids=["recompute", "keep"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

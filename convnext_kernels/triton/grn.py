@@ -192,7 +192,8 @@ def grn_stats_launch(sumsq, weight, G, nx, scale, eps):
     """G, nx, scale [N, C] fp32 from the sums of squares sumsq [N, C] fp32."""
     N, C = sumsq.shape
     block_c, num_warps = _stats_config(C)
-    return Launch(_grn_stats_kernel, (N,), (sumsq, weight, G, nx, scale, C, float(eps)),
+    return Launch(_grn_stats_kernel, (N,),
+                  (sumsq, weight.reshape(-1).contiguous(), G, nx, scale, C, float(eps)),
                   dict(BLOCK_C=block_c), num_warps=num_warps)
 
 
@@ -206,8 +207,8 @@ def grn_backward_stats_launch(G, nx, weight, grad_dot, grad_sum, scale, coef, gr
     splits = grad_w.shape[0]
     block_c, num_warps = _stats_config(C)
     return Launch(_grn_backward_stats_kernel, (splits,),
-                  (G, nx, weight, grad_dot, grad_sum, scale, coef, grad_w, grad_b,
-                   grad_w.stride(0), N, C, triton.cdiv(N, splits), float(eps)),
+                  (G, nx, weight.reshape(-1).contiguous(), grad_dot, grad_sum, scale, coef,
+                   grad_w, grad_b, grad_w.stride(0), N, C, triton.cdiv(N, splits), float(eps)),
                   dict(TINY=torch.finfo(torch.float32).tiny, BLOCK_C=block_c),
                   num_warps=num_warps)
 
