@@ -24,14 +24,13 @@ add_options = harness.add_autotune_option
 
 
 def _models(plan, size):
-    """{"plain": model, "ours": converted (backend auto)[, "ours cpp": backend cpp]}, the same
-    weights: timm's on a CPU (what CPU users run; cpp shown beside auto, whose choices the
-    results justify), else ck.models'."""
+    """{"plain": model, "ours": converted (backend auto)}, the same weights: timm's on a CPU
+    (what CPU users run; auto picks cpp for every op there, so a "cpp" row would time the same
+    model twice), else ck.models'."""
     if not plan.gpu and not plan.tiny:
         import timm
         models = {"plain": timm.create_model(f"convnext_{size}")}
         models["ours"] = ck.convert_model(timm.create_model(f"convnext_{size}"))
-        models["ours cpp"] = ck.convert_model(timm.create_model(f"convnext_{size}"), "cpp")
     else:
         builder = getattr(ck.models, f"convnext_{size}")
         models = {"plain": builder(fused=False), "ours": builder()}
@@ -48,8 +47,6 @@ def providers(plan, args):
         cl, nchw = torch.channels_last, torch.contiguous_format
         rows = {"eager NCHW": (nchw, plain)} if plan.gpu else {}
         rows.update({"eager channels_last": (cl, plain), "ours": (cl, fused)})
-        if "ours cpp" in models:
-            rows["ours cpp"] = (cl, models["ours cpp"])
         if plan.compile:
             rows["compile default"] = (cl, torch.compile(plain))
             if plan.gpu and getattr(args, "autotune", False):
