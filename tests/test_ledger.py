@@ -1,5 +1,5 @@
 """The block's launch budget, counted (not timed): FusedConvNeXtBlock(backend="triton") forward +
-backward runs at most 12 launches (V1; V2 16) at every ConvNeXt-T stage, in bf16 and with fp32
+backward runs at most 12 launches (V1; V2 14) at every ConvNeXt-T stage, in bf16 and with fp32
 parameters under autocast, and none of its launchers makes the host wait for the device
 (CUDA-graph safe).
 Counted by benchmarks/ledger.py in a dry run (our kernels recorded, not run)."""
@@ -36,10 +36,10 @@ def test_v1_block_fits_the_launch_budget(stage, dtype):
     assert ours["flops"] > 0 and ours["bytes"] > 0
 
 
-# GRN (V2) adds its statistics between fc1 and fc2, forward and backward: 16 launches, as
-# triton/block.py lists them. Over 12 by the two zero fills of GRN's atomically added per-sample
-# sums and the two statistics kernels (every pixel's sums are needed before the next GEMM).
-V2_BLOCK_LAUNCHES = 16
+# GRN (V2) adds its statistics between fc1 and fc2, forward and backward: 14 launches, as
+# triton/block.py lists them; over 12 by the two statistics kernels (every pixel's sums are
+# needed before the next GEMM).
+V2_BLOCK_LAUNCHES = 14
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "autocast"])
@@ -50,8 +50,7 @@ def test_v2_block_is_one_op_with_its_launches_counted(stage, dtype):
     ours, eager = result["ours"], result["eager"]
     names = [e["name"] for e in ours["entries"]]
     assert ours["launches"] <= V2_BLOCK_LAUNCHES, names
-    glue = [e["name"] for e in ours["entries"] if e["source"] != "ours"]
-    assert glue == ["zeros", "zeros"], names
+    assert all(e["source"] == "ours" for e in ours["entries"]), names
     assert names.count("_finalize_kernel") == 1
     assert ours["host_syncs"] == 0
     assert eager["launches"] > ours["launches"]

@@ -143,6 +143,20 @@ def test_keep_hidden_and_both_triton_strategies(backend, device, variant, keep_h
     _check(ours, ref, ref, torch.float32, seed, _magnitude_scales(*args[:3], *args[4:]))
 
 
+@pytest.mark.parametrize("shape", [(2, 10, 10, 8, 4), (70, 1, 1, 8, 2)],
+                         ids=["sample-over-3-tiles", "64-samples-per-tile"])
+@pytest.mark.parametrize("backend,device", TARGETS)
+def test_grn_sums_across_row_tiles(backend, device, shape, poisoned):
+    """GRN's per-sample sums from GEMM row tiles (triton: 64 rows a tile under the
+    interpreter, 128 on a GPU): a sample over three tiles (100 rows per sample), and one row
+    per sample, so that a tile holds 64 samples."""
+    gen, seed = fresh_generator()
+    args = _inputs(gen, shape, "v2", torch.float32, device)
+    ours = _run(ck.mlp, *args, backend=backend)
+    ref = _run(reference.mlp, *[_to64(a) for a in args])
+    _check(ours, ref, ref, torch.float32, seed, _magnitude_scales(*args[:3], *args[4:]))
+
+
 @pytest.mark.parametrize("backend,device", TARGETS)
 def test_strided_grn_parameters(backend, device, poisoned):
     """GRN's weight and bias as views with a stride (every other element of a [2H] tensor): the

@@ -1,18 +1,18 @@
 """The whole ConvNeXt block (V1, and V2 with GRN) in Triton, forward and backward, in the fewest
 launches its math needs.
 
-Forward (V1: 2-3 launches; V2: 5):
+Forward (V1: 2-3 launches; V2: 4):
   dwconv + LayerNorm       one kernel: y (LN output rows), conv output, mean, rstd
   MLP                      V1: fused (C <= FUSED_MAX_CHANNELS: the hidden never leaves the chip)
                            or fc1+GELU (keeping the pre-activation) then fc2 with layer scale,
                            drop path and residual in its epilogue. V2: GRN needs every pixel's
-                           GELU output before fc2, so fc1+GELU adds the per-sample sums of squares
-                           (into a zero-filled [N, 4C]), one kernel makes GRN's statistics, and
-                           fc2 applies GRN to its input tiles as it loads them
-Backward (V1: 9-10 launches; V2: 11, all parameter gradients as fp32 partials in one
+                           GELU output before fc2, so fc1+GELU stores the per-sample sums of
+                           squares (per row tile: matmul.py), one kernel makes GRN's statistics,
+                           and fc2 applies GRN to its input tiles as it loads them
+Backward (V1: 9-10 launches; V2: 10, all parameter gradients as fp32 partials in one
 GradWorkspace):
   MLP backward             [fc1 recomputed where the forward was fused], gH (V2: with GRN's
-                           per-sample sums, zero-filled, then GRN's backward statistics with its
+                           per-sample sums per row tile, then GRN's backward statistics with its
                            parameter gradients' partials, then gH through GRN and GELU), fc2 and
                            fc1 weight gradients (split-K partials + bias row sums), grad_y, layer
                            scale's column sums

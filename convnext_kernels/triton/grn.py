@@ -19,7 +19,7 @@ import triton.language as tl
 
 from .common import INTERPRETED, Launch, cast_for_store
 from .grad_workspace import GradWorkspace, reduction_splits
-from .matmul import gelu, gelu_grad
+from .matmul import PerSamplePartials, gelu, gelu_grad, sample_sums
 
 _TILE = 4096
 _MAX_BLOCK_C = 256
@@ -106,24 +106,31 @@ def scaled_sum_launch(u, s_u, out, v=None, s_v=None, bias=None, v_is_pre_gelu=Fa
 
 
 @triton.jit
-def _grn_stats_kernel(sumsq_ptr, weight_ptr, G_ptr, nx_ptr, scale_ptr, C, eps,
-                      BLOCK_C: tl.constexpr):
-    """One program per sample: G = sqrt(sumsq), nx = G / (mean G + eps), scale = 1 + w*nx.
-    IEEE square roots and divisions (sqrt_rn, div_rn; Triton's defaults are approximate on a
-    GPU), as torch and the cpp backend compute them."""
-    base = tl.program_id(0).to(tl.int64) * C
+def _grn_stats_kernel(sumsq_ptr, weight_ptr, G_ptr, nx_ptr, scale_ptr, C, rows_per_sample,
+                      rows_per_tile, slots, eps, BLOCK_C: tl.constexpr):
+    """One program per sample: G = sqrt(sum of squares) (from per-sample partials, matmul.py),
+    nx = G / (mean G + eps), scale = 1 + w*nx. IEEE square roots and divisions (sqrt_rn,
+    div_rn; Triton's defaults are approximate on a GPU), as torch and the cpp backend compute
+    them. G is stored in the first pass and read back (by the threads that stored it) in the
+    second."""
+    sample = tl.program_id(0)
+    base = sample.to(tl.int64) * C
     G_sum = tl.zeros([BLOCK_C], dtype=tl.float32)
     for c0 in range(0, C, BLOCK_C):
         cols = c0 + tl.arange(0, BLOCK_C)
-        G_sum += tl.sqrt_rn(tl.load(sumsq_ptr + base + cols, mask=cols < C, other=0.0))
+        mask = cols < C
+        G = tl.sqrt_rn(sample_sums(sumsq_ptr, sample, cols, mask, C, rows_per_sample,
+                                   rows_per_tile, slots))
+        tl.store(G_ptr + base + cols, G, mask=mask)
+        G_sum += G
     denom = tl.div_rn(tl.sum(G_sum, axis=0), C.to(tl.float32)) + eps
+    tl.debug_barrier()
     for c0 in range(0, C, BLOCK_C):
         cols = c0 + tl.arange(0, BLOCK_C)
         mask = cols < C
-        G = tl.sqrt_rn(tl.load(sumsq_ptr + base + cols, mask=mask, other=0.0))
+        G = tl.load(G_ptr + base + cols, mask=mask, other=0.0)
         nx = tl.div_rn(G, tl.full([BLOCK_C], denom, tl.float32))
         w = tl.load(weight_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-        tl.store(G_ptr + base + cols, G, mask=mask)
         tl.store(nx_ptr + base + cols, nx, mask=mask)
         tl.store(scale_ptr + base + cols, 1.0 + w * nx, mask=mask)
 
@@ -131,15 +138,22 @@ def _grn_stats_kernel(sumsq_ptr, weight_ptr, G_ptr, nx_ptr, scale_ptr, C, eps,
 @triton.jit
 def _grn_backward_stats_kernel(G_ptr, nx_ptr, weight_ptr, grad_dot_ptr, grad_sum_ptr, scale_ptr,
                                coef_ptr, grad_w_ptr, grad_b_ptr, partial_stride, N, C,
-                               samples_per_split, eps, TINY: tl.constexpr,
-                               BLOCK_C: tl.constexpr):
-    """Program `split` takes samples [split * samples_per_split, ...): per sample the scale and
-    coef (two passes over C: the sums, then the values), then the weight and bias gradient
-    partials (sums over its samples of nx * grad_dot and of grad_sum) into its workspace row,
-    written also where it has no samples (zeros)."""
+                               rows_per_sample, rows_per_tile, slots, samples_per_split, eps,
+                               TINY: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Program `split` takes samples [split * samples_per_split, ...): per sample, the sums of
+    grad_y * x and of grad_y (from per-sample partials, matmul.py), then the scale and coef (two
+    passes over C: the sums, then the values; the first keeps grad_dot in coef's place, read
+    back by the threads that stored it), and adds the sample's weight and bias gradient terms
+    to the program's workspace rows, zeroed first (written also where it has no samples)."""
     split = tl.program_id(0)
     first = split * samples_per_split
     last = tl.minimum(N, first + samples_per_split)
+    row = split.to(tl.int64) * partial_stride
+    for c0 in range(0, C, BLOCK_C):
+        cols = c0 + tl.arange(0, BLOCK_C)
+        zero = tl.zeros([BLOCK_C], dtype=tl.float32)
+        tl.store(grad_w_ptr + row + cols, zero, mask=cols < C)
+        tl.store(grad_b_ptr + row + cols, zero, mask=cols < C)
     for n in range(first, last):
         base = n * C  # ([N, C] statistics: small)
         G_sum = tl.zeros([BLOCK_C], dtype=tl.float32)
@@ -147,38 +161,38 @@ def _grn_backward_stats_kernel(G_ptr, nx_ptr, weight_ptr, grad_dot_ptr, grad_sum
         for c0 in range(0, C, BLOCK_C):
             cols = c0 + tl.arange(0, BLOCK_C)
             mask = cols < C
+            grad_dot = sample_sums(grad_dot_ptr, n, cols, mask, C, rows_per_sample,
+                                   rows_per_tile, slots)
+            tl.store(coef_ptr + base + cols, grad_dot, mask=mask)
             w = tl.load(weight_ptr + cols, mask=mask, other=0.0).to(tl.float32)
             G_sum += tl.load(G_ptr + base + cols, mask=mask, other=0.0)
-            grad_nx_dot_nx += w * tl.load(grad_dot_ptr + base + cols, mask=mask, other=0.0) \
-                * tl.load(nx_ptr + base + cols, mask=mask, other=0.0)
+            grad_nx_dot_nx += w * grad_dot * tl.load(nx_ptr + base + cols, mask=mask, other=0.0)
         denom = tl.sum(G_sum, axis=0) / C + eps
         through_mean = tl.sum(grad_nx_dot_nx, axis=0) / (C * denom)
+        tl.debug_barrier()
         for c0 in range(0, C, BLOCK_C):
             cols = c0 + tl.arange(0, BLOCK_C)
             mask = cols < C
             w = tl.load(weight_ptr + cols, mask=mask, other=0.0).to(tl.float32)
             G = tl.load(G_ptr + base + cols, mask=mask, other=0.0)
             nx = tl.load(nx_ptr + base + cols, mask=mask, other=0.0)
-            grad_G = w * tl.load(grad_dot_ptr + base + cols, mask=mask, other=0.0) / denom \
-                - through_mean
+            grad_dot = tl.load(coef_ptr + base + cols, mask=mask, other=0.0)
+            grad_G = w * grad_dot / denom - through_mean
             # G = 0 (an all-zero channel) passes no gradient through the norm, as
-            # torch.linalg.vector_norm's backward; the floor is fp32's smallest normal.
-            coef = tl.where(G > 0, tl.div_rn(grad_G, tl.maximum(G, TINY)), 0.0)
+            # torch.linalg.vector_norm's backward; the floor is fp32's smallest normal. (Full-
+            # range division, not div_rn: its slow path is a call that spilled on sm_90.)
+            coef = tl.where(G > 0, grad_G / tl.maximum(G, TINY), 0.0)
             tl.store(scale_ptr + base + cols, 1.0 + w * nx, mask=mask)
             tl.store(coef_ptr + base + cols, coef, mask=mask)
-    row = split.to(tl.int64) * partial_stride
-    for c0 in range(0, C, BLOCK_C):
-        cols = c0 + tl.arange(0, BLOCK_C)
-        mask = cols < C
-        grad_w = tl.zeros([BLOCK_C], dtype=tl.float32)
-        grad_b = tl.zeros([BLOCK_C], dtype=tl.float32)
-        for n in range(first, last):
-            base = n * C  # ([N, C] statistics: small)
-            grad_w += tl.load(nx_ptr + base + cols, mask=mask, other=0.0) \
-                * tl.load(grad_dot_ptr + base + cols, mask=mask, other=0.0)
-            grad_b += tl.load(grad_sum_ptr + base + cols, mask=mask, other=0.0)
-        tl.store(grad_w_ptr + row + cols, grad_w, mask=mask)
-        tl.store(grad_b_ptr + row + cols, grad_b, mask=mask)
+            grad_sum = sample_sums(grad_sum_ptr, n, cols, mask, C, rows_per_sample,
+                                   rows_per_tile, slots)
+            tl.store(grad_w_ptr + row + cols,
+                     tl.load(grad_w_ptr + row + cols, mask=mask, other=0.0) + nx * grad_dot,
+                     mask=mask)
+            tl.store(grad_b_ptr + row + cols,
+                     tl.load(grad_b_ptr + row + cols, mask=mask, other=0.0) + grad_sum,
+                     mask=mask)
+        tl.debug_barrier()
 
 
 def _stats_config(C):
@@ -188,37 +202,50 @@ def _stats_config(C):
     return block_c, max(1, min(4, block_c // 128))
 
 
+def _geometry(partials):
+    return partials.rows_per_sample, partials.rows_per_tile, partials.slots
+
+
 def grn_stats_launch(sumsq, weight, G, nx, scale, eps):
-    """G, nx, scale [N, C] fp32 from the sums of squares sumsq [N, C] fp32."""
-    N, C = sumsq.shape
+    """G, nx, scale [N, C] fp32 from the sums of squares (matmul.PerSamplePartials)."""
+    N, C = G.shape
     block_c, num_warps = _stats_config(C)
     return Launch(_grn_stats_kernel, (N,),
-                  (sumsq, weight.reshape(-1).contiguous(), G, nx, scale, C, float(eps)),
+                  (sumsq.data, weight.reshape(-1).contiguous(), G, nx, scale, C,
+                   *_geometry(sumsq), float(eps)),
                   dict(BLOCK_C=block_c), num_warps=num_warps)
 
 
 def grn_backward_stats_launch(G, nx, weight, grad_dot, grad_sum, scale, coef, grad_w, grad_b,
                               eps):
     """scale, coef [N, C] fp32 (grad_x = grad_y * scale + x * coef) from G, nx and the
-    per-sample sums grad_dot (of grad_y * x) and grad_sum (of grad_y); the weight and bias
-    gradients' fp32 partials into grad_w, grad_b [splits, C] (GradWorkspace views, one program
-    per split)."""
+    per-sample sums grad_dot (of grad_y * x) and grad_sum (of grad_y) (matmul.PerSamplePartials
+    of one geometry); the weight and bias gradients' fp32 partials into grad_w, grad_b
+    [splits, C] (GradWorkspace views, one program per split)."""
     N, C = G.shape
     splits = grad_w.shape[0]
     block_c, num_warps = _stats_config(C)
+    assert _geometry(grad_dot) == _geometry(grad_sum)
     return Launch(_grn_backward_stats_kernel, (splits,),
-                  (G, nx, weight.reshape(-1).contiguous(), grad_dot, grad_sum, scale, coef,
-                   grad_w, grad_b, grad_w.stride(0), N, C, triton.cdiv(N, splits), float(eps)),
+                  (G, nx, weight.reshape(-1).contiguous(), grad_dot.data, grad_sum.data, scale,
+                   coef, grad_w, grad_b, grad_w.stride(0), N, C, *_geometry(grad_dot),
+                   triton.cdiv(N, splits), float(eps)),
                   dict(TINY=torch.finfo(torch.float32).tiny, BLOCK_C=block_c),
                   num_warps=num_warps)
 
 
-def grn_statistics(sumsq, weight, eps):
-    """(G, nx, scale), [N, C] fp32 each, from the sums of squares."""
-    G, nx, scale = (torch.empty_like(sumsq) for _ in range(3))
-    if sumsq.numel():
+def grn_statistics(sumsq, samples, weight, eps):
+    """(G, nx, scale), [samples, C] fp32 each, from the sums of squares
+    (matmul.PerSamplePartials)."""
+    G, nx, scale = (sumsq.data.new_empty(samples, sumsq.data.shape[-1]) for _ in range(3))
+    if G.numel():
         grn_stats_launch(sumsq, weight, G, nx, scale, eps)()
     return G, nx, scale
+
+
+def _column_sums_as_partials(sums, rows_per_sample):
+    """[N, C] per-sample sums (column_sums_launch) as PerSamplePartials: a tile per sample."""
+    return PerSamplePartials(sums.unsqueeze(1), rows_per_sample, rows_per_sample)
 
 
 def _as_samples(t):
@@ -235,7 +262,7 @@ def grn_forward(x, weight, bias, eps):
         return y, *(torch.zeros(N, C, device=x.device, dtype=torch.float32) for _ in range(2))
     sumsq = torch.empty(N, C, device=x.device, dtype=torch.float32)  # (written whole)
     column_sums_launch(x3, x3, sumsq)()
-    G, nx, scale = grn_statistics(sumsq, weight, eps)
+    G, nx, scale = grn_statistics(_column_sums_as_partials(sumsq, x3.shape[1]), N, weight, eps)
     scaled_sum_launch(x3, scale, _as_samples(y), bias=bias.reshape(-1).contiguous())()
     return y, G, nx
 
@@ -253,7 +280,8 @@ def grn_backward(grad_y, x, weight, G, nx, eps):
     ws = GradWorkspace({"weight": weight.shape, "bias": weight.shape}, reduction_splits(N * R),
                        weight.dtype, x.device)
     scale, coef = torch.empty_like(sums)
-    grn_backward_stats_launch(G, nx, weight, sums[0], sums[1], scale, coef, ws["weight"],
+    grad_dot, grad_sum = (_column_sums_as_partials(t, R) for t in sums)
+    grn_backward_stats_launch(G, nx, weight, grad_dot, grad_sum, scale, coef, ws["weight"],
                               ws["bias"], eps)()
     scaled_sum_launch(g3, scale, _as_samples(grad_x), v=x3, s_v=coef)()
     grads = ws.finalize_each()  # (two tensors: a custom op's outputs may not alias)

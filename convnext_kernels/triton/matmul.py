@@ -14,15 +14,18 @@ Epilogues, in order:
   HAS_BIAS                   + bias[n]
   EPILOGUE == GELU           out = gelu(acc); STORE_PRE also writes acc (the pre-activation)
   EPILOGUE == GELU_GRAD      out = acc * gelu'(aux[m, n])
-  EPILOGUE == GRN_GRAD       out = acc; per (sample, n): sums += acc * gelu(aux), sums2 += acc
-  SUMSQ                      per (sample, n): sums += out^2 (GRN's statistics, from fc1)
+  EPILOGUE == GRN_GRAD       out = acc; per (sample, n): sums of acc * gelu(aux), sums2 of acc
+  SUMSQ                      per (sample, n): sums of out^2 (GRN's statistics, from fc1)
   STORE_Y2                   y2 = acc before the scales (layer scale's gradient needs it)
   OUT_COL_SCALE, OUT_ROW_SCALE, RESIDUAL:  out = residual + row_scale[m // rps] * col[n] * acc
 PARTIALS (split-K): program_id(1) owns a K range and writes fp32 partials out[split, m*N + n]
 (rows of a grad_workspace.GradWorkspace, summed afterwards in a fixed order: deterministic weight
 gradients). ROW_SUM writes the fp32 row sums of the transformed A over the program's K range to
 row_sum[split, m] (the bias gradients). Every split writes its whole row, empty K range or not.
-Per-sample sums use fp32 atomics (their order is not fixed).
+Per-sample sums are stored, not added atomically: each row tile stores, per sample among its
+rows, that sample's column sums over its rows in a slot of a [row tiles, slots, N] fp32 buffer
+(per_sample_partials); sample_sums adds a sample's tiles in a fixed order. No zero fill, and
+the same sums in every run.
 """
 from dataclasses import dataclass
 from typing import Optional
@@ -63,13 +66,31 @@ def as_operand(w, dtype: tl.constexpr, INTERPRETED: tl.constexpr):
 
 
 @triton.jit
-def add_per_sample_sums(sums_ptr, values, rows, row_mask, cols, col_mask, N, rows_per_sample,
-                        first_row, last_row):
-    """sums[rows // rows_per_sample, cols] += values, one atomic vector per sample in the tile."""
-    for sample in range(first_row // rows_per_sample, last_row // rows_per_sample + 1):
+def store_per_sample_sums(partial_ptr, values, rows, row_mask, cols, col_mask, N,
+                          rows_per_sample, tile, slots, first_row, last_row):
+    """Slot s of row tile `tile` [slots, N] = the column sums of values over the tile's rows of
+    sample first_row // rows_per_sample + s, for every sample among the tile's rows."""
+    first_sample = first_row // rows_per_sample
+    tile_base = tl.cast(tile, tl.int64) * slots
+    for sample in range(first_sample, last_row // rows_per_sample + 1):
         in_sample = ((rows // rows_per_sample) == sample) & row_mask
         part = tl.sum(tl.where(in_sample[:, None], values, 0.0), axis=0)
-        tl.atomic_add(sums_ptr + sample * N + cols, part, mask=col_mask)
+        tl.store(partial_ptr + (tile_base + sample - first_sample) * N + cols, part,
+                 mask=col_mask)
+
+
+@triton.jit
+def sample_sums(partial_ptr, sample, cols, col_mask, N, rows_per_sample, rows_per_tile, slots):
+    """Sample `sample`'s column sums at `cols` from store_per_sample_sums' partials: the tiles
+    holding its rows, added in tile order."""
+    total = tl.zeros(cols.shape, dtype=tl.float32)
+    first_tile = (sample * rows_per_sample) // rows_per_tile
+    last_tile = ((sample + 1) * rows_per_sample - 1) // rows_per_tile
+    for tile in range(first_tile, last_tile + 1):
+        slot = sample - (tile * rows_per_tile) // rows_per_sample
+        total += tl.load(partial_ptr + (tl.cast(tile, tl.int64) * slots + slot) * N + cols,
+                         mask=col_mask, other=0.0)
+    return total
 
 
 @triton.jit
@@ -100,7 +121,7 @@ def _matmul_kernel(
         a_ptr, b_ptr, out_ptr, M, N, K, stride_am, stride_ak, stride_bk, stride_bn,
         a_row_scale_ptr, a_col_scale_ptr, a_row_div, a_col_div,
         grn_scale_ptr, grn_bias_ptr, rows_per_sample,
-        bias_ptr, pre_ptr, aux_ptr, y2_ptr, sums_ptr, sums2_ptr,
+        bias_ptr, pre_ptr, aux_ptr, y2_ptr, sums_ptr, sums2_ptr, sum_slots,
         out_col_scale_ptr, out_row_scale_ptr, residual_ptr, row_sum_ptr, k_per_split,
         split_stride, row_sum_split_stride,
         A_ROW_SCALE: tl.constexpr, A_COL_SCALE: tl.constexpr, A_GRN: tl.constexpr,
@@ -200,15 +221,15 @@ def _matmul_kernel(
             acc = acc * gelu_grad(tl.load(aux_ptr + offs, mask=mask, other=0.0).to(tl.float32))
         elif EPILOGUE == GRN_GRAD:
             hidden = gelu(tl.load(aux_ptr + offs, mask=mask, other=0.0).to(tl.float32))
-            add_per_sample_sums(sums_ptr, acc * hidden, rows, row_mask, cols, col_mask, N,
-                                rows_per_sample, first_row, last_row)
-            add_per_sample_sums(sums2_ptr, acc, rows, row_mask, cols, col_mask, N,
-                                rows_per_sample, first_row, last_row)
+            store_per_sample_sums(sums_ptr, acc * hidden, rows, row_mask, cols, col_mask, N,
+                                  rows_per_sample, pid_m, sum_slots, first_row, last_row)
+            store_per_sample_sums(sums2_ptr, acc, rows, row_mask, cols, col_mask, N,
+                                  rows_per_sample, pid_m, sum_slots, first_row, last_row)
         if SUMSQ:
             # GRN's statistics are taken of the hidden values as stored (rounded), as eager does.
             stored = cast_for_store(acc, out_ptr.dtype.element_ty, INTERPRETED).to(tl.float32)
-            add_per_sample_sums(sums_ptr, stored * stored, rows, row_mask, cols, col_mask, N,
-                                rows_per_sample, first_row, last_row)
+            store_per_sample_sums(sums_ptr, stored * stored, rows, row_mask, cols, col_mask, N,
+                                  rows_per_sample, pid_m, sum_slots, first_row, last_row)
         output_epilogue(acc, rows, row_mask, cols, col_mask, N, out_ptr, y2_ptr,
                         out_col_scale_ptr, out_row_scale_ptr, residual_ptr, rows_per_sample,
                         STORE_Y2, OUT_COL_SCALE, OUT_ROW_SCALE, RESIDUAL, INTERPRETED)
@@ -271,7 +292,8 @@ class Epilogue:
     """What a GEMM does with its fp32 accumulator (module docstring, in this order): + bias,
     the `kind` (PLAIN, GELU with the pre-activation stored to `pre`, GELU_GRAD with `aux` the
     pre-activation, GRN_GRAD with the per-sample `sums`/`sums2`), GRN's sums of squares, y2
-    stored before the scales, out = residual + out_row_scale * out_col_scale * acc."""
+    stored before the scales, out = residual + out_row_scale * out_col_scale * acc. `sums` and
+    `sums2` are PerSamplePartials."""
 
     kind: tl.constexpr = PLAIN
     bias: Optional[torch.Tensor] = None
@@ -286,6 +308,31 @@ class Epilogue:
     residual: Optional[torch.Tensor] = None
 
 
+@dataclass(frozen=True)
+class PerSamplePartials:
+    """Per-sample column sums over a GEMM's M rows as its epilogue stores them (module
+    docstring): `data` fp32 [row tiles, slots, N], row tiles of `rows_per_tile` rows."""
+
+    data: torch.Tensor
+    rows_per_tile: int
+    rows_per_sample: int
+
+    @property
+    def slots(self):
+        return self.data.shape[1]
+
+
+def per_sample_partials(count, M, N, rows_per_sample, dtype, device):
+    """`count` PerSamplePartials (one buffer) for GEMMs over M rows whose A operand has `dtype`
+    (which sets their row tile): a tile of R rows spans at most (R - 1) // rows_per_sample + 2
+    samples (4 at ConvNeXt-T stage 4: 128 rows, 49 per sample), and at most R."""
+    rows_per_tile = config(dtype, per_sample_sums=True)[0]["BLOCK_M"]
+    slots = min((rows_per_tile - 1) // rows_per_sample + 2, rows_per_tile)
+    data = torch.empty(count, triton.cdiv(M, rows_per_tile), slots, N, device=device,
+                       dtype=torch.float32)
+    return [PerSamplePartials(d, rows_per_tile, rows_per_sample) for d in data]
+
+
 def matmul_launch(a, b, out, prologue=Prologue(), epilogue=Epilogue(), *, rows_per_sample=1,
                   partials=False, row_sum=None):
     """The launch computing out = epilogue(prologue(a) @ prologue(b)); see the module docstring.
@@ -297,6 +344,12 @@ def matmul_launch(a, b, out, prologue=Prologue(), epilogue=Epilogue(), *, rows_p
     p, e = prologue, epilogue
     cfg, num_warps, num_stages = config(a.dtype, p.any() or row_sum is not None, N,
                                         per_sample_sums=e.sums is not None)
+    sum_slots = 0
+    for sums in (e.sums, e.sums2):
+        if sums is not None:  # laid out for this GEMM's row tiles
+            assert (sums.rows_per_tile, sums.rows_per_sample, tuple(sums.data.shape)) == (
+                cfg["BLOCK_M"], rows_per_sample, (triton.cdiv(M, cfg["BLOCK_M"]), sums.slots, N))
+            sum_slots = sums.slots
     splits = out.shape[0] if partials else 1
     if partials:
         k_per_split = triton.cdiv(triton.cdiv(K, splits), cfg["BLOCK_K"]) * cfg["BLOCK_K"]
@@ -310,8 +363,9 @@ def matmul_launch(a, b, out, prologue=Prologue(), epilogue=Epilogue(), *, rows_p
             p.a_row_div, p.a_col_div,
             *(t if t is not None else unused for t in (grn_scale, grn_bias)),
             rows_per_sample,
-            *(t if t is not None else unused for t in (e.bias, e.pre, e.aux, e.y2, e.sums,
-                                                       e.sums2, e.out_col_scale, e.out_row_scale,
+            *(t if t is not None else unused for t in (e.bias, e.pre, e.aux, e.y2)),
+            *(s.data if s is not None else unused for s in (e.sums, e.sums2)), sum_slots,
+            *(t if t is not None else unused for t in (e.out_col_scale, e.out_row_scale,
                                                        e.residual, row_sum)),
             k_per_split, out.stride(0) if partials else 0,
             row_sum.stride(0) if row_sum is not None else 0)

@@ -29,7 +29,8 @@ from .common import INTERPRETED, Launch, cast_for_store
 from .grn import grn_backward_stats_launch, grn_statistics, scaled_sum_launch
 from .grad_workspace import GradWorkspace, reduction_splits
 from .matmul import (GELU, GELU_GRAD, GRN_GRAD, PLAIN, Epilogue, Prologue, as_operand,
-                     dot_in_fp32, gelu, input_precision, matmul_launch, output_epilogue)
+                     dot_in_fp32, gelu, input_precision, matmul_launch, output_epilogue,
+                     per_sample_partials)
 
 # Widest C the fused forward takes: x, the fc2 accumulator and two weight chunks of
 # [64 rows, C] stay on chip (kernel report: no spills at 128). Not yet measured against the
@@ -166,14 +167,14 @@ def mlp_forward(x, fc1_w, fc1_b, fc2_w, fc2_b, gamma, residual, drop_scale, grn_
                      rows_per_sample)()
         return out, hidden, y2, G, nx
     act = x.new_empty(M, H)
-    sumsq = torch.zeros(samples, H, device=x.device, dtype=torch.float32) if grn else None
+    sumsq = per_sample_partials(1, M, H, rows_per_sample, x.dtype, x.device)[0] if grn else None
     matmul_launch(x, fc1_w.t(), act,
                   epilogue=Epilogue(GELU, bias=fc1_b, pre=hidden if keep_hidden else None,
                                     sums=sumsq, sumsq=grn),
                   rows_per_sample=rows_per_sample)()
     grn_prologue = Prologue()
     if grn:
-        G, nx, grn_scale = grn_statistics(sumsq, grn_weight, eps)
+        G, nx, grn_scale = grn_statistics(sumsq, samples, grn_weight, eps)
         grn_prologue = Prologue(a_grn_scale=grn_scale,
                                 a_grn_bias=grn_bias.reshape(-1).contiguous())
     matmul_launch(act, fc2_w.t(), out, grn_prologue,
@@ -233,14 +234,13 @@ def mlp_backward_into(ws, grad_out, x, fc1_w, fc1_b, fc2_w, gamma, drop_scale, g
                           b_gelu=True)
     if grn:
         samples = M // rows_per_sample
-        # gY = g' @ fc2_w, with GRN's per-sample sums of gY * gelu(h) and of gY on the fly
-        # (added atomically: zero-filled, one launch for both).
-        sums = torch.zeros(2, samples, H, device=x.device, dtype=torch.float32)
+        # gY = g' @ fc2_w, with GRN's per-sample sums of gY * gelu(h) and of gY on the fly.
+        grad_dot, grad_sum = per_sample_partials(2, M, H, rows_per_sample, g.dtype, x.device)
         matmul_launch(g, fc2_w, grad_hidden, grad_scales,
-                      Epilogue(GRN_GRAD, aux=hidden, sums=sums[0], sums2=sums[1]),
+                      Epilogue(GRN_GRAD, aux=hidden, sums=grad_dot, sums2=grad_sum),
                       rows_per_sample=rows_per_sample)()
-        scale, coef = torch.empty_like(sums)
-        grn_backward_stats_launch(G, nx, grn_weight, sums[0], sums[1], scale, coef,
+        scale, coef = torch.empty(2, samples, H, device=x.device, dtype=torch.float32)
+        grn_backward_stats_launch(G, nx, grn_weight, grad_dot, grad_sum, scale, coef,
                                   ws["grn_weight"], ws["grn_bias"], eps)()
         h3, gh3 = (t.reshape(samples, rows_per_sample, H) for t in (hidden, grad_hidden))
         scaled_sum_launch(gh3, scale, gh3, v=h3, s_v=coef, v_is_pre_gelu=True)()
