@@ -63,12 +63,17 @@ def mlp(x: Tensor, fc1_w: Tensor, fc1_b: Tensor, fc2_w: Tensor, fc2_b: Tensor,
     return out
 
 
+def grn_response(x: Tensor, eps: float = 1e-6) -> Tensor:
+    """GRN's normalised response nx [N,1,1,C] of N,H,W,C `x`: each channel's L2 norm over the
+    pixels of its sample, divided by the mean over channels of those norms (plus eps)."""
+    gx = torch.linalg.vector_norm(x, ord=2, dim=(1, 2), keepdim=True)
+    return gx / (gx.mean(dim=-1, keepdim=True) + eps)
+
+
 def grn(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-6) -> Tensor:
     """ConvNeXt-V2 Global Response Normalisation of N,H,W,C `x`; weight and bias hold C values,
     as [C] (timm) or [1,1,1,C] (official)."""
-    gx = torch.linalg.vector_norm(x, ord=2, dim=(1, 2), keepdim=True)
-    nx = gx / (gx.mean(dim=-1, keepdim=True) + eps)
-    return weight.reshape(-1) * (x * nx) + bias.reshape(-1) + x
+    return weight.reshape(-1) * (x * grn_response(x, eps)) + bias.reshape(-1) + x
 
 
 def convnext_block(x: Tensor, dw_weight: Tensor, dw_bias: Tensor, ln_weight: Tensor,

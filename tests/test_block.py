@@ -79,9 +79,7 @@ def _sum_scales(plain, x, grad):
         "gamma": column_sums(grad.permute(0, 2, 3, 1), z),
     }
     if hasattr(plain, "grn"):
-        gx = torch.linalg.vector_norm(grn_in, dim=(1, 2), keepdim=True)
-        nx = gx / (gx.mean(dim=-1, keepdim=True) + 1e-6)
-        scales["grn.gamma"] = column_sums(g_z_in, grn_in * nx)
+        scales["grn.gamma"] = column_sums(g_z_in, grn_in * reference.grn_response(grn_in))
         scales["grn.beta"] = column_sums(g_z_in)
     return scales
 

@@ -41,9 +41,7 @@ def _grad_scales(x, grad):
     """weight and bias gradients are sums over N*H*W pixels: judged against the sum of the terms'
     magnitudes (a bound for any summation order)."""
     x, grad = x.double().cpu(), grad.double().cpu()
-    nx = torch.linalg.vector_norm(x, dim=(1, 2), keepdim=True)
-    nx = nx / (nx.mean(-1, keepdim=True) + 1e-6)
-    return {"grad_weight": (grad * x * nx).abs().sum((0, 1, 2)).max(),
+    return {"grad_weight": (grad * x * reference.grn_response(x)).abs().sum((0, 1, 2)).max(),
             "grad_bias": grad.abs().sum((0, 1, 2)).max()}
 
 

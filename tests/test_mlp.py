@@ -69,14 +69,13 @@ def _magnitude_scales(x, params, gamma, drop, grn_w, grn_b, grad):
     g_fc2_input = g_out @ w2
     scales = {}
     if grn_w is not None:
-        per_sample = act.reshape(x.shape[0], -1, act.shape[-1])
-        norm = torch.linalg.vector_norm(per_sample, dim=1, keepdim=True)
-        nx = (norm / (norm.mean(-1, keepdim=True) + 1e-6)).expand_as(per_sample).reshape(act.shape)
-        act_leaf = act.detach().requires_grad_()
-        fc2_input = reference.grn(act_leaf.reshape(*x.shape[:3], -1), grn_w.double().cpu(),
+        act_nhwc = act.detach().reshape(*x.shape[:3], -1).requires_grad_()
+        fc2_input = reference.grn(act_nhwc, grn_w.double().cpu(),
                                   grn_b.double().cpu()).reshape(act.shape)
-        (g_grad_act,) = torch.autograd.grad(fc2_input, act_leaf, g_fc2_input)
-        scales["grn_weight"] = (g_fc2_input * act * nx).abs().sum(0).max()
+        (g_grad_act,) = torch.autograd.grad(fc2_input, act_nhwc, g_fc2_input)
+        g_grad_act = g_grad_act.reshape(act.shape)
+        act_nx = act_nhwc.detach() * reference.grn_response(act_nhwc.detach())
+        scales["grn_weight"] = (g_fc2_input * act_nx.reshape(act.shape)).abs().sum(0).max()
         scales["grn_bias"] = g_fc2_input.abs().sum(0).max()
     else:
         fc2_input, g_grad_act = act, g_fc2_input
@@ -217,10 +216,14 @@ def test_cpp_gelu_over_the_float_range():
         eager_error = ((eager.double() - exact).abs())[finite]
         assert error.max() <= eager_error.max() + ulp[finite].max()
         assert (error <= 4 * eager_error.max() + 2 * ulp[finite]).all()
-        # inf and NaN as eager: gelu(inf) = inf, gelu(-inf) and gelu(NaN) NaN
-        assert torch.equal(ours[~finite].isnan(), eager[~finite].isnan())
-        torch.testing.assert_close(ours[~finite & ~eager.isnan()],
-                                   eager[~finite & ~eager.isnan()])
+    # inf and NaN as the formulas give them in IEEE arithmetic, which ATen's scalar GELU follows:
+    # gelu = x Phi(x): inf at inf, -inf * 0 = NaN at -inf; gelu' = Phi(x) + x phi(x): inf * 0 =
+    # NaN at both. Not compared with eager: ATen's vectorised loop gives NaN for gelu(inf) too
+    # (torch 2.14.1 on an AVX-512 CPU) while its scalar tail gives inf.
+    nan = float("nan")
+    torch.testing.assert_close(out[~finite], torch.tensor([float("inf"), nan, nan]),
+                               equal_nan=True, rtol=0, atol=0)
+    assert grad_x[~finite].isnan().all()
 
 
 def test_gelu_fit_is_the_committed_one():

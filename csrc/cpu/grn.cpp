@@ -35,14 +35,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> grn_cpu(const at::Tensor& x,
         nullptr, N, rows_per_sample, C, ck::cpu::aten_parallel_for());
   });
   auto stats = ck::cpu::grn_stats(sumsq, weight, eps);
-  const at::Tensor scale = stats.scale.contiguous();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "grn_cpu", [&] {
-    using Acc = ck::cpu::acc_t<scalar_t>;
-    ck::cpu::scaled_sum<scalar_t, Acc>(xc.const_data_ptr<scalar_t>(), scale.const_data_ptr<Acc>(),
-                                       nullptr, nullptr, b.const_data_ptr<scalar_t>(),
-                                       y.mutable_data_ptr<scalar_t>(), xc.numel() / C, C,
-                                       rows_per_sample, ck::cpu::aten_parallel_for());
-  });
+  ck::cpu::grn_output(xc, stats.scale, b, y, rows_per_sample);
   return {y, stats.norm, stats.nx};
 }
 

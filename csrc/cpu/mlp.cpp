@@ -221,19 +221,6 @@ at::Tensor output(at::Tensor& y, const OptTensor& bias, const OptTensor& col_sca
   return out;
 }
 
-// GRN's output in place: act = act * scale[sample] [+ bias]; see ck::cpu::scaled_sum.
-void grn_forward(at::Tensor& act, const at::Tensor& scale, const OptTensor& bias,
-                 int64_t rows_per_sample) {
-  const at::Tensor sc = scale.contiguous();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, act.scalar_type(), "grn_cpu", [&] {
-    using Acc = ck::cpu::acc_t<scalar_t>;
-    ck::cpu::scaled_sum<scalar_t, Acc>(act.const_data_ptr<scalar_t>(), sc.const_data_ptr<Acc>(),
-                                       nullptr, nullptr, ptr_or_null<scalar_t>(bias),
-                                       act.mutable_data_ptr<scalar_t>(), act.size(0), act.size(1),
-                                       rows_per_sample, ck::cpu::aten_parallel_for());
-  });
-}
-
 // Per-sample column sums of u*v (and of u into u_sum when given), [samples, H] accumulators.
 at::Tensor per_sample_sums(const at::Tensor& u, const at::Tensor& v, at::Tensor* u_sum,
                            int64_t rows_per_sample) {
@@ -317,7 +304,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mlp_cpu(
       ck::cpu::grn_stats(per_sample_sums(act, act, nullptr, rows_per_sample), *grn_weight, eps);
   norm = stats.norm;
   nx = stats.nx;
-  grn_forward(act, stats.scale, flat(grn_bias), rows_per_sample);
+  ck::cpu::grn_output(act, stats.scale, flat(grn_bias), act, rows_per_sample);
   auto [y2, fc2_bias_left] = linear_leaving_bias(act, fc2_w, fc2_b);
   at::Tensor out =
       output(y2, fc2_bias_left, flat(gamma), flat(drop_scale), residual, rows_per_sample, save_y2);
