@@ -247,21 +247,26 @@ def dot_in_fp32(dtype):
     return INTERPRETED and dtype != torch.float32
 
 
-def config(dtype, prologue=False, N=None, per_sample_sums=False):
+def config(dtype, prologue=False, N=None, per_sample_sums=False, b_prologue=False):
     """(tile constexprs, num_warps, num_stages). Operand prologues hold the A or B tile in
     registers in fp32 on the way to the tensor cores; at BLOCK_K = 64 that spilled (kernel
     report: 79-105 spill stores), at 32 it does not. A narrow output (N < 128, e.g. fc2 at
     C = 40) gets a narrower tile (spilled at 128), as does an epilogue adding per-sample sums
     (GRN's statistics; with the pre-activation stored too it spilled 33 stores at 128, odd
     rows per sample). IEEE fp32 products run on FMA units and hold more per element: smaller
-    tiles. Not yet tuned on a GPU."""
+    tiles, and two stages when GELU (and GRN) are computed on B's tiles (`b_prologue`): at
+    three, triton 3.6 spilled a store in the GRN MLP's fc2 weight gradient at C = 40 (128
+    registers; 3.8 did not; at four warps instead of eight: 255 registers and 11 spill stores),
+    while two stages elsewhere made 3.6 spill in fc2's forward with GRN on A. Not yet tuned on
+    a GPU."""
     if INTERPRETED:  # few, wide tiles: the interpreter pays per program and per loop step
         return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, GROUP_M=8), 4, None
     block_n = 128 if N is None else max(16, min(128, triton.next_power_of_2(N)))
     if per_sample_sums:
         block_n = min(block_n, 64)
     if dtype == torch.float32:
-        return dict(BLOCK_M=64, BLOCK_N=min(64, block_n), BLOCK_K=16, GROUP_M=8), 8, 3
+        return dict(BLOCK_M=64, BLOCK_N=min(64, block_n), BLOCK_K=16, GROUP_M=8), 8, \
+            2 if b_prologue else 3
     return dict(BLOCK_M=128, BLOCK_N=block_n, BLOCK_K=32 if prologue else 64, GROUP_M=8), 8, 3
 
 
@@ -343,7 +348,7 @@ def matmul_launch(a, b, out, prologue=Prologue(), epilogue=Epilogue(), *, rows_p
     N = b.shape[1]
     p, e = prologue, epilogue
     cfg, num_warps, num_stages = config(a.dtype, p.any() or row_sum is not None, N,
-                                        per_sample_sums=e.sums is not None)
+                                        per_sample_sums=e.sums is not None, b_prologue=p.b_gelu)
     sum_slots = 0
     for sums in (e.sums, e.sums2):
         if sums is not None:  # laid out for this GEMM's row tiles
