@@ -1,6 +1,17 @@
+import atexit
 import os
+import shutil
+import tempfile
 
-import torch
+# torch.compile's on-disk caches (FX graph, AOTAutograd) key a custom op by its name, not by its
+# Python backward formula: a cache written by another checkout or commit replays that one's
+# backward graph (seen: parameter gradients taken from an older flat-buffer layout). Each test
+# session compiles into a cache of its own.
+if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="ck-inductor-")
+    atexit.register(shutil.rmtree, os.environ["TORCHINDUCTOR_CACHE_DIR"], ignore_errors=True)
+
+import torch  # noqa: E402
 
 # The Triton interpreter must be chosen before triton is imported (by convnext_kernels).
 if not torch.cuda.is_available():

@@ -261,6 +261,38 @@ def test_whole_block_is_one_op(device, use_grn):
     assert "convnext_kernels::mlp_triton" not in names
 
 
+@pytest.mark.parametrize("use_grn", [False, True], ids=["v1", "v2"])
+@pytest.mark.parametrize("device", TRITON_DEVICES)
+def test_weight_gemms_with_fewer_splits(device, use_grn, monkeypatch, poisoned):
+    """The weight GEMMs' gradients take their own split count (as many splits as fill the
+    device's SMs with their tiles) next to the rows' count of the other gradients: with one SM
+    they take one split where 1152 rows take two, and the block still matches float64."""
+    from convnext_kernels.triton import grad_workspace, matmul
+    monkeypatch.setattr(matmul, "sm_count", lambda device: 1)
+    blocks = []
+    finalize_flat = grad_workspace.GradWorkspace.finalize_flat
+
+    def spy(ws):
+        blocks.append([(block.shape[0], ws.splits) for _, block in ws.blocks])
+        return finalize_flat(ws)
+
+    monkeypatch.setattr(grad_workspace.GradWorkspace, "finalize_flat", spy)
+    gen, seed = fresh_generator()
+    plain, fused = _triton_block(gen, 16, torch.float32, device, use_grn)
+    x = torch.randn(2, 16, 24, 24, generator=gen, dtype=torch.float64)
+    grad = torch.randn(x.shape, generator=gen, dtype=torch.float64)
+    ref_out, ref = _grads(plain, x, grad)
+    scales = _sum_scales(plain, x, grad)
+    out, ours = _grads(fused, x.to(device, torch.float32), grad.to(device, torch.float32))
+    (((rows_splits, splits), (gemm_splits, _)),) = blocks
+    assert (rows_splits, gemm_splits) == (2, 1)
+    assert [n for n, count in splits.items() if count == 1] == ["fc1_w", "fc1_b", "fc2_w", "fc2_b"]
+    assert_accurate("out", out, ref_out, ref_out, torch.float32, seed)
+    for name in ref:
+        assert_accurate(name, ours[name], ref[name], ref[name], torch.float32, seed,
+                        scale=scales.get(name))
+
+
 @pytest.mark.parametrize("dim,use_grn", [(16, False), (160, False), (16, True)],
                          ids=["fused-mlp", "two-gemms", "v2"])
 @pytest.mark.parametrize("device", TRITON_DEVICES)

@@ -31,7 +31,7 @@ import torch
 
 from . import dwconv, dwconv_layer_norm, layer_norm, mlp
 from .common import nhwc_buffer
-from .grad_workspace import GradWorkspace, reduction_splits
+from .grad_workspace import GradWorkspace
 
 
 def grad_shapes(dw_weight, fc1_w, fc2_w, gamma, y2, grn_weight=None, grn_bias=None):
@@ -72,7 +72,8 @@ def block_backward(grad_out, x, dw_weight, ln_weight, fc1_w, fc1_b, fc2_w, gamma
     M = N * H * W
     shapes = grad_shapes(dw_weight, fc1_w, fc2_w, gamma, y2, grn_weight, grn_bias)
     grad_x = torch.empty_like(x)
-    ws = GradWorkspace(shapes, reduction_splits(M), fc1_w.dtype, x.device)
+    ws = GradWorkspace(shapes, mlp.grad_splits(shapes, M, *fc1_w.shape, grad_out.dtype, x.device),
+                       fc1_w.dtype, x.device)
     if M == 0:
         flat = torch.zeros(ws.columns, device=x.device, dtype=fc1_w.dtype)
         return grad_x.zero_(), flat

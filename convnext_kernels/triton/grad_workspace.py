@@ -2,12 +2,17 @@
 
 Every kernel that reduces a parameter gradient over rows (split-K weight GEMMs, the LayerNorm
 and dwconv backward, layer scale's column sums) splits the rows among `splits` programs (or
-program rows) and writes its fp32 partial sums into one workspace [splits, columns]: each
-gradient owns a column range, each split one row, and every producer writes every element it
-owns (a split with no rows writes zeros), so nothing is zero-filled. `finalize` then sums each
-column's rows in a fixed order and writes every gradient in its parameter's dtype: one launch for
-all of an op's (or the block's) parameter gradients instead of a sum and a cast per parameter,
-and deterministic results.
+program rows) and writes its fp32 partial sums into a workspace [splits, columns]: each gradient
+owns a column range, each split one row, and every producer writes every element it owns (a
+split with no rows writes zeros), so nothing is zero-filled. `finalize` then sums each column's
+rows in a fixed order and writes every gradient in its parameter's dtype: one launch for all of
+an op's (or the block's) parameter gradients instead of a sum and a cast per parameter, and
+deterministic results.
+
+Gradients need not share a split count: a weight gradient from a split-K GEMM needs only the
+splits that fill the device with its output tiles, which at ConvNeXt-T stage 4 is one, where a
+reduction over the rows takes four (each split of a [4C, C] gradient is 9.4 MB of fp32). Runs of
+consecutive gradients with one count share a block [splits, columns]; finalize reads two blocks.
 """
 import math
 
@@ -31,50 +36,89 @@ def reduction_splits(rows):
 
 
 @triton.jit
-def _finalize_kernel(partial_ptr, out_ptr, columns, splits, split_stride, BLOCK: tl.constexpr,
-                     INTERPRETED: tl.constexpr):
-    cols = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+def _finalize_kernel(a_ptr, b_ptr, out_ptr, columns, a_columns, a_splits, a_stride, b_splits,
+                     b_stride, BLOCK: tl.constexpr, INTERPRETED: tl.constexpr):
+    """out[c] = the sum over splits of block a's column c (c < a_columns) or of block b's column
+    c - a_columns, in split order."""
+    start = tl.program_id(0) * BLOCK
+    cols = start + tl.arange(0, BLOCK)
     mask = cols < columns
+    in_a = cols < a_columns
+    # A program's columns lie in one block, or straddle the two and run the larger count
+    # (each column stops at its own).
+    if start + BLOCK <= a_columns:
+        splits = a_splits
+    elif start >= a_columns:
+        splits = b_splits
+    else:
+        splits = tl.maximum(a_splits, b_splits)
     total = tl.zeros([BLOCK], dtype=tl.float32)
-    ptrs = partial_ptr + cols
-    for _ in range(splits):  # (pointer steps: 64-bit offsets however large the workspace)
-        total += tl.load(ptrs, mask=mask, other=0.0)
-        ptrs += split_stride
+    a_ptrs = a_ptr + cols
+    b_ptrs = b_ptr + (cols - a_columns)
+    for split in range(splits):  # (pointer steps: 64-bit offsets however large the workspace)
+        total += tl.load(a_ptrs, mask=mask & in_a & (split < a_splits), other=0.0)
+        total += tl.load(b_ptrs, mask=mask & ~in_a & (split < b_splits), other=0.0)
+        a_ptrs += a_stride
+        b_ptrs += b_stride
     tl.store(out_ptr + cols, cast_for_store(total, out_ptr.dtype.element_ty, INTERPRETED),
              mask=mask)
 
 
-def finalize_launch(partial, out):
-    """out (contiguous, `columns` elements) = the column sums of partial [splits, columns] (rows
-    strided, columns contiguous), added in a fixed order, in out's dtype."""
-    splits, columns = partial.shape
+def finalize_launch(out, a, b=None):
+    """out (contiguous) = the column sums of a [splits, columns] followed by those of b (rows
+    strided, columns contiguous; b may be absent), added in a fixed order, in out's dtype."""
+    b_splits, b_columns = (0, 0) if b is None else b.shape
+    a_splits, a_columns = a.shape
+    columns = a_columns + b_columns
+    assert out.numel() == columns
+    b = a if b is None else b
     return Launch(_finalize_kernel, (triton.cdiv(columns, _FINALIZE_BLOCK),),
-                  (partial, out, columns, splits, partial.stride(0)),
+                  (a, b, out, columns, a_columns, a_splits, a.stride(0), b_splits, b.stride(0)),
                   dict(BLOCK=_FINALIZE_BLOCK, INTERPRETED=INTERPRETED))
 
 
 class GradWorkspace:
-    """fp32 partials of the named gradients, [splits, columns]; see the module docstring.
-    `shapes` maps a gradient's name to its shape; `dtype` is the dtype gradients are written in
-    (their parameters' dtype)."""
+    """fp32 partials of the named gradients; see the module docstring. `shapes` maps a gradient's
+    name to its shape, in the order of finalize_flat's buffer; `splits` is every gradient's
+    split count, or a map from each name to its own (at most two runs of equal counts); `dtype`
+    is the dtype gradients are written in (their parameters' dtype)."""
 
     def __init__(self, shapes, splits, dtype, device):
         self.shapes = dict(shapes)
         self.dtype = dtype
         self.columns_of = _column_ranges(self.shapes)
         self.columns = sum(math.prod(shape) for shape in self.shapes.values())
-        self.partial = torch.empty(splits, self.columns, device=device, dtype=torch.float32)
+        self.splits = splits if isinstance(splits, dict) else dict.fromkeys(self.shapes, splits)
+        runs = []  # [splits, first column, end column] of each block
+        for name, columns in self.columns_of.items():
+            if runs and runs[-1][0] == self.splits[name]:
+                runs[-1][2] = columns.stop
+            else:
+                runs.append([self.splits[name], columns.start, columns.stop])
+        if len(runs) > 2:
+            raise ValueError(f"GradWorkspace: finalize reads two blocks, the split counts "
+                             f"{self.splits} make {len(runs)}")
+        self.partial = torch.empty(sum(n * (stop - start) for n, start, stop in runs),
+                                   device=device, dtype=torch.float32)
+        self.blocks, offset = [], 0  # (first column, [splits, columns] view)
+        for n, start, stop in runs:
+            size = n * (stop - start)
+            self.blocks.append((start, self.partial[offset:offset + size].view(n, stop - start)))
+            offset += size
 
     def __getitem__(self, name):
         """The [splits, numel] strided view a producer writes name's partials into."""
-        return self.partial[:, self.columns_of[name]]
+        columns = self.columns_of[name]
+        start, block = max((b for b in self.blocks if b[0] <= columns.start),
+                           key=lambda b: b[0])
+        return block[:, columns.start - start:columns.stop - start]
 
     def finalize_flat(self):
         """Every gradient, in `dtype`, in one flat buffer (see `unflatten`): one launch. (One
         tensor, because a custom op's outputs may not alias each other.)"""
         flat = torch.empty(self.columns, device=self.partial.device, dtype=self.dtype)
         if self.columns:
-            finalize_launch(self.partial, flat)()
+            finalize_launch(flat, *(block for _, block in self.blocks))()
         return flat
 
     def finalize_each(self):
@@ -83,7 +127,7 @@ class GradWorkspace:
         for name, shape in self.shapes.items():
             grads[name] = torch.empty(shape, device=self.partial.device, dtype=self.dtype)
             if grads[name].numel():
-                finalize_launch(self[name], grads[name])()
+                finalize_launch(grads[name], self[name])()
         return grads
 
 

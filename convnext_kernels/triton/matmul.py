@@ -34,7 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import INTERPRETED, Launch, cast_for_store
+from .common import INTERPRETED, Launch, cast_for_store, sm_count
 
 # The epilogue kinds (the EPILOGUE constexpr). Module-level tl.constexpr so that the kernel
 # compares against the names, not numbers.
@@ -268,6 +268,16 @@ def config(dtype, prologue=False, N=None, per_sample_sums=False, b_prologue=Fals
         return dict(BLOCK_M=64, BLOCK_N=min(64, block_n), BLOCK_K=16, GROUP_M=8), 8, \
             2 if b_prologue else 3
     return dict(BLOCK_M=128, BLOCK_N=block_n, BLOCK_K=32 if prologue else 64, GROUP_M=8), 8, 3
+
+
+def splits_to_fill(M, N, dtype, device, most):
+    """K splits of a split-K GEMM (with a prologue or row sums) into an [M, N] output: enough
+    that its tiles times its splits give each SM of `device` a program, at most `most`. More
+    splits only add fp32 partials to write and sum (at ConvNeXt-T stage 4, [3072, 768] has 144
+    tiles: one split)."""
+    cfg = config(dtype, prologue=True, N=N)[0]
+    tiles = triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(N, cfg["BLOCK_N"])
+    return max(1, min(most, triton.cdiv(sm_count(device), tiles)))
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from .grn import grn_backward_stats_launch, grn_statistics, scaled_sum_launch
 from .grad_workspace import GradWorkspace, reduction_splits
 from .matmul import (GELU, GELU_GRAD, GRN_GRAD, PLAIN, Epilogue, Prologue, as_operand,
                      dot_in_fp32, gelu, input_precision, matmul_launch, output_epilogue,
-                     per_sample_partials)
+                     per_sample_partials, splits_to_fill)
 
 # Widest C the fused forward takes: x, the fc2 accumulator and two weight chunks of
 # [64 rows, C] stay on chip (kernel report: no spills at 128). Not yet measured against the
@@ -184,16 +184,32 @@ def mlp_forward(x, fc1_w, fc1_b, fc2_w, fc2_b, gamma, residual, drop_scale, grn_
     return out, hidden, y2, G, nx
 
 
+# The gradients the split-K weight GEMMs write (weights, and biases as their row sums): last in
+# grad_shapes, so that they make one run of a GradWorkspace with their own split count.
+GEMM_GRADS = ("fc1_w", "fc1_b", "fc2_w", "fc2_b")
+
+
 def grad_shapes(fc1_w, fc2_w, gamma, y2, grn_weight=None, grn_bias=None):
     """Shapes of the MLP parameter gradients reduced over rows (a GradWorkspace's `shapes`);
     layer scale's only where the forward saved y2 [M, C], i.e. gamma needed its gradient."""
     H, C = fc1_w.shape
-    shapes = {"fc1_w": (H, C), "fc1_b": (H,), "fc2_w": (C, H), "fc2_b": (C,)}
+    shapes = {}
     if gamma is not None and y2.dim() == 2:
         shapes["gamma"] = (C,)
     if grn_weight is not None:
         shapes.update(grn_weight=tuple(grn_weight.shape), grn_bias=tuple(grn_bias.shape))
+    shapes.update(fc1_w=(H, C), fc1_b=(H,), fc2_w=(C, H), fc2_b=(C,))
     return shapes
+
+
+def grad_splits(shapes, M, H, C, dtype, device):
+    """Each gradient's split count (a GradWorkspace's `splits`): the weight GEMMs' from their
+    output tiles (matmul.splits_to_fill, the same for both, at most a reduction over M rows
+    takes), the rest reduction_splits(M)."""
+    rows = reduction_splits(M)
+    gemm = max(splits_to_fill(C, H, dtype, device, rows),
+               splits_to_fill(H, C, dtype, device, rows))
+    return {name: gemm if name in GEMM_GRADS else rows for name in shapes}
 
 
 def mlp_backward(grad_out, x, fc1_w, fc1_b, fc2_w, gamma, drop_scale, grn_weight, grn_bias,
@@ -207,8 +223,9 @@ def mlp_backward(grad_out, x, fc1_w, fc1_b, fc2_w, gamma, drop_scale, grn_weight
         return (torch.empty_like(x), *(zeros_or_empty(t) for t in (
             fc1_w, fc1_b, fc2_w, fc2_w[:, 0], gamma if y2.dim() == 2 else None, grn_weight,
             grn_bias)))
-    ws = GradWorkspace(grad_shapes(fc1_w, fc2_w, gamma, y2, grn_weight, grn_bias),
-                       reduction_splits(M), fc1_w.dtype, x.device)
+    shapes = grad_shapes(fc1_w, fc2_w, gamma, y2, grn_weight, grn_bias)
+    ws = GradWorkspace(shapes, grad_splits(shapes, M, *fc1_w.shape, x.dtype, x.device),
+                       fc1_w.dtype, x.device)
     grad_x = mlp_backward_into(ws, grad_out, x, fc1_w, fc1_b, fc2_w, gamma, drop_scale,
                                grn_weight, grn_bias, hidden, y2, G, nx, rows_per_sample, eps)
     grads = ws.finalize_each()

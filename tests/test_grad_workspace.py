@@ -1,0 +1,55 @@
+"""GradWorkspace: gradients with split counts of their own, summed in split order and written in
+their parameters' dtype by one finalize launch (two blocks of partials), or one launch each."""
+import pytest
+import torch
+
+from numerics import assert_accurate, fresh_generator, kernel_targets, randn
+
+TRITON_DEVICES = [d for b, d in kernel_targets() if b == "triton"]
+# Column counts off the finalize block (1024): programs straddle gradients and the two blocks.
+SHAPES = {"dw_weight": (40, 1, 7, 7), "ln_weight": (40,), "gamma": (40,), "fc1_w": (160, 40),
+          "fc1_b": (160,), "fc2_w": (40, 160), "fc2_b": (40,)}
+
+
+def _filled(ws, gen, device):
+    """Every partial a producer owns, random; {name: its float64 column sums}."""
+    sums = {}
+    for name, shape in SHAPES.items():
+        view = ws[name]
+        assert view.shape == (ws.splits[name], torch.Size(shape).numel())
+        values = randn(gen, *view.shape, dtype=torch.float64)
+        view.copy_(values.to(device))
+        sums[name] = values.float().double().sum(0).reshape(shape)
+    return sums
+
+
+@pytest.mark.parametrize("gemm_splits", [1, 3, 7], ids=lambda n: f"gemm-{n}")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("device", TRITON_DEVICES)
+def test_two_split_counts_in_one_launch(device, dtype, gemm_splits, poisoned):
+    from convnext_kernels.triton.common import recorded_launches
+    from convnext_kernels.triton.grad_workspace import GradWorkspace, unflatten
+    gen, seed = fresh_generator()
+    splits = {name: gemm_splits if name.startswith("fc") else 3 for name in SHAPES}
+    ws = GradWorkspace(SHAPES, splits, dtype, device)
+    assert len(ws.blocks) == (1 if gemm_splits == 3 else 2)
+    sums = _filled(ws, gen, device)
+    with recorded_launches() as launches:
+        ws.finalize_flat()
+    assert len(launches) == 1
+    grads = unflatten(ws.finalize_flat(), SHAPES)
+    each = ws.finalize_each()
+    for name, ref in sums.items():
+        assert grads[name].dtype == each[name].dtype == dtype
+        assert torch.equal(grads[name], each[name])
+        # one rounding of the fp32 sum to dtype: the float64 sum of the same fp32 partials
+        assert_accurate(name, grads[name], ref, ref.to(dtype), dtype, seed)
+
+
+@pytest.mark.parametrize("device", TRITON_DEVICES)
+def test_at_most_two_runs_of_split_counts(device):
+    """finalize reads two blocks: counts alternating over three runs are refused by name."""
+    from convnext_kernels.triton.grad_workspace import GradWorkspace
+    shapes = {"a": (3,), "b": (3,), "c": (3,)}
+    with pytest.raises(ValueError, match="two blocks"):
+        GradWorkspace(shapes, {"a": 2, "b": 1, "c": 2}, torch.float32, device)
