@@ -5,15 +5,12 @@
 #include "accumulate.h"
 #include "../dwconv_args.h"
 #include "dwconv_kernels.h"
+#include "dwconv_plain.h"
 #include "dwconv_simd.h"
 #include "isa.h"
 #include "parallel.h"
 
 namespace {
-
-ck::cpu::DwconvShape shape_of(const at::Tensor& x, int64_t k) {
-  return {x.size(0), x.size(2), x.size(3), x.size(1), k};
-}
 
 at::Tensor dwconv2d_cpu(const at::Tensor& x, const at::Tensor& weight,
                         const std::optional<at::Tensor>& bias) {
@@ -35,15 +32,7 @@ at::Tensor dwconv2d_cpu(const at::Tensor& x, const at::Tensor& weight,
           ck::cpu::aten_parallel_for());
     });
   } else {  // float64: the plain kernel (the tests' reference precision)
-    const at::Tensor taps = ck::taps_by_channel(weight, acc_type);
-    const at::Tensor bias_acc = bias.has_value() ? bias->to(acc_type).contiguous() : at::Tensor();
-    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dwconv2d_cpu", [&] {
-      using Acc = ck::cpu::acc_t<scalar_t>;
-      ck::cpu::dwconv_forward<scalar_t, Acc>(
-          x_nhwc.const_data_ptr<scalar_t>(), taps.const_data_ptr<Acc>(),
-          bias_acc.defined() ? bias_acc.const_data_ptr<Acc>() : nullptr,
-          y_nhwc.mutable_data_ptr<scalar_t>(), shape_of(x, k), ck::cpu::aten_parallel_for());
-    });
+    ck::cpu::dwconv_forward_plain(x_nhwc, weight, bias, y_nhwc);
   }
   if (!y_nhwc.is_same(out)) out.copy_(y_nhwc);
   return out;
@@ -76,7 +65,7 @@ std::tuple<at::Tensor, at::Tensor> dwconv2d_backward_weight_cpu(const at::Tensor
         Acc* sums_ptr = sums.mutable_data_ptr<Acc>();
         ck::cpu::dwconv_backward_weight<scalar_t, Acc>(
             g_nhwc.const_data_ptr<scalar_t>(), x_nhwc.const_data_ptr<scalar_t>(), sums_ptr,
-            sums_ptr + k * k * C, shape_of(x, k), ck::cpu::aten_parallel_for());
+            sums_ptr + k * k * C, ck::cpu::dwconv_shape(x, k), ck::cpu::aten_parallel_for());
       });
     }
   }

@@ -5,7 +5,7 @@
 #include "accumulate.h"
 #include "../dwconv_args.h"
 #include "../layer_norm_args.h"
-#include "dwconv_kernels.h"
+#include "dwconv_plain.h"
 #include "dwconv_simd.h"
 #include "isa.h"
 #include "layer_norm_kernels.h"
@@ -172,17 +172,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwconv_layer_norm_cpu
               });
         });
   } else {  // float64 (the tests' reference precision): the plain kernels one after the other
-    const at::Tensor taps = ck::taps_by_channel(dw_weight, acc_type);
-    const at::Tensor bias_acc =
-        dw_bias.has_value() ? dw_bias->to(acc_type).contiguous() : at::Tensor();
+    ck::cpu::dwconv_forward_plain(x_nhwc, dw_weight, dw_bias, out.conv_nhwc);
     const at::Tensor ln_w = ln_weight.contiguous(), ln_b = ln_bias.contiguous();
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dwconv_layer_norm_cpu", [&] {
       using Acc = ck::cpu::acc_t<scalar_t>;
-      ck::cpu::dwconv_forward<scalar_t, Acc>(
-          x_nhwc.const_data_ptr<scalar_t>(), taps.const_data_ptr<Acc>(),
-          bias_acc.defined() ? bias_acc.const_data_ptr<Acc>() : nullptr,
-          out.conv_nhwc.mutable_data_ptr<scalar_t>(), {N, H, W, C, k},
-          ck::cpu::aten_parallel_for());
       ck::cpu::layer_norm_forward<scalar_t, Acc>(
           out.conv_nhwc.const_data_ptr<scalar_t>(), ln_w.const_data_ptr<scalar_t>(),
           ln_b.const_data_ptr<scalar_t>(), out.y_nhwc.mutable_data_ptr<scalar_t>(),
