@@ -273,7 +273,7 @@ def test_weight_gemms_with_fewer_splits(device, use_grn, monkeypatch, poisoned):
     finalize_flat = grad_workspace.GradWorkspace.finalize_flat
 
     def spy(ws):
-        blocks.append([(block.shape[0], ws.splits) for _, block in ws.blocks])
+        blocks.append([(block.shape[0], ws.splits) for _, _, block in ws.blocks])
         return finalize_flat(ws)
 
     monkeypatch.setattr(grad_workspace.GradWorkspace, "finalize_flat", spy)

@@ -100,17 +100,19 @@ class GradWorkspace:
                              f"{self.splits} make {len(runs)}")
         self.partial = torch.empty(sum(n * (stop - start) for n, start, stop in runs),
                                    device=device, dtype=torch.float32)
-        self.blocks, offset = [], 0  # (first column, [splits, columns] view)
+        self.blocks, offset = [], 0  # (first column, end column, [splits, columns] view)
         for n, start, stop in runs:
             size = n * (stop - start)
-            self.blocks.append((start, self.partial[offset:offset + size].view(n, stop - start)))
+            self.blocks.append((start, stop,
+                                self.partial[offset:offset + size].view(n, stop - start)))
             offset += size
 
     def __getitem__(self, name):
         """The [splits, numel] strided view a producer writes name's partials into."""
         columns = self.columns_of[name]
-        start, block = max((b for b in self.blocks if b[0] <= columns.start),
-                           key=lambda b: b[0])
+        start, block = next((start, block) for start, stop, block in self.blocks
+                            if start <= columns.start and columns.stop <= stop
+                            and block.shape[0] == self.splits[name])
         return block[:, columns.start - start:columns.stop - start]
 
     def finalize_flat(self):
@@ -118,7 +120,7 @@ class GradWorkspace:
         tensor, because a custom op's outputs may not alias each other.)"""
         flat = torch.empty(self.columns, device=self.partial.device, dtype=self.dtype)
         if self.columns:
-            finalize_launch(flat, *(block for _, block in self.blocks))()
+            finalize_launch(flat, *(block for _, _, block in self.blocks))()
         return flat
 
     def finalize_each(self):
