@@ -118,13 +118,15 @@ def _block_calls(dtype, shape, param_dtype):
     out, y_rows, conv, mean, rstd, hidden, y2, G, nx = block.block_forward(
         x, dw_w, c, c, c, fc1_w, fc1_b, fc2_w, c, c, None, None, drop, 1e-6, 0.0, dtype, True)
     block.block_backward(out, x, dw_w, c, fc1_w, fc1_b, fc2_w, c, None, None, drop, y_rows, conv,
-                         mean, rstd, hidden, y2, G, nx, 0.0)
+                         mean, rstd, hidden, y2, G, nx, 0.0,
+                         block.grad_shapes(dw_w, fc1_w, fc2_w, True))
     grn_w = _meta(4 * C, **p)
     out, y_rows, conv, mean, rstd, hidden, y2, G, nx = block.block_forward(
         x, dw_w, c, c, c, fc1_w, fc1_b, fc2_w, c, None, grn_w, grn_w, drop, 1e-6, 1e-6, dtype,
         False)
     block.block_backward(out, x, dw_w, c, fc1_w, fc1_b, fc2_w, None, grn_w, grn_w, drop, y_rows,
-                         conv, mean, rstd, hidden, y2, G, nx, 1e-6)
+                         conv, mean, rstd, hidden, y2, G, nx, 1e-6,
+                         block.grad_shapes(dw_w, fc1_w, fc2_w, False, grn_w, grn_w))
 
 
 def _calls():

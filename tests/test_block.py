@@ -341,9 +341,14 @@ def _block_op_args(gen, device, use_grn, dim=16):
 def test_whole_block_opcheck(device, use_grn):
     gen, _ = fresh_generator()
     x, params, drop = _block_op_args(gen, device, use_grn)
+    from convnext_kernels.triton import block as triton_block
+    from convnext_kernels.triton.grad_workspace import layout_string
     forward_op = torch.ops.convnext_kernels.block_triton.default
+    layout = layout_string(triton_block.grad_shapes(
+        params["dw_weight"], params["fc1_w"], params["fc2_w"], params["gamma"] is not None,
+        params["grn_weight"], params["grn_bias"]))
     args = (x.requires_grad_(), *params.values(), drop, 1e-6, 1e-6, torch.float32,
-            params["gamma"] is not None)
+            params["gamma"] is not None, layout)
     torch.library.opcheck(forward_op, args)
     _, y_rows, conv, mean, rstd, hidden, y2, G, nx = forward_op(
         *[a.detach() if isinstance(a, torch.Tensor) else a for a in args])
@@ -353,7 +358,7 @@ def test_whole_block_opcheck(device, use_grn):
     torch.library.opcheck(torch.ops.convnext_kernels.block_backward_triton.default,
                           (grad, x.detach(), p["dw_weight"], p["ln_weight"], p["fc1_w"],
                            p["fc1_b"], p["fc2_w"], p["gamma"], p["grn_weight"], p["grn_bias"],
-                           drop, y_rows, conv, mean, rstd, hidden, y2, G, nx, 1e-6))
+                           drop, y_rows, conv, mean, rstd, hidden, y2, G, nx, 1e-6, layout))
 
 
 @pytest.mark.parametrize("use_grn", [False, True], ids=["v1", "v2"])
@@ -371,6 +376,31 @@ def test_whole_block_torch_compile_fullgraph(device, use_grn):
     torch.testing.assert_close(x_c.grad, x_e.grad, rtol=1e-4, atol=1e-4)
     for c, p in zip(grads_c, fused.parameters()):
         torch.testing.assert_close(c, p.grad, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("device", TRITON_DEVICES)
+def test_changed_gradient_layout_is_not_replayed_from_compile_caches(device, monkeypatch):
+    """The flat gradient buffer's layout is an argument of the block ops, so a layout changed
+    (as by an upgrade) changes the compiled forward graph, and torch.compile's caches cannot
+    replay a backward that takes its views at the old offsets: compiled twice with the layout
+    reversed in between, the gradients match eager both times."""
+    from convnext_kernels.triton import block as triton_block
+    gen, _ = fresh_generator()
+    _, fused = _triton_block(gen, 16, torch.float32, device)
+    x = torch.randn(2, 16, 4, 5, generator=gen).to(device)
+    grad_shapes = triton_block.grad_shapes
+    for reverse in (False, True):
+        if reverse:
+            monkeypatch.setattr(triton_block, "grad_shapes", lambda *a: dict(
+                reversed(grad_shapes(*a).items())))
+        torch._dynamo.reset()
+        fused.zero_grad()
+        torch.compile(fused, fullgraph=True)(x).square().sum().backward()
+        compiled = [p.grad.clone() for p in fused.parameters()]
+        fused.zero_grad()
+        fused(x).square().sum().backward()
+        for c, p in zip(compiled, fused.parameters()):
+            torch.testing.assert_close(c, p.grad, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("use_grn", [False, True], ids=["v1", "v2"])

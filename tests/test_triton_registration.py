@@ -26,6 +26,8 @@ from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table
 import convnext_kernels as ck
 from convnext_kernels.ops.block import BLOCK
 from convnext_kernels.ops.layer_norm import LAYER_NORM
+from convnext_kernels.triton import block as triton_block
+from convnext_kernels.triton.grad_workspace import layout_string
 
 # Without a GPU driver, torch cannot read the kernels' TTIR to see which arguments they write and
 # says so at length; it then assumes every argument is written (correct, more copies).
@@ -68,10 +70,13 @@ x.requires_grad_()
 params = [p(C, 1, 7, 7), p(C), p(C), p(C), p(4 * C, C), p(4 * C), p(C, 4 * C), p(C), p(C)]
 grn = [p(4 * C), p(4 * C)]
 block = BLOCK.impls["triton"]
+v1_layout = layout_string(triton_block.grad_shapes(params[0], params[4], params[6], True))
+v2_layout = layout_string(triton_block.grad_shapes(params[0], params[4], params[6], False, *grn))
 result = {"block": traced(lambda x, *w: block(x, *w, None, None, None, 1e-6, 0.0,
-                                              torch.bfloat16, True)[0], x, *params),
+                                              torch.bfloat16, True, v1_layout)[0], x, *params),
           "block_v2": traced(lambda x, *w: block(x, *w[:8], None, *w[8:], None, 1e-6, 1e-6,
-                                                 torch.bfloat16, False)[0], x, *params[:8], *grn),
+                                                 torch.bfloat16, False, v2_layout)[0],
+                             x, *params[:8], *grn),
           "layer_norm": traced(lambda x, w, b: LAYER_NORM.impls["triton"](x, w, b, 1e-6)[0],
                                x, params[2], params[3])}
 print(json.dumps(result))

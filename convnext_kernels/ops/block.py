@@ -4,8 +4,12 @@ the op behind FusedConvNeXtBlock where its backend resolves to triton.
 convnext_kernels::block_triton returns (out, and what the backward needs: y rows, conv, mean,
 rstd, hidden, y2, GRN's G and nx); convnext_kernels::block_backward_triton returns (grad_x,
 every parameter gradient in one flat buffer), which the autograd formula here splits into views
-(one buffer, because a custom op's outputs may not alias each other). See triton/block.py for
-the launches.
+(one buffer, because a custom op's outputs may not alias each other). The flat buffer's layout
+is an argument of both ops (`grad_layout`, grad_workspace.layout_string), set where the block
+is called: torch.compile's on-disk caches key a graph on its ops' arguments, not on this
+module's backward formula, so a layout changed by an upgrade must change the forward graph, or
+a cached backward would take its views at the old offsets. See triton/block.py for the
+launches.
 """
 import math
 from typing import Optional, Tuple
@@ -18,7 +22,7 @@ from .. import backends
 if backends.triton_importable():
     from .triton_registration import triton_custom_op
     from ..triton import block as _triton_block
-    from ..triton.grad_workspace import unflatten
+    from ..triton.grad_workspace import layout_shapes, layout_string, unflatten
     from ..triton.layer_norm import MAX_CHANNELS as _TRITON_MAX_CHANNELS
 
 _NS = "convnext_kernels"
@@ -27,7 +31,7 @@ _PARAMS = ("dw_weight", "dw_bias", "ln_weight", "ln_bias", "fc1_w", "fc1_b", "fc
 
 
 def _forward_fake(x, dw_weight, dw_bias, ln_weight, ln_bias, fc1_w, fc1_b, fc2_w, fc2_b, gamma,
-                  grn_weight, grn_bias, drop_scale, eps, grn_eps, dtype, save_y2):
+                  grn_weight, grn_bias, drop_scale, eps, grn_eps, dtype, save_y2, grad_layout):
     N, C, H, W = x.shape
     M = N * H * W
     hid = fc1_w.shape[0]
@@ -46,8 +50,9 @@ def _forward_fake(x, dw_weight, dw_bias, ln_weight, ln_bias, fc1_w, fc1_b, fc2_w
 
 
 def _backward_fake(grad_out, x, dw_weight, ln_weight, fc1_w, fc1_b, fc2_w, gamma, grn_weight,
-                   grn_bias, drop_scale, y_rows, conv, mean, rstd, hidden, y2, G, nx, grn_eps):
-    shapes = _triton_block.grad_shapes(dw_weight, fc1_w, fc2_w, gamma, y2, grn_weight, grn_bias)
+                   grn_bias, drop_scale, y_rows, conv, mean, rstd, hidden, y2, G, nx, grn_eps,
+                   grad_layout):
+    shapes = layout_shapes(grad_layout)
     return torch.empty_like(x), fc1_w.new_empty(sum(math.prod(s) for s in shapes.values()))
 
 
@@ -62,7 +67,7 @@ if backends.triton_importable():
                       ln_bias: Tensor, fc1_w: Tensor, fc1_b: Tensor, fc2_w: Tensor,
                       fc2_b: Tensor, gamma: Optional[Tensor], grn_weight: Optional[Tensor],
                       grn_bias: Optional[Tensor], drop_scale: Optional[Tensor], eps: float,
-                      grn_eps: float, dtype: torch.dtype, save_y2: bool
+                      grn_eps: float, dtype: torch.dtype, save_y2: bool, grad_layout: str
                       ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
                                  Tensor]:
         return _triton_block.block_forward(x, dw_weight, dw_bias, ln_weight, ln_bias, fc1_w,
@@ -76,20 +81,22 @@ if backends.triton_importable():
                                grn_bias: Optional[Tensor], drop_scale: Optional[Tensor],
                                y_rows: Tensor, conv: Tensor, mean: Tensor, rstd: Tensor,
                                hidden: Tensor, y2: Tensor, G: Tensor, nx: Tensor,
-                               grn_eps: float) -> Tuple[Tensor, Tensor]:
+                               grn_eps: float, grad_layout: str) -> Tuple[Tensor, Tensor]:
         return _triton_block.block_backward(grad_out, x, dw_weight, ln_weight, fc1_w, fc1_b,
                                             fc2_w, gamma, grn_weight, grn_bias, drop_scale,
-                                            y_rows, conv, mean, rstd, hidden, y2, G, nx, grn_eps)
+                                            y_rows, conv, mean, rstd, hidden, y2, G, nx, grn_eps,
+                                            layout_shapes(grad_layout))
 
     def _setup_context(ctx, inputs, output):
         (x, dw_weight, dw_bias, ln_weight, ln_bias, fc1_w, fc1_b, fc2_w, fc2_b, gamma,
-         grn_weight, grn_bias, drop_scale, _, grn_eps, _, _) = inputs
+         grn_weight, grn_bias, drop_scale, _, grn_eps, _, _, grad_layout) = inputs
         _, y_rows, conv, mean, rstd, hidden, y2, G, nx = output
         ctx.mark_non_differentiable(y_rows, conv, mean, rstd, hidden, y2, G, nx)
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(x, dw_weight, ln_weight, fc1_w, fc1_b, fc2_w, gamma, grn_weight,
                               grn_bias, drop_scale, y_rows, conv, mean, rstd, hidden, y2, G, nx)
         ctx.grn_eps = grn_eps
+        ctx.grad_layout = grad_layout
         params = (dw_weight, dw_bias, ln_weight, ln_bias, fc1_w, fc1_b, fc2_w, fc2_b, gamma,
                   grn_weight, grn_bias)
         ctx.param_dtypes = {name: (p.dtype if p is not None else None)
@@ -97,19 +104,18 @@ if backends.triton_importable():
 
     def _backward(ctx, grad_out, *_unused):
         if grad_out is None:  # the output did not reach the loss
-            return (None,) * 17
+            return (None,) * 18
         (x, dw_weight, ln_weight, fc1_w, fc1_b, fc2_w, gamma, grn_weight, grn_bias, drop_scale,
          y_rows, conv, mean, rstd, hidden, y2, G, nx) = ctx.saved_tensors
         grad_x, flat = _block_backward_triton(grad_out, x, dw_weight, ln_weight, fc1_w, fc1_b,
                                               fc2_w, gamma, grn_weight, grn_bias, drop_scale,
                                               y_rows, conv, mean, rstd, hidden, y2, G, nx,
-                                              ctx.grn_eps)
-        grads = unflatten(flat, _triton_block.grad_shapes(dw_weight, fc1_w, fc2_w, gamma, y2,
-                                                          grn_weight, grn_bias))
+                                              ctx.grn_eps, ctx.grad_layout)
+        grads = unflatten(flat, layout_shapes(ctx.grad_layout))
         # Gradients come in fc1_w's dtype; a parameter of another dtype gets its own (a cast).
         param_grads = [grads[name].to(dtype) if name in grads and dtype is not None else None
                        for name, dtype in ctx.param_dtypes.items()]
-        return (grad_x, *param_grads, None, None, None, None, None)
+        return (grad_x, *param_grads, None, None, None, None, None, None)
 
     _block_triton.register_fake(_forward_fake)
     _block_backward_triton.register_fake(_backward_fake)
@@ -123,6 +129,8 @@ def whole_block(x, dw_weight, dw_bias, ln_weight, ln_bias, fc1_w, fc1_b, fc2_w, 
     `backend` (one that BLOCK.first_serving chose); x N,C,H,W channels_last in its own dtype, the
     parameters in theirs (fp32 under autocast: converted in the kernels)."""
     save_y2 = gamma is not None and gamma.requires_grad and torch.is_grad_enabled()
+    grad_layout = layout_string(_triton_block.grad_shapes(dw_weight, fc1_w, fc2_w, save_y2,
+                                                          grn_weight, grn_bias))
     return BLOCK.impls[backend](x, dw_weight, dw_bias, ln_weight, ln_bias, fc1_w, fc1_b, fc2_w,
                                 fc2_b, gamma, grn_weight, grn_bias, drop_scale, float(eps),
-                                float(grn_eps), dtype, save_y2)[0]
+                                float(grn_eps), dtype, save_y2, grad_layout)[0]

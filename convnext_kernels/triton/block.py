@@ -34,12 +34,12 @@ from .common import nhwc_buffer
 from .grad_workspace import GradWorkspace
 
 
-def grad_shapes(dw_weight, fc1_w, fc2_w, gamma, y2, grn_weight=None, grn_bias=None):
+def grad_shapes(dw_weight, fc1_w, fc2_w, gamma_grad, grn_weight=None, grn_bias=None):
     """Every block parameter gradient reduced over rows, in the order of the flat buffer the
-    backward returns (gamma's where y2 was saved: mlp.grad_shapes; GRN's with GRN)."""
+    backward returns (gamma's where `gamma_grad`: mlp.grad_shapes; GRN's with GRN)."""
     C = dw_weight.shape[0]
     shapes = {**dwconv.grad_shapes(dw_weight), "ln_weight": (C,), "ln_bias": (C,)}
-    shapes.update(mlp.grad_shapes(fc1_w, fc2_w, gamma, y2, grn_weight, grn_bias))
+    shapes.update(mlp.grad_shapes(fc1_w, fc2_w, gamma_grad, grn_weight, grn_bias))
     return shapes
 
 
@@ -65,12 +65,12 @@ def block_forward(x, dw_weight, dw_bias, ln_weight, ln_bias, fc1_w, fc1_b, fc2_w
 
 
 def block_backward(grad_out, x, dw_weight, ln_weight, fc1_w, fc1_b, fc2_w, gamma, grn_weight,
-                   grn_bias, drop_scale, y_rows, conv, mean, rstd, hidden, y2, G, nx, grn_eps):
+                   grn_bias, drop_scale, y_rows, conv, mean, rstd, hidden, y2, G, nx, grn_eps,
+                   shapes):
     """(grad_x in x's dtype and memory format, every parameter gradient in one flat buffer in
-    fc1_w's dtype, in grad_shapes' order)."""
+    fc1_w's dtype, in the order of `shapes`, grad_shapes' map)."""
     N, C, H, W = x.shape
     M = N * H * W
-    shapes = grad_shapes(dw_weight, fc1_w, fc2_w, gamma, y2, grn_weight, grn_bias)
     grad_x = torch.empty_like(x)
     ws = GradWorkspace(shapes, mlp.grad_splits(shapes, M, *fc1_w.shape, grad_out.dtype, x.device),
                        fc1_w.dtype, x.device)

@@ -146,3 +146,17 @@ def unflatten(flat, shapes):
     """{name: view of flat} for a GradWorkspace's finalize_flat output (same `shapes` order)."""
     return {name: flat[columns].view(shapes[name])
             for name, columns in _column_ranges(shapes).items()}
+
+
+def layout_string(shapes):
+    """A flat gradient buffer's layout as text, "name:d0xd1;...", in `shapes` order: an op
+    argument, so that torch.compile's caches, which key a custom op's graph on its arguments and
+    not on its Python backward formula, see a changed layout (a stale cached backward would take
+    its views at the old offsets)."""
+    return ";".join(f"{name}:{'x'.join(map(str, shape))}" for name, shape in shapes.items())
+
+
+def layout_shapes(layout):
+    """The `shapes` of a layout_string."""
+    return {name: tuple(int(d) for d in dims.split("x")) if dims else ()
+            for name, dims in (entry.split(":") for entry in layout.split(";") if entry)}

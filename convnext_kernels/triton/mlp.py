@@ -189,12 +189,12 @@ def mlp_forward(x, fc1_w, fc1_b, fc2_w, fc2_b, gamma, residual, drop_scale, grn_
 GEMM_GRADS = ("fc1_w", "fc1_b", "fc2_w", "fc2_b")
 
 
-def grad_shapes(fc1_w, fc2_w, gamma, y2, grn_weight=None, grn_bias=None):
+def grad_shapes(fc1_w, fc2_w, gamma_grad, grn_weight=None, grn_bias=None):
     """Shapes of the MLP parameter gradients reduced over rows (a GradWorkspace's `shapes`);
-    layer scale's only where the forward saved y2 [M, C], i.e. gamma needed its gradient."""
+    layer scale's where `gamma_grad` (the forward saved y2 for it)."""
     H, C = fc1_w.shape
     shapes = {}
-    if gamma is not None and y2.dim() == 2:
+    if gamma_grad:
         shapes["gamma"] = (C,)
     if grn_weight is not None:
         shapes.update(grn_weight=tuple(grn_weight.shape), grn_bias=tuple(grn_bias.shape))
@@ -223,7 +223,8 @@ def mlp_backward(grad_out, x, fc1_w, fc1_b, fc2_w, gamma, drop_scale, grn_weight
         return (torch.empty_like(x), *(zeros_or_empty(t) for t in (
             fc1_w, fc1_b, fc2_w, fc2_w[:, 0], gamma if y2.dim() == 2 else None, grn_weight,
             grn_bias)))
-    shapes = grad_shapes(fc1_w, fc2_w, gamma, y2, grn_weight, grn_bias)
+    shapes = grad_shapes(fc1_w, fc2_w, gamma is not None and y2.dim() == 2, grn_weight,
+                         grn_bias)
     ws = GradWorkspace(shapes, grad_splits(shapes, M, *fc1_w.shape, x.dtype, x.device),
                        fc1_w.dtype, x.device)
     grad_x = mlp_backward_into(ws, grad_out, x, fc1_w, fc1_b, fc2_w, gamma, drop_scale,
