@@ -158,3 +158,36 @@ def test_cpu_and_triton_statistics_agree():
                  grad.to(device), x.to(device), w.to(device), tri[1], tri[2], 1e-6)]
     for name, a, t in zip(("grad_x", "grad_w", "grad_b"), *grads):
         assert rel_error(t, a) <= 1e-5, f"{name} (seed {seed})"
+
+
+@pytest.mark.skipif("triton" not in ck.available_backends(), reason="needs triton")
+def test_triton_backward_with_more_splits_than_sample_chunks():
+    """The backward kernel's programs: a sample over two row chunks (529 > 512 rows), and more
+    gradient splits than (sample, chunk) programs, whose extra programs write only their
+    workspace rows (poisoned first). fp32 against the float64 reference."""
+    from convnext_kernels.triton import grn as tgrn
+    from convnext_kernels.triton.grad_workspace import GradWorkspace
+    gen, seed = fresh_generator()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    N, H, W, C, eps = 2, 23, 23, 8, 1e-6
+    x, w, b, grad = (randn(gen, *s, device=device) for s in ((N, H, W, C), (C,), (C,),
+                                                            (N, H, W, C)))
+    _, G, nx = tgrn.grn_forward(x, w, b, eps)
+    x3, g3 = x.reshape(N, H * W, C), grad.reshape(N, H * W, C)
+    sums = torch.empty(2, N, C, device=device)
+    tgrn.column_sums_launch(g3, x3, sums[0], sums[1])()
+    grad_dot, grad_sum = (tgrn._column_sums_as_partials(t, H * W) for t in sums)
+    ws = GradWorkspace({"weight": (C,), "bias": (C,)}, 7, torch.float32, device)
+    ws.partial.fill_(float("nan"))
+    grad_x = torch.full_like(x3, float("nan"))
+    launch = tgrn.grn_backward_launch(g3, x3, G, nx, w, grad_dot, grad_sum, grad_x,
+                                      ws["weight"], ws["bias"], eps)
+    assert launch.grid[0] == 7 and launch.args[17:19] == (2, 265), launch.args[17:20]
+    launch()
+    grads = ws.finalize_each()
+    leaves = [t.detach().double().cpu().requires_grad_() for t in (x, w, b)]
+    reference.grn(*leaves, eps).backward(grad.double().cpu())
+    for name, out, ref in zip(("grad_x", "grad_w", "grad_b"),
+                              (grad_x.reshape(x.shape), grads["weight"], grads["bias"]),
+                              (t.grad for t in leaves)):
+        assert rel_error(out, ref) <= 1e-5, f"{name} (seed {seed})"

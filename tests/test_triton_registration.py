@@ -97,11 +97,11 @@ def test_torch_compile_sees_every_kernel_of_the_block_and_of_an_op():
     assert set(block["kernels"]) == {
         "_dwconv_layer_norm_kernel", "_fused_mlp_kernel", "_matmul_kernel",
         "_scaled_product_column_sums_kernel", "_layer_norm_backward_kernel",
-        "_dwconv_forward_kernel", "_dwconv_wgrad_partial_kernel", "_finalize_kernel"}
-    # V2: GRN's statistics between the two-GEMM forward's GEMMs, and in the backward.
+        "_dwconv_backward_kernel", "_finalize_kernel"}
+    # V2: GRN's statistics between the two-GEMM forward's GEMMs, and its backward kernel.
     assert set(block_v2["kernels"]) == {
         "_dwconv_layer_norm_kernel", "_matmul_kernel", "_grn_stats_kernel",
-        "_grn_backward_stats_kernel", "_scaled_sum_kernel", "_layer_norm_backward_kernel",
-        "_dwconv_forward_kernel", "_dwconv_wgrad_partial_kernel", "_finalize_kernel"}
+        "_grn_backward_kernel", "_layer_norm_backward_kernel", "_dwconv_backward_kernel",
+        "_finalize_kernel"}
     assert set(layer_norm["kernels"]) == {"_layer_norm_forward_kernel",
                                           "_layer_norm_backward_kernel", "_finalize_kernel"}

@@ -57,8 +57,8 @@ def _backward_fake(grad_out, x, dw_weight, ln_weight, fc1_w, fc1_b, fc2_w, gamma
 
 
 # The whole-block op where a backend has one; elsewhere the block composes the ops (block.py).
-# On CUDA the Triton op is chosen by count, not yet by a timing: 12 launches per forward+backward
-# (V2: 14) against 30 or more (V2: 50) composing the ops (benchmarks/ledger.py).
+# On CUDA the Triton op is chosen by count, not yet by a timing: 11 launches per forward+backward
+# (V2: 12) against 30 or more (V2: 50) composing the ops (benchmarks/ledger.py).
 BLOCK = backends.Op("block", auto_order={"cuda": ("triton",)})
 
 if backends.triton_importable():

@@ -9,20 +9,21 @@ Forward (V1: 2-3 launches; V2: 4):
                            GELU output before fc2, so fc1+GELU stores the per-sample sums of
                            squares (per row tile: matmul.py), one kernel makes GRN's statistics,
                            and fc2 applies GRN to its input tiles as it loads them
-Backward (V1: 9-10 launches; V2: 10, all parameter gradients as fp32 partials in one
+Backward (V1: 8-9 launches; V2: 8, all parameter gradients as fp32 partials in one
 GradWorkspace):
   MLP backward             [fc1 recomputed where the forward was fused], gH (V2: with GRN's
-                           per-sample sums per row tile, then GRN's backward statistics with its
-                           parameter gradients' partials, then gH through GRN and GELU), fc2 and
-                           fc1 weight gradients (split-K partials + bias row sums), grad_y, layer
-                           scale's column sums
+                           per-sample sums per row tile, then one kernel that makes GRN's backward
+                           statistics, takes gH through GRN and GELU in place and writes GRN's
+                           parameter-gradient partials), fc2 and fc1 weight gradients (split-K
+                           partials + bias row sums), grad_y, layer scale's column sums
   LayerNorm backward       grad_conv, ln weight/bias partials
-  dwconv input gradient    grad_conv conv the weight read flipped, + grad_out (the residual)
-  dwconv weight gradient   partials in the weight's [C, k*k] order and the bias's
+  dwconv backward          one launch, two kinds of program: the weight gradient's partials in
+                           the weight's [C, k*k] order and the bias's, and the input gradient
+                           (grad_conv conv the weight read flipped, + grad_out: the residual)
   finalize                 every parameter gradient, summed in a fixed order, in its dtype
 Keep or recompute the hidden: the fused forward cannot keep it (it never exists), so the backward
 recomputes it (one GEMM); the two-GEMM forward keeps it (written once by fc1's epilogue, read
-twice), which saves that GEMM and keeps the block at 12 launches (benchmarks/ledger.py).
+twice), which saves that GEMM (benchmarks/ledger.py: 11 launches either way in V1).
 
 Mixed precision: parameters and x may be fp32 under autocast; kernels read them in their dtype
 and convert in registers, so there is no cast launch. Activations are in `dtype`.
@@ -89,8 +90,8 @@ def block_backward(grad_out, x, dw_weight, ln_weight, fc1_w, fc1_b, fc2_w, gamma
     k = dw_weight.shape[-1]
     x_nhwc = x.contiguous(memory_format=torch.channels_last)
     gx = nhwc_buffer(grad_x)
-    dwconv.forward_launch(grad_conv, dw_weight, None, gx, k, reverse=True, residual=g)()
+    dwconv.backward_launch(grad_conv, x_nhwc, dw_weight, gx, ws["dw_weight"], ws["dw_bias"], k,
+                           residual=g)()
     if gx is not grad_x:
         grad_x.copy_(gx)
-    dwconv.wgrad_launch(grad_conv, x_nhwc, ws["dw_weight"], ws["dw_bias"], k)()
     return grad_x, ws.finalize_flat()

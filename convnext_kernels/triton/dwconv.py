@@ -4,14 +4,17 @@ Forward: a program owns BLOCK_W pixels of one output row and BLOCK_C channels; t
 unrolled along kx and looped along ky, each tap one coalesced [BLOCK_W, BLOCK_C] load (the
 overlapping loads of neighbouring taps hit L1). Taps are read from the weight [C, k*k] itself, in
 its dtype (fp32 under autocast), converted in registers: no tap or cast launch. The input
-gradient is this same kernel run on the output gradient with REVERSE (the weight read flipped by
-index, no flip launch), optionally adding a residual gradient in its epilogue.
+gradient is the same program run on the output gradient with REVERSE (the weight read flipped
+by index, no flip launch), in the block adding the residual's gradient in its epilogue.
 
 Weight gradient: a program owns one split of the rows (a GradWorkspace row), one tap row ky and
 BLOCK_C channels, and sums g[p, c] * x[p shifted by (ky, kx), c] over its pixels for all kx at
 once, as a [BLOCK_W, KPAD, BLOCK_C] product reduced over pixels. It writes fp32 partials of the
 weight gradient (in the weight's [C, k*k] order) and, for ky = 0, of the bias gradient; the
 workspace's finalize sums them in a fixed order, so the result is deterministic.
+
+The block's backward runs both gradients in one launch (_dwconv_backward_kernel): its grid is
+the weight gradient's programs followed by the input gradient's.
 """
 import torch
 import triton
@@ -68,13 +71,14 @@ def conv_tile(x_ptr, w_ptr, row, H, W, C, offs_w, offs_c, mask_c, K: tl.constexp
 
 
 @triton.jit
-def _dwconv_forward_kernel(x_ptr, w_ptr, bias_ptr, residual_ptr, y_ptr, H, W, C,
-                           K: tl.constexpr, HAS_BIAS: tl.constexpr, REVERSE: tl.constexpr,
-                           HAS_RESIDUAL: tl.constexpr, BLOCK_W: tl.constexpr,
-                           BLOCK_C: tl.constexpr, INTERPRETED: tl.constexpr):
-    row = tl.program_id(0)  # n*H + h
-    offs_w = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
-    offs_c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+def _conv_program(row, w_tile, c_tile, x_ptr, w_ptr, bias_ptr, residual_ptr, y_ptr, H, W, C,
+                  K: tl.constexpr, HAS_BIAS: tl.constexpr, REVERSE: tl.constexpr,
+                  HAS_RESIDUAL: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
+                  INTERPRETED: tl.constexpr):
+    """One forward (or, REVERSE, input-gradient) program: output row `row` (= n*H + h), pixel
+    tile `w_tile`, channel tile `c_tile`."""
+    offs_w = w_tile * BLOCK_W + tl.arange(0, BLOCK_W)
+    offs_c = c_tile * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = offs_c < C
     acc = conv_tile(x_ptr, w_ptr, row, H, W, C, offs_w, offs_c, mask_c, K, BLOCK_W, BLOCK_C,
                     REVERSE)
@@ -88,15 +92,26 @@ def _dwconv_forward_kernel(x_ptr, w_ptr, bias_ptr, residual_ptr, y_ptr, H, W, C,
 
 
 @triton.jit
-def _dwconv_wgrad_partial_kernel(g_ptr, x_ptr, w_partial_ptr, b_partial_ptr, ROWS, H, W, C,
-                                 ROWS_PER_PROGRAM, split_stride,
-                                 K: tl.constexpr, KPAD: tl.constexpr,
-                                 BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr):
-    chunk = tl.program_id(0)
-    ky = tl.program_id(1)
-    offs_c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+def _dwconv_forward_kernel(x_ptr, w_ptr, bias_ptr, y_ptr, H, W, C, K: tl.constexpr,
+                           HAS_BIAS: tl.constexpr, REVERSE: tl.constexpr, BLOCK_W: tl.constexpr,
+                           BLOCK_C: tl.constexpr, INTERPRETED: tl.constexpr):
+    _conv_program(tl.program_id(0), tl.program_id(1), tl.program_id(2), x_ptr, w_ptr, bias_ptr,
+                  y_ptr, y_ptr, H, W, C, K, HAS_BIAS, REVERSE, False, BLOCK_W, BLOCK_C,
+                  INTERPRETED)
+
+
+@triton.jit
+def _wgrad_program(chunk, ky, c_tile, g_ptr, x_ptr, w_partial_ptr, b_partial_ptr, ROWS, H, W, C,
+                   ROWS_PER_PROGRAM, split_stride, K: tl.constexpr, KPAD: tl.constexpr,
+                   BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr):
+    """One weight-gradient program: row split `chunk`, tap row `ky`, channel tile `c_tile`."""
+    offs_c = c_tile * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = offs_c < C
     offs_kx = tl.arange(0, KPAD)
+    # (The partial rows' addresses before the loop: in the block's two-kind kernel, chunk is
+    # no program id to re-read, and computed after the loop it spilled a register on sm_90.)
+    w_part = w_partial_ptr + chunk.to(tl.int64) * split_stride
+    b_part = b_partial_ptr + chunk.to(tl.int64) * split_stride
     # Accumulated per pixel lane and reduced over the lanes once, after the loop (a reduction
     # across warps on every step would cost a shared-memory round trip each).
     acc = tl.zeros([BLOCK_W, KPAD, BLOCK_C], dtype=tl.float32)
@@ -122,11 +137,45 @@ def _dwconv_wgrad_partial_kernel(g_ptr, x_ptr, w_partial_ptr, b_partial_ptr, ROW
                          other=0.0)
             acc += xv.to(tl.float32) * gv[:, None, :]
     # Partials in the weight's [C, K*K] order; the bias's by the ky = 0 programs.
-    w_part = w_partial_ptr + chunk.to(tl.int64) * split_stride
     tl.store(w_part + offs_c[None, :] * (K * K) + (ky * K + offs_kx)[:, None],
              tl.sum(acc, axis=0), mask=(offs_kx < K)[:, None] & mask_c[None, :])
-    tl.store(b_partial_ptr + chunk.to(tl.int64) * split_stride + offs_c,
+    tl.store(b_part + offs_c,
              tl.sum(bias_acc, axis=0), mask=mask_c & (ky == 0))
+
+
+@triton.jit
+def _dwconv_wgrad_partial_kernel(g_ptr, x_ptr, w_partial_ptr, b_partial_ptr, ROWS, H, W, C,
+                                 ROWS_PER_PROGRAM, split_stride,
+                                 K: tl.constexpr, KPAD: tl.constexpr,
+                                 BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr):
+    _wgrad_program(tl.program_id(0), tl.program_id(1), tl.program_id(2), g_ptr, x_ptr,
+                   w_partial_ptr, b_partial_ptr, ROWS, H, W, C, ROWS_PER_PROGRAM, split_stride,
+                   K, KPAD, BLOCK_W, BLOCK_C)
+
+
+@triton.jit
+def _dwconv_backward_kernel(g_ptr, x_ptr, w_ptr, residual_ptr, grad_x_ptr, w_partial_ptr,
+                            b_partial_ptr, ROWS, H, W, C, ROWS_PER_PROGRAM, split_stride,
+                            WGRAD_PROGRAMS, WGRAD_C_TILES, INPUT_W_TILES, INPUT_C_TILES,
+                            K: tl.constexpr, KPAD: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+                            WGRAD_BLOCK_W: tl.constexpr, WGRAD_BLOCK_C: tl.constexpr,
+                            INPUT_BLOCK_W: tl.constexpr, INPUT_BLOCK_C: tl.constexpr,
+                            INTERPRETED: tl.constexpr):
+    """Both gradients of the conv in one launch (they read the same grad_out and neither needs
+    the other): the first WGRAD_PROGRAMS programs are the weight gradient's (longer: each loops
+    over its rows, so they start first), the rest the input gradient's."""
+    pid = tl.program_id(0)
+    if pid < WGRAD_PROGRAMS:
+        _wgrad_program(pid // (K * WGRAD_C_TILES), (pid // WGRAD_C_TILES) % K,
+                       pid % WGRAD_C_TILES, g_ptr, x_ptr, w_partial_ptr, b_partial_ptr, ROWS, H,
+                       W, C, ROWS_PER_PROGRAM, split_stride, K, KPAD, WGRAD_BLOCK_W,
+                       WGRAD_BLOCK_C)
+    else:
+        pid -= WGRAD_PROGRAMS
+        _conv_program(pid // (INPUT_W_TILES * INPUT_C_TILES),
+                      (pid // INPUT_C_TILES) % INPUT_W_TILES, pid % INPUT_C_TILES, g_ptr, w_ptr,
+                      w_ptr, residual_ptr, grad_x_ptr, H, W, C, K, False, True, HAS_RESIDUAL,
+                      INPUT_BLOCK_W, INPUT_BLOCK_C, INTERPRETED)
 
 
 def forward_config(C, W):
@@ -135,28 +184,30 @@ def forward_config(C, W):
     return {"BLOCK_W": block_w, "BLOCK_C": block_c}
 
 
-def wgrad_config(C, W, k, mixed=False):
-    """mixed: x in fp32 beside a half-precision gradient (the block under autocast), a tile of
-    half the pixels: at the full tile triton 3.6 spilled a store (kernel report), 3.8 did not."""
+def wgrad_config(C, W, k, half_tile=False):
+    """half_tile: a tile of half the pixels, where the full one spilled on sm_90 (kernel report):
+    x in fp32 beside a half-precision gradient (the block under autocast; triton 3.6 spilled a
+    store, 3.8 did not), and in fp32 inside the block's two-kind backward kernel (a store of
+    mask predicates at C = 96)."""
     kpad = triton.next_power_of_2(k)
     block_c = min(triton.next_power_of_2(C), 64)
-    tile = _WGRAD_TILE // 2 if mixed else _WGRAD_TILE
+    tile = _WGRAD_TILE // 2 if half_tile else _WGRAD_TILE
     block_w = max(1, min(triton.next_power_of_2(W), tile // (kpad * block_c)))
     return {"KPAD": kpad, "BLOCK_W": block_w, "BLOCK_C": block_c}
 
 
-def forward_launch(x_nhwc, weight, bias, y, k, reverse=False, residual=None):
-    """The forward launch: x_nhwc, y (and residual) N,C,H,W channels_last, weight [C,1,k,k]
-    contiguous and bias [C] (or None) in any kernel dtype. reverse and residual: the input
-    gradient, grad_out conv flipped weight [+ the residual's gradient]."""
+def forward_launch(x_nhwc, weight, bias, y, k, reverse=False):
+    """The forward launch: x_nhwc and y N,C,H,W channels_last, weight [C,1,k,k] contiguous and
+    bias [C] (or None) in any kernel dtype. reverse: the input gradient, grad_out conv the
+    flipped weight."""
     N, C, H, W = x_nhwc.shape
     cfg = forward_config(C, W)
     grid = (N * H, triton.cdiv(W, cfg["BLOCK_W"]), triton.cdiv(C, cfg["BLOCK_C"]))
     return Launch(_dwconv_forward_kernel, grid,
                   (x_nhwc, weight, bias if bias is not None else weight,  # unread if absent
-                   residual if residual is not None else y, y, H, W, C),
+                   y, H, W, C),
                   dict(K=k, HAS_BIAS=bias is not None, REVERSE=reverse,
-                       HAS_RESIDUAL=residual is not None, INTERPRETED=INTERPRETED, **cfg),
+                       INTERPRETED=INTERPRETED, **cfg),
                   flops=2 * k * k * x_nhwc.numel())
 
 
@@ -164,7 +215,7 @@ def wgrad_launch(g_nhwc, x_nhwc, weight_partial, bias_partial, k):
     """The weight gradient's fp32 partials: weight_partial [splits, C*k*k] and bias_partial
     [splits, C] (GradWorkspace views) from g and x, both N,C,H,W channels_last."""
     N, C, H, W = x_nhwc.shape
-    cfg = wgrad_config(C, W, k, mixed=x_nhwc.dtype != g_nhwc.dtype)
+    cfg = wgrad_config(C, W, k, half_tile=x_nhwc.dtype != g_nhwc.dtype)
     rows = N * H
     splits = weight_partial.shape[0]
     grid = (splits, k, triton.cdiv(C, cfg["BLOCK_C"]))
@@ -172,6 +223,33 @@ def wgrad_launch(g_nhwc, x_nhwc, weight_partial, bias_partial, k):
                   (g_nhwc, x_nhwc, weight_partial, bias_partial, rows, H, W, C,
                    triton.cdiv(rows, splits), weight_partial.stride(0)), dict(K=k, **cfg),
                   flops=2 * k * k * x_nhwc.numel())
+
+
+def backward_launch(g_nhwc, x_nhwc, weight, grad_x, weight_partial, bias_partial, k,
+                    residual=None):
+    """Both gradients in one launch: grad_x = g conv the flipped weight [+ residual] (grad_x,
+    residual N,C,H,W channels_last) and the weight gradient's partials (wgrad_launch's)."""
+    N, C, H, W = x_nhwc.shape
+    wcfg = wgrad_config(C, W, k, half_tile=x_nhwc.dtype != g_nhwc.dtype
+                        or x_nhwc.dtype == torch.float32)
+    icfg = forward_config(C, W)
+    rows = N * H
+    splits = weight_partial.shape[0]
+    wgrad_c_tiles = triton.cdiv(C, wcfg["BLOCK_C"])
+    wgrad_programs = splits * k * wgrad_c_tiles
+    input_w_tiles = triton.cdiv(W, icfg["BLOCK_W"])
+    input_c_tiles = triton.cdiv(C, icfg["BLOCK_C"])
+    grid = (wgrad_programs + rows * input_w_tiles * input_c_tiles,)
+    return Launch(_dwconv_backward_kernel, grid,
+                  (g_nhwc, x_nhwc, weight, residual if residual is not None else grad_x, grad_x,
+                   weight_partial, bias_partial, rows, H, W, C, triton.cdiv(rows, splits),
+                   weight_partial.stride(0), wgrad_programs, wgrad_c_tiles, input_w_tiles,
+                   input_c_tiles),
+                  dict(K=k, KPAD=wcfg["KPAD"], HAS_RESIDUAL=residual is not None,
+                       WGRAD_BLOCK_W=wcfg["BLOCK_W"], WGRAD_BLOCK_C=wcfg["BLOCK_C"],
+                       INPUT_BLOCK_W=icfg["BLOCK_W"], INPUT_BLOCK_C=icfg["BLOCK_C"],
+                       INTERPRETED=INTERPRETED),
+                  flops=4 * k * k * x_nhwc.numel())
 
 
 def grad_shapes(weight):

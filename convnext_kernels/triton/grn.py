@@ -5,11 +5,11 @@
 Kernels serving GRN alone and the GRN variant of the MLP:
   per-sample column sums: sums[n,c] = sum over the sample's pixels of u*v (and of u);
   statistics: from the sums of squares, G, nx and the scale 1 + w*nx (one launch);
-  backward statistics: from the sums of grad_y*x and of grad_y, the scale and the coefficient c
-              with grad_x = grad_y * scale + x * c, and the weight and bias gradients as fp32
-              partials of a GradWorkspace (one launch, where torch took ~15 small ones);
-  scaled sum: out = u*s_u[n,c] + v*s_v[n,c] + bias[c], where v may be a pre-activation to pass
-              through GELU, the result then multiplied by GELU's derivative (the MLP's backward).
+  scaled sum: y = x * scale[n,c] + bias[c] (GRN alone; the MLP applies it in fc2's prologue);
+  backward: from the sums of grad_y*x and of grad_y, the backward statistics (each program
+              makes its sample's), grad_x = grad_y * scale + x * coef (or, through GELU, as the
+              MLP's backward needs it), and the weight and bias gradients as fp32 partials of a
+              GradWorkspace, in one launch (torch took ~15 small ones).
 The statistics have a torch twin in csrc/cpu/grn_stats.h (the cpp backend), pinned together by
 tests/test_grn.py::test_cpu_and_triton_statistics_agree.
 """
@@ -50,10 +50,8 @@ def _per_sample_column_sums_kernel(u_ptr, v_ptr, uv_sums_ptr, u_sums_ptr, rows_p
 
 
 @triton.jit
-def _scaled_sum_kernel(u_ptr, s_u_ptr, v_ptr, s_v_ptr, bias_ptr, out_ptr, ROWS, C,
-                       rows_per_sample, HAS_V: tl.constexpr, HAS_BIAS: tl.constexpr,
-                       V_IS_PRE_GELU: tl.constexpr, BLOCK_R: tl.constexpr,
-                       BLOCK_C: tl.constexpr, INTERPRETED: tl.constexpr):
+def _scaled_sum_kernel(u_ptr, s_u_ptr, bias_ptr, out_ptr, ROWS, C, rows_per_sample,
+                       BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, INTERPRETED: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     row_mask = rows < ROWS
@@ -63,15 +61,7 @@ def _scaled_sum_kernel(u_ptr, s_u_ptr, v_ptr, s_v_ptr, bias_ptr, out_ptr, ROWS, 
     stat_offs = (rows // rows_per_sample)[:, None] * C + cols[None, :]
     out = tl.load(u_ptr + offs, mask=mask, other=0.0).to(tl.float32) \
         * tl.load(s_u_ptr + stat_offs, mask=mask, other=0.0)
-    if HAS_V:
-        v = tl.load(v_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        if V_IS_PRE_GELU:
-            out = (out + gelu(v) * tl.load(s_v_ptr + stat_offs, mask=mask, other=0.0)) \
-                * gelu_grad(v)
-        else:
-            out += v * tl.load(s_v_ptr + stat_offs, mask=mask, other=0.0)
-    if HAS_BIAS:
-        out += tl.load(bias_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
+    out += tl.load(bias_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
     tl.store(out_ptr + offs, cast_for_store(out, out_ptr.dtype.element_ty, INTERPRETED),
              mask=mask)
 
@@ -84,25 +74,25 @@ def column_sums_launch(u, v, uv_sums, u_sums=None):
     """uv_sums[n,c] = sum of u*v over sample n's rows (and u_sums of u); u, v [N, R, C]."""
     N, R, C = u.shape
     block_c = _block_c(C)
-    block_r = max(1, min(64, _TILE // block_c))
+    block_r = _row_block(block_c)
     return Launch(_per_sample_column_sums_kernel, (N, triton.cdiv(C, block_c)),
                   (u, v, uv_sums, u_sums if u_sums is not None else uv_sums, R, C),
                   dict(SUM_U=u_sums is not None, BLOCK_R=block_r, BLOCK_C=block_c))
 
 
-def scaled_sum_launch(u, s_u, out, v=None, s_v=None, bias=None, v_is_pre_gelu=False):
-    """out = u*s_u[n,c] (+ v*s_v[n,c]) (+ bias[c]); u, v, out [N, R, C]; s_* fp32 [N, C]. With
-    v_is_pre_gelu: out = (u*s_u + gelu(v)*s_v) * gelu'(v)."""
+def _row_block(block_c):
+    return max(1, min(64, _TILE // block_c))
+
+
+def scaled_sum_launch(u, s_u, bias, out):
+    """out = u*s_u[n,c] + bias[c]; u, out [N, R, C]; s_u fp32 [N, C]."""
     N, R, C = u.shape
     block_c = _block_c(C)
-    block_r = max(1, min(64, _TILE // block_c))
+    block_r = _row_block(block_c)
     rows = N * R
     return Launch(_scaled_sum_kernel, (triton.cdiv(rows, block_r), triton.cdiv(C, block_c)),
-                  (u, s_u, v if v is not None else u, s_v if s_v is not None else s_u,
-                   bias if bias is not None else s_u, out, rows, C, max(R, 1)),
-                  dict(HAS_V=v is not None, HAS_BIAS=bias is not None,
-                       V_IS_PRE_GELU=v_is_pre_gelu, BLOCK_R=block_r, BLOCK_C=block_c,
-                       INTERPRETED=INTERPRETED))
+                  (u, s_u, bias, out, rows, C, max(R, 1)),
+                  dict(BLOCK_R=block_r, BLOCK_C=block_c, INTERPRETED=INTERPRETED))
 
 
 @triton.jit
@@ -136,63 +126,82 @@ def _grn_stats_kernel(sumsq_ptr, weight_ptr, G_ptr, nx_ptr, scale_ptr, C, rows_p
 
 
 @triton.jit
-def _grn_backward_stats_kernel(G_ptr, nx_ptr, weight_ptr, grad_dot_ptr, grad_sum_ptr, scale_ptr,
-                               coef_ptr, grad_w_ptr, grad_b_ptr, partial_stride, N, C,
-                               rows_per_sample, rows_per_tile, slots, samples_per_split, eps,
-                               TINY: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Program `split` takes samples [split * samples_per_split, ...): per sample, the sums of
-    grad_y * x and of grad_y (from per-sample partials, matmul.py), then the scale and coef (two
-    passes over C: the sums, then the values; the first keeps grad_dot in coef's place, read
-    back by the threads that stored it), and adds the sample's weight and bias gradient terms
-    to the program's workspace rows, zeroed first (written also where it has no samples)."""
-    split = tl.program_id(0)
-    first = split * samples_per_split
-    last = tl.minimum(N, first + samples_per_split)
-    row = split.to(tl.int64) * partial_stride
-    for c0 in range(0, C, BLOCK_C):
-        cols = c0 + tl.arange(0, BLOCK_C)
-        zero = tl.zeros([BLOCK_C], dtype=tl.float32)
-        tl.store(grad_w_ptr + row + cols, zero, mask=cols < C)
-        tl.store(grad_b_ptr + row + cols, zero, mask=cols < C)
-    for n in range(first, last):
-        base = n * C  # ([N, C] statistics: small)
-        G_sum = tl.zeros([BLOCK_C], dtype=tl.float32)
-        grad_nx_dot_nx = tl.zeros([BLOCK_C], dtype=tl.float32)
-        for c0 in range(0, C, BLOCK_C):
-            cols = c0 + tl.arange(0, BLOCK_C)
-            mask = cols < C
-            grad_dot = sample_sums(grad_dot_ptr, n, cols, mask, C, rows_per_sample,
+def _grn_backward_kernel(grad_y_ptr, x_ptr, G_ptr, nx_ptr, weight_ptr, grad_dot_ptr,
+                         grad_sum_ptr, grad_x_ptr, scale_ptr, grad_w_ptr, grad_b_ptr,
+                         partial_stride, N, C, rows_per_sample, rows_per_tile, slots, row_chunks,
+                         rows_per_chunk, splits, samples_per_split, eps,
+                         X_IS_PRE_GELU: tl.constexpr, STORE_SCALE: tl.constexpr,
+                         TINY: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+                         STATS_BLOCK_C: tl.constexpr, INTERPRETED: tl.constexpr):
+    """grad_x = grad_y * scale + x * coef (X_IS_PRE_GELU: x is GELU's input, and
+    grad_x = (grad_y * scale + gelu(x) * coef) * gelu'(x)), with GRN's backward statistics made
+    where they are used. Program (p, j), p = sample * row_chunks + chunk, owns rows_per_chunk rows
+    of one sample and BLOCK_C channels. It first reduces its sample's two scalars over all C
+    (mean G, and the gradient through that mean), from G, nx and the per-sample partials of
+    grad_y * x (matmul.PerSamplePartials): every program of a sample repeats that reduction
+    (reads of [slots, C] fp32 that stay in L2) instead of a launch between. Programs p < splits
+    also write the weight and bias gradients' fp32 partials of their split's samples (a
+    GradWorkspace row, the terms added in sample order); chunk 0 stores scale = 1 + w*nx
+    (STORE_SCALE: the fc2 weight gradient's GRN output)."""
+    p = tl.program_id(0)
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    col_mask = cols < C
+    w = tl.load(weight_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
+    if p < splits:
+        grad_w = tl.zeros([BLOCK_C], dtype=tl.float32)
+        grad_b = tl.zeros([BLOCK_C], dtype=tl.float32)
+        for n in range(p * samples_per_split, tl.minimum(N, (p + 1) * samples_per_split)):
+            grad_dot = sample_sums(grad_dot_ptr, n, cols, col_mask, C, rows_per_sample,
                                    rows_per_tile, slots)
-            tl.store(coef_ptr + base + cols, grad_dot, mask=mask)
-            w = tl.load(weight_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-            G_sum += tl.load(G_ptr + base + cols, mask=mask, other=0.0)
-            grad_nx_dot_nx += w * grad_dot * tl.load(nx_ptr + base + cols, mask=mask, other=0.0)
+            grad_w += tl.load(nx_ptr + n * C + cols, mask=col_mask, other=0.0) * grad_dot
+            grad_b += sample_sums(grad_sum_ptr, n, cols, col_mask, C, rows_per_sample,
+                                  rows_per_tile, slots)
+        row = p.to(tl.int64) * partial_stride
+        tl.store(grad_w_ptr + row + cols, grad_w, mask=col_mask)
+        tl.store(grad_b_ptr + row + cols, grad_b, mask=col_mask)
+    if p < N * row_chunks:
+        n = p // row_chunks
+        chunk = p % row_chunks
+        base = n * C  # ([N, C] statistics: small)
+        G_sum = tl.zeros([STATS_BLOCK_C], dtype=tl.float32)
+        grad_nx_dot_nx = tl.zeros([STATS_BLOCK_C], dtype=tl.float32)
+        for c0 in range(0, C, STATS_BLOCK_C):
+            all_cols = c0 + tl.arange(0, STATS_BLOCK_C)
+            mask = all_cols < C
+            grad_dot = sample_sums(grad_dot_ptr, n, all_cols, mask, C, rows_per_sample,
+                                   rows_per_tile, slots)
+            G_sum += tl.load(G_ptr + base + all_cols, mask=mask, other=0.0)
+            grad_nx_dot_nx += tl.load(weight_ptr + all_cols, mask=mask, other=0.0).to(
+                tl.float32) * grad_dot * tl.load(nx_ptr + base + all_cols, mask=mask, other=0.0)
         denom = tl.sum(G_sum, axis=0) / C + eps
         through_mean = tl.sum(grad_nx_dot_nx, axis=0) / (C * denom)
-        tl.debug_barrier()
-        for c0 in range(0, C, BLOCK_C):
-            cols = c0 + tl.arange(0, BLOCK_C)
-            mask = cols < C
-            w = tl.load(weight_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-            G = tl.load(G_ptr + base + cols, mask=mask, other=0.0)
-            nx = tl.load(nx_ptr + base + cols, mask=mask, other=0.0)
-            grad_dot = tl.load(coef_ptr + base + cols, mask=mask, other=0.0)
-            grad_G = w * grad_dot / denom - through_mean
-            # G = 0 (an all-zero channel) passes no gradient through the norm, as
-            # torch.linalg.vector_norm's backward; the floor is fp32's smallest normal. (Full-
-            # range division, not div_rn: its slow path is a call that spilled on sm_90.)
-            coef = tl.where(G > 0, grad_G / tl.maximum(G, TINY), 0.0)
-            tl.store(scale_ptr + base + cols, 1.0 + w * nx, mask=mask)
-            tl.store(coef_ptr + base + cols, coef, mask=mask)
-            grad_sum = sample_sums(grad_sum_ptr, n, cols, mask, C, rows_per_sample,
-                                   rows_per_tile, slots)
-            tl.store(grad_w_ptr + row + cols,
-                     tl.load(grad_w_ptr + row + cols, mask=mask, other=0.0) + nx * grad_dot,
-                     mask=mask)
-            tl.store(grad_b_ptr + row + cols,
-                     tl.load(grad_b_ptr + row + cols, mask=mask, other=0.0) + grad_sum,
-                     mask=mask)
-        tl.debug_barrier()
+        G = tl.load(G_ptr + base + cols, mask=col_mask, other=0.0)
+        nx = tl.load(nx_ptr + base + cols, mask=col_mask, other=0.0)
+        grad_dot = sample_sums(grad_dot_ptr, n, cols, col_mask, C, rows_per_sample,
+                               rows_per_tile, slots)
+        grad_G = w * grad_dot / denom - through_mean
+        # G = 0 (an all-zero channel) passes no gradient through the norm, as
+        # torch.linalg.vector_norm's backward; the floor is fp32's smallest normal. (Full-range
+        # division, not div_rn: its slow path is a call that spilled on sm_90.)
+        coef = tl.where(G > 0, grad_G / tl.maximum(G, TINY), 0.0)
+        scale = 1.0 + w * nx
+        if STORE_SCALE:
+            tl.store(scale_ptr + base + cols, scale, mask=col_mask & (chunk == 0))
+        first = chunk * rows_per_chunk
+        end = tl.minimum(rows_per_sample, first + rows_per_chunk)
+        sample_row = n.to(tl.int64) * rows_per_sample
+        for r0 in range(first, end, BLOCK_R):
+            rows = r0 + tl.arange(0, BLOCK_R)
+            mask = (rows < end)[:, None] & col_mask[None, :]
+            offs = (sample_row + rows)[:, None] * C + cols[None, :]
+            out = tl.load(grad_y_ptr + offs, mask=mask, other=0.0).to(tl.float32) * scale[None, :]
+            x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            if X_IS_PRE_GELU:
+                out = (out + gelu(x) * coef[None, :]) * gelu_grad(x)
+            else:
+                out += x * coef[None, :]
+            tl.store(grad_x_ptr + offs, cast_for_store(out, grad_x_ptr.dtype.element_ty,
+                                                       INTERPRETED), mask=mask)
 
 
 def _stats_config(C):
@@ -217,22 +226,32 @@ def grn_stats_launch(sumsq, weight, G, nx, scale, eps):
                   dict(BLOCK_C=block_c), num_warps=num_warps)
 
 
-def grn_backward_stats_launch(G, nx, weight, grad_dot, grad_sum, scale, coef, grad_w, grad_b,
-                              eps):
-    """scale, coef [N, C] fp32 (grad_x = grad_y * scale + x * coef) from G, nx and the
-    per-sample sums grad_dot (of grad_y * x) and grad_sum (of grad_y) (matmul.PerSamplePartials
-    of one geometry); the weight and bias gradients' fp32 partials into grad_w, grad_b
-    [splits, C] (GradWorkspace views, one program per split)."""
-    N, C = G.shape
+# Rows a backward program takes at most: enough work to amortise its statistics pass over C.
+_ROWS_PER_CHUNK = 512
+
+
+def grn_backward_launch(grad_y, x, G, nx, weight, grad_dot, grad_sum, grad_x, grad_w, grad_b,
+                        eps, scale=None, x_is_pre_gelu=False):
+    """grad_x [N, R, C] from grad_y and x [N, R, C] (x_is_pre_gelu: GELU's input, the result
+    then GRN's and GELU's input gradient), G and nx [N, C] fp32 and the per-sample sums grad_dot
+    (of grad_y * x, or * gelu(x)) and grad_sum (of grad_y) (matmul.PerSamplePartials of one
+    geometry); the weight and bias gradients' fp32 partials into grad_w, grad_b [splits, C]
+    (GradWorkspace views); scale [N, C] fp32 = 1 + w*nx where given. grad_x may be grad_y."""
+    N, R, C = x.shape
     splits = grad_w.shape[0]
-    block_c, num_warps = _stats_config(C)
+    block_c = _block_c(C)
     assert _geometry(grad_dot) == _geometry(grad_sum)
-    return Launch(_grn_backward_stats_kernel, (splits,),
-                  (G, nx, weight.reshape(-1).contiguous(), grad_dot.data, grad_sum.data, scale,
-                   coef, grad_w, grad_b, grad_w.stride(0), N, C, *_geometry(grad_dot),
-                   triton.cdiv(N, splits), float(eps)),
-                  dict(TINY=torch.finfo(torch.float32).tiny, BLOCK_C=block_c),
-                  num_warps=num_warps)
+    row_chunks = triton.cdiv(R, _ROWS_PER_CHUNK)
+    rows_per_chunk = triton.cdiv(R, row_chunks)
+    return Launch(_grn_backward_kernel, (max(N * row_chunks, splits), triton.cdiv(C, block_c)),
+                  (grad_y, x, G, nx, weight.reshape(-1).contiguous(), grad_dot.data,
+                   grad_sum.data, grad_x, scale if scale is not None else G, grad_w, grad_b,
+                   grad_w.stride(0), N, C, *_geometry(grad_dot), row_chunks, rows_per_chunk,
+                   splits, triton.cdiv(N, splits), float(eps)),
+                  dict(X_IS_PRE_GELU=x_is_pre_gelu, STORE_SCALE=scale is not None,
+                       TINY=torch.finfo(torch.float32).tiny, BLOCK_R=_row_block(block_c),
+                       BLOCK_C=block_c, STATS_BLOCK_C=min(triton.next_power_of_2(C), 1024),
+                       INTERPRETED=INTERPRETED))
 
 
 def grn_statistics(sumsq, samples, weight, eps):
@@ -264,7 +283,7 @@ def grn_forward(x, weight, bias, eps):
     sumsq = torch.empty(N, C, device=x.device, dtype=torch.float32)  # (written whole)
     column_sums_launch(x3, x3, sumsq)()
     G, nx, scale = grn_statistics(_column_sums_as_partials(sumsq, x3.shape[1]), N, weight, eps)
-    scaled_sum_launch(x3, scale, _as_samples(y), bias=bias.reshape(-1).contiguous())()
+    scaled_sum_launch(x3, scale, bias.reshape(-1).contiguous(), _as_samples(y))()
     return y, G, nx
 
 
@@ -280,10 +299,8 @@ def grn_backward(grad_y, x, weight, G, nx, eps):
     # (the op takes no bias: its gradient has the weight's shape and dtype)
     ws = GradWorkspace({"weight": weight.shape, "bias": weight.shape}, reduction_splits(N * R),
                        weight.dtype, x.device)
-    scale, coef = torch.empty_like(sums)
     grad_dot, grad_sum = (_column_sums_as_partials(t, R) for t in sums)
-    grn_backward_stats_launch(G, nx, weight, grad_dot, grad_sum, scale, coef, ws["weight"],
-                              ws["bias"], eps)()
-    scaled_sum_launch(g3, scale, _as_samples(grad_x), v=x3, s_v=coef)()
+    grn_backward_launch(g3, x3, G, nx, weight, grad_dot, grad_sum, _as_samples(grad_x),
+                        ws["weight"], ws["bias"], eps)()
     grads = ws.finalize_each()  # (two tensors: a custom op's outputs may not alias)
     return grad_x, grads["weight"], grads["bias"]

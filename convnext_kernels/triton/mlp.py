@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from .common import INTERPRETED, Launch, cast_for_store
-from .grn import grn_backward_stats_launch, grn_statistics, scaled_sum_launch
+from .grn import grn_backward_launch, grn_statistics
 from .grad_workspace import GradWorkspace, reduction_splits
 from .matmul import (GELU, GELU_GRAD, GRN_GRAD, PLAIN, Epilogue, Prologue, as_operand,
                      dot_in_fp32, gelu, input_precision, matmul_launch, output_epilogue,
@@ -257,11 +257,11 @@ def mlp_backward_into(ws, grad_out, x, fc1_w, fc1_b, fc2_w, gamma, drop_scale, g
         matmul_launch(g, fc2_w, grad_hidden, grad_scales,
                       Epilogue(GRN_GRAD, aux=hidden, sums=grad_dot, sums2=grad_sum),
                       rows_per_sample=rows_per_sample)()
-        scale, coef = torch.empty(2, samples, H, device=x.device, dtype=torch.float32)
-        grn_backward_stats_launch(G, nx, grn_weight, grad_dot, grad_sum, scale, coef,
-                                  ws["grn_weight"], ws["grn_bias"], eps)()
+        scale = torch.empty(samples, H, device=x.device, dtype=torch.float32)
         h3, gh3 = (t.reshape(samples, rows_per_sample, H) for t in (hidden, grad_hidden))
-        scaled_sum_launch(gh3, scale, gh3, v=h3, s_v=coef, v_is_pre_gelu=True)()
+        grn_backward_launch(gh3, h3, G, nx, grn_weight, grad_dot, grad_sum, gh3,
+                            ws["grn_weight"], ws["grn_bias"], eps, scale=scale,
+                            x_is_pre_gelu=True)()
         b_prologue = replace(b_prologue, b_grn_scale=scale,
                              b_grn_bias=grn_bias.reshape(-1).contiguous())
     else:
