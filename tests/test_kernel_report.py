@@ -83,8 +83,7 @@ def test_no_kernel_spills(report):
 # reduced vector lands spread over threads), so only their loads must be 16 bytes wide. The
 # dwconv weight gradient writes its [k, C] partial per program transposed, in the weight's
 # [C, k*k] order (k*k apart: 4-byte stores), against the rows × W × C it loads.
-REDUCTIONS = ("_per_sample_column_sums_kernel", "_scaled_product_column_sums_kernel",
-              "_dwconv_wgrad_partial_kernel")
+REDUCTIONS = ("_per_sample_column_sums_kernel", "_dwconv_wgrad_partial_kernel")
 
 
 def test_aligned_channels_use_16_byte_accesses(report):

@@ -96,8 +96,7 @@ def test_torch_compile_sees_every_kernel_of_the_block_and_of_an_op():
     # C = 16 in bf16: the fused MLP forward; the backward's GEMMs, LayerNorm, dwconv and finalize.
     assert set(block["kernels"]) == {
         "_dwconv_layer_norm_kernel", "_fused_mlp_kernel", "_matmul_kernel",
-        "_scaled_product_column_sums_kernel", "_layer_norm_backward_kernel",
-        "_dwconv_backward_kernel", "_finalize_kernel"}
+        "_layer_norm_backward_kernel", "_dwconv_backward_kernel", "_finalize_kernel"}
     # V2: GRN's statistics between the two-GEMM forward's GEMMs, and its backward kernel.
     assert set(block_v2["kernels"]) == {
         "_dwconv_layer_norm_kernel", "_matmul_kernel", "_grn_stats_kernel",

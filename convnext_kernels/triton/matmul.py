@@ -21,7 +21,11 @@ Epilogues, in order:
 PARTIALS (split-K): program_id(1) owns a K range and writes fp32 partials out[split, m*N + n]
 (rows of a grad_workspace.GradWorkspace, summed afterwards in a fixed order: deterministic weight
 gradients). ROW_SUM writes the fp32 row sums of the transformed A over the program's K range to
-row_sum[split, m] (the bias gradients). Every split writes its whole row, empty K range or not.
+row_sum[split, m] (the bias gradients); ROW_DOT writes row_dot[split, m] = the sum over the K
+range of A[m, k] * dot_with[m, k], A column-scaled and not row-scaled (dot_with laid out as A:
+layer scale's gradient, sum of g * ds * y2, from the GEMM that reads g for fc2's weight
+gradient; only the first column tile's programs load dot_with). Every split writes its whole
+row, empty K range or not.
 Per-sample sums are stored, not added atomically: each row tile stores, per sample among its
 rows, that sample's column sums over its rows in a slot of a [row tiles, slots, N] fp32 buffer
 (per_sample_partials); sample_sums adds a sample's tiles in a fixed order. No zero fill, and
@@ -122,14 +126,14 @@ def _matmul_kernel(
         a_row_scale_ptr, a_col_scale_ptr, a_row_div, a_col_div,
         grn_scale_ptr, grn_bias_ptr, rows_per_sample,
         bias_ptr, pre_ptr, aux_ptr, y2_ptr, sums_ptr, sums2_ptr, sum_slots,
-        out_col_scale_ptr, out_row_scale_ptr, residual_ptr, row_sum_ptr, k_per_split,
-        split_stride, row_sum_split_stride,
+        out_col_scale_ptr, out_row_scale_ptr, residual_ptr, row_sum_ptr, dot_with_ptr,
+        row_dot_ptr, k_per_split, split_stride, row_sum_split_stride, row_dot_split_stride,
         A_ROW_SCALE: tl.constexpr, A_COL_SCALE: tl.constexpr, A_GRN: tl.constexpr,
         B_GELU: tl.constexpr, B_GRN: tl.constexpr, HAS_BIAS: tl.constexpr,
         EPILOGUE: tl.constexpr, STORE_PRE: tl.constexpr, SUMSQ: tl.constexpr,
         STORE_Y2: tl.constexpr, OUT_COL_SCALE: tl.constexpr, OUT_ROW_SCALE: tl.constexpr,
         RESIDUAL: tl.constexpr, PARTIALS: tl.constexpr, ROW_SUM: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+        ROW_DOT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
         GROUP_M: tl.constexpr, DOT_FP32: tl.constexpr, INPUT_PRECISION: tl.constexpr,
         INTERPRETED: tl.constexpr):
     # Grouped tile order: GROUP_M row tiles share their B column tiles in L2.
@@ -147,7 +151,6 @@ def _matmul_kernel(
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     row_mask = rows < M
     col_mask = cols < N
-    a_rows = a_ptr + rows.to(tl.int64)[:, None] * stride_am
     b_cols = b_ptr + cols.to(tl.int64)[None, :] * stride_bn
     if A_ROW_SCALE:
         a_row_scale = tl.load(a_row_scale_ptr + rows // a_row_div, mask=row_mask,
@@ -159,6 +162,7 @@ def _matmul_kernel(
 
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     row_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
+    row_dot = tl.zeros([BLOCK_M], dtype=tl.float32)
     k_start = split * k_per_split
     k_end = tl.minimum(K, k_start + k_per_split)
     for k0 in range(k_start, k_end, BLOCK_K):
@@ -166,15 +170,19 @@ def _matmul_kernel(
         k_mask = ks < k_end
         a_mask = row_mask[:, None] & k_mask[None, :]
         b_mask = k_mask[:, None] & col_mask[None, :]
-        a = tl.load(a_rows + ks.to(tl.int64)[None, :] * stride_ak, mask=a_mask, other=0.0)
+        a_offs = rows.to(tl.int64)[:, None] * stride_am + ks.to(tl.int64)[None, :] * stride_ak
+        a = tl.load(a_ptr + a_offs, mask=a_mask, other=0.0)
         b = tl.load(b_cols + ks.to(tl.int64)[:, None] * stride_bk, mask=b_mask, other=0.0)
-        if A_ROW_SCALE or A_COL_SCALE or A_GRN or ROW_SUM:
+        if A_ROW_SCALE or A_COL_SCALE or A_GRN or ROW_SUM or ROW_DOT:
             a32 = a.to(tl.float32)
-            if A_ROW_SCALE:
-                a32 = a32 * a_row_scale[:, None]
             if A_COL_SCALE:
                 a32 = a32 * tl.load(a_col_scale_ptr + ks // a_col_div, mask=k_mask,
                                     other=0.0).to(tl.float32)[None, :]
+            if ROW_DOT:
+                dot_with = tl.load(dot_with_ptr + a_offs, mask=a_mask & (pid_n == 0), other=0.0)
+                row_dot += tl.sum(a32 * dot_with.to(tl.float32), axis=1)
+            if A_ROW_SCALE:
+                a32 = a32 * a_row_scale[:, None]
             if A_GRN:
                 a32 = a32 * tl.load(grn_scale_ptr + a_samples[:, None] * K + ks[None, :],
                                     mask=a_mask, other=0.0) \
@@ -202,6 +210,9 @@ def _matmul_kernel(
     if PARTIALS:
         if ROW_SUM:
             tl.store(row_sum_ptr + split.to(tl.int64) * row_sum_split_stride + rows, row_sum,
+                     mask=row_mask & (pid_n == 0))
+        if ROW_DOT:
+            tl.store(row_dot_ptr + split.to(tl.int64) * row_dot_split_stride + rows, row_dot,
                      mask=row_mask & (pid_n == 0))
         offs = split.to(tl.int64) * split_stride + rows.to(tl.int64)[:, None] * N + cols[None, :]
         tl.store(out_ptr + offs, acc, mask=row_mask[:, None] & col_mask[None, :])
@@ -247,7 +258,8 @@ def dot_in_fp32(dtype):
     return INTERPRETED and dtype != torch.float32
 
 
-def config(dtype, prologue=False, N=None, per_sample_sums=False, b_prologue=False):
+def config(dtype, prologue=False, N=None, per_sample_sums=False, b_prologue=False,
+           row_dot=False):
     """(tile constexprs, num_warps, num_stages). Operand prologues hold the A or B tile in
     registers in fp32 on the way to the tensor cores; at BLOCK_K = 64 that spilled (kernel
     report: 79-105 spill stores), at 32 it does not. A narrow output (N < 128, e.g. fc2 at
@@ -257,16 +269,17 @@ def config(dtype, prologue=False, N=None, per_sample_sums=False, b_prologue=Fals
     tiles, and two stages when GELU (and GRN) are computed on B's tiles (`b_prologue`): at
     three, triton 3.6 spilled a store in the GRN MLP's fc2 weight gradient at C = 40 (128
     registers; 3.8 did not; at four warps instead of eight: 255 registers and 11 spill stores),
-    while two stages elsewhere made 3.6 spill in fc2's forward with GRN on A. Not yet tuned on
-    a GPU."""
+    while two stages elsewhere made 3.6 spill in fc2's forward with GRN on A; with the row dots
+    of layer scale's gradient (`row_dot`) as well, 3.6 spilled 3 stores at BLOCK_N 64 (C = 40),
+    so those take 32. Not yet tuned on a GPU."""
     if INTERPRETED:  # few, wide tiles: the interpreter pays per program and per loop step
         return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, GROUP_M=8), 4, None
     block_n = 128 if N is None else max(16, min(128, triton.next_power_of_2(N)))
     if per_sample_sums:
         block_n = min(block_n, 64)
     if dtype == torch.float32:
-        return dict(BLOCK_M=64, BLOCK_N=min(64, block_n), BLOCK_K=16, GROUP_M=8), 8, \
-            2 if b_prologue else 3
+        return dict(BLOCK_M=64, BLOCK_N=min(32 if row_dot else 64, block_n), BLOCK_K=16,
+                    GROUP_M=8), 8, 2 if b_prologue else 3
     return dict(BLOCK_M=128, BLOCK_N=block_n, BLOCK_K=32 if prologue else 64, GROUP_M=8), 8, 3
 
 
@@ -349,16 +362,22 @@ def per_sample_partials(count, M, N, rows_per_sample, dtype, device):
 
 
 def matmul_launch(a, b, out, prologue=Prologue(), epilogue=Epilogue(), *, rows_per_sample=1,
-                  partials=False, row_sum=None):
+                  partials=False, row_sum=None, row_dot=None):
     """The launch computing out = epilogue(prologue(a) @ prologue(b)); see the module docstring.
     `out` is [M, N] contiguous, or with `partials` fp32 [splits, M*N] (rows strided), with
-    `row_sum` fp32 [splits, M] (rows strided). rows_per_sample: rows of a sample, for the
+    `row_sum` fp32 [splits, M] (rows strided), with `row_dot` (dot_with, out): dot_with laid out as
+    a, out fp32 [splits, M] (rows strided). rows_per_sample: rows of a sample, for the
     per-sample scales and sums."""
     M, K = a.shape
     N = b.shape[1]
     p, e = prologue, epilogue
-    cfg, num_warps, num_stages = config(a.dtype, p.any() or row_sum is not None, N,
-                                        per_sample_sums=e.sums is not None, b_prologue=p.b_gelu)
+    dot_with, row_dot_out = row_dot if row_dot is not None else (None, None)
+    if dot_with is not None:
+        assert partials and dot_with.shape == a.shape and dot_with.stride() == a.stride()
+    prologue_or_sums = p.any() or row_sum is not None or row_dot is not None
+    cfg, num_warps, num_stages = config(a.dtype, prologue_or_sums, N,
+                                        per_sample_sums=e.sums is not None, b_prologue=p.b_gelu,
+                                        row_dot=row_dot is not None)
     sum_slots = 0
     for sums in (e.sums, e.sums2):
         if sums is not None:  # laid out for this GEMM's row tiles
@@ -381,16 +400,19 @@ def matmul_launch(a, b, out, prologue=Prologue(), epilogue=Epilogue(), *, rows_p
             *(t if t is not None else unused for t in (e.bias, e.pre, e.aux, e.y2)),
             *(s.data if s is not None else unused for s in (e.sums, e.sums2)), sum_slots,
             *(t if t is not None else unused for t in (e.out_col_scale, e.out_row_scale,
-                                                       e.residual, row_sum)),
+                                                       e.residual, row_sum, dot_with,
+                                                       row_dot_out)),
             k_per_split, out.stride(0) if partials else 0,
-            row_sum.stride(0) if row_sum is not None else 0)
+            row_sum.stride(0) if row_sum is not None else 0,
+            row_dot_out.stride(0) if row_dot_out is not None else 0)
     flags = dict(A_ROW_SCALE=p.a_row_scale is not None, A_COL_SCALE=p.a_col_scale is not None,
                  A_GRN=p.a_grn_scale is not None, B_GELU=p.b_gelu,
                  B_GRN=p.b_grn_scale is not None, HAS_BIAS=e.bias is not None,
                  EPILOGUE=e.kind.value, STORE_PRE=e.pre is not None, SUMSQ=e.sumsq,
                  STORE_Y2=e.y2 is not None, OUT_COL_SCALE=e.out_col_scale is not None,
                  OUT_ROW_SCALE=e.out_row_scale is not None, RESIDUAL=e.residual is not None,
-                 PARTIALS=partials, ROW_SUM=row_sum is not None, DOT_FP32=dot_in_fp32(a.dtype),
+                 PARTIALS=partials, ROW_SUM=row_sum is not None,
+                 ROW_DOT=row_dot is not None, DOT_FP32=dot_in_fp32(a.dtype),
                  INPUT_PRECISION=input_precision(a.dtype), INTERPRETED=INTERPRETED, **cfg)
     grid = (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(N, cfg["BLOCK_N"]), splits)
     return Launch(_matmul_kernel, grid, args, flags, num_warps=num_warps, num_stages=num_stages,

@@ -10,14 +10,17 @@ Forward strategies:
       drop_scale and residual in its epilogue.
 Backward (all matmul.py launches, no elementwise pass over [M, H] without GRN):
   h  = x @ fc1_w^T + fc1_b                      recomputed, unless kept by the forward
-  gH = (g * ds * gamma) @ fc2_w * gelu'(h)      (GRN: the GEMM adds GRN's per-sample sums, one
-                                                kernel turns them into GRN's backward
-                                                statistics and parameter-gradient partials,
-                                                a scaled-sum pass takes gH through GRN)
+  gH = (g * ds * gamma) @ fc2_w * gelu'(h)      (GRN: the GEMM stores gY = g' @ fc2_w with
+                                                GRN's per-sample sums; one kernel
+                                                (grn.grn_backward_launch) makes GRN's backward
+                                                statistics, takes gY through GRN and GELU in
+                                                place and writes GRN's parameter-gradient
+                                                partials)
   fc2_w' = (g * ds * gamma)^T @ gelu(h)[GRN]    split-K, fp32 partials; fc2_b' = its row sums
   fc1_w' = gH^T @ x                             split-K; fc1_b' = its row sums
   x'     = gH @ fc1_w
-  gamma' = sum over rows of g * ds * y2, with y2 = fc2's output before the scales (saved).
+  gamma' = sum over rows of g * ds * y2, with y2 = fc2's output before the scales (saved): row
+           dots in the fc2_w' GEMM, which reads g anyway.
 """
 from dataclasses import replace
 
@@ -82,31 +85,6 @@ def _fused_mlp_kernel(x_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, out_ptr, y2_ptr, ga
                     HAS_DROP_SCALE, HAS_RESIDUAL, INTERPRETED)
 
 
-@triton.jit
-def _scaled_product_column_sums_kernel(g_ptr, y_ptr, row_scale_ptr, partial_ptr, M, C,
-                                       rows_per_sample, rows_per_program, split_stride,
-                                       HAS_ROW_SCALE: tl.constexpr, BLOCK_M: tl.constexpr,
-                                       BLOCK_C: tl.constexpr):
-    """partial[pid, c] = sum over the program's rows of g * y * row_scale[row // rps]."""
-    pid = tl.program_id(0)
-    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    col_mask = cols < C
-    total = tl.zeros([BLOCK_C], dtype=tl.float32)
-    first = pid * rows_per_program
-    for r0 in range(first, first + rows_per_program, BLOCK_M):
-        rows = r0 + tl.arange(0, BLOCK_M)
-        row_mask = (rows < M) & (rows < first + rows_per_program)
-        mask = row_mask[:, None] & col_mask[None, :]
-        offs = rows.to(tl.int64)[:, None] * C + cols[None, :]
-        prod = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32) \
-            * tl.load(y_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        if HAS_ROW_SCALE:
-            prod *= tl.load(row_scale_ptr + rows // rows_per_sample, mask=row_mask,
-                            other=0.0).to(tl.float32)[:, None]
-        total += tl.sum(prod, axis=0)
-    tl.store(partial_ptr + pid.to(tl.int64) * split_stride + cols, total, mask=col_mask)
-
-
 def fused_launch(x, w1, b1, w2, b2, out, y2, gamma, drop_scale, residual, rows_per_sample):
     M, C = x.shape
     block_c = max(16, triton.next_power_of_2(C))
@@ -122,20 +100,6 @@ def fused_launch(x, w1, b1, w2, b2, out, y2, gamma, drop_scale, residual, rows_p
                        INPUT_PRECISION=input_precision(x.dtype), INTERPRETED=INTERPRETED),
                   num_warps=8 if block_m * block_c >= 128 * 128 else 4,
                   flops=4 * M * C * w1.shape[0])
-
-
-def scaled_product_column_sums_launch(g, y, row_scale, partial, rows_per_sample):
-    """fp32 partial [splits, C] (rows strided, e.g. a GradWorkspace view): one program row per
-    split, each summing its share of the rows (or writing zeros)."""
-    M, C = g.shape
-    programs = partial.shape[0]
-    block_c = min(triton.next_power_of_2(C), 256)
-    block_m = max(1, min(64, 4096 // block_c))
-    rows_per_program = triton.cdiv(triton.cdiv(M, programs), block_m) * block_m
-    return Launch(_scaled_product_column_sums_kernel, (programs, triton.cdiv(C, block_c)),
-                  (g, y, row_scale if row_scale is not None else g, partial, M, C,
-                   rows_per_sample, rows_per_program, partial.stride(0)),
-                  dict(HAS_ROW_SCALE=row_scale is not None, BLOCK_M=block_m, BLOCK_C=block_c))
 
 
 def uses_fused_forward(C, grn, keep_hidden, dtype=torch.bfloat16):
@@ -184,9 +148,10 @@ def mlp_forward(x, fc1_w, fc1_b, fc2_w, fc2_b, gamma, residual, drop_scale, grn_
     return out, hidden, y2, G, nx
 
 
-# The gradients the split-K weight GEMMs write (weights, and biases as their row sums): last in
-# grad_shapes, so that they make one run of a GradWorkspace with their own split count.
-GEMM_GRADS = ("fc1_w", "fc1_b", "fc2_w", "fc2_b")
+# The gradients the split-K weight GEMMs write (weights, biases as their row sums, layer scale's
+# as the fc2 weight GEMM's row dots): last in grad_shapes, so that they make one run of a
+# GradWorkspace with their own split count.
+GEMM_GRADS = ("gamma", "fc1_w", "fc1_b", "fc2_w", "fc2_b")
 
 
 def grad_shapes(fc1_w, fc2_w, gamma_grad, grn_weight=None, grn_bias=None):
@@ -194,10 +159,10 @@ def grad_shapes(fc1_w, fc2_w, gamma_grad, grn_weight=None, grn_bias=None):
     layer scale's where `gamma_grad` (the forward saved y2 for it)."""
     H, C = fc1_w.shape
     shapes = {}
-    if gamma_grad:
-        shapes["gamma"] = (C,)
     if grn_weight is not None:
         shapes.update(grn_weight=tuple(grn_weight.shape), grn_bias=tuple(grn_bias.shape))
+    if gamma_grad:
+        shapes["gamma"] = (C,)
     shapes.update(fc1_w=(H, C), fc1_b=(H,), fc2_w=(C, H), fc2_b=(C,))
     return shapes
 
@@ -267,11 +232,11 @@ def mlp_backward_into(ws, grad_out, x, fc1_w, fc1_b, fc2_w, gamma, drop_scale, g
     else:
         matmul_launch(g, fc2_w, grad_hidden, grad_scales, Epilogue(GELU_GRAD, aux=hidden))()
     # fc2_w' = (g * ds * gamma)^T @ act, fc2_b' its row sums; fc1_w' = gH^T @ x, fc1_b' likewise.
+    # (gamma' = sum over rows of g * ds * y2: the row dots of this GEMM's A, before gamma.)
+    gamma_dot = (y2.t(), ws["gamma"]) if "gamma" in ws.shapes else None
     matmul_launch(g.t(), hidden, ws["fc2_w"], b_prologue, rows_per_sample=rows_per_sample,
-                  partials=True, row_sum=ws["fc2_b"])()
+                  partials=True, row_sum=ws["fc2_b"], row_dot=gamma_dot)()
     matmul_launch(grad_hidden.t(), x, ws["fc1_w"], partials=True, row_sum=ws["fc1_b"])()
     grad_x = torch.empty_like(x)
     matmul_launch(grad_hidden, fc1_w, grad_x)()
-    if "gamma" in ws.shapes:
-        scaled_product_column_sums_launch(g, y2, drop_scale, ws["gamma"], rows_per_sample)()
     return grad_x
