@@ -57,7 +57,7 @@ def _backward_fake(grad_out, x, dw_weight, ln_weight, fc1_w, fc1_b, fc2_w, gamma
 
 
 # The whole-block op where a backend has one; elsewhere the block composes the ops (block.py).
-# On CUDA the Triton op is chosen by count, not yet by a timing: 11 launches per forward+backward
+# On CUDA the Triton op is chosen by count, not yet by a timing: 10 launches per forward+backward
 # (V2: 12) against 30 or more (V2: 50) composing the ops (benchmarks/ledger.py).
 BLOCK = backends.Op("block", auto_order={"cuda": ("triton",)})
 
