@@ -182,14 +182,14 @@ def mlp_backward(grad_out, x, fc1_w, fc1_b, fc2_w, gamma, drop_scale, grn_weight
     """(grad_x, grad_fc1_w, grad_fc1_b, grad_fc2_w, grad_fc2_b, grad_gamma, grad_grn_weight,
     grad_grn_bias); the grads of absent parameters are empty."""
     M = x.shape[0]
+    gamma_grad = gamma is not None and y2.dim() == 2  # (the forward saved y2 for it)
     if M == 0:
         def zeros_or_empty(t):
             return torch.zeros_like(t) if t is not None else x.new_empty(0)
         return (torch.empty_like(x), *(zeros_or_empty(t) for t in (
-            fc1_w, fc1_b, fc2_w, fc2_w[:, 0], gamma if y2.dim() == 2 else None, grn_weight,
+            fc1_w, fc1_b, fc2_w, fc2_w[:, 0], gamma if gamma_grad else None, grn_weight,
             grn_bias)))
-    shapes = grad_shapes(fc1_w, fc2_w, gamma is not None and y2.dim() == 2, grn_weight,
-                         grn_bias)
+    shapes = grad_shapes(fc1_w, fc2_w, gamma_grad, grn_weight, grn_bias)
     ws = GradWorkspace(shapes, grad_splits(shapes, M, *fc1_w.shape, x.dtype, x.device),
                        fc1_w.dtype, x.device)
     grad_x = mlp_backward_into(ws, grad_out, x, fc1_w, fc1_b, fc2_w, gamma, drop_scale,
