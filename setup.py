@@ -46,7 +46,10 @@ def _extension():
     # no-trapping-math: no kernel reads the floating-point exception flags, and with them kept GCC
     # leaves a clamp (a select of floats) as a branch, which stops a loop's vectorisation (the
     # GELU's exp and erfc: csrc/cpu/gelu_kernels.h); results are the same.
-    cxx_flags = ["-O3", "-fopenmp", "-ffp-contract=fast", "-fno-trapping-math"]
+    # no-psabi: the vector helpers of the SIMD kernels (csrc/cpu/dwconv_simd.h) are always inlined
+    # into row functions compiled for AVX2 or AVX-512; GCC still warns, at the end of each file,
+    # that their out-of-line forms (never emitted) would pass AVX vectors under the default ABI.
+    cxx_flags = ["-O3", "-fopenmp", "-ffp-contract=fast", "-fno-trapping-math", "-Wno-psabi"]
     link_flags = ["-fopenmp"]
     if not _want_cuda():
         return cpp_extension.CppExtension(

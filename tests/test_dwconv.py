@@ -14,7 +14,8 @@ from numerics import assert_accurate, fresh_generator, kernel_targets, randn
 TARGETS = kernel_targets()
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 # (N, C, H, W, k): ConvNeXt-like C=40; 1×1 and 7×7 images; H, W < k; odd sizes; C not a
-# multiple of any vector width; k from 3 to 31.
+# multiple of any vector width; k from 3 to 31; rows wide enough for pixel blocks away from both
+# edges, with k known to the cpp kernels at compile time (7, 3) and not (5).
 SHAPES = [
     (2, 40, 13, 17, 7),
     (1, 8, 1, 1, 7),
@@ -24,6 +25,9 @@ SHAPES = [
     (1, 8, 4, 9, 31),
     (1, 16, 9, 10, 9),
     (2, 96, 14, 14, 7),  # a ConvNeXt width; rows in several weight-gradient chunks
+    (1, 32, 5, 40, 7),
+    (1, 16, 4, 37, 3),
+    (1, 16, 3, 30, 5),
 ]
 
 

@@ -1,27 +1,26 @@
 // Depthwise k×k convolution forward (stride 1, padding k/2) on N,H,W,C buffers for the CPU with
 // SIMD, fp32 math, the instruction set chosen at run time (AVX-512, AVX2+FMA, or portable).
 //
-// Torch-free. The input rows a band of output rows needs are first copied, converted to fp32,
-// into a zero-padded buffer [rows + k - 1][W + k - 1][xs] (strides_for: channels rounded up to
-// the vector width, pixels spread over the cache's sets), so the inner loops have no bounds
-// checks and fp16/bf16 are converted once per element, not once per tap. A row of output pixels
-// is then computed one channel vector at a time: TW pixels × one vector of accumulators stay in
-// registers while all k*k taps are added, each tap vector loaded once for the TW pixels
-// (register blocking).
+// Torch-free. A row of output pixels is computed one channel vector at a time, in blocks of up
+// to 16 pixels whose accumulators stay in registers while all k*k taps are added; per tap row,
+// each input vector is loaded once for every pixel it reaches (register blocking, sliding
+// window). The inputs are read in place (fp32, channels a multiple of the vector width) or from
+// the rows a band of output rows needs, converted once to fp32 ([rows][W][Cp], channels rounded
+// up to the vector width): fp16/bf16 are converted once per element, not once per tap. The
+// padding is never stored: tap rows outside the image are skipped, and the pixel blocks at the
+// row's ends read zero outside it (load_column).
 //
 // The vector code is GCC/Clang vector extensions, compiled once per instruction set (isa.h).
 #pragma once
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <memory>
+#include <type_traits>
 #include <vector>
 
+#include "grain.h"
 #include "isa.h"
-
-// The vector helpers are always inlined into the target-attributed row functions; GCC still
-// warns that their out-of-line forms would pass AVX vectors under the default ABI.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wpsabi"
 
 namespace ck::cpu::simd {
 
@@ -55,97 +54,227 @@ __attribute__((always_inline)) inline void store(float* p, const Vec<V>& v) {
   std::memcpy(p, &v, sizeof(v));
 }
 
-// TW output pixels of one channel vector: x at the window's top-left tap of the first pixel
-// (padded image, pixels xs floats apart), taps [k*k][Cp] at the vector's channels; out at the
-// first pixel.
-template <int V, int TW, int K>
-__attribute__((always_inline)) inline void conv_pixels(const float* x, const float* taps,
-                                                       const Vec<V>& bias, float* out, int64_t k,
-                                                       int64_t Cp, int64_t xs, int64_t row_stride) {
-  const int64_t kk = K > 0 ? K : k;
+// Vector registers of each width's instruction set (AVX-512: 32; AVX2 and SSE: 16).
+template <int V>
+constexpr int vector_registers() {
+  return V == 16 ? 32 : 16;
+}
+
+// Pixels per register tile for a kernel width K known at compile time: the tile's TW vectors
+// (accumulators in the forward, g in the weight gradient), K more (taps, or tap accumulators)
+// and one input vector fit the registers without spilling; at most 16.
+template <int V, int K>
+constexpr int max_tile_width() {
+  constexpr int free = vector_registers<V>() - K - 1;
+  return free < 16 ? free : 16;
+}
+
+// The input vector at column col of an input row (pixels xs floats apart, W of them), zero
+// outside the row (the convolution's padding) where the tile reaches an edge.
+template <int V, bool kEdge>
+__attribute__((always_inline)) inline Vec<V> load_column(const float* x_row, int64_t col, int64_t W,
+                                                         int64_t xs) {
+  return !kEdge || (col >= 0 && col < W) ? load<V>(x_row + col * xs) : Vec<V>{};
+}
+
+// Where one output row's taps read: x at input row h - pad + ky_begin, column 0, of the first
+// channel vector, rows row_stride and pixels xs floats apart; the tap rows [ky_begin, ky_end)
+// that fall inside the image (the rest of the padding adds nothing and is skipped).
+struct RowWindow {
+  const float* x;
+  int64_t ky_begin, ky_end, W, xs, row_stride;
+};
+
+// TW output pixels of one channel vector, from column col0 + pad on (the window's left column
+// is col0), K known at compile time; taps [K*K][Cp] at the vector's channels; out at the first
+// pixel. Per tap row, the K taps sit in registers and each of the TW + K - 1 input vectors the
+// row needs is loaded once and added to every pixel it reaches (sliding window): TW + 2K - 1
+// loads for TW*K FMAs, where one load per FMA made the loads the bottleneck. Each pixel still
+// sums its taps in (ky, kx) order.
+template <int V, int TW, int K, bool kEdge>
+__attribute__((always_inline)) inline void conv_pixels(const RowWindow& win, int64_t col0,
+                                                       const float* taps, const Vec<V>& bias,
+                                                       float* out, int64_t Cp) {
+  static_assert(TW + K + 1 <= vector_registers<V>(), "the tile would spill");
   Vec<V> acc[TW];
   for (int p = 0; p < TW; ++p) acc[p] = bias;
-  for (int64_t ky = 0; ky < kk; ++ky) {
-    const float* x_row = x + ky * row_stride;
-    const float* t_row = taps + ky * kk * Cp;
-    for (int64_t kx = 0; kx < kk; ++kx) {
-      const Vec<V> t = load<V>(t_row + kx * Cp);
-      for (int p = 0; p < TW; ++p) acc[p] += load<V>(x_row + (p + kx) * xs) * t;
+  for (int64_t ky = win.ky_begin; ky < win.ky_end; ++ky) {
+    const float* x_row = win.x + (ky - win.ky_begin) * win.row_stride;
+    const float* t_row = taps + ky * K * Cp;
+    Vec<V> t[K];
+#pragma GCC unroll 16
+    for (int kx = 0; kx < K; ++kx) t[kx] = load<V>(t_row + kx * Cp);
+#pragma GCC unroll 32
+    for (int j = 0; j < TW + K - 1; ++j) {
+      const Vec<V> xv = load_column<V, kEdge>(x_row, col0 + j, win.W, win.xs);
+#pragma GCC unroll 16
+      for (int kx = 0; kx < K; ++kx) {
+        const int p = j - kx;
+        if (p >= 0 && p < TW) acc[p] += xv * t[kx];
+      }
     }
   }
   for (int p = 0; p < TW; ++p) store<V>(out + p * Cp, acc[p]);
 }
 
-// One output row of W pixels, all Cp channels, into out [W][Cp]; x at (row, 0) of the padded
-// image (the top of the window). Pixels go 8 at a time, the rest in one block.
+// The same for a kernel width k known only at run time: TW accumulators, each tap vector loaded
+// once for the TW pixels.
+template <int V, int TW, bool kEdge>
+__attribute__((always_inline)) inline void conv_pixels_any_k(const RowWindow& win, int64_t col0,
+                                                             const float* taps, const Vec<V>& bias,
+                                                             float* out, int64_t k, int64_t Cp) {
+  Vec<V> acc[TW];
+  for (int p = 0; p < TW; ++p) acc[p] = bias;
+  for (int64_t ky = win.ky_begin; ky < win.ky_end; ++ky) {
+    const float* x_row = win.x + (ky - win.ky_begin) * win.row_stride;
+    const float* t_row = taps + ky * k * Cp;
+    for (int64_t kx = 0; kx < k; ++kx) {
+      const Vec<V> t = load<V>(t_row + kx * Cp);
+      for (int p = 0; p < TW; ++p) {
+        acc[p] += load_column<V, kEdge>(x_row, col0 + p + kx, win.W, win.xs) * t;
+      }
+    }
+  }
+  for (int p = 0; p < TW; ++p) store<V>(out + p * Cp, acc[p]);
+}
+
+// A block of tw (1..TW) pixels: the instantiation for tw, found at run time.
+template <int V, int K, int TW, bool kEdge>
+__attribute__((always_inline)) inline void conv_block(int64_t tw, const RowWindow& win,
+                                                      int64_t col0, const float* taps,
+                                                      const Vec<V>& bias, float* out, int64_t k,
+                                                      int64_t Cp) {
+  if constexpr (TW >= 1) {
+    if (tw < TW) return conv_block<V, K, TW - 1, kEdge>(tw, win, col0, taps, bias, out, k, Cp);
+    if constexpr (K > 0) {
+      conv_pixels<V, TW, K, kEdge>(win, col0, taps, bias, out, Cp);
+    } else {
+      conv_pixels_any_k<V, TW, kEdge>(win, col0, taps, bias, out, k, Cp);
+    }
+  }
+}
+
+// Pixel blocks of a row: the fewest blocks of at most kTile pixels, of (nearly) equal widths
+// (block_width), so that ConvNeXt's 56/28/14/7-pixel rows go in blocks of 14 or 7 (AVX-512) and
+// 8 or 7 (AVX2), none narrow. (Loops, not a helper taking a lambda: a lambda would be compiled
+// without the row function's instruction set.)
+template <int kTile>
+constexpr int64_t block_count(int64_t W) {
+  return (W + kTile - 1) / kTile;
+}
+
+// The width of the block that starts at pixel w, the block-th of blocks.
+inline int64_t block_width(int64_t W, int64_t w, int64_t blocks, int64_t block) {
+  return (W - w) / (blocks - block);
+}
+
+// Whether the window of pixels [w, w + tw) reaches the padding.
+inline bool block_at_edge(int64_t W, int64_t w, int64_t tw, int64_t pad) {
+  return w < pad || w + tw + pad > W;
+}
+
+// One output row of W pixels, all Cp channels, into out [W][Cp] (pixels Cp floats apart).
 template <int V, int K>
-__attribute__((always_inline)) inline void conv_row_impl(const float* x, const float* taps,
-                                                         const float* bias, float* out, int64_t W,
-                                                         int64_t Cp, int64_t xs, int64_t k) {
-  const int64_t row_stride = (W + k - 1) * xs;
+__attribute__((always_inline)) inline void conv_row_impl(const RowWindow& win, const float* taps,
+                                                         const float* bias, float* out, int64_t Cp,
+                                                         int64_t k) {
+  constexpr int kTile = K > 0 ? max_tile_width<V, K>() : 8;
+  const int64_t pad = k / 2;
   for (int64_t c = 0; c < Cp; c += V) {
     const Vec<V> b = bias ? load<V>(bias + c) : Vec<V>{};
-    const float* xc = x + c;
-    const float* tc = taps + c;
-    float* oc = out + c;
-    int64_t w = 0;
-    for (; w + 8 <= W; w += 8) {
-      conv_pixels<V, 8, K>(xc + w * xs, tc, b, oc + w * Cp, k, Cp, xs, row_stride);
-    }
-    const float* xw = xc + w * xs;
-    float* ow = oc + w * Cp;
-    switch (W - w) {  // the rest in one block (ConvNeXt's 7-pixel rows: one block of 7)
-      case 7: conv_pixels<V, 7, K>(xw, tc, b, ow, k, Cp, xs, row_stride); break;
-      case 6: conv_pixels<V, 6, K>(xw, tc, b, ow, k, Cp, xs, row_stride); break;
-      case 5: conv_pixels<V, 5, K>(xw, tc, b, ow, k, Cp, xs, row_stride); break;
-      case 4: conv_pixels<V, 4, K>(xw, tc, b, ow, k, Cp, xs, row_stride); break;
-      case 3: conv_pixels<V, 3, K>(xw, tc, b, ow, k, Cp, xs, row_stride); break;
-      case 2: conv_pixels<V, 2, K>(xw, tc, b, ow, k, Cp, xs, row_stride); break;
-      case 1: conv_pixels<V, 1, K>(xw, tc, b, ow, k, Cp, xs, row_stride); break;
-      default: break;
+    RowWindow win_c = win;
+    win_c.x += c;
+    const int64_t blocks = block_count<kTile>(win.W);
+    for (int64_t block = 0, w = 0, tw; block < blocks; ++block, w += tw) {
+      tw = block_width(win.W, w, blocks, block);
+      if (block_at_edge(win.W, w, tw, pad)) {
+        conv_block<V, K, kTile, true>(tw, win_c, w - pad, taps + c, b, out + c + w * Cp, k, Cp);
+      } else {
+        conv_block<V, K, kTile, false>(tw, win_c, w - pad, taps + c, b, out + c + w * Cp, k, Cp);
+      }
     }
   }
 }
 
 template <int V>
-__attribute__((always_inline)) inline void conv_row_any_k(const float* x, const float* taps,
-                                                          const float* bias, float* out, int64_t W,
-                                                          int64_t Cp, int64_t xs, int64_t k) {
-  if (k == 7) return conv_row_impl<V, 7>(x, taps, bias, out, W, Cp, xs, k);  // ConvNeXt's
-  if (k == 3) return conv_row_impl<V, 3>(x, taps, bias, out, W, Cp, xs, k);
-  conv_row_impl<V, 0>(x, taps, bias, out, W, Cp, xs, k);
+__attribute__((always_inline)) inline void conv_row_any_k(const RowWindow& win, const float* taps,
+                                                          const float* bias, float* out, int64_t Cp,
+                                                          int64_t k) {
+  if (k == 7) return conv_row_impl<V, 7>(win, taps, bias, out, Cp, k);  // ConvNeXt's
+  if (k == 3) return conv_row_impl<V, 3>(win, taps, bias, out, Cp, k);
+  conv_row_impl<V, 0>(win, taps, bias, out, Cp, k);
+}
+
+// acc[kx] += sum_{p < TW} g[p] * x[col0 + p + kx] for the K taps of one tap row, K known at
+// compile time (g pixels Cp floats apart): the TW vectors of g sit in registers and each of the
+// TW + K - 1 input vectors is loaded once and multiplied into every tap it reaches (sliding
+// window), 2 TW + K - 1 loads for TW*K FMAs. Each tap's terms are still added in pixel order.
+template <int V, int TW, int K, bool kEdge>
+__attribute__((always_inline)) inline void wgrad_pixels(const float* x_row, int64_t col0, int64_t W,
+                                                        int64_t xs, const float* g, int64_t Cp,
+                                                        Vec<V>* acc) {
+  static_assert(TW + K + 1 <= vector_registers<V>(), "the tile would spill");
+  Vec<V> gv[TW];
+#pragma GCC unroll 16
+  for (int p = 0; p < TW; ++p) gv[p] = load<V>(g + p * Cp);
+#pragma GCC unroll 32
+  for (int j = 0; j < TW + K - 1; ++j) {
+    const Vec<V> xv = load_column<V, kEdge>(x_row, col0 + j, W, xs);
+#pragma GCC unroll 16
+    for (int kx = 0; kx < K; ++kx) {
+      const int p = j - kx;
+      if (p >= 0 && p < TW) acc[kx] += gv[p] * xv;
+    }
+  }
+}
+
+// A block of tw (1..TW) pixels: the instantiation for tw, found at run time.
+template <int V, int K, int TW, bool kEdge>
+__attribute__((always_inline)) inline void wgrad_block(int64_t tw, const float* x_row, int64_t col0,
+                                                       int64_t W, int64_t xs, const float* g,
+                                                       int64_t Cp, Vec<V>* acc) {
+  if constexpr (TW >= 1) {
+    if (tw < TW) return wgrad_block<V, K, TW - 1, kEdge>(tw, x_row, col0, W, xs, g, Cp, acc);
+    wgrad_pixels<V, TW, K, kEdge>(x_row, col0, W, xs, g, Cp, acc);
+  }
 }
 
 // The weight gradient of one output row, added to part [k*k + 1][Cp] (taps, then bias):
-// part[ky*k + kx][c] += sum_w g[w][c] * x[ky][w + kx][c], part[k*k][c] += sum_w g[w][c]; x at
-// (row, 0) of the padded image, g [W][Cp] fp32. Per channel vector and tap row, the k tap
-// accumulators stay in registers over the whole row, each g vector loaded once for k taps.
+// part[ky*k + kx][c] += sum_w g[w][c] * x[h - pad + ky][w - pad + kx][c] over the tap rows of
+// win, part[k*k][c] += sum_w g[w][c]; g [W][Cp] fp32. Per channel vector and tap row, the k tap
+// accumulators stay in registers over the whole row; with K known at compile time the row goes
+// in pixel blocks through wgrad_pixels, otherwise each g vector is loaded once for k taps.
 template <int V, int K>
-__attribute__((always_inline)) inline void wgrad_row_impl(const float* x, const float* g,
-                                                          float* part, int64_t W, int64_t Cp,
-                                                          int64_t xs, int64_t k) {
-  const int64_t row_stride = (W + k - 1) * xs;
+__attribute__((always_inline)) inline void wgrad_row_impl(const RowWindow& win, const float* g,
+                                                          float* part, int64_t Cp, int64_t k) {
+  const int64_t pad = k / 2, W = win.W, xs = win.xs;
   float* part_bias = part + k * k * Cp;
   for (int64_t c = 0; c < Cp; c += V) {
     Vec<V> bias_acc = load<V>(part_bias + c);
     for (int64_t w = 0; w < W; ++w) bias_acc += load<V>(g + w * Cp + c);
     store<V>(part_bias + c, bias_acc);
-    for (int64_t ky = 0; ky < k; ++ky) {
-      const float* x_row = x + ky * row_stride + c;
+    for (int64_t ky = win.ky_begin; ky < win.ky_end; ++ky) {
+      const float* x_row = win.x + (ky - win.ky_begin) * win.row_stride + c;
       float* p_row = part + ky * k * Cp + c;
       if constexpr (K > 0) {
+        constexpr int kTile = max_tile_width<V, K>();
         Vec<V> acc[K];
         for (int kx = 0; kx < K; ++kx) acc[kx] = load<V>(p_row + kx * Cp);
-        for (int64_t w = 0; w < W; ++w) {
-          const Vec<V> gv = load<V>(g + w * Cp + c);
-          for (int kx = 0; kx < K; ++kx) acc[kx] += gv * load<V>(x_row + (w + kx) * xs);
+        const int64_t blocks = block_count<kTile>(W);
+        for (int64_t block = 0, w = 0, tw; block < blocks; ++block, w += tw) {
+          tw = block_width(W, w, blocks, block);
+          if (block_at_edge(W, w, tw, pad)) {
+            wgrad_block<V, K, kTile, true>(tw, x_row, w - pad, W, xs, g + w * Cp + c, Cp, acc);
+          } else {
+            wgrad_block<V, K, kTile, false>(tw, x_row, w - pad, W, xs, g + w * Cp + c, Cp, acc);
+          }
         }
         for (int kx = 0; kx < K; ++kx) store<V>(p_row + kx * Cp, acc[kx]);
       } else {
         for (int64_t kx = 0; kx < k; ++kx) {
           Vec<V> acc = load<V>(p_row + kx * Cp);
           for (int64_t w = 0; w < W; ++w) {
-            acc += load<V>(g + w * Cp + c) * load<V>(x_row + (w + kx) * xs);
+            acc += load<V>(g + w * Cp + c) * load_column<V, true>(x_row, w - pad + kx, W, xs);
           }
           store<V>(p_row + kx * Cp, acc);
         }
@@ -155,19 +284,17 @@ __attribute__((always_inline)) inline void wgrad_row_impl(const float* x, const 
 }
 
 template <int V>
-__attribute__((always_inline)) inline void wgrad_row_any_k(const float* x, const float* g,
-                                                           float* part, int64_t W, int64_t Cp,
-                                                           int64_t xs, int64_t k) {
-  if (k == 7) return wgrad_row_impl<V, 7>(x, g, part, W, Cp, xs, k);
-  if (k == 3) return wgrad_row_impl<V, 3>(x, g, part, W, Cp, xs, k);
-  wgrad_row_impl<V, 0>(x, g, part, W, Cp, xs, k);
+__attribute__((always_inline)) inline void wgrad_row_any_k(const RowWindow& win, const float* g,
+                                                           float* part, int64_t Cp, int64_t k) {
+  if (k == 7) return wgrad_row_impl<V, 7>(win, g, part, Cp, k);
+  if (k == 3) return wgrad_row_impl<V, 3>(win, g, part, Cp, k);
+  wgrad_row_impl<V, 0>(win, g, part, Cp, k);
 }
 
-// Row kernels of one instruction set: (x, taps, bias, out, W, Cp, xs, k) and
-// (x, g, part, W, Cp, xs, k) as conv_row_impl and wgrad_row_impl.
-using RowFn = void (*)(const float*, const float*, const float*, float*, int64_t, int64_t, int64_t,
-                       int64_t);
-using WgradRowFn = void (*)(const float*, const float*, float*, int64_t, int64_t, int64_t, int64_t);
+// Row kernels of one instruction set: (win, taps, bias, out, Cp, k) and (win, g, part, Cp, k)
+// as conv_row_impl and wgrad_row_impl.
+using RowFn = void (*)(const RowWindow&, const float*, const float*, float*, int64_t, int64_t);
+using WgradRowFn = void (*)(const RowWindow&, const float*, float*, int64_t, int64_t);
 
 struct RowKernels {
   int lanes;  // floats per vector: Cp is a multiple of it
@@ -176,13 +303,13 @@ struct RowKernels {
 };
 
 #define CK_DWCONV_ROW_KERNELS(SUFFIX, TARGET, LANES)                                               \
-  TARGET inline void conv_row_##SUFFIX(const float* x, const float* taps, const float* bias,       \
-                                       float* out, int64_t W, int64_t Cp, int64_t xs, int64_t k) { \
-    conv_row_any_k<LANES>(x, taps, bias, out, W, Cp, xs, k);                                       \
+  TARGET inline void conv_row_##SUFFIX(const RowWindow& win, const float* taps, const float* bias, \
+                                       float* out, int64_t Cp, int64_t k) {                        \
+    conv_row_any_k<LANES>(win, taps, bias, out, Cp, k);                                            \
   }                                                                                                \
-  TARGET inline void wgrad_row_##SUFFIX(const float* x, const float* g, float* part, int64_t W,    \
-                                        int64_t Cp, int64_t xs, int64_t k) {                       \
-    wgrad_row_any_k<LANES>(x, g, part, W, Cp, xs, k);                                              \
+  TARGET inline void wgrad_row_##SUFFIX(const RowWindow& win, const float* g, float* part,         \
+                                        int64_t Cp, int64_t k) {                                   \
+    wgrad_row_any_k<LANES>(win, g, part, Cp, k);                                                   \
   }
 
 #if CK_CPU_X86
@@ -206,20 +333,9 @@ inline const RowKernels& this_cpu_row_kernels() {
   return kernels;
 }
 
-// Channel strides: Cp (taps, outputs) is C rounded up to the vector width; xs, the pixel stride
-// of the padded input, is Cp plus one cache line where Cp spans an even number of lines, so
-// that neighbouring pixels (768 channels: 3072 bytes apart) do not all fall into the same few
-// L1 sets. Added because 7×7×768 ran at 2/3 of the rate of the other widths; in the same-run
-// harness it did not measurably close that gap, which remains open.
-struct Strides {
-  int64_t Cp, xs;
-};
-
-inline Strides strides_for(int64_t C, const RowKernels& kernels) {
-  const int64_t Cp = (C + kernels.lanes - 1) / kernels.lanes * kernels.lanes;
-  constexpr int64_t kLine = 16;  // floats per 64-byte cache line
-  const bool even_lines = Cp % kLine == 0 && (Cp / kLine) % 2 == 0;
-  return {Cp, even_lines ? Cp + kLine : Cp};
+// Channels of the taps, the outputs and the converted inputs: C rounded up to the vector width.
+inline int64_t padded_channels(int64_t C, const RowKernels& kernels) {
+  return (C + kernels.lanes - 1) / kernels.lanes * kernels.lanes;
 }
 
 // Scratch of the calling thread that outlives the call (grown, never shrunk), so that a call
@@ -234,34 +350,55 @@ inline float* thread_scratch(Scratch kind, size_t floats) {
   return buffer.data();
 }
 
-// Copies rows [h_begin, h_end) of the padded image of x_image ([H][W][C] of T) into band (row 0:
-// padded row h_begin; pixels xs floats apart), converted to fp32; the rest of band is zero.
+// The input rows [r_begin, r_end) of one image x_image ([H][W][C] of T) as the row kernels read
+// them: in place where T is fp32 and C a multiple of the vector width (Cp == C), else converted
+// to fp32 into band ([rows][W][Cp], channels C..Cp zero), so that fp16/bf16 are converted once
+// per element, not once per tap. Returns the fp32 rows (row r at (r - r_begin) * W * Cp).
 template <typename T>
-void fill_padded_rows(const T* x_image, float* band, int64_t h_begin, int64_t h_end, int64_t H,
-                      int64_t W, int64_t C, int64_t k, int64_t xs) {
-  const int64_t pad = k / 2, Wp = W + k - 1;
-  std::fill(band, band + (h_end - h_begin) * Wp * xs, 0.0f);
-  for (int64_t hp = std::max(h_begin, pad); hp < std::min(h_end, H + pad); ++hp) {
-    const T* src = x_image + (hp - pad) * W * C;
-    float* dst = band + ((hp - h_begin) * Wp + pad) * xs;
-    for (int64_t w = 0; w < W; ++w) {
-      for (int64_t c = 0; c < C; ++c) dst[w * xs + c] = static_cast<float>(src[w * C + c]);
-    }
+const float* input_rows(const T* x_image, float* band, int64_t r_begin, int64_t r_end, int64_t W,
+                        int64_t C, int64_t Cp) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (Cp == C) return x_image + r_begin * W * C;
   }
+  for (int64_t pixel = 0; pixel < (r_end - r_begin) * W; ++pixel) {
+    const T* s = x_image + r_begin * W * C + pixel * C;
+    float* d = band + pixel * Cp;
+    for (int64_t c = 0; c < C; ++c) d[c] = static_cast<float>(s[c]);
+    std::fill(d + C, d + Cp, 0.0f);
+  }
+  return band;
+}
+
+// The window of output row h: its tap rows inside the image, read from rows (input row r_begin
+// first, [W][Cp] rows).
+inline RowWindow row_window(const float* rows, int64_t r_begin, int64_t h, int64_t H, int64_t W,
+                            int64_t Cp, int64_t k) {
+  const int64_t pad = k / 2;
+  const int64_t ky_begin = std::max<int64_t>(0, pad - h);
+  const int64_t ky_end = std::min<int64_t>(k, H + pad - h);
+  return {rows + (h - pad + ky_begin - r_begin) * W * Cp, ky_begin, ky_end, W, Cp, W * Cp};
 }
 
 // weight [C][k*k] and bias [C] (or null) of T -> taps [k*k][Cp] and bias [Cp] fp32, zero
-// beyond C.
-template <typename T>
-void prepare_taps(const T* weight, const T* bias, int64_t C, int64_t k, int64_t Cp,
-                  std::vector<float>& taps, std::vector<float>& bias_p) {
-  taps.assign(k * k * Cp, 0.0f);
-  for (int64_t c = 0; c < C; ++c) {
-    for (int64_t t = 0; t < k * k; ++t)
-      taps[t * Cp + c] = static_cast<float>(weight[c * k * k + t]);
-  }
-  bias_p.assign(bias ? Cp : 0, 0.0f);
-  for (int64_t c = 0; bias && c < C; ++c) bias_p[c] = static_cast<float>(bias[c]);
+// beyond C. The transposition runs over the threads, tap rows split between them: done on the
+// calling thread it was a fifth of the forward at 7×7 pixels and 768 channels, the other
+// threads waiting.
+template <typename T, typename ParallelFor>
+void prepare_taps(const T* weight, const T* bias, int64_t C, int64_t k, int64_t Cp, float* taps,
+                  float* bias_p, ParallelFor parallel_for) {
+  parallel_for(
+      0, k * k,
+      [&](int64_t t_begin, int64_t t_end) {
+        for (int64_t t = t_begin; t < t_end; ++t) {
+          float* row = taps + t * Cp;
+          for (int64_t c = 0; c < C; ++c) row[c] = static_cast<float>(weight[c * k * k + t]);
+          std::fill(row + C, row + Cp, 0.0f);
+        }
+      },
+      rows_per_task(C));
+  if (!bias) return;
+  for (int64_t c = 0; c < C; ++c) bias_p[c] = static_cast<float>(bias[c]);
+  std::fill(bias_p + C, bias_p + Cp, 0.0f);
 }
 
 // Stores one output row [W][Cp] fp32 as W pixels of C channels of T at dst.
@@ -273,34 +410,45 @@ void store_row(const float* row, T* dst, int64_t W, int64_t C, int64_t Cp) {
 }
 
 // dwconv(x, weight, bias) row by row: x [N][H][W][C], weight [C][k*k], bias [C] or null, all of
-// T; fp32 math. Each output row is computed into the calling thread's scratch and handed to
-// emit_row(first pixel (n*H + h)*W, row [W][Cp] fp32 (which emit_row may overwrite), Cp), in the
-// thread that computed it. parallel_for(begin, end, fn) runs fn(b, e) over a partition of
-// [begin, end). The work items are bands of up to kBandRows output rows of one image, each
-// padding its own input rows (k - 1 more than it has): batch 1 still spreads over the threads,
-// and a larger batch needs no per-image synchronisation.
+// T; fp32 math. Each output row is computed into rows_f32 + (first pixel)*C where given (an fp32
+// [N*H*W][C] output, usable when C is a multiple of the vector width, so that the row needs no
+// copy), else into the calling thread's scratch, and handed to emit_row(first pixel (n*H + h)*W,
+// row [W][Cp] fp32 (which emit_row may overwrite), Cp), in the thread that computed it.
+// parallel_for(begin, end, fn) runs fn(b, e) over a partition of [begin, end). The work items
+// are bands of output rows of one image, each converting its own input rows (k - 1 more than it
+// has) where they are not read in place: batch 1 still spreads over the threads, and a larger
+// batch needs no per-image synchronisation.
 template <typename T, typename ParallelFor, typename EmitRow>
 void dwconv_forward_rows(const T* x, const T* weight, const T* bias, int64_t N, int64_t H,
                          int64_t W, int64_t C, int64_t k, const RowKernels& kernels,
-                         ParallelFor parallel_for, EmitRow emit_row) {
-  constexpr int64_t kBandRows = 8;
-  const auto [Cp, xs] = strides_for(C, kernels);
-  const int64_t Wp = W + k - 1;
-  const int64_t band_rows = std::min(H, kBandRows);
+                         ParallelFor parallel_for, float* rows_f32, EmitRow emit_row) {
+  // Bands of at most kBandRows rows, and at least kMinItems of them in all where the images have
+  // rows enough: batch 1 at 7×7 pixels was one item, so one thread.
+  constexpr int64_t kBandRows = 8, kMinItems = 4;
+  const int64_t Cp = padded_channels(C, kernels), pad = k / 2;
+  if (Cp != C) rows_f32 = nullptr;
+  if (N == 0 || H == 0 || W == 0) return;
+  const int64_t min_bands =
+      std::min(H, std::max((H + kBandRows - 1) / kBandRows, (kMinItems + N - 1) / N));  // per image
+  const int64_t band_rows = (H + min_bands - 1) / min_bands;
   const int64_t bands = (H + band_rows - 1) / band_rows;  // per image
-  std::vector<float> taps, bias_p;
-  prepare_taps(weight, bias, C, k, Cp, taps, bias_p);
-  const float* bias_ptr = bias ? bias_p.data() : nullptr;
+  const std::unique_ptr<float[]> taps(new float[k * k * Cp]), bias_p(new float[Cp]);
+  prepare_taps(weight, bias, C, k, Cp, taps.get(), bias_p.get(), parallel_for);
+  const float* bias_ptr = bias ? bias_p.get() : nullptr;
   parallel_for(0, N * bands, [&](int64_t item_begin, int64_t item_end) {
-    float* band = thread_scratch(kBand, (band_rows + k - 1) * Wp * xs);
+    float* band = thread_scratch(kBand, std::min(H, band_rows + k - 1) * W * Cp);
     float* row = thread_scratch(kRow, W * Cp);
     for (int64_t item = item_begin; item < item_end; ++item) {
       const int64_t n = item / bands, h_begin = item % bands * band_rows;
       const int64_t h_end = std::min(H, h_begin + band_rows);
-      fill_padded_rows(x + n * H * W * C, band, h_begin, h_end + k - 1, H, W, C, k, xs);
+      const int64_t r_begin = std::max<int64_t>(0, h_begin - pad);
+      const int64_t r_end = std::min(H, h_end + pad);
+      const float* rows = input_rows(x + n * H * W * C, band, r_begin, r_end, W, C, Cp);
       for (int64_t h = h_begin; h < h_end; ++h) {
-        kernels.row(band + (h - h_begin) * Wp * xs, taps.data(), bias_ptr, row, W, Cp, xs, k);
-        emit_row((n * H + h) * W, row, Cp);
+        const int64_t pixel = (n * H + h) * W;
+        float* out = rows_f32 ? rows_f32 + pixel * C : row;
+        kernels.row(row_window(rows, r_begin, h, H, W, Cp, k), taps.get(), bias_ptr, out, Cp, k);
+        emit_row(pixel, out, Cp);
       }
     }
   });
@@ -311,10 +459,17 @@ template <typename T, typename ParallelFor>
 void dwconv_forward(const T* x, const T* weight, const T* bias, T* y, int64_t N, int64_t H,
                     int64_t W, int64_t C, int64_t k, const RowKernels& kernels,
                     ParallelFor parallel_for) {
-  dwconv_forward_rows(x, weight, bias, N, H, W, C, k, kernels, parallel_for,
-                      [&](int64_t pixel, const float* row, int64_t Cp) {
-                        store_row(row, y + pixel * C, W, C, Cp);
-                      });
+  if constexpr (std::is_same_v<T, float>) {  // each row straight into y where it can
+    dwconv_forward_rows(x, weight, bias, N, H, W, C, k, kernels, parallel_for, y,
+                        [&](int64_t pixel, const float* row, int64_t Cp) {
+                          if (row != y + pixel * C) store_row(row, y + pixel * C, W, C, Cp);
+                        });
+  } else {
+    dwconv_forward_rows(x, weight, bias, N, H, W, C, k, kernels, parallel_for, nullptr,
+                        [&](int64_t pixel, const float* row, int64_t Cp) {
+                          store_row(row, y + pixel * C, W, C, Cp);
+                        });
+  }
 }
 
 // Rows (n, h) per weight-gradient chunk: each chunk pads its own band of rows (k - 1 more than
@@ -333,14 +488,14 @@ template <typename T, typename ParallelFor>
 void dwconv_backward_weight(const T* g, const T* x, float* grad_taps, float* grad_bias, int64_t N,
                             int64_t H, int64_t W, int64_t C, int64_t k, const RowKernels& kernels,
                             ParallelFor parallel_for) {
-  const auto [Cp, xs] = strides_for(C, kernels);
-  const int64_t Wp = W + k - 1, taps = k * k, rows = N * H;
+  const int64_t Cp = padded_channels(C, kernels), pad = k / 2;
+  const int64_t taps = k * k, rows = N * H;
   const int64_t rows_per_chunk = wgrad_rows_per_chunk(N, H, C, k);
   const int64_t chunks = (rows + rows_per_chunk - 1) / rows_per_chunk;
   float* partial = thread_scratch(kPartial, chunks * (taps + 1) * Cp);
   std::fill(partial, partial + chunks * (taps + 1) * Cp, 0.0f);
   parallel_for(0, chunks, [&](int64_t chunk_begin, int64_t chunk_end) {
-    float* band = thread_scratch(kBand, (rows_per_chunk + k - 1) * Wp * xs);
+    float* band = thread_scratch(kBand, std::min(H, rows_per_chunk + k - 1) * W * Cp);
     float* g_row = thread_scratch(kRow, W * Cp);
     std::fill(g_row, g_row + W * Cp, 0.0f);  // channels >= C stay zero
     for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
@@ -349,14 +504,22 @@ void dwconv_backward_weight(const T* g, const T* x, float* grad_taps, float* gra
       for (int64_t row = chunk * rows_per_chunk; row < row_end;) {
         const int64_t n = row / H, h_begin = row % H;
         const int64_t h_end = std::min(H, h_begin + (row_end - row));
-        fill_padded_rows(x + n * H * W * C, band, h_begin, h_end + k - 1, H, W, C, k, xs);
+        const int64_t r_begin = std::max<int64_t>(0, h_begin - pad);
+        const int64_t r_end = std::min(H, h_end + pad);
+        const float* x_rows = input_rows(x + n * H * W * C, band, r_begin, r_end, W, C, Cp);
         for (int64_t h = h_begin; h < h_end; ++h) {
           const T* g_src = g + (n * H + h) * W * C;
-          for (int64_t w = 0; w < W; ++w) {
-            for (int64_t c = 0; c < C; ++c)
-              g_row[w * Cp + c] = static_cast<float>(g_src[w * C + c]);
+          const float* g_fp32 = g_row;
+          if constexpr (std::is_same_v<T, float>) {  // read in place where no padding is needed
+            if (Cp == C) g_fp32 = g_src;
           }
-          kernels.wgrad_row(band + (h - h_begin) * Wp * xs, g_row, part, W, Cp, xs, k);
+          if (g_fp32 == g_row) {
+            for (int64_t w = 0; w < W; ++w) {
+              for (int64_t c = 0; c < C; ++c)
+                g_row[w * Cp + c] = static_cast<float>(g_src[w * C + c]);
+            }
+          }
+          kernels.wgrad_row(row_window(x_rows, r_begin, h, H, W, Cp, k), g_fp32, part, Cp, k);
         }
         row += h_end - h_begin;
       }
@@ -375,5 +538,3 @@ void dwconv_backward_weight(const T* g, const T* x, float* grad_taps, float* gra
 }
 
 }  // namespace ck::cpu::simd
-
-#pragma GCC diagnostic pop

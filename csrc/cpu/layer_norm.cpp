@@ -146,12 +146,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwconv_layer_norm_cpu
         at::kHalf, at::kBFloat16, x.scalar_type(), "dwconv_layer_norm_cpu", [&] {
           scalar_t* conv_ptr = out.conv_nhwc.mutable_data_ptr<scalar_t>();
           scalar_t* y_ptr = out.y_nhwc.mutable_data_ptr<scalar_t>();
+          // fp32: each conv row is computed where it is kept (null: in scratch, then stored)
+          float* conv_f32 =
+              std::is_same_v<scalar_t, float> ? reinterpret_cast<float*>(conv_ptr) : nullptr;
           ck::cpu::simd::dwconv_forward_rows<scalar_t>(
               x_nhwc.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
               b.defined() ? b.const_data_ptr<scalar_t>() : nullptr, N, H, W, C, k,
-              ck::cpu::simd::this_cpu_row_kernels(), ck::cpu::aten_parallel_for(),
+              ck::cpu::simd::this_cpu_row_kernels(), ck::cpu::aten_parallel_for(), conv_f32,
               [&](int64_t pixel, float* row, int64_t Cp) {
-                ck::cpu::simd::store_row(row, conv_ptr + pixel * C, W, C, Cp);
+                if (row != conv_f32 + pixel * C) {
+                  ck::cpu::simd::store_row(row, conv_ptr + pixel * C, W, C, Cp);
+                }
                 float* v = ck::cpu::simd::thread_scratch(ck::cpu::simd::kNorm, C);
                 // Pixels C apart as in y (Cp == C): the whole row at once, fp32 straight into y;
                 // else in place (the row kernel reads a pixel into v first), then stored as T.
