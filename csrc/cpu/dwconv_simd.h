@@ -106,7 +106,8 @@ __attribute__((always_inline)) inline void conv_pixels(const RowWindow& win, int
     for (int kx = 0; kx < K; ++kx) t[kx] = load<V>(t_row + kx * Cp);
 #pragma GCC unroll 32
     for (int j = 0; j < TW + K - 1; ++j) {
-      const Vec<V> xv = load_column<V, kEdge>(x_row, col0 + j, win.W, win.xs);
+      if (kEdge && (col0 + j < 0 || col0 + j >= win.W)) continue;  // padding: adds nothing
+      const Vec<V> xv = load<V>(x_row + (col0 + j) * win.xs);
 #pragma GCC unroll 16
       for (int kx = 0; kx < K; ++kx) {
         const int p = j - kx;
@@ -173,21 +174,25 @@ inline bool block_at_edge(int64_t W, int64_t w, int64_t tw, int64_t pad) {
   return w < pad || w + tw + pad > W;
 }
 
-// One output row of W pixels, all Cp channels, into out [W][Cp] (pixels Cp floats apart).
+// One output row of W pixels, all Cp channels, into out [W][Cp] (pixels Cp floats apart). Pixel
+// blocks outside, channel vectors inside: a block reads its window's pixels whole, line after
+// line (measured at 56×56×96, batch 8: 1.03-1.07x oneDNN, against 0.91-1.16x with the channel
+// vectors outside).
 template <int V, int K>
 __attribute__((always_inline)) inline void conv_row_impl(const RowWindow& win, const float* taps,
                                                          const float* bias, float* out, int64_t Cp,
                                                          int64_t k) {
   constexpr int kTile = K > 0 ? max_tile_width<V, K>() : 8;
   const int64_t pad = k / 2;
-  for (int64_t c = 0; c < Cp; c += V) {
-    const Vec<V> b = bias ? load<V>(bias + c) : Vec<V>{};
-    RowWindow win_c = win;
-    win_c.x += c;
-    const int64_t blocks = block_count<kTile>(win.W);
-    for (int64_t block = 0, w = 0, tw; block < blocks; ++block, w += tw) {
-      tw = block_width(win.W, w, blocks, block);
-      if (block_at_edge(win.W, w, tw, pad)) {
+  const int64_t blocks = block_count<kTile>(win.W);
+  for (int64_t block = 0, w = 0, tw; block < blocks; ++block, w += tw) {
+    tw = block_width(win.W, w, blocks, block);
+    const bool edge = block_at_edge(win.W, w, tw, pad);
+    for (int64_t c = 0; c < Cp; c += V) {
+      const Vec<V> b = bias ? load<V>(bias + c) : Vec<V>{};
+      RowWindow win_c = win;
+      win_c.x += c;
+      if (edge) {
         conv_block<V, K, kTile, true>(tw, win_c, w - pad, taps + c, b, out + c + w * Cp, k, Cp);
       } else {
         conv_block<V, K, kTile, false>(tw, win_c, w - pad, taps + c, b, out + c + w * Cp, k, Cp);
@@ -219,7 +224,8 @@ __attribute__((always_inline)) inline void wgrad_pixels(const float* x_row, int6
   for (int p = 0; p < TW; ++p) gv[p] = load<V>(g + p * Cp);
 #pragma GCC unroll 32
   for (int j = 0; j < TW + K - 1; ++j) {
-    const Vec<V> xv = load_column<V, kEdge>(x_row, col0 + j, W, xs);
+    if (kEdge && (col0 + j < 0 || col0 + j >= W)) continue;  // padding: adds nothing
+    const Vec<V> xv = load<V>(x_row + (col0 + j) * xs);
 #pragma GCC unroll 16
     for (int kx = 0; kx < K; ++kx) {
       const int p = j - kx;
