@@ -25,11 +25,12 @@ at::Tensor dwconv2d_cpu(const at::Tensor& x, const at::Tensor& weight,
     const at::Tensor w = weight.contiguous();
     const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "dwconv2d_cpu", [&] {
-      ck::cpu::simd::dwconv_forward<scalar_t>(
-          x_nhwc.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
-          b.defined() ? b.const_data_ptr<scalar_t>() : nullptr, y_nhwc.mutable_data_ptr<scalar_t>(),
-          x.size(0), x.size(2), x.size(3), x.size(1), k, ck::cpu::simd::this_cpu_row_kernels(),
-          ck::cpu::aten_parallel_for());
+      using ck::cpu::kernel_ptr;
+      ck::cpu::simd::dwconv_forward(
+          kernel_ptr(x_nhwc.const_data_ptr<scalar_t>()), kernel_ptr(w.const_data_ptr<scalar_t>()),
+          b.defined() ? kernel_ptr(b.const_data_ptr<scalar_t>()) : nullptr,
+          kernel_ptr(y_nhwc.mutable_data_ptr<scalar_t>()), x.size(0), x.size(2), x.size(3),
+          x.size(1), k, ck::cpu::simd::this_cpu_row_kernels(), ck::cpu::aten_parallel_for());
     });
   } else {  // float64: the plain kernel (the tests' reference precision)
     ck::cpu::dwconv_forward_plain(x_nhwc, weight, bias, y_nhwc);
@@ -54,10 +55,12 @@ std::tuple<at::Tensor, at::Tensor> dwconv2d_backward_weight_cpu(const at::Tensor
       float* sums_ptr = sums.mutable_data_ptr<float>();
       AT_DISPATCH_FLOATING_TYPES_AND2(
           at::kHalf, at::kBFloat16, x.scalar_type(), "dwconv2d_backward_weight_cpu", [&] {
-            ck::cpu::simd::dwconv_backward_weight<scalar_t>(
-                g_nhwc.const_data_ptr<scalar_t>(), x_nhwc.const_data_ptr<scalar_t>(), sums_ptr,
-                sums_ptr + k * k * C, x.size(0), x.size(2), x.size(3), C, k,
-                ck::cpu::simd::this_cpu_row_kernels(), ck::cpu::aten_parallel_for());
+            using ck::cpu::kernel_ptr;
+            ck::cpu::simd::dwconv_backward_weight(
+                kernel_ptr(g_nhwc.const_data_ptr<scalar_t>()),
+                kernel_ptr(x_nhwc.const_data_ptr<scalar_t>()), sums_ptr, sums_ptr + k * k * C,
+                x.size(0), x.size(2), x.size(3), C, k, ck::cpu::simd::this_cpu_row_kernels(),
+                ck::cpu::aten_parallel_for());
           });
     } else {  // float64: the plain kernel
       AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dwconv2d_backward_weight_cpu", [&] {

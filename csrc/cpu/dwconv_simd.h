@@ -19,6 +19,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "convert.h"
 #include "grain.h"
 #include "isa.h"
 
@@ -369,7 +370,7 @@ const float* input_rows(const T* x_image, float* band, int64_t r_begin, int64_t 
   for (int64_t pixel = 0; pixel < (r_end - r_begin) * W; ++pixel) {
     const T* s = x_image + r_begin * W * C + pixel * C;
     float* d = band + pixel * Cp;
-    for (int64_t c = 0; c < C; ++c) d[c] = static_cast<float>(s[c]);
+    for (int64_t c = 0; c < C; ++c) d[c] = to_acc<float>(s[c]);
     std::fill(d + C, d + Cp, 0.0f);
   }
   return band;
@@ -397,13 +398,13 @@ void prepare_taps(const T* weight, const T* bias, int64_t C, int64_t k, int64_t 
       [&](int64_t t_begin, int64_t t_end) {
         for (int64_t t = t_begin; t < t_end; ++t) {
           float* row = taps + t * Cp;
-          for (int64_t c = 0; c < C; ++c) row[c] = static_cast<float>(weight[c * k * k + t]);
+          for (int64_t c = 0; c < C; ++c) row[c] = to_acc<float>(weight[c * k * k + t]);
           std::fill(row + C, row + Cp, 0.0f);
         }
       },
       rows_per_task(C));
   if (!bias) return;
-  for (int64_t c = 0; c < C; ++c) bias_p[c] = static_cast<float>(bias[c]);
+  for (int64_t c = 0; c < C; ++c) bias_p[c] = to_acc<float>(bias[c]);
   std::fill(bias_p + C, bias_p + Cp, 0.0f);
 }
 
@@ -411,7 +412,7 @@ void prepare_taps(const T* weight, const T* bias, int64_t C, int64_t k, int64_t 
 template <typename T>
 void store_row(const float* row, T* dst, int64_t W, int64_t C, int64_t Cp) {
   for (int64_t w = 0; w < W; ++w) {
-    for (int64_t c = 0; c < C; ++c) dst[w * C + c] = static_cast<T>(row[w * Cp + c]);
+    for (int64_t c = 0; c < C; ++c) dst[w * C + c] = from_acc<T>(row[w * Cp + c]);
   }
 }
 
@@ -521,8 +522,7 @@ void dwconv_backward_weight(const T* g, const T* x, float* grad_taps, float* gra
           }
           if (g_fp32 == g_row) {
             for (int64_t w = 0; w < W; ++w) {
-              for (int64_t c = 0; c < C; ++c)
-                g_row[w * Cp + c] = static_cast<float>(g_src[w * C + c]);
+              for (int64_t c = 0; c < C; ++c) g_row[w * Cp + c] = to_acc<float>(g_src[w * C + c]);
             }
           }
           kernels.wgrad_row(row_window(x_rows, r_begin, h, H, W, Cp, k), g_fp32, part, Cp, k);

@@ -144,14 +144,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwconv_layer_norm_cpu
     const float eps_f = static_cast<float>(eps);
     AT_DISPATCH_FLOATING_TYPES_AND2(
         at::kHalf, at::kBFloat16, x.scalar_type(), "dwconv_layer_norm_cpu", [&] {
-          scalar_t* conv_ptr = out.conv_nhwc.mutable_data_ptr<scalar_t>();
-          scalar_t* y_ptr = out.y_nhwc.mutable_data_ptr<scalar_t>();
+          using K = kernel_t<scalar_t>;
+          K* conv_ptr = kernel_ptr(out.conv_nhwc.mutable_data_ptr<scalar_t>());
+          K* y_ptr = kernel_ptr(out.y_nhwc.mutable_data_ptr<scalar_t>());
           // fp32: each conv row is computed where it is kept (null: in scratch, then stored)
           float* conv_f32 =
               std::is_same_v<scalar_t, float> ? reinterpret_cast<float*>(conv_ptr) : nullptr;
-          ck::cpu::simd::dwconv_forward_rows<scalar_t>(
-              x_nhwc.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
-              b.defined() ? b.const_data_ptr<scalar_t>() : nullptr, N, H, W, C, k,
+          ck::cpu::simd::dwconv_forward_rows(
+              kernel_ptr(x_nhwc.const_data_ptr<scalar_t>()),
+              kernel_ptr(w.const_data_ptr<scalar_t>()),
+              b.defined() ? kernel_ptr(b.const_data_ptr<scalar_t>()) : nullptr, N, H, W, C, k,
               ck::cpu::simd::this_cpu_row_kernels(), ck::cpu::aten_parallel_for(), conv_f32,
               [&](int64_t pixel, float* row, int64_t Cp) {
                 if (row != conv_f32 + pixel * C) {
