@@ -1,14 +1,15 @@
 // Depthwise k×k convolution forward (stride 1, padding k/2) on N,H,W,C buffers for the CPU with
 // SIMD, fp32 math, the instruction set chosen at run time (AVX-512, AVX2+FMA, or portable).
 //
-// Torch-free. A row of output pixels is computed one channel vector at a time, in blocks of up
-// to 16 pixels whose accumulators stay in registers while all k*k taps are added; per tap row,
-// each input vector is loaded once for every pixel it reaches (register blocking, sliding
-// window). The inputs are read in place (fp32, channels a multiple of the vector width) or from
-// the rows a band of output rows needs, converted once to fp32 ([rows][W][Cp], channels rounded
-// up to the vector width): fp16/bf16 are converted once per element, not once per tap. The
-// padding is never stored: tap rows outside the image are skipped, and the pixel blocks at the
-// row's ends read zero outside it (load_column).
+// Torch-free. A row of output pixels is computed in blocks of up to 16 pixels × one channel
+// vector whose accumulators stay in registers while all k*k taps are added; per tap row, each
+// input vector is loaded once for every pixel it reaches (register blocking, sliding window).
+// Where the channels are a multiple of the vector width, fp32 and bf16 inputs are read in place
+// (bf16 widened to fp32 in registers, load_lanes); otherwise (and fp16) the rows a band of
+// output rows needs are first converted once to fp32 ([rows][W][Cp], channels rounded up to the
+// vector width). The padding is never stored: tap rows outside the image are skipped, and the
+// pixel blocks at a row's ends skip (or read as zero) the columns outside it. Rows are computed
+// in fp32, in place in an fp32 output where they can be, else in scratch and then stored.
 //
 // The vector code is GCC/Clang vector extensions, compiled once per instruction set (isa.h).
 #pragma once
@@ -55,6 +56,47 @@ __attribute__((always_inline)) inline void store(float* p, const Vec<V>& v) {
   std::memcpy(p, &v, sizeof(v));
 }
 
+// V 16-bit lanes (bf16 bits) and V 32-bit lanes (their fp32 widening).
+template <int V>
+struct BitsOf;
+template <>
+struct BitsOf<4> {
+  typedef uint16_t u16 __attribute__((vector_size(8)));
+  typedef uint32_t u32 __attribute__((vector_size(16)));
+};
+template <>
+struct BitsOf<8> {
+  typedef uint16_t u16 __attribute__((vector_size(16)));
+  typedef uint32_t u32 __attribute__((vector_size(32)));
+};
+template <>
+struct BitsOf<16> {
+  typedef uint16_t u16 __attribute__((vector_size(32)));
+  typedef uint32_t u32 __attribute__((vector_size(64)));
+};
+
+// V inputs as fp32 lanes: fp32 as they are; bf16 (its bits) widened in registers, a shift, so
+// that bf16 inputs are read in place, not from a converted copy.
+template <int V>
+__attribute__((always_inline)) inline Vec<V> load_lanes(const float* p) {
+  return load<V>(p);
+}
+
+template <int V>
+__attribute__((always_inline)) inline Vec<V> load_lanes(const Bf16Bits* p) {
+  typename BitsOf<V>::u16 bits;
+  std::memcpy(&bits, p, sizeof(bits));
+  const typename BitsOf<V>::u32 wide = __builtin_convertvector(bits, typename BitsOf<V>::u32) << 16;
+  Vec<V> v;
+  std::memcpy(&v, &wide, sizeof(v));
+  return v;
+}
+
+// The input types the row kernels read in place: fp32 and bf16 (fp16 and the rest go through a
+// converted fp32 copy).
+template <typename T>
+constexpr bool kReadInPlace = std::is_same_v<T, float> || std::is_same_v<T, Bf16Bits>;
+
 // Vector registers of each width's instruction set (AVX-512: 32; AVX2 and SSE: 16).
 template <int V>
 constexpr int vector_registers() {
@@ -72,17 +114,19 @@ constexpr int max_tile_width() {
 
 // The input vector at column col of an input row (pixels xs floats apart, W of them), zero
 // outside the row (the convolution's padding) where the tile reaches an edge.
-template <int V, bool kEdge>
-__attribute__((always_inline)) inline Vec<V> load_column(const float* x_row, int64_t col, int64_t W,
+template <int V, bool kEdge, typename T>
+__attribute__((always_inline)) inline Vec<V> load_column(const T* x_row, int64_t col, int64_t W,
                                                          int64_t xs) {
-  return !kEdge || (col >= 0 && col < W) ? load<V>(x_row + col * xs) : Vec<V>{};
+  return !kEdge || (col >= 0 && col < W) ? load_lanes<V>(x_row + col * xs) : Vec<V>{};
 }
 
-// Where one output row's taps read: x at input row h - pad + ky_begin, column 0, of the first
-// channel vector, rows row_stride and pixels xs floats apart; the tap rows [ky_begin, ky_end)
-// that fall inside the image (the rest of the padding adds nothing and is skipped).
+// Where one output row's taps read: x (fp32, or bf16 read in place) at input row
+// h - pad + ky_begin, column 0, of the first channel vector, rows row_stride and pixels xs
+// elements apart; the tap rows [ky_begin, ky_end) that fall inside the image (the rest of the
+// padding adds nothing and is skipped).
+template <typename T>
 struct RowWindow {
-  const float* x;
+  const T* x;
   int64_t ky_begin, ky_end, W, xs, row_stride;
 };
 
@@ -92,15 +136,15 @@ struct RowWindow {
 // row needs is loaded once and added to every pixel it reaches (sliding window): TW + 2K - 1
 // loads for TW*K FMAs, where one load per FMA made the loads the bottleneck. Each pixel still
 // sums its taps in (ky, kx) order.
-template <int V, int TW, int K, bool kEdge>
-__attribute__((always_inline)) inline void conv_pixels(const RowWindow& win, int64_t col0,
+template <int V, int TW, int K, bool kEdge, typename T>
+__attribute__((always_inline)) inline void conv_pixels(const RowWindow<T>& win, int64_t col0,
                                                        const float* taps, const Vec<V>& bias,
                                                        float* out, int64_t Cp) {
   static_assert(TW + K + 1 <= vector_registers<V>(), "the tile would spill");
   Vec<V> acc[TW];
   for (int p = 0; p < TW; ++p) acc[p] = bias;
   for (int64_t ky = win.ky_begin; ky < win.ky_end; ++ky) {
-    const float* x_row = win.x + (ky - win.ky_begin) * win.row_stride;
+    const T* x_row = win.x + (ky - win.ky_begin) * win.row_stride;
     const float* t_row = taps + ky * K * Cp;
     Vec<V> t[K];
 #pragma GCC unroll 16
@@ -108,7 +152,7 @@ __attribute__((always_inline)) inline void conv_pixels(const RowWindow& win, int
 #pragma GCC unroll 32
     for (int j = 0; j < TW + K - 1; ++j) {
       if (kEdge && (col0 + j < 0 || col0 + j >= win.W)) continue;  // padding: adds nothing
-      const Vec<V> xv = load<V>(x_row + (col0 + j) * win.xs);
+      const Vec<V> xv = load_lanes<V>(x_row + (col0 + j) * win.xs);
 #pragma GCC unroll 16
       for (int kx = 0; kx < K; ++kx) {
         const int p = j - kx;
@@ -121,14 +165,14 @@ __attribute__((always_inline)) inline void conv_pixels(const RowWindow& win, int
 
 // The same for a kernel width k known only at run time: TW accumulators, each tap vector loaded
 // once for the TW pixels.
-template <int V, int TW, bool kEdge>
-__attribute__((always_inline)) inline void conv_pixels_any_k(const RowWindow& win, int64_t col0,
+template <int V, int TW, bool kEdge, typename T>
+__attribute__((always_inline)) inline void conv_pixels_any_k(const RowWindow<T>& win, int64_t col0,
                                                              const float* taps, const Vec<V>& bias,
                                                              float* out, int64_t k, int64_t Cp) {
   Vec<V> acc[TW];
   for (int p = 0; p < TW; ++p) acc[p] = bias;
   for (int64_t ky = win.ky_begin; ky < win.ky_end; ++ky) {
-    const float* x_row = win.x + (ky - win.ky_begin) * win.row_stride;
+    const T* x_row = win.x + (ky - win.ky_begin) * win.row_stride;
     const float* t_row = taps + ky * k * Cp;
     for (int64_t kx = 0; kx < k; ++kx) {
       const Vec<V> t = load<V>(t_row + kx * Cp);
@@ -141,8 +185,8 @@ __attribute__((always_inline)) inline void conv_pixels_any_k(const RowWindow& wi
 }
 
 // A block of tw (1..TW) pixels: the instantiation for tw, found at run time.
-template <int V, int K, int TW, bool kEdge>
-__attribute__((always_inline)) inline void conv_block(int64_t tw, const RowWindow& win,
+template <int V, int K, int TW, bool kEdge, typename T>
+__attribute__((always_inline)) inline void conv_block(int64_t tw, const RowWindow<T>& win,
                                                       int64_t col0, const float* taps,
                                                       const Vec<V>& bias, float* out, int64_t k,
                                                       int64_t Cp) {
@@ -179,8 +223,8 @@ inline bool block_at_edge(int64_t W, int64_t w, int64_t tw, int64_t pad) {
 // blocks outside, channel vectors inside: a block reads its window's pixels whole, line after
 // line (measured at 56×56×96, batch 8: 1.03-1.07x oneDNN, against 0.91-1.16x with the channel
 // vectors outside).
-template <int V, int K>
-__attribute__((always_inline)) inline void conv_row_impl(const RowWindow& win, const float* taps,
+template <int V, int K, typename T>
+__attribute__((always_inline)) inline void conv_row_impl(const RowWindow<T>& win, const float* taps,
                                                          const float* bias, float* out, int64_t Cp,
                                                          int64_t k) {
   constexpr int kTile = K > 0 ? max_tile_width<V, K>() : 8;
@@ -191,7 +235,7 @@ __attribute__((always_inline)) inline void conv_row_impl(const RowWindow& win, c
     const bool edge = block_at_edge(win.W, w, tw, pad);
     for (int64_t c = 0; c < Cp; c += V) {
       const Vec<V> b = bias ? load<V>(bias + c) : Vec<V>{};
-      RowWindow win_c = win;
+      RowWindow<T> win_c = win;
       win_c.x += c;
       if (edge) {
         conv_block<V, K, kTile, true>(tw, win_c, w - pad, taps + c, b, out + c + w * Cp, k, Cp);
@@ -202,10 +246,10 @@ __attribute__((always_inline)) inline void conv_row_impl(const RowWindow& win, c
   }
 }
 
-template <int V>
-__attribute__((always_inline)) inline void conv_row_any_k(const RowWindow& win, const float* taps,
-                                                          const float* bias, float* out, int64_t Cp,
-                                                          int64_t k) {
+template <int V, typename T>
+__attribute__((always_inline)) inline void conv_row_any_k(const RowWindow<T>& win,
+                                                          const float* taps, const float* bias,
+                                                          float* out, int64_t Cp, int64_t k) {
   if (k == 7) return conv_row_impl<V, 7>(win, taps, bias, out, Cp, k);  // ConvNeXt's
   if (k == 3) return conv_row_impl<V, 3>(win, taps, bias, out, Cp, k);
   conv_row_impl<V, 0>(win, taps, bias, out, Cp, k);
@@ -215,8 +259,8 @@ __attribute__((always_inline)) inline void conv_row_any_k(const RowWindow& win, 
 // compile time (g pixels Cp floats apart): the TW vectors of g sit in registers and each of the
 // TW + K - 1 input vectors is loaded once and multiplied into every tap it reaches (sliding
 // window), 2 TW + K - 1 loads for TW*K FMAs. Each tap's terms are still added in pixel order.
-template <int V, int TW, int K, bool kEdge>
-__attribute__((always_inline)) inline void wgrad_pixels(const float* x_row, int64_t col0, int64_t W,
+template <int V, int TW, int K, bool kEdge, typename T>
+__attribute__((always_inline)) inline void wgrad_pixels(const T* x_row, int64_t col0, int64_t W,
                                                         int64_t xs, const float* g, int64_t Cp,
                                                         Vec<V>* acc) {
   static_assert(TW + K + 1 <= vector_registers<V>(), "the tile would spill");
@@ -226,7 +270,7 @@ __attribute__((always_inline)) inline void wgrad_pixels(const float* x_row, int6
 #pragma GCC unroll 32
   for (int j = 0; j < TW + K - 1; ++j) {
     if (kEdge && (col0 + j < 0 || col0 + j >= W)) continue;  // padding: adds nothing
-    const Vec<V> xv = load<V>(x_row + (col0 + j) * xs);
+    const Vec<V> xv = load_lanes<V>(x_row + (col0 + j) * xs);
 #pragma GCC unroll 16
     for (int kx = 0; kx < K; ++kx) {
       const int p = j - kx;
@@ -236,8 +280,8 @@ __attribute__((always_inline)) inline void wgrad_pixels(const float* x_row, int6
 }
 
 // A block of tw (1..TW) pixels: the instantiation for tw, found at run time.
-template <int V, int K, int TW, bool kEdge>
-__attribute__((always_inline)) inline void wgrad_block(int64_t tw, const float* x_row, int64_t col0,
+template <int V, int K, int TW, bool kEdge, typename T>
+__attribute__((always_inline)) inline void wgrad_block(int64_t tw, const T* x_row, int64_t col0,
                                                        int64_t W, int64_t xs, const float* g,
                                                        int64_t Cp, Vec<V>* acc) {
   if constexpr (TW >= 1) {
@@ -251,8 +295,8 @@ __attribute__((always_inline)) inline void wgrad_block(int64_t tw, const float* 
 // win, part[k*k][c] += sum_w g[w][c]; g [W][Cp] fp32. Per channel vector and tap row, the k tap
 // accumulators stay in registers over the whole row; with K known at compile time the row goes
 // in pixel blocks through wgrad_pixels, otherwise each g vector is loaded once for k taps.
-template <int V, int K>
-__attribute__((always_inline)) inline void wgrad_row_impl(const RowWindow& win, const float* g,
+template <int V, int K, typename T>
+__attribute__((always_inline)) inline void wgrad_row_impl(const RowWindow<T>& win, const float* g,
                                                           float* part, int64_t Cp, int64_t k) {
   const int64_t pad = k / 2, W = win.W, xs = win.xs;
   float* part_bias = part + k * k * Cp;
@@ -261,7 +305,7 @@ __attribute__((always_inline)) inline void wgrad_row_impl(const RowWindow& win, 
     for (int64_t w = 0; w < W; ++w) bias_acc += load<V>(g + w * Cp + c);
     store<V>(part_bias + c, bias_acc);
     for (int64_t ky = win.ky_begin; ky < win.ky_end; ++ky) {
-      const float* x_row = win.x + (ky - win.ky_begin) * win.row_stride + c;
+      const T* x_row = win.x + (ky - win.ky_begin) * win.row_stride + c;
       float* p_row = part + ky * k * Cp + c;
       if constexpr (K > 0) {
         constexpr int kTile = max_tile_width<V, K>();
@@ -290,32 +334,55 @@ __attribute__((always_inline)) inline void wgrad_row_impl(const RowWindow& win, 
   }
 }
 
-template <int V>
-__attribute__((always_inline)) inline void wgrad_row_any_k(const RowWindow& win, const float* g,
+template <int V, typename T>
+__attribute__((always_inline)) inline void wgrad_row_any_k(const RowWindow<T>& win, const float* g,
                                                            float* part, int64_t Cp, int64_t k) {
   if (k == 7) return wgrad_row_impl<V, 7>(win, g, part, Cp, k);
   if (k == 3) return wgrad_row_impl<V, 3>(win, g, part, Cp, k);
   wgrad_row_impl<V, 0>(win, g, part, Cp, k);
 }
 
-// Row kernels of one instruction set: (win, taps, bias, out, Cp, k) and (win, g, part, Cp, k)
-// as conv_row_impl and wgrad_row_impl.
-using RowFn = void (*)(const RowWindow&, const float*, const float*, float*, int64_t, int64_t);
-using WgradRowFn = void (*)(const RowWindow&, const float*, float*, int64_t, int64_t);
+// Row kernels of one instruction set, for fp32 and for bf16 inputs: (win, taps, bias, out, Cp,
+// k) and (win, g, part, Cp, k) as conv_row_impl and wgrad_row_impl.
+template <typename T>
+using RowFn = void (*)(const RowWindow<T>&, const float*, const float*, float*, int64_t, int64_t);
+template <typename T>
+using WgradRowFn = void (*)(const RowWindow<T>&, const float*, float*, int64_t, int64_t);
 
 struct RowKernels {
   int lanes;  // floats per vector: Cp is a multiple of it
-  RowFn row;
-  WgradRowFn wgrad_row;
+  RowFn<float> row;
+  RowFn<Bf16Bits> row_bf16;
+  WgradRowFn<float> wgrad_row;
+  WgradRowFn<Bf16Bits> wgrad_row_bf16;
+
+  template <typename T>
+  RowFn<T> row_for() const {
+    if constexpr (std::is_same_v<T, Bf16Bits>) {
+      return row_bf16;
+    } else {
+      return row;
+    }
+  }
+  template <typename T>
+  WgradRowFn<T> wgrad_row_for() const {
+    if constexpr (std::is_same_v<T, Bf16Bits>) {
+      return wgrad_row_bf16;
+    } else {
+      return wgrad_row;
+    }
+  }
 };
 
 #define CK_DWCONV_ROW_KERNELS(SUFFIX, TARGET, LANES)                                               \
-  TARGET inline void conv_row_##SUFFIX(const RowWindow& win, const float* taps, const float* bias, \
-                                       float* out, int64_t Cp, int64_t k) {                        \
+  template <typename T>                                                                            \
+  TARGET void conv_row_##SUFFIX(const RowWindow<T>& win, const float* taps, const float* bias,     \
+                                float* out, int64_t Cp, int64_t k) {                               \
     conv_row_any_k<LANES>(win, taps, bias, out, Cp, k);                                            \
   }                                                                                                \
-  TARGET inline void wgrad_row_##SUFFIX(const RowWindow& win, const float* g, float* part,         \
-                                        int64_t Cp, int64_t k) {                                   \
+  template <typename T>                                                                            \
+  TARGET void wgrad_row_##SUFFIX(const RowWindow<T>& win, const float* g, float* part, int64_t Cp, \
+                                 int64_t k) {                                                      \
     wgrad_row_any_k<LANES>(win, g, part, Cp, k);                                                   \
   }
 
@@ -328,10 +395,17 @@ CK_DWCONV_ROW_KERNELS(portable, , 4)
 
 inline RowKernels row_kernels(Isa isa) {
 #if CK_CPU_X86
-  if (isa == Isa::kAvx512) return {16, conv_row_avx512, wgrad_row_avx512};
-  if (isa == Isa::kAvx2) return {8, conv_row_avx2, wgrad_row_avx2};
+  if (isa == Isa::kAvx512) {
+    return {16, conv_row_avx512<float>, conv_row_avx512<Bf16Bits>, wgrad_row_avx512<float>,
+            wgrad_row_avx512<Bf16Bits>};
+  }
+  if (isa == Isa::kAvx2) {
+    return {8, conv_row_avx2<float>, conv_row_avx2<Bf16Bits>, wgrad_row_avx2<float>,
+            wgrad_row_avx2<Bf16Bits>};
+  }
 #endif
-  return {4, conv_row_portable, wgrad_row_portable};
+  return {4, conv_row_portable<float>, conv_row_portable<Bf16Bits>, wgrad_row_portable<float>,
+          wgrad_row_portable<Bf16Bits>};
 }
 
 // The row kernels of this CPU's instruction set (isa.h), chosen once per process.
@@ -357,16 +431,13 @@ inline float* thread_scratch(Scratch kind, size_t floats) {
   return buffer.data();
 }
 
-// The input rows [r_begin, r_end) of one image x_image ([H][W][C] of T) as the row kernels read
-// them: in place where T is fp32 and C a multiple of the vector width (Cp == C), else converted
-// to fp32 into band ([rows][W][Cp], channels C..Cp zero), so that fp16/bf16 are converted once
-// per element, not once per tap. Returns the fp32 rows (row r at (r - r_begin) * W * Cp).
+// The input rows [r_begin, r_end) of one image x_image ([H][W][C] of T) converted to fp32 into
+// band ([rows][W][Cp], channels C..Cp zero), for inputs the row kernels cannot read in place
+// (fp16, or C not a multiple of the vector width), so that they are converted once per
+// element, not once per tap.
 template <typename T>
-const float* input_rows(const T* x_image, float* band, int64_t r_begin, int64_t r_end, int64_t W,
-                        int64_t C, int64_t Cp) {
-  if constexpr (std::is_same_v<T, float>) {
-    if (Cp == C) return x_image + r_begin * W * C;
-  }
+const float* converted_rows(const T* x_image, float* band, int64_t r_begin, int64_t r_end,
+                            int64_t W, int64_t C, int64_t Cp) {
   for (int64_t pixel = 0; pixel < (r_end - r_begin) * W; ++pixel) {
     const T* s = x_image + r_begin * W * C + pixel * C;
     float* d = band + pixel * Cp;
@@ -378,12 +449,26 @@ const float* input_rows(const T* x_image, float* band, int64_t r_begin, int64_t 
 
 // The window of output row h: its tap rows inside the image, read from rows (input row r_begin
 // first, [W][Cp] rows).
-inline RowWindow row_window(const float* rows, int64_t r_begin, int64_t h, int64_t H, int64_t W,
-                            int64_t Cp, int64_t k) {
+template <typename T>
+RowWindow<T> row_window(const T* rows, int64_t r_begin, int64_t h, int64_t H, int64_t W, int64_t Cp,
+                        int64_t k) {
   const int64_t pad = k / 2;
   const int64_t ky_begin = std::max<int64_t>(0, pad - h);
   const int64_t ky_end = std::min<int64_t>(k, H + pad - h);
   return {rows + (h - pad + ky_begin - r_begin) * W * Cp, ky_begin, ky_end, W, Cp, W * Cp};
+}
+
+// Calls fn(rows, row_fn, wgrad_row_fn) with the input rows [r_begin, r_end) of x_image as the
+// row kernels read them: in place (fp32 or bf16, Cp == C), else converted into band.
+template <typename T, typename Fn>
+void with_input_rows(const T* x_image, float* band, int64_t r_begin, int64_t r_end, int64_t W,
+                     int64_t C, int64_t Cp, const RowKernels& kernels, Fn fn) {
+  if constexpr (kReadInPlace<T>) {
+    if (Cp == C) {
+      return fn(x_image + r_begin * W * C, kernels.row_for<T>(), kernels.wgrad_row_for<T>());
+    }
+  }
+  fn(converted_rows(x_image, band, r_begin, r_end, W, C, Cp), kernels.row, kernels.wgrad_row);
 }
 
 // weight [C][k*k] and bias [C] (or null) of T -> taps [k*k][Cp] and bias [Cp] fp32, zero
@@ -450,13 +535,16 @@ void dwconv_forward_rows(const T* x, const T* weight, const T* bias, int64_t N, 
       const int64_t h_end = std::min(H, h_begin + band_rows);
       const int64_t r_begin = std::max<int64_t>(0, h_begin - pad);
       const int64_t r_end = std::min(H, h_end + pad);
-      const float* rows = input_rows(x + n * H * W * C, band, r_begin, r_end, W, C, Cp);
-      for (int64_t h = h_begin; h < h_end; ++h) {
-        const int64_t pixel = (n * H + h) * W;
-        float* out = rows_f32 ? rows_f32 + pixel * C : row;
-        kernels.row(row_window(rows, r_begin, h, H, W, Cp, k), taps.get(), bias_ptr, out, Cp, k);
-        emit_row(pixel, out, Cp);
-      }
+      with_input_rows(x + n * H * W * C, band, r_begin, r_end, W, C, Cp, kernels,
+                      [&](const auto* rows, auto row_fn, auto) {
+                        for (int64_t h = h_begin; h < h_end; ++h) {
+                          const int64_t pixel = (n * H + h) * W;
+                          float* out = rows_f32 ? rows_f32 + pixel * C : row;
+                          row_fn(row_window(rows, r_begin, h, H, W, Cp, k), taps.get(), bias_ptr,
+                                 out, Cp, k);
+                          emit_row(pixel, out, Cp);
+                        }
+                      });
     }
   });
 }
@@ -513,20 +601,24 @@ void dwconv_backward_weight(const T* g, const T* x, float* grad_taps, float* gra
         const int64_t h_end = std::min(H, h_begin + (row_end - row));
         const int64_t r_begin = std::max<int64_t>(0, h_begin - pad);
         const int64_t r_end = std::min(H, h_end + pad);
-        const float* x_rows = input_rows(x + n * H * W * C, band, r_begin, r_end, W, C, Cp);
-        for (int64_t h = h_begin; h < h_end; ++h) {
-          const T* g_src = g + (n * H + h) * W * C;
-          const float* g_fp32 = g_row;
-          if constexpr (std::is_same_v<T, float>) {  // read in place where no padding is needed
-            if (Cp == C) g_fp32 = g_src;
-          }
-          if (g_fp32 == g_row) {
-            for (int64_t w = 0; w < W; ++w) {
-              for (int64_t c = 0; c < C; ++c) g_row[w * Cp + c] = to_acc<float>(g_src[w * C + c]);
-            }
-          }
-          kernels.wgrad_row(row_window(x_rows, r_begin, h, H, W, Cp, k), g_fp32, part, Cp, k);
-        }
+        with_input_rows(
+            x + n * H * W * C, band, r_begin, r_end, W, C, Cp, kernels,
+            [&](const auto* x_rows, auto, auto wgrad_row_fn) {
+              for (int64_t h = h_begin; h < h_end; ++h) {
+                const T* g_src = g + (n * H + h) * W * C;
+                const float* g_fp32 = g_row;
+                if constexpr (std::is_same_v<T, float>) {  // in place where no padding is needed
+                  if (Cp == C) g_fp32 = g_src;
+                }
+                if (g_fp32 == g_row) {
+                  for (int64_t w = 0; w < W; ++w) {
+                    for (int64_t c = 0; c < C; ++c)
+                      g_row[w * Cp + c] = to_acc<float>(g_src[w * C + c]);
+                  }
+                }
+                wgrad_row_fn(row_window(x_rows, r_begin, h, H, W, Cp, k), g_fp32, part, Cp, k);
+              }
+            });
         row += h_end - h_begin;
       }
     }
