@@ -90,3 +90,26 @@ def test_suite_writes_schema_tables_and_plots(tmp_path):
     for plot in plots:
         with open(directory / plot, "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("timm") is None, reason="needs timm")
+def test_cpu_profile_splits_each_providers_time(tmp_path):
+    """profile_cpu_model: per provider, the GEMMs and the strided convs are parts of the total
+    (eager's dwconvs not among the strided convs), and the bound is eager's total over them."""
+    from benchmarks import profile_cpu_model
+    profile_cpu_model.main(["--batch", "1", "--calls", "1", "--out", str(tmp_path)])
+    (json_path,) = tmp_path.glob("profile-cpu-*.json")
+    rows = json.loads(json_path.read_text())["rows"]
+    assert [r["provider"] for r in rows] == ["eager channels_last", "ours"]
+    eager_total = rows[0]["total_ms"]
+    for r in rows:
+        assert 0 < r["gemm_ms"] and 0 < r["strided_conv_ms"]
+        assert r["gemm_ms"] + r["strided_conv_ms"] + r["rest_ms"] == pytest.approx(r["total_ms"])
+        assert r["rest_ms"] > 0
+        assert r["bound_vs_eager"] == pytest.approx(
+            eager_total / (r["gemm_ms"] + r["strided_conv_ms"]))
+    # eager's 18 dwconvs are rest, not strided convs: 4 strided convs (stem, 3 downsamplings)
+    # cost far less than the 18 pointwise GEMM pairs
+    assert rows[0]["strided_conv_ms"] < rows[0]["gemm_ms"] / 3
+    assert "| convnext_tiny | 1 | ours |" in (tmp_path / json_path.name.replace(
+        ".json", ".md")).read_text()
