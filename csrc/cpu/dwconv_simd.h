@@ -112,7 +112,7 @@ constexpr int max_tile_width() {
   return free < 16 ? free : 16;
 }
 
-// The input vector at column col of an input row (pixels xs floats apart, W of them), zero
+// The input vector at column col of an input row (pixels xs elements apart, W of them), zero
 // outside the row (the convolution's padding) where the tile reaches an edge.
 template <int V, bool kEdge, typename T>
 __attribute__((always_inline)) inline Vec<V> load_column(const T* x_row, int64_t col, int64_t W,
