@@ -50,9 +50,10 @@ def _register_autograd(forward_op, input_grad_op, backward_weight_op):
 # auto: on the 2-core CI machine (benchmarks/results/cpu-dwconv-2026-11-30/, batch 1, 8, 32 at
 # the ConvNeXt-T stages) the cpp SIMD kernels ran the forward at 0.87-1.52x oneDNN's channels_last
 # (1.0x or more in 10 of 12) and forward+backward at 1.24-3.33x eager's; on an AVX-512 CPU
-# (cpu-dwconv-2026-12-01/, register-tiled kernels) fp32 forward 1.02-1.42x in 11 of 12 (0.92x at
-# stage 4, batch 32), forward+backward 2.88-6.21x; bf16 there (AVX512-BF16, where oneDNN's bf16
-# beats its fp32) forward 0.69-0.82x, forward+backward 5.5-11.0x.
+# (cpu-dwconv-2026-12-01/, register-tiled kernels) fp32 forward 1.02-1.42x in 11 of 12 (stage 4,
+# batch 32: 0.92x, and 1.16x in a second run), forward+backward 2.82-6.21x; bf16 there
+# (AVX512-BF16, where oneDNN's bf16 beats its fp32) forward 0.69-0.82x, forward+backward
+# 5.5-11.0x.
 DWCONV = backends.Op("dwconv2d", auto_order={"cpu": ("cpp",), "cuda": ("cuda", "triton")})
 INPUT_GRAD = {}  # backend -> the input-gradient op its autograd uses (the fused ops reuse it)
 
