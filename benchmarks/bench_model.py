@@ -23,19 +23,26 @@ NAME = "model"
 add_options = harness.add_autotune_option
 
 
+def timm_models(size):
+    """{"plain": timm's convnext_<size>, "ours": another converted by ck.convert_model (backend
+    auto)}, with the same weights."""
+    import timm
+    models = {"plain": timm.create_model(f"convnext_{size}"),
+              "ours": ck.convert_model(timm.create_model(f"convnext_{size}"))}
+    models["ours"].load_state_dict(models["plain"].state_dict())
+    return models
+
+
 def _models(plan, size):
     """{"plain": model, "ours": converted (backend auto)}, the same weights: timm's on a CPU
     (what CPU users run; auto picks cpp for every op there, so a "cpp" row would time the same
     model twice), else ck.models'."""
     if not plan.gpu and not plan.tiny:
-        import timm
-        models = {"plain": timm.create_model(f"convnext_{size}")}
-        models["ours"] = ck.convert_model(timm.create_model(f"convnext_{size}"))
+        models = timm_models(size)
     else:
         builder = getattr(ck.models, f"convnext_{size}")
         models = {"plain": builder(fused=False), "ours": builder()}
-    for model in models.values():
-        model.load_state_dict(models["plain"].state_dict())
+        models["ours"].load_state_dict(models["plain"].state_dict())
     return {name: model.to(plan.device) for name, model in models.items()}
 
 

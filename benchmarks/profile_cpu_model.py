@@ -19,7 +19,7 @@ import os
 
 import torch
 
-import convnext_kernels as ck
+from benchmarks import bench_model
 
 GEMMS = ("aten::addmm", "aten::mm")
 CONVS = ("aten::mkldnn_convolution",)
@@ -33,12 +33,9 @@ def _is_depthwise(event):
 
 
 def _models(size):
-    import timm
-    plain = timm.create_model(f"convnext_{size}")
-    ours = ck.convert_model(timm.create_model(f"convnext_{size}"))
-    ours.load_state_dict(plain.state_dict())
-    return {name: m.eval().to(memory_format=torch.channels_last)
-            for name, m in (("eager channels_last", plain), ("ours", ours))}
+    models = bench_model.timm_models(size)
+    return {name: models[key].eval().to(memory_format=torch.channels_last)
+            for name, key in (("eager channels_last", "plain"), ("ours", "ours"))}
 
 
 def profile(model, x, calls):
