@@ -256,26 +256,34 @@ def test_cpu_kernels_pick_the_widest_instruction_set_of_this_cpu():
     flags = _cpu_flags()
     if flags is None:
         pytest.skip("no /proc/cpuinfo to compare with")
-    if "avx512f" in flags:
+    if "avx512f" in flags and "avx512_bf16" in flags:
+        expected = "avx512_bf16"
+    elif "avx512f" in flags:
         expected = "avx512"
-    elif "avx2" in flags and "fma" in flags:
+    elif "avx2" in flags and "fma" in flags and "f16c" in flags:
         expected = "avx2"
     else:
         expected = "portable"
     assert _C.cpu_isa() == expected
 
 
-ISA_NAMES = ["avx512", "avx2", "portable"]
+ISA_NAMES = ["avx512_bf16", "avx512", "avx2", "portable"]
+# The AVX512-BF16 kernels with the bf16 dot product emulated (isa.h): run where the CPU has
+# AVX-512F, so that a CPU without AVX512-BF16 still tests them.
+EMULATED_BF16 = "avx512_bf16_emulated"
 
 
 @pytest.mark.skipif("cpp" not in ck.available_backends(), reason="needs the cpp backend")
-@pytest.mark.parametrize("isa", ISA_NAMES[1:])
+@pytest.mark.parametrize("isa", ISA_NAMES[1:] + [EMULATED_BF16])
 def test_every_narrower_instruction_set_matches_the_reference(isa):
     """CK_CPU_ISA narrows the choice: the cpp dwconv and LayerNorm tests, and the MLP's GELU and
     tiled-forward tests, again on each narrower path this CPU can run (the widest one is the
-    default, tested above)."""
+    default, tested above), and on the emulated bf16 dot product where the CPU has AVX-512F."""
     from convnext_kernels import _C
-    if ISA_NAMES.index(isa) <= ISA_NAMES.index(_C.cpu_isa()):
+    if isa == EMULATED_BF16:
+        if not _C.cpu_isa().startswith("avx512"):
+            pytest.skip("the emulated bf16 dot product needs AVX-512F, which this CPU lacks")
+    elif ISA_NAMES.index(isa) <= ISA_NAMES.index(_C.cpu_isa()):
         pytest.skip(f"{isa} is this CPU's default or wider than it has: tested above")
     env = dict(os.environ, CK_CPU_ISA=isa)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -22,6 +22,11 @@ struct KernelType<c10::BFloat16> {
   using type = ck::cpu::Bf16Bits;
 };
 static_assert(sizeof(c10::BFloat16) == sizeof(ck::cpu::Bf16Bits));
+// c10::Half is IEEE fp16: the SIMD dwconv reads its bits in place (convert.h).
+template <>
+inline constexpr bool kIeeeHalf<c10::Half> = true;
+static_assert(sizeof(c10::Half) == sizeof(ck::cpu::F16Bits));
+
 template <typename T>
 using kernel_t = typename KernelType<T>::type;
 

@@ -18,6 +18,16 @@ struct Bf16Bits {
   uint16_t bits;
 };
 
+// IEEE binary16 (fp16) as its 16 bits, for kernels that convert it with the CPU's instructions
+// (dwconv_simd.h). The scalar loops keep the glue's own fp16 type: kIeeeHalf<T> says that a T is
+// laid out as one of these (the torch glue says so of c10::Half, accumulate.h), so that the
+// kernels stay torch-free.
+struct F16Bits {
+  uint16_t bits;
+};
+template <typename T>
+inline constexpr bool kIeeeHalf = false;
+
 template <typename Acc, typename T>
 __attribute__((always_inline)) inline Acc to_acc(T v) {
   return static_cast<Acc>(v);

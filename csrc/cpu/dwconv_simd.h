@@ -1,17 +1,23 @@
 // Depthwise k×k convolution forward (stride 1, padding k/2) on N,H,W,C buffers for the CPU with
-// SIMD, fp32 math, the instruction set chosen at run time (AVX-512, AVX2+FMA, or portable).
+// SIMD, fp32 math, the instruction set chosen at run time (AVX-512 with or without AVX512-BF16,
+// AVX2+FMA+F16C, or portable).
 //
 // Torch-free. A row of output pixels is computed in blocks of up to 16 pixels × one channel
 // vector whose accumulators stay in registers while all k*k taps are added; per tap row, each
 // input vector is loaded once for every pixel it reaches (register blocking, sliding window).
-// Where the channels are a multiple of the vector width, fp32 and bf16 inputs are read in place
-// (bf16 widened to fp32 in registers, load_lanes); otherwise (and fp16) the rows a band of
-// output rows needs are first converted once to fp32 ([rows][W][Cp], channels rounded up to the
-// vector width). The padding is never stored: tap rows outside the image are skipped, and the
-// pixel blocks at a row's ends skip (or read as zero) the columns outside it. Rows are computed
-// in fp32, in place in an fp32 output where they can be, else in scratch and then stored.
+// Where the channels are a multiple of the vector width, fp32, bf16 and fp16 inputs are read in
+// place (bf16 and fp16 converted to fp32 in registers, load_lanes; fp16 not in the portable
+// set); otherwise the rows a band of output rows needs are first converted once to fp32
+// ([rows][W][Cp], channels rounded up to the vector width). With AVX512-BF16, bf16 inputs are not
+// widened in the forward: one bf16 dot product adds the taps of two tap rows
+// (conv_pixels_bf16_dot). The padding is never stored: tap rows outside the image are skipped,
+// and the pixel blocks at a row's ends skip (or read as zero) the columns outside it. Rows are
+// computed in fp32, in place in an fp32 output where they can be, else in scratch and then
+// stored.
 //
-// The vector code is GCC/Clang vector extensions, compiled once per instruction set (isa.h).
+// The vector code is GCC/Clang vector extensions, compiled once per instruction set (isa.h);
+// instructions that the compiler would not emit well from them are asm statements (load_widened,
+// load_lanes for fp16, NativeBf16Dot).
 #pragma once
 #include <algorithm>
 #include <cstdint>
@@ -75,27 +81,92 @@ struct BitsOf<16> {
   typedef uint32_t u32 __attribute__((vector_size(64)));
 };
 
-// V inputs as fp32 lanes: fp32 as they are; bf16 (its bits) widened in registers, a shift, so
-// that bf16 inputs are read in place, not from a converted copy.
+// V inputs as fp32 lanes: fp32 as they are; bf16 (its bits) widened in registers, a shift; fp16
+// converted in registers (vcvtph2ps: F16C, AVX-512F for 16 lanes). So these inputs are read in
+// place, not from a converted copy.
 template <int V>
 __attribute__((always_inline)) inline Vec<V> load_lanes(const float* p) {
   return load<V>(p);
 }
 
+// V bf16 inputs (their bits) zero-extended to 32-bit lanes: the bf16 in bits 0-15. (For 8 and 16
+// lanes an asm statement, vpmovzxwd: GCC 12 builds the 16-lane conversion from 128-bit pieces
+// through the stack.)
 template <int V>
-__attribute__((always_inline)) inline Vec<V> load_lanes(const Bf16Bits* p) {
+__attribute__((always_inline)) inline typename BitsOf<V>::u32 load_widened(const Bf16Bits* p) {
+#if CK_CPU_X86
+  if constexpr (V >= 8) {
+    typename BitsOf<V>::u32 wide;
+    asm("vpmovzxwd %1, %0"
+        : "=v"(wide)
+        : "m"(*reinterpret_cast<const typename BitsOf<V>::u16*>(p)));
+    return wide;
+  }
+#endif
   typename BitsOf<V>::u16 bits;
   std::memcpy(&bits, p, sizeof(bits));
-  const typename BitsOf<V>::u32 wide = __builtin_convertvector(bits, typename BitsOf<V>::u32) << 16;
+  return __builtin_convertvector(bits, typename BitsOf<V>::u32);
+}
+
+template <int V>
+__attribute__((always_inline)) inline Vec<V> as_floats(const typename BitsOf<V>::u32& bits) {
   Vec<V> v;
-  std::memcpy(&v, &wide, sizeof(v));
+  std::memcpy(&v, &bits, sizeof(v));
   return v;
 }
 
-// The input types the row kernels read in place: fp32 and bf16 (fp16 and the rest go through a
-// converted fp32 copy).
+template <int V>
+__attribute__((always_inline)) inline typename BitsOf<V>::u32 as_bits(const Vec<V>& v) {
+  typename BitsOf<V>::u32 bits;
+  std::memcpy(&bits, &v, sizeof(bits));
+  return bits;
+}
+
+template <int V>
+__attribute__((always_inline)) inline Vec<V> load_lanes(const Bf16Bits* p) {
+  return as_floats<V>(load_widened<V>(p) << 16);
+}
+
+#if CK_CPU_X86
+// An asm statement, not the intrinsic: these always-inline helpers carry no target (they are
+// compiled into each instruction set's kernels), and GCC will not inline a target intrinsic into
+// them, while its own _Float16 vector conversion goes element by element.
+template <int V>
+__attribute__((always_inline)) inline Vec<V> load_lanes(const F16Bits* p) {
+  static_assert(V == 8 || V == 16, "fp16 is read in place by the AVX2 and AVX-512 kernels only");
+  Vec<V> v;
+  asm("vcvtph2ps %1, %0" : "=v"(v) : "m"(*reinterpret_cast<const typename BitsOf<V>::u16*>(p)));
+  return v;
+}
+#endif
+
+// V fp32 lanes stored as bf16 or fp16 at p, rounded to nearest even: bf16 by from_acc's rule
+// (convert.h: NaN to the quiet NaN 0x7FC0) in vectors, fp16 by vcvtps2ph (F16C; an asm
+// statement, as its load).
+template <int V>
+__attribute__((always_inline)) inline void store_lanes(Bf16Bits* p, const Vec<V>& v) {
+  using U32 = typename BitsOf<V>::u32;
+  const U32 u = as_bits<V>(v);
+  const U32 rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+  const U32 nan = reinterpret_cast<U32>(v != v);  // all ones where v is NaN
+  const U32 bits = (nan & 0x7FC0u) | (~nan & rounded);
+  const typename BitsOf<V>::u16 narrow = __builtin_convertvector(bits, typename BitsOf<V>::u16);
+  std::memcpy(p, &narrow, sizeof(narrow));
+}
+
+#if CK_CPU_X86
+template <int V>
+__attribute__((always_inline)) inline void store_lanes(F16Bits* p, const Vec<V>& v) {
+  static_assert(V == 8 || V == 16, "fp16 is stored by the AVX2 and AVX-512 kernels only");
+  asm("vcvtps2ph $0, %1, %0" : "=m"(*reinterpret_cast<typename BitsOf<V>::u16*>(p)) : "v"(v));
+}
+#endif
+
+// The type the row kernels read inputs of type T as, in place: fp32 and bf16 as they are, IEEE
+// fp16 (convert.h) as F16Bits; void for the others, which go through a converted fp32 copy.
 template <typename T>
-constexpr bool kReadInPlace = std::is_same_v<T, float> || std::is_same_v<T, Bf16Bits>;
+using in_place_t = std::conditional_t<std::is_same_v<T, float> || std::is_same_v<T, Bf16Bits>, T,
+                                      std::conditional_t<kIeeeHalf<T>, F16Bits, void>>;
 
 // Vector registers of each width's instruction set (AVX-512: 32; AVX2 and SSE: 16).
 template <int V>
@@ -184,15 +255,101 @@ __attribute__((always_inline)) inline void conv_pixels_any_k(const RowWindow<T>&
   for (int p = 0; p < TW; ++p) store<V>(out + p * Cp, acc[p]);
 }
 
-// A block of tw (1..TW) pixels: the instantiation for tw, found at run time.
-template <int V, int K, int TW, bool kEdge, typename T>
+// bf16 dot products for 16 lanes: acc[i] += a.hi[i] * b.hi[i], then acc[i] += a.lo[i] * b.lo[i],
+// each 32-bit lane of a and b holding two bf16 (lo: bits 0-15, hi: bits 16-31). Products of two
+// bf16 are exact in fp32, so each step rounds once, as an FMA does.
+using Bf16Pairs = BitsOf<16>::u32;
+
+#if CK_CPU_X86
+// vdpbf16ps (AVX512-BF16; it also flushes subnormals to zero). An asm statement, as fp16's load.
+struct NativeBf16Dot {
+  __attribute__((always_inline)) static void add(Vec<16>& acc, const Bf16Pairs& a,
+                                                 const Bf16Pairs& b) {
+    asm("vdpbf16ps %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b));
+  }
+};
+#endif
+
+// The same sums as two FMAs on the halves widened to fp32: the emulation the tests run on CPUs
+// without AVX512-BF16 (isa.h).
+struct EmulatedBf16Dot {
+  __attribute__((always_inline)) static void add(Vec<16>& acc, const Bf16Pairs& a,
+                                                 const Bf16Pairs& b) {
+    constexpr uint32_t kHigh = 0xFFFF0000u;
+    acc += as_floats<16>(a & kHigh) * as_floats<16>(b & kHigh);
+    acc += as_floats<16>(a << 16) * as_floats<16>(b << 16);
+  }
+};
+
+// One tap row (kPair: two, ky and ky + 1) of conv_pixels for bf16 inputs with a bf16 dot
+// product: lane i of each column's input holds the pixel's channel i from the lower row (lo) and
+// the upper row (hi), each tap vector the two rows' taps, so that one dot product adds two taps
+// (on two rows: the interleaving of each column is then shared by all K taps of the pair, where
+// pairs along a row would need it once per tap). taps_lo/taps_hi: fp32 taps [K][Cp] of the rows,
+// bf16 values (the weights are bf16), whose upper 16 bits are the bf16 bits.
+template <int TW, int K, bool kEdge, bool kPair, typename Dot>
+__attribute__((always_inline)) inline void add_tap_row_pair(Vec<16>* acc, const Bf16Bits* x_lo,
+                                                            const Bf16Bits* x_hi,
+                                                            const float* taps_lo,
+                                                            const float* taps_hi, int64_t col0,
+                                                            int64_t W, int64_t xs, int64_t Cp) {
+  Bf16Pairs t[K];
+#pragma GCC unroll 16
+  for (int kx = 0; kx < K; ++kx) {
+    t[kx] = as_bits<16>(load<16>(taps_lo + kx * Cp)) >> 16;
+    if constexpr (kPair) t[kx] |= as_bits<16>(load<16>(taps_hi + kx * Cp));
+  }
+#pragma GCC unroll 32
+  for (int j = 0; j < TW + K - 1; ++j) {
+    if (kEdge && (col0 + j < 0 || col0 + j >= W)) continue;  // padding: adds nothing
+    Bf16Pairs xv = load_widened<16>(x_lo + (col0 + j) * xs);
+    if constexpr (kPair) xv |= load_widened<16>(x_hi + (col0 + j) * xs) << 16;
+#pragma GCC unroll 16
+    for (int kx = 0; kx < K; ++kx) {
+      const int p = j - kx;
+      if (p >= 0 && p < TW) Dot::add(acc[p], xv, t[kx]);
+    }
+  }
+}
+
+// conv_pixels for bf16 inputs and 16 lanes through the bf16 dot product Dot, tap rows in pairs
+// (an odd one alone, its upper halves zero). The sums per pixel are those of conv_pixels in
+// another order: (ky pair, kx, upper row first).
+template <int TW, int K, bool kEdge, typename Dot>
+__attribute__((always_inline)) inline void conv_pixels_bf16_dot(const RowWindow<Bf16Bits>& win,
+                                                                int64_t col0, const float* taps,
+                                                                const Vec<16>& bias, float* out,
+                                                                int64_t Cp) {
+  static_assert(TW + K + 2 <= vector_registers<16>(), "the tile would spill");
+  Vec<16> acc[TW];
+  for (int p = 0; p < TW; ++p) acc[p] = bias;
+  int64_t ky = win.ky_begin;
+  for (; ky + 1 < win.ky_end; ky += 2) {
+    const Bf16Bits* x_lo = win.x + (ky - win.ky_begin) * win.row_stride;
+    add_tap_row_pair<TW, K, kEdge, true, Dot>(acc, x_lo, x_lo + win.row_stride, taps + ky * K * Cp,
+                                              taps + (ky + 1) * K * Cp, col0, win.W, win.xs, Cp);
+  }
+  if (ky < win.ky_end) {
+    const Bf16Bits* x_lo = win.x + (ky - win.ky_begin) * win.row_stride;
+    add_tap_row_pair<TW, K, kEdge, false, Dot>(acc, x_lo, nullptr, taps + ky * K * Cp, nullptr,
+                                               col0, win.W, win.xs, Cp);
+  }
+  for (int p = 0; p < TW; ++p) store<16>(out + p * Cp, acc[p]);
+}
+
+// A block of tw (1..TW) pixels: the instantiation for tw, found at run time. Dot: the bf16 dot
+// product for bf16 inputs (void: fp32 FMAs).
+template <int V, int K, int TW, bool kEdge, typename Dot, typename T>
 __attribute__((always_inline)) inline void conv_block(int64_t tw, const RowWindow<T>& win,
                                                       int64_t col0, const float* taps,
                                                       const Vec<V>& bias, float* out, int64_t k,
                                                       int64_t Cp) {
   if constexpr (TW >= 1) {
-    if (tw < TW) return conv_block<V, K, TW - 1, kEdge>(tw, win, col0, taps, bias, out, k, Cp);
-    if constexpr (K > 0) {
+    if (tw < TW) return conv_block<V, K, TW - 1, kEdge, Dot>(tw, win, col0, taps, bias, out, k, Cp);
+    if constexpr (!std::is_void_v<Dot>) {
+      static_assert(V == 16 && K > 0 && std::is_same_v<T, Bf16Bits>);
+      conv_pixels_bf16_dot<TW, K, kEdge, Dot>(win, col0, taps, bias, out, Cp);
+    } else if constexpr (K > 0) {
       conv_pixels<V, TW, K, kEdge>(win, col0, taps, bias, out, Cp);
     } else {
       conv_pixels_any_k<V, TW, kEdge>(win, col0, taps, bias, out, k, Cp);
@@ -223,7 +380,7 @@ inline bool block_at_edge(int64_t W, int64_t w, int64_t tw, int64_t pad) {
 // blocks outside, channel vectors inside: a block reads its window's pixels whole, line after
 // line (measured at 56×56×96, batch 8: 1.03-1.07x oneDNN, against 0.91-1.16x with the channel
 // vectors outside).
-template <int V, int K, typename T>
+template <int V, int K, typename Dot, typename T>
 __attribute__((always_inline)) inline void conv_row_impl(const RowWindow<T>& win, const float* taps,
                                                          const float* bias, float* out, int64_t Cp,
                                                          int64_t k) {
@@ -238,21 +395,24 @@ __attribute__((always_inline)) inline void conv_row_impl(const RowWindow<T>& win
       RowWindow<T> win_c = win;
       win_c.x += c;
       if (edge) {
-        conv_block<V, K, kTile, true>(tw, win_c, w - pad, taps + c, b, out + c + w * Cp, k, Cp);
+        conv_block<V, K, kTile, true, Dot>(tw, win_c, w - pad, taps + c, b, out + c + w * Cp, k,
+                                           Cp);
       } else {
-        conv_block<V, K, kTile, false>(tw, win_c, w - pad, taps + c, b, out + c + w * Cp, k, Cp);
+        conv_block<V, K, kTile, false, Dot>(tw, win_c, w - pad, taps + c, b, out + c + w * Cp, k,
+                                            Cp);
       }
     }
   }
 }
 
-template <int V, typename T>
+// (Dot: as conv_block's, for k known at compile time; the others take fp32 FMAs.)
+template <int V, typename Dot, typename T>
 __attribute__((always_inline)) inline void conv_row_any_k(const RowWindow<T>& win,
                                                           const float* taps, const float* bias,
                                                           float* out, int64_t Cp, int64_t k) {
-  if (k == 7) return conv_row_impl<V, 7>(win, taps, bias, out, Cp, k);  // ConvNeXt's
-  if (k == 3) return conv_row_impl<V, 3>(win, taps, bias, out, Cp, k);
-  conv_row_impl<V, 0>(win, taps, bias, out, Cp, k);
+  if (k == 7) return conv_row_impl<V, 7, Dot>(win, taps, bias, out, Cp, k);  // ConvNeXt's
+  if (k == 3) return conv_row_impl<V, 3, Dot>(win, taps, bias, out, Cp, k);
+  conv_row_impl<V, 0, void>(win, taps, bias, out, Cp, k);
 }
 
 // acc[kx] += sum_{p < TW} g[p] * x[col0 + p + kx] for the K taps of one tap row, K known at
@@ -342,34 +502,44 @@ __attribute__((always_inline)) inline void wgrad_row_any_k(const RowWindow<T>& w
   wgrad_row_impl<V, 0>(win, g, part, Cp, k);
 }
 
-// Row kernels of one instruction set, for fp32 and for bf16 inputs: (win, taps, bias, out, Cp,
-// k) and (win, g, part, Cp, k) as conv_row_impl and wgrad_row_impl.
+// The row kernels of one instruction set for data of type T: (win, taps, bias, out, Cp, k) and
+// (win, g, part, Cp, k) as conv_row_impl and wgrad_row_impl, (src, dst, n) as store_converted
+// (bf16 and fp16); null where the set cannot read (or store) T itself.
 template <typename T>
 using RowFn = void (*)(const RowWindow<T>&, const float*, const float*, float*, int64_t, int64_t);
 template <typename T>
 using WgradRowFn = void (*)(const RowWindow<T>&, const float*, float*, int64_t, int64_t);
+template <typename T>
+using StoreFn = void (*)(const float*, T*, int64_t);
+
+template <typename T>
+struct RowFns {
+  RowFn<T> row = nullptr;
+  WgradRowFn<T> wgrad_row = nullptr;
+  StoreFn<T> store = nullptr;
+};
+
+// n fp32 values (a multiple of V) stored as T: store_lanes, V at a time.
+template <int V, typename T>
+__attribute__((always_inline)) inline void store_converted(const float* src, T* dst, int64_t n) {
+  for (int64_t i = 0; i < n; i += V) store_lanes<V>(dst + i, load<V>(src + i));
+}
 
 struct RowKernels {
   int lanes;  // floats per vector: Cp is a multiple of it
-  RowFn<float> row;
-  RowFn<Bf16Bits> row_bf16;
-  WgradRowFn<float> wgrad_row;
-  WgradRowFn<Bf16Bits> wgrad_row_bf16;
+  RowFns<float> f32;
+  RowFns<Bf16Bits> bf16;
+  RowFns<F16Bits> f16;  // null in the portable set: no fp16 conversion instruction
 
+  // The kernels for data read (or stored) in place as T (in_place_t).
   template <typename T>
-  RowFn<T> row_for() const {
+  const RowFns<T>& for_type() const {
     if constexpr (std::is_same_v<T, Bf16Bits>) {
-      return row_bf16;
+      return bf16;
+    } else if constexpr (std::is_same_v<T, F16Bits>) {
+      return f16;
     } else {
-      return row;
-    }
-  }
-  template <typename T>
-  WgradRowFn<T> wgrad_row_for() const {
-    if constexpr (std::is_same_v<T, Bf16Bits>) {
-      return wgrad_row_bf16;
-    } else {
-      return wgrad_row;
+      return f32;
     }
   }
 };
@@ -378,34 +548,59 @@ struct RowKernels {
   template <typename T>                                                                            \
   TARGET void conv_row_##SUFFIX(const RowWindow<T>& win, const float* taps, const float* bias,     \
                                 float* out, int64_t Cp, int64_t k) {                               \
-    conv_row_any_k<LANES>(win, taps, bias, out, Cp, k);                                            \
+    conv_row_any_k<LANES, void>(win, taps, bias, out, Cp, k);                                      \
   }                                                                                                \
   template <typename T>                                                                            \
   TARGET void wgrad_row_##SUFFIX(const RowWindow<T>& win, const float* g, float* part, int64_t Cp, \
                                  int64_t k) {                                                      \
     wgrad_row_any_k<LANES>(win, g, part, Cp, k);                                                   \
+  }                                                                                                \
+  template <typename T>                                                                            \
+  TARGET void store_##SUFFIX(const float* src, T* dst, int64_t n) {                                \
+    store_converted<LANES>(src, dst, n);                                                           \
+  }                                                                                                \
+  template <typename T>                                                                            \
+  RowFns<T> row_fns_##SUFFIX() {                                                                   \
+    if constexpr (std::is_same_v<T, float>) {                                                      \
+      return {conv_row_##SUFFIX<T>, wgrad_row_##SUFFIX<T>, nullptr};                               \
+    } else {                                                                                       \
+      return {conv_row_##SUFFIX<T>, wgrad_row_##SUFFIX<T>, store_##SUFFIX<T>};                     \
+    }                                                                                              \
   }
 
 #if CK_CPU_X86
 CK_DWCONV_ROW_KERNELS(avx512, CK_TARGET_AVX512, 16)
 CK_DWCONV_ROW_KERNELS(avx2, CK_TARGET_AVX2, 8)
+
+// The bf16 forward rows of the AVX512-BF16 sets: the bf16 dot product, native or emulated.
+CK_TARGET_AVX512 inline void conv_row_avx512_bf16(const RowWindow<Bf16Bits>& win, const float* taps,
+                                                  const float* bias, float* out, int64_t Cp,
+                                                  int64_t k) {
+  conv_row_any_k<16, NativeBf16Dot>(win, taps, bias, out, Cp, k);
+}
+CK_TARGET_AVX512 inline void conv_row_avx512_bf16_emulated(const RowWindow<Bf16Bits>& win,
+                                                           const float* taps, const float* bias,
+                                                           float* out, int64_t Cp, int64_t k) {
+  conv_row_any_k<16, EmulatedBf16Dot>(win, taps, bias, out, Cp, k);
+}
 #endif
 CK_DWCONV_ROW_KERNELS(portable, , 4)
 #undef CK_DWCONV_ROW_KERNELS
 
 inline RowKernels row_kernels(Isa isa) {
 #if CK_CPU_X86
-  if (isa == Isa::kAvx512) {
-    return {16, conv_row_avx512<float>, conv_row_avx512<Bf16Bits>, wgrad_row_avx512<float>,
-            wgrad_row_avx512<Bf16Bits>};
+  if (isa >= Isa::kAvx512) {
+    RowKernels kernels{16, row_fns_avx512<float>(), row_fns_avx512<Bf16Bits>(),
+                       row_fns_avx512<F16Bits>()};
+    if (isa == Isa::kAvx512Bf16) kernels.bf16.row = conv_row_avx512_bf16;
+    if (isa == Isa::kAvx512Bf16Emulated) kernels.bf16.row = conv_row_avx512_bf16_emulated;
+    return kernels;
   }
   if (isa == Isa::kAvx2) {
-    return {8, conv_row_avx2<float>, conv_row_avx2<Bf16Bits>, wgrad_row_avx2<float>,
-            wgrad_row_avx2<Bf16Bits>};
+    return {8, row_fns_avx2<float>(), row_fns_avx2<Bf16Bits>(), row_fns_avx2<F16Bits>()};
   }
 #endif
-  return {4, conv_row_portable<float>, conv_row_portable<Bf16Bits>, wgrad_row_portable<float>,
-          wgrad_row_portable<Bf16Bits>};
+  return {4, row_fns_portable<float>(), row_fns_portable<Bf16Bits>(), {}};
 }
 
 // The row kernels of this CPU's instruction set (isa.h), chosen once per process.
@@ -431,20 +626,19 @@ inline float* thread_scratch(Scratch kind, size_t floats) {
   return buffer.data();
 }
 
-// The input rows [r_begin, r_end) of one image x_image ([H][W][C] of T) converted to fp32 into
-// band ([rows][W][Cp], channels C..Cp zero), for inputs the row kernels cannot read in place
-// (fp16, or C not a multiple of the vector width), so that they are converted once per
-// element, not once per tap.
+// pixels pixels of C channels of T (src) as fp32 into dst ([pixels][Cp], channels C..Cp zero): the
+// inputs the row kernels cannot read in place (in_place_t void, or C not a multiple of the vector
+// width), so that they are converted once per element, not once per tap, and the weight
+// gradient's g.
 template <typename T>
-const float* converted_rows(const T* x_image, float* band, int64_t r_begin, int64_t r_end,
-                            int64_t W, int64_t C, int64_t Cp) {
-  for (int64_t pixel = 0; pixel < (r_end - r_begin) * W; ++pixel) {
-    const T* s = x_image + r_begin * W * C + pixel * C;
-    float* d = band + pixel * Cp;
+const float* converted_rows(const T* src, float* dst, int64_t pixels, int64_t C, int64_t Cp) {
+  for (int64_t pixel = 0; pixel < pixels; ++pixel) {
+    const T* s = src + pixel * C;
+    float* d = dst + pixel * Cp;
     for (int64_t c = 0; c < C; ++c) d[c] = to_acc<float>(s[c]);
     std::fill(d + C, d + Cp, 0.0f);
   }
-  return band;
+  return dst;
 }
 
 // The window of output row h: its tap rows inside the image, read from rows (input row r_begin
@@ -458,17 +652,18 @@ RowWindow<T> row_window(const T* rows, int64_t r_begin, int64_t h, int64_t H, in
   return {rows + (h - pad + ky_begin - r_begin) * W * Cp, ky_begin, ky_end, W, Cp, W * Cp};
 }
 
-// Calls fn(rows, row_fn, wgrad_row_fn) with the input rows [r_begin, r_end) of x_image as the
-// row kernels read them: in place (fp32 or bf16, Cp == C), else converted into band.
+// Calls fn(rows, fns) with the input rows [r_begin, r_end) of x_image as the row kernels read
+// them, and the kernels (RowFns) that read them: in place where they can (in_place_t, Cp == C),
+// else converted into band.
 template <typename T, typename Fn>
 void with_input_rows(const T* x_image, float* band, int64_t r_begin, int64_t r_end, int64_t W,
                      int64_t C, int64_t Cp, const RowKernels& kernels, Fn fn) {
-  if constexpr (kReadInPlace<T>) {
-    if (Cp == C) {
-      return fn(x_image + r_begin * W * C, kernels.row_for<T>(), kernels.wgrad_row_for<T>());
-    }
+  using In = in_place_t<T>;
+  if constexpr (!std::is_void_v<In>) {
+    const RowFns<In>& fns = kernels.for_type<In>();
+    if (Cp == C && fns.row) return fn(reinterpret_cast<const In*>(x_image) + r_begin * W * C, fns);
   }
-  fn(converted_rows(x_image, band, r_begin, r_end, W, C, Cp), kernels.row, kernels.wgrad_row);
+  fn(converted_rows(x_image + r_begin * W * C, band, (r_end - r_begin) * W, C, Cp), kernels.f32);
 }
 
 // weight [C][k*k] and bias [C] (or null) of T -> taps [k*k][Cp] and bias [Cp] fp32, zero
@@ -493,9 +688,17 @@ void prepare_taps(const T* weight, const T* bias, int64_t C, int64_t k, int64_t 
   std::fill(bias_p + C, bias_p + Cp, 0.0f);
 }
 
-// Stores one output row [W][Cp] fp32 as W pixels of C channels of T at dst.
+// Stores one output row [W][Cp] fp32 as W pixels of C channels of T at dst: converted in
+// registers where the row has no channel padding and the set stores T (RowFns::store), else
+// element by element.
 template <typename T>
-void store_row(const float* row, T* dst, int64_t W, int64_t C, int64_t Cp) {
+void store_row(const float* row, T* dst, int64_t W, int64_t C, int64_t Cp,
+               const RowKernels& kernels) {
+  using In = in_place_t<T>;
+  if constexpr (!std::is_void_v<In> && !std::is_same_v<In, float>) {
+    const StoreFn<In> store = kernels.for_type<In>().store;
+    if (Cp == C && store) return store(row, reinterpret_cast<In*>(dst), W * C);
+  }
   for (int64_t w = 0; w < W; ++w) {
     for (int64_t c = 0; c < C; ++c) dst[w * C + c] = from_acc<T>(row[w * Cp + c]);
   }
@@ -536,12 +739,12 @@ void dwconv_forward_rows(const T* x, const T* weight, const T* bias, int64_t N, 
       const int64_t r_begin = std::max<int64_t>(0, h_begin - pad);
       const int64_t r_end = std::min(H, h_end + pad);
       with_input_rows(x + n * H * W * C, band, r_begin, r_end, W, C, Cp, kernels,
-                      [&](const auto* rows, auto row_fn, auto) {
+                      [&](const auto* rows, const auto& fns) {
                         for (int64_t h = h_begin; h < h_end; ++h) {
                           const int64_t pixel = (n * H + h) * W;
                           float* out = rows_f32 ? rows_f32 + pixel * C : row;
-                          row_fn(row_window(rows, r_begin, h, H, W, Cp, k), taps.get(), bias_ptr,
-                                 out, Cp, k);
+                          fns.row(row_window(rows, r_begin, h, H, W, Cp, k), taps.get(), bias_ptr,
+                                  out, Cp, k);
                           emit_row(pixel, out, Cp);
                         }
                       });
@@ -557,12 +760,13 @@ void dwconv_forward(const T* x, const T* weight, const T* bias, T* y, int64_t N,
   if constexpr (std::is_same_v<T, float>) {  // each row straight into y where it can
     dwconv_forward_rows(x, weight, bias, N, H, W, C, k, kernels, parallel_for, y,
                         [&](int64_t pixel, const float* row, int64_t Cp) {
-                          if (row != y + pixel * C) store_row(row, y + pixel * C, W, C, Cp);
+                          if (row != y + pixel * C)
+                            store_row(row, y + pixel * C, W, C, Cp, kernels);
                         });
   } else {
     dwconv_forward_rows(x, weight, bias, N, H, W, C, k, kernels, parallel_for, nullptr,
                         [&](int64_t pixel, const float* row, int64_t Cp) {
-                          store_row(row, y + pixel * C, W, C, Cp);
+                          store_row(row, y + pixel * C, W, C, Cp, kernels);
                         });
   }
 }
@@ -592,7 +796,6 @@ void dwconv_backward_weight(const T* g, const T* x, float* grad_taps, float* gra
   parallel_for(0, chunks, [&](int64_t chunk_begin, int64_t chunk_end) {
     float* band = thread_scratch(kBand, std::min(H, rows_per_chunk + k - 1) * W * Cp);
     float* g_row = thread_scratch(kRow, W * Cp);
-    std::fill(g_row, g_row + W * Cp, 0.0f);  // channels >= C stay zero
     for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
       float* part = partial + chunk * (taps + 1) * Cp;
       const int64_t row_end = std::min(rows, (chunk + 1) * rows_per_chunk);
@@ -601,24 +804,19 @@ void dwconv_backward_weight(const T* g, const T* x, float* grad_taps, float* gra
         const int64_t h_end = std::min(H, h_begin + (row_end - row));
         const int64_t r_begin = std::max<int64_t>(0, h_begin - pad);
         const int64_t r_end = std::min(H, h_end + pad);
-        with_input_rows(
-            x + n * H * W * C, band, r_begin, r_end, W, C, Cp, kernels,
-            [&](const auto* x_rows, auto, auto wgrad_row_fn) {
-              for (int64_t h = h_begin; h < h_end; ++h) {
-                const T* g_src = g + (n * H + h) * W * C;
-                const float* g_fp32 = g_row;
-                if constexpr (std::is_same_v<T, float>) {  // in place where no padding is needed
-                  if (Cp == C) g_fp32 = g_src;
-                }
-                if (g_fp32 == g_row) {
-                  for (int64_t w = 0; w < W; ++w) {
-                    for (int64_t c = 0; c < C; ++c)
-                      g_row[w * Cp + c] = to_acc<float>(g_src[w * C + c]);
-                  }
-                }
-                wgrad_row_fn(row_window(x_rows, r_begin, h, H, W, Cp, k), g_fp32, part, Cp, k);
-              }
-            });
+        with_input_rows(x + n * H * W * C, band, r_begin, r_end, W, C, Cp, kernels,
+                        [&](const auto* x_rows, const auto& fns) {
+                          for (int64_t h = h_begin; h < h_end; ++h) {
+                            const T* g_src = g + (n * H + h) * W * C;
+                            const float* g_fp32 = nullptr;
+                            if constexpr (std::is_same_v<T, float>) {  // in place where it can
+                              if (Cp == C) g_fp32 = g_src;
+                            }
+                            if (!g_fp32) g_fp32 = converted_rows(g_src, g_row, W, C, Cp);
+                            fns.wgrad_row(row_window(x_rows, r_begin, h, H, W, Cp, k), g_fp32, part,
+                                          Cp, k);
+                          }
+                        });
         row += h_end - h_begin;
       }
     }

@@ -1,7 +1,9 @@
 // The CPU's vector instruction set for the SIMD kernels (dwconv_simd.h, layer_norm_kernels.h),
 // chosen once at run time from the CPU's features, so that one build runs on any x86-64 (and
 // builds on other architectures, portable code only). Each kernel is compiled once per set under
-// a target attribute (CK_TARGET_AVX2 / CK_TARGET_AVX512) and picked by cpu_isa().
+// a target attribute (CK_TARGET_AVX2 / CK_TARGET_AVX512) and picked by cpu_isa(). Instructions
+// the compiler is not asked to emit (fp16 conversion, the bf16 dot product) are asm statements in
+// the kernels, so the targets need not name them; select_isa checks that the CPU has them.
 #pragma once
 #include <string>
 
@@ -13,26 +15,43 @@
 
 namespace ck::cpu {
 
-enum class Isa { kPortable, kAvx2, kAvx512 };
+// From narrowest to widest. kAvx512Bf16: AVX-512 with the bf16 dot product (vdpbf16ps) in the
+// bf16 dwconv. kAvx512Bf16Emulated: the same kernels with that instruction emulated by two
+// AVX-512F FMAs (the same sums, bit for bit, but for subnormals), so that the tests run them on
+// CPUs without it; only ever chosen on request.
+enum class Isa { kPortable, kAvx2, kAvx512, kAvx512Bf16, kAvx512Bf16Emulated };
 
 inline const char* isa_name(Isa isa) {
   switch (isa) {
+    case Isa::kAvx512Bf16Emulated: return "avx512_bf16_emulated";
+    case Isa::kAvx512Bf16: return "avx512_bf16";
     case Isa::kAvx512: return "avx512";
     case Isa::kAvx2: return "avx2";
     default: return "portable";
   }
 }
 
-// The widest set this CPU has; request (CK_CPU_ISA=avx2|portable) narrows it, so that the tests
-// run every path the machine can.
+// The set whose vectors a kernel without a bf16 dot product uses: AVX-512 for the bf16 sets.
+inline Isa vector_isa(Isa isa) { return isa >= Isa::kAvx512 ? Isa::kAvx512 : isa; }
+
+// The widest set this CPU has; a request (CK_CPU_ISA=avx512|avx2|portable) narrows it, so that
+// the tests run every path the machine can; avx512_bf16_emulated asks for the emulated dot
+// product where the CPU has AVX-512F.
 inline Isa select_isa(const char* request) {
   const std::string want = request ? request : "";
 #if CK_CPU_X86
   __builtin_cpu_init();
   const bool avx512 = __builtin_cpu_supports("avx512f");
-  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  if (avx512 && (want.empty() || want == "avx512")) return Isa::kAvx512;
-  if (avx2 && (want.empty() || want == "avx512" || want == "avx2")) return Isa::kAvx2;
+  const bool avx512_bf16 = avx512 && __builtin_cpu_supports("avx512bf16");
+  // F16C: the fp16 loads of the AVX2 kernels (every AVX2 CPU has it; AVX-512F includes it)
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                    __builtin_cpu_supports("f16c");
+  if (want == "avx512_bf16_emulated" && avx512) return Isa::kAvx512Bf16Emulated;
+  const bool up_to_avx512_bf16 = want.empty() || want == "avx512_bf16";
+  const bool up_to_avx512 = up_to_avx512_bf16 || want == "avx512";
+  if (avx512_bf16 && up_to_avx512_bf16) return Isa::kAvx512Bf16;
+  if (avx512 && up_to_avx512) return Isa::kAvx512;
+  if (avx2 && (up_to_avx512 || want == "avx2")) return Isa::kAvx2;
 #endif
   return Isa::kPortable;
 }

@@ -46,7 +46,7 @@ template <typename T, typename Acc = ck::cpu::acc_t<T>>
 LayerNormRows<T, Acc> layer_norm_rows() {
 #if CK_CPU_X86
   if constexpr (std::is_same_v<Acc, float>) {
-    const Isa isa = ck::cpu::cpu_isa();
+    const Isa isa = ck::cpu::vector_isa(ck::cpu::cpu_isa());
     if (isa == Isa::kAvx512) return {forward_rows_avx512<T, Acc>, backward_rows_avx512<T, Acc>};
     if (isa == Isa::kAvx2) return {forward_rows_avx2<T, Acc>, backward_rows_avx2<T, Acc>};
   }
@@ -145,6 +145,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwconv_layer_norm_cpu
     AT_DISPATCH_FLOATING_TYPES_AND2(
         at::kHalf, at::kBFloat16, x.scalar_type(), "dwconv_layer_norm_cpu", [&] {
           using K = kernel_t<scalar_t>;
+          const ck::cpu::simd::RowKernels& kernels = ck::cpu::simd::this_cpu_row_kernels();
           K* conv_ptr = kernel_ptr(out.conv_nhwc.mutable_data_ptr<scalar_t>());
           K* y_ptr = kernel_ptr(out.y_nhwc.mutable_data_ptr<scalar_t>());
           // fp32: each conv row is computed where it is kept (null: in scratch, then stored)
@@ -154,10 +155,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwconv_layer_norm_cpu
               kernel_ptr(x_nhwc.const_data_ptr<scalar_t>()),
               kernel_ptr(w.const_data_ptr<scalar_t>()),
               b.defined() ? kernel_ptr(b.const_data_ptr<scalar_t>()) : nullptr, N, H, W, C, k,
-              ck::cpu::simd::this_cpu_row_kernels(), ck::cpu::aten_parallel_for(), conv_f32,
+              kernels, ck::cpu::aten_parallel_for(), conv_f32,
               [&](int64_t pixel, float* row, int64_t Cp) {
                 if (row != conv_f32 + pixel * C) {
-                  ck::cpu::simd::store_row(row, conv_ptr + pixel * C, W, C, Cp);
+                  ck::cpu::simd::store_row(row, conv_ptr + pixel * C, W, C, Cp, kernels);
                 }
                 float* v = ck::cpu::simd::thread_scratch(ck::cpu::simd::kNorm, C);
                 // Pixels C apart as in y (Cp == C): the whole row at once, fp32 straight into y;
@@ -175,7 +176,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwconv_layer_norm_cpu
                                  mean_ptr + pixel + p, rstd_ptr + pixel + p, 0, 1, C, eps_f, v);
                   }
                 }
-                ck::cpu::simd::store_row(row, y_ptr + pixel * C, W, C, Cp);
+                ck::cpu::simd::store_row(row, y_ptr + pixel * C, W, C, Cp, kernels);
               });
         });
   } else {  // float64 (the tests' reference precision): the plain kernels one after the other

@@ -93,7 +93,7 @@ template <typename T>
 MlpRows<T> mlp_rows() {
 #if CK_CPU_X86
   if constexpr (std::is_same_v<ck::cpu::acc_t<T>, float>) {
-    const Isa isa = ck::cpu::cpu_isa();
+    const Isa isa = ck::cpu::vector_isa(ck::cpu::cpu_isa());
     if (isa == Isa::kAvx512)
       return {bias_gelu_avx512<T>, gelu_backward_avx512<T>, grn_gelu_backward_avx512<T>,
               output_avx512<T>};
