@@ -167,7 +167,32 @@ def environment(device):
         env["triton"] = triton.__version__
     except ImportError:
         env["triton"] = None
+    if device.type != "cuda":  # CPU results differ by model and instruction set: say which
+        env["cpu_model"] = cpu_model()
+        env["cpu_isa"] = cpp_isa()
     return env
+
+
+def cpu_model():
+    """The CPU's model name from /proc/cpuinfo (Linux), else what platform says."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpp_isa():
+    """The instruction set the cpp kernels run with here (csrc/cpu/isa.h), or None without
+    them."""
+    try:
+        from convnext_kernels import _C
+    except ImportError:
+        return None
+    return _C.cpu_isa()
 
 
 def rotation(bytes_per_set, device, cap=16):
@@ -358,7 +383,10 @@ class Results:
         env = self.env
         lines = [f"# {self.name} on {env['device']} ({env['label']})", "",
                  f"{env['date']}; torch {env['torch']}, triton {env['triton']}, "
-                 f"CUDA {env['cuda']}. Floors measured in this run: "
+                 f"CUDA {env['cuda']}. "
+                 + (f"CPU: {env['cpu_model']}, cpp kernels on {env['cpu_isa']}. "
+                    if env.get("cpu_model") else "")
+                 + "Floors measured in this run: "
                  + ", ".join(f"{k} {v:.3g}" for k, v in self.floors.items())]
         for op in dict.fromkeys(r.get("op", self.name) for r in self.rows):
             op_rows = [r for r in self.rows if r.get("op", self.name) == op]

@@ -81,6 +81,11 @@ def test_suite_writes_schema_tables_and_plots(tmp_path):
     assert all(r["label"] == label for r in rows)
     markdown = (directory / "results.md").read_text()
     assert f"({label})" in markdown
+    if label == "CPU":  # CPU results name the CPU and the instruction set our kernels ran on
+        from convnext_kernels import _C
+        env = data["env"]
+        assert env["cpu_model"] and env["cpu_isa"] == _C.cpu_isa()
+        assert f"CPU: {env['cpu_model']}, cpp kernels on {env['cpu_isa']}." in markdown
     assert os.path.basename(directory).endswith(data["env"]["date"])
     plots = ("speedup.png", "floor.png", "model.png")
     if importlib.util.find_spec("matplotlib") is None:  # optional: the results come without
