@@ -291,11 +291,13 @@ def test_every_narrower_instruction_set_matches_the_reference(isa):
         [sys.executable, "-c", "from convnext_kernels import _C; print(_C.cpu_isa())"],
         cwd=root, env=env, capture_output=True, text=True, check=True)
     assert check.stdout.split() == [isa]
+    here = os.path.dirname(__file__)
+    files = [__file__, os.path.join(here, "test_layer_norm.py"), os.path.join(here, "test_mlp.py")]
+    selection = ("cpp and (matches_float64 or deterministic or without_bias or empty or constant"
+                 " or row_tiles or float_range)")
+    if isa == EMULATED_BF16:  # it differs from avx512 in the bf16 dwconv forward alone (isa.h)
+        files, selection = files[:2], f"({selection}) and bfloat16"
     run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
-         os.path.join(os.path.dirname(__file__), "test_layer_norm.py"),
-         os.path.join(os.path.dirname(__file__), "test_mlp.py"), "-k",
-         "cpp and (matches_float64 or deterministic or without_bias or empty or constant"
-         " or row_tiles or float_range)"],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *files, "-k", selection],
         cwd=root, env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout[-3000:]
