@@ -186,13 +186,10 @@ def cpu_model():
 
 
 def cpp_isa():
-    """The instruction set the cpp kernels run with here (csrc/cpu/isa.h), or None without
-    them."""
-    try:
-        from convnext_kernels import _C
-    except ImportError:
-        return None
-    return _C.cpu_isa()
+    """The instruction set the cpp kernels run with here (csrc/cpu/isa.h), or None where _C is
+    not loaded (convnext_kernels._ext says)."""
+    from convnext_kernels import _ext
+    return _ext._C.cpu_isa() if _ext.LOADED else None
 
 
 def rotation(bytes_per_set, device, cap=16):
