@@ -7,9 +7,11 @@ peak memory, for: eager NCHW, eager channels_last, torch.compile (default; max-a
 
 On a CPU: timm's convnext_tiny at 224 px, fp32, as users serve and train it there: inference at
 batch 1, 4 and 32 and a training step at batch 4, against eager channels_last and torch.compile;
-ours is the timm model converted by ck.convert_model (backend auto). Labelled CPU. --tiny:
+ours is the timm model converted by ck.convert_model (backend auto), in inference also with
+ck.prepack_weights. Labelled CPU. --tiny:
 ck.models' ConvNeXt-atto, batch 2, 32 px: checks the harness end to end.
 """
+import copy
 import sys
 
 import torch
@@ -46,6 +48,10 @@ def _models(plan, size):
     return {name: model.to(plan.device) for name, model in models.items()}
 
 
+# On a CPU, ours with ck.prepack_weights, in inference only: it changes nothing in training.
+PREPACKED = "ours prepacked"
+
+
 def providers(plan, args):
     """size -> name -> (memory format, model); built per case."""
     def table(size):
@@ -54,6 +60,8 @@ def providers(plan, args):
         cl, nchw = torch.channels_last, torch.contiguous_format
         rows = {"eager NCHW": (nchw, plain)} if plan.gpu else {}
         rows.update({"eager channels_last": (cl, plain), "ours": (cl, fused)})
+        if not plan.gpu:
+            rows[PREPACKED] = (cl, ck.prepack_weights(copy.deepcopy(fused)))
         if plan.compile:
             rows["compile default"] = (cl, torch.compile(plain))
             if plan.gpu and getattr(args, "autotune", False):
@@ -88,8 +96,9 @@ def describe(plan, case):
 # Timed rounds per provider on a CPU. There the providers run interleaved, one call each per
 # round, so that the drift of a shared 2-core VM (same-run medians of one provider moved by 10-20 %
 # between runs minutes apart) hits them alike; on a GPU one provider after another, so that each
-# peak memory is its own.
-CPU_ROUNDS = 7
+# peak memory is its own. 15 rounds: with 7, the batch-1 ratios of one commit moved by about 0.1
+# between runs (the whole CPU model suite takes ~6 minutes with 15).
+CPU_ROUNDS = 15
 
 
 def _step(model, mode, amp, device, target):
@@ -120,6 +129,8 @@ def run_case(plan, tables, case):
     ready = {}  # provider -> (memory format, step, inputs, compiled graphs); eager first
     times, peaks = {}, {}
     for provider, (fmt, model) in tables(size).items():
+        if provider == PREPACKED and mode == "train":
+            continue
         inputs = [(torch.randn(batch, 3, px, px, device=device).contiguous(memory_format=fmt),)
                   for _ in range(2)]
         step = _step(model.to(memory_format=fmt), mode, amp, device, target)

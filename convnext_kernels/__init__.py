@@ -2,7 +2,7 @@
 from . import models
 from .backends import available_backends
 from .block import FusedConvNeXtBlock, LayerNorm2d
-from .convert import convert_model, revert_model
+from .convert import convert_model, prepack_weights, revert_model
 from .integrations import fx_leaf_modules, patch_timm
 from .ops.dwconv import dwconv2d
 from .ops.grn import grn
@@ -11,5 +11,5 @@ from .ops.mlp import mlp
 
 __all__ = ["FusedConvNeXtBlock", "LayerNorm2d", "available_backends", "convert_model",
            "dwconv2d", "dwconv_layer_norm", "fx_leaf_modules", "grn", "layer_norm_2d", "mlp",
-           "models", "patch_timm", "revert_model"]
+           "models", "patch_timm", "prepack_weights", "revert_model"]
 __version__ = "0.1.0"

@@ -24,7 +24,8 @@ from . import reference
 from .layouts import LAYOUTS, describe_block, lookup
 from .ops.block import BLOCK, whole_block
 from .ops.layer_norm import dwconv_layer_norm, layer_norm_2d
-from .ops.mlp import mlp
+from .ops.mlp import (MLP, PREPACKED_MAX_HIDDEN, PackedWeight, mlp, mlp_prepacked,
+                      prepacked_available)
 
 # The MLP's backend where a block's backend has no MLP kernels: the MLP's GEMMs have no
 # hand-written CUDA kernel, so a "cuda" block runs the CUDA dwconv+LayerNorm and the Triton MLP.
@@ -127,12 +128,50 @@ class FusedConvNeXtBlock(nn.Module):
             w["gamma"] = w["gamma"].reshape(-1)
         return w
 
+    # ck.prepack_weights sets it; the packs themselves are not state (not in state_dict), and
+    # _apply (to, half, cuda, ...) drops them.
+    prepack_weights = False
+    _packed = None
+
     def forward(self, x):
         w = self.weights()
+        packed = self._packed_mlp_weights(x, w) if self.prepack_weights else None
         return fused_block(x, w["dw_weight"], w["dw_bias"], w["ln_weight"], w["ln_bias"],
                            w["fc1_w"], w["fc1_b"], w["fc2_w"], w["fc2_b"], w["gamma"],
                            w["grn_weight"], w["grn_bias"], self.eps, self.grn_eps,
-                           self.drop_prob if self.training else 0.0, self.backend)
+                           self.drop_prob if self.training else 0.0, self.backend, packed)
+
+    def _packed_mlp_weights(self, x, w):
+        """(fc1, fc2) packed for mlp_prepacked where this call is fp32 CPU inference on real
+        tensors that the cpp MLP would serve (not traced, compiled or under a dispatch mode: a
+        graph must not capture packs of weights that may change), else None."""
+        mlp_w = [w[name] for name in ("fc1_w", "fc1_b", "fc2_w", "fc2_b", "gamma")
+                 if w[name] is not None]
+        if (type(x) is not torch.Tensor or x.device.type != "cpu" or x.dtype != torch.float32
+                or x.dim() != 4 or self.training or self.use_grn
+                or torch.compiler.is_compiling() or torch.jit.is_tracing()
+                or torch._C._len_torch_dispatch_stack() > 0 or autocast_dtype(x) is not None
+                or any(t.device.type != "cpu" or t.dtype != torch.float32 for t in mlp_w)
+                or (torch.is_grad_enabled() and any(t.requires_grad for t in [x] + mlp_w))):
+            return None
+        rows = x.shape[0] * x.shape[2] * x.shape[3]
+        if (rows * w["fc1_w"].shape[0] > PREPACKED_MAX_HIDDEN or not prepacked_available()
+                or MLP.first_serving(MLP_BACKEND.get(self.backend, self.backend), x,
+                                     x.shape[1]) != "cpp"):
+            return None
+        if self._packed is None:
+            self._packed = (PackedWeight(), PackedWeight())
+        return (self._packed[0].get(w["fc1_w"], rows), self._packed[1].get(w["fc2_w"], rows))
+
+    def _apply(self, fn, *args, **kwargs):
+        self._packed = None
+        return super()._apply(fn, *args, **kwargs)
+
+    def __getstate__(self):
+        # The packs are oneDNN tensors, which neither pickle nor deepcopy; a copy packs anew.
+        state = self.__dict__.copy()
+        state.pop("_packed", None)
+        return state
 
     def extra_repr(self):
         return (f"layout={self.layout}, drop_path={self.drop_prob}, eps={self.eps}, "
@@ -140,11 +179,12 @@ class FusedConvNeXtBlock(nn.Module):
 
 
 def fused_block(x, dw_weight, dw_bias, ln_weight, ln_bias, fc1_w, fc1_b, fc2_w, fc2_b, gamma,
-                grn_weight, grn_bias, eps, grn_eps, drop_prob, backend):
+                grn_weight, grn_bias, eps, grn_eps, drop_prob, backend, packed_mlp=None):
     """The block's computation (see FusedConvNeXtBlock). One function so that torch.fx records a
     block as one call (torch.fx.wrap below): FX feature extraction (timm, torchvision) traces a
     converted model without stepping into the shape, dtype and autocast checks here. As for
-    every module FX traces, the graph keeps the training mode it was traced in (drop_prob)."""
+    every module FX traces, the graph keeps the training mode it was traced in (drop_prob).
+    packed_mlp: (fc1, fc2) from FusedConvNeXtBlock._packed_mlp_weights, or None."""
     if x.dim() != 4:
         raise ValueError(f"FusedConvNeXtBlock: x must be 4-D (N, C, H, W), got shape "
                          f"{tuple(x.shape)}")
@@ -152,7 +192,8 @@ def fused_block(x, dw_weight, dw_bias, ln_weight, ln_bias, fc1_w, fc1_b, fc2_w, 
          grn_bias]
     dtype = autocast_dtype(x)
     block_backend = BLOCK.first_serving(backend, x, x.shape[1])
-    if block_backend is not None:
+    # "torch" has no whole-block op: its two ops run the eager reference.
+    if block_backend not in (None, "torch"):
         # One op for the whole block; under autocast its kernels read x and the parameters in
         # their own dtypes (no cast launches) and compute in the autocast dtype.
         x_cl = x.contiguous(memory_format=torch.channels_last)
@@ -169,6 +210,10 @@ def fused_block(x, dw_weight, dw_bias, ln_weight, ln_bias, fc1_w, fc1_b, fc2_w, 
     channels_last = x.is_contiguous(memory_format=torch.channels_last)
     x_cl = x if channels_last else x.contiguous(memory_format=torch.channels_last)
     y = dwconv_layer_norm(x_cl, dw_weight, dw_bias, ln_weight, ln_bias, eps, backend=backend)
+    if packed_mlp is not None:
+        out = mlp_prepacked(y.permute(0, 2, 3, 1), packed_mlp[0], fc1_b, packed_mlp[1], fc2_b,
+                            gamma, x_cl.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return out if channels_last else out.contiguous()
     drop_scale = reference.drop_path_scale(x, drop_prob)
     out = mlp(y.permute(0, 2, 3, 1), fc1_w, fc1_b, fc2_w, fc2_b, gamma, x_cl.permute(0, 2, 3, 1),
               drop_scale, grn_weight=grn_weight, grn_bias=grn_bias, grn_eps=grn_eps,

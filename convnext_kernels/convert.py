@@ -127,3 +127,25 @@ def revert_model(model: nn.Module) -> nn.Module:
         raise ValueError(f"revert_model: {type(model).__name__} holds no FusedConvNeXtBlock or "
                          "LayerNorm2d")
     return model
+
+
+def prepack_weights(model: nn.Module, enabled: bool = True) -> nn.Module:
+    """For fp32 CPU inference: every FusedConvNeXtBlock in model (or model itself) packs its MLP
+    weights once for oneDNN's GEMM and reuses them while they do not change, with fc1's GELU in
+    the GEMM (see ck.ops.mlp.mlp_prepacked). Used in eval mode without gradients, on real
+    tensors (not under torch.compile or tracing), where the cpp MLP serves and the [rows, 4C]
+    hidden is at most PREPACKED_MAX_HIDDEN elements; other calls run as before. A weight is
+    packed again when its version counter or storage changes (optimizer steps, load_state_dict,
+    copy_ under no_grad, .to); writes that bypass the version counter (through .data or a numpy
+    view) are not seen: call prepack_weights(model) again after them. enabled=False turns it
+    off and drops the packs. Returns the model."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"prepack_weights: expected an nn.Module, got {type(model).__name__}")
+    blocks = [m for m in model.modules() if isinstance(m, FusedConvNeXtBlock)]
+    if not blocks:
+        raise ValueError(f"prepack_weights: {type(model).__name__} holds no FusedConvNeXtBlock "
+                         "(convert it with ck.convert_model first)")
+    for block in blocks:
+        block.prepack_weights = bool(enabled)
+        block._packed = None
+    return model

@@ -1,3 +1,6 @@
+import copy
+import io
+
 import pytest
 import torch
 from torch import nn
@@ -132,6 +135,17 @@ def test_drop_path_per_sample_as_timm(backend, device):
     fused.train()
     dropped = [(fused(x) - x).flatten(1).abs().amax(1) == 0 for _ in range(4)]
     assert torch.stack(dropped).any()  # some sample dropped at p = 0.5 over 32 draws
+
+
+def test_torch_backend_block_is_the_plain_block(poisoned):
+    """backend="torch" runs the eager reference of each op (it has no whole-block op: it raised
+    a KeyError before)."""
+    gen, seed = fresh_generator()
+    plain, fused = _pair(gen, 24, False)
+    fused.backend = "torch"
+    x = torch.randn(2, 24, 5, 6, generator=gen, dtype=torch.float64)
+    with torch.no_grad():
+        assert_accurate("out", fused(x), plain(x), None, torch.float64, seed)
 
 
 def test_state_dict_keys_are_the_official_blocks():
@@ -428,3 +442,126 @@ def test_whole_block_empty_batch_and_frozen_parameters(device, use_grn):
         ours = fused.get_parameter(name).grad
         assert_accurate(name, ours.cpu(), plain.get_parameter(name).grad, None,
                         torch.float32, seed)
+
+
+PREPACK = pytest.mark.skipif(
+    "cpp" not in ck.available_backends() or not ck.ops.mlp.prepacked_available(),
+    reason="needs the cpp backend and torch's oneDNN ops")
+
+
+def _prepacked_case(gen, dim=24, **kwargs):
+    """The fp32 fused block in eval mode with prepacked weights, and reference(x, block): the
+    float64 plain block's output with block's current weights."""
+    plain, fused = _pair(gen, dim, False, **kwargs)
+
+    def reference_of_current_weights(x, block):
+        plain.load_state_dict(block.state_dict())
+        with torch.no_grad():
+            return plain(x.double())
+    return ck.prepack_weights(fused.float().eval()), reference_of_current_weights
+
+
+def _packed_used(block):
+    return block._packed is not None and block._packed[0].packed is not None
+
+
+@PREPACK
+@pytest.mark.parametrize("channels_last", [True, False], ids=["nhwc", "nchw"])
+def test_prepacked_inference_matches_float64_reference(channels_last, poisoned):
+    gen, seed = fresh_generator()
+    fused, reference_out = _prepacked_case(gen)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(2, 24, 6, 7, generator=gen).contiguous(memory_format=fmt)
+    with torch.no_grad():
+        out = fused(x)
+    assert _packed_used(fused)
+    assert out.is_contiguous(memory_format=fmt)
+    assert_accurate("out", out, reference_out(x, fused), None, torch.float32, seed)
+
+
+@PREPACK
+def test_prepacked_weights_follow_every_weight_change(poisoned):
+    """Packs are redone when a weight changes through an optimizer step, load_state_dict, an
+    in-place copy, or a new storage (.double().float()): the output follows the new weights."""
+    gen, seed = fresh_generator()
+    fused, reference_out = _prepacked_case(gen)
+    x = torch.randn(2, 24, 5, 5, generator=gen)
+
+    def check(what):
+        with torch.no_grad():
+            out = fused(x)
+        assert _packed_used(fused), what
+        assert_accurate(f"out after {what}", out, reference_out(x, fused), None, torch.float32,
+                        seed)
+
+    check("packing")
+    optimizer = torch.optim.SGD(fused.parameters(), lr=0.5)
+    fused.train()
+    fused(x).square().sum().backward()
+    optimizer.step()
+    fused.eval()
+    check("an optimizer step")
+    state = {k: torch.randn(v.shape, generator=gen) for k, v in fused.state_dict().items()}
+    fused.load_state_dict(state)
+    check("load_state_dict")
+    with torch.no_grad():
+        fused.pwconv1.weight.copy_(torch.randn(fused.pwconv1.weight.shape, generator=gen))
+        fused.pwconv2.weight.mul_(-2)
+    check("in-place writes")
+    fused.double().float()
+    check("a round trip through float64")
+    fused = copy.deepcopy(fused)  # the packs are oneDNN tensors: neither copied nor pickled
+    check("deepcopy")
+    buffer = io.BytesIO()
+    torch.save(fused, buffer)
+    buffer.seek(0)
+    fused = torch.load(buffer, weights_only=False)
+    check("torch.save and torch.load of the module")
+
+
+@PREPACK
+def test_prepacked_weights_only_where_they_serve(monkeypatch):
+    """Gradients, training mode, GRN, autocast, other backends, large hiddens, tracing and a
+    torch without the oneDNN ops all take the regular path; enabled=False drops the packs."""
+    gen, _ = fresh_generator()
+    fused, _ = _prepacked_case(gen)
+    x = torch.randn(2, 24, 5, 5, generator=gen)
+
+    def packs_after(call):
+        fused._packed = None
+        call()
+        return _packed_used(fused)
+
+    with torch.no_grad():
+        assert packs_after(lambda: fused(x))
+        assert not packs_after(lambda: fused.train()(x))
+        fused.eval()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not packs_after(lambda: fused(x))
+        fused.backend = "torch"
+        assert not packs_after(lambda: fused(x))
+        fused.backend = "auto"
+        monkeypatch.setattr(ck.block, "PREPACKED_MAX_HIDDEN", 2 * 5 * 5 * 96 - 1)
+        assert not packs_after(lambda: fused(x))
+        monkeypatch.undo()
+        monkeypatch.setattr(ck.block, "prepacked_available", lambda: False)
+        assert not packs_after(lambda: fused(x))
+        monkeypatch.undo()
+        graph = torch.fx.experimental.proxy_tensor.make_fx(fused)(x)
+        assert not _packed_used(fused)
+        assert not any("mkldnn" in str(node.target) for node in graph.graph.nodes)
+    assert not packs_after(lambda: fused(x))  # gradients to compute
+    ck.prepack_weights(fused, enabled=False)
+    with torch.no_grad():
+        assert not packs_after(lambda: fused(x))
+    grn_block = ck.prepack_weights(ck.FusedConvNeXtBlock(24, use_grn=True).eval())
+    with torch.no_grad():
+        grn_block(x)
+    assert grn_block._packed is None
+
+
+def test_prepack_weights_checks_its_argument():
+    with pytest.raises(TypeError, match="nn.Module"):
+        ck.prepack_weights("model")
+    with pytest.raises(ValueError, match="no FusedConvNeXtBlock"):
+        ck.prepack_weights(nn.Sequential(nn.Linear(2, 2)))
