@@ -2,7 +2,8 @@
 
 C++ CPU kernels are always built. CUDA kernels are added when torch is a CUDA build and nvcc is
 found, or when FORCE_CUDA=1 or TORCH_CUDA_ARCH_LIST is set (cross-compiling with no GPU: the arch
-list then defaults to 9.0+PTX). Set CK_NO_CUDA=1 to build the CPU kernels only.
+list then defaults to 9.0+PTX). Set CK_NO_CUDA=1 to build the CPU kernels only, CK_DEBUG=1 for an
+unoptimised build with debug info.
 """
 import glob
 import os
@@ -49,7 +50,11 @@ def _extension():
     # no-psabi: the vector helpers of the SIMD kernels (csrc/cpu/dwconv_simd.h) are always inlined
     # into row functions compiled for AVX2 or AVX-512; GCC still warns, at the end of each file,
     # that their out-of-line forms (never emitted) would pass AVX vectors under the default ABI.
-    cxx_flags = ["-O3", "-fopenmp", "-ffp-contract=fast", "-fno-trapping-math", "-Wno-psabi"]
+    # CK_DEBUG=1: no optimisation, with debug info, for a debugger (the kernels run many times
+    # slower); it builds in a fraction of the time, which is why the packaging test uses it.
+    debug = os.environ.get("CK_DEBUG") == "1"
+    cxx_flags = ["-O0" if debug else "-O3", "-fopenmp", "-ffp-contract=fast",
+                 "-fno-trapping-math", "-Wno-psabi"] + (["-g"] if debug else [])
     link_flags = ["-fopenmp"]
     if not _want_cuda():
         return cpp_extension.CppExtension(
