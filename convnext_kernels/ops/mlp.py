@@ -200,7 +200,7 @@ class PackedWeight:
         key = (weight.data_ptr(), weight._version, tuple(weight.shape), weight.stride())
         if self.source is None or self.key != key:
             source = weight.detach()
-            self.packed = torch.ops.mkldnn._reorder_linear_weight(source, rows)
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(source.contiguous(), rows)
             self.source, self.key = source, key
         return self.packed
 
