@@ -523,6 +523,7 @@ def test_prepacked_weights_follow_every_weight_change(poisoned):
 def test_prepacked_weights_only_where_they_serve(monkeypatch):
     """Gradients, training mode, GRN, autocast, other backends, large hiddens, tracing and a
     torch without the oneDNN ops all take the regular path; enabled=False drops the packs."""
+    from torch.fx.experimental.proxy_tensor import make_fx
     gen, _ = fresh_generator()
     fused, _ = _prepacked_case(gen)
     x = torch.randn(2, 24, 5, 5, generator=gen)
@@ -547,7 +548,7 @@ def test_prepacked_weights_only_where_they_serve(monkeypatch):
         monkeypatch.setattr(ck.block, "prepacked_available", lambda: False)
         assert not packs_after(lambda: fused(x))
         monkeypatch.undo()
-        graph = torch.fx.experimental.proxy_tensor.make_fx(fused)(x)
+        graph = make_fx(fused)(x)
         assert not _packed_used(fused)
         assert not any("mkldnn" in str(node.target) for node in graph.graph.nodes)
     assert not packs_after(lambda: fused(x))  # gradients to compute
