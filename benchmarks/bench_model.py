@@ -97,7 +97,7 @@ def describe(plan, case):
 # round, so that the drift of a shared 2-core VM (same-run medians of one provider moved by 10-20 %
 # between runs minutes apart) hits them alike; on a GPU one provider after another, so that each
 # peak memory is its own. 15 rounds: with 7, the batch-1 ratios of one commit moved by about 0.1
-# between runs (the whole CPU model suite takes ~6 minutes with 15).
+# between runs (the CPU model suite, `--model`, took 3 min 14 s with 15 on the 2-core machine).
 CPU_ROUNDS = 15
 
 
