@@ -24,8 +24,8 @@ from . import reference
 from .layouts import LAYOUTS, describe_block, lookup
 from .ops.block import BLOCK, whole_block
 from .ops.layer_norm import dwconv_layer_norm, layer_norm_2d
-from .ops.mlp import (MLP, PREPACKED_MAX_HIDDEN, PackedWeight, mlp, mlp_prepacked,
-                      prepacked_available)
+from .ops.mlp import (MLP, PREPACKED_MAX_HIDDEN, PackedWeight, gradient_needed, mlp,
+                      mlp_prepacked, prepacked_available)
 
 # The MLP's backend where a block's backend has no MLP kernels: the MLP's GEMMs have no
 # hand-written CUDA kernel, so a "cuda" block runs the CUDA dwconv+LayerNorm and the Triton MLP.
@@ -152,7 +152,7 @@ class FusedConvNeXtBlock(nn.Module):
                 or torch.compiler.is_compiling() or torch.jit.is_tracing()
                 or torch._C._len_torch_dispatch_stack() > 0 or autocast_dtype(x) is not None
                 or any(t.device.type != "cpu" or t.dtype != torch.float32 for t in mlp_w)
-                or (torch.is_grad_enabled() and any(t.requires_grad for t in [x] + mlp_w))):
+                or gradient_needed(x, *mlp_w)):
             return None
         rows = x.shape[0] * x.shape[2] * x.shape[3]
         if (rows * w["fc1_w"].shape[0] > PREPACKED_MAX_HIDDEN or not prepacked_available()
