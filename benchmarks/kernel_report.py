@@ -70,7 +70,9 @@ def _dwconv_calls(dtype, shape, k):
 def _dwconv_layer_norm_calls(dtype, shape, k):
     C = shape[1]
     x, b = _meta(*shape, dtype=dtype, channels_last=True), _meta(C, dtype=dtype)
-    dwconv_layer_norm.dwconv_layer_norm_forward(x, _meta(C, 1, k, k, dtype=dtype), b, b, b, 1e-6)
+    for keep_conv in (True, False):  # training; inference (the conv output not written)
+        dwconv_layer_norm.dwconv_layer_norm_forward(x, _meta(C, 1, k, k, dtype=dtype), b, b, b,
+                                                    1e-6, keep_conv=keep_conv)
 
 
 def _layer_norm_calls(dtype, shape):
@@ -383,14 +385,17 @@ def build_report(workers=None):
 
 
 def write_markdown(rows, path):
-    head = ["source", "op", "kernel", "dtype", "shape", "k", "registers", "spill_stores",
-            "shared_bytes",
-            "blocks_per_sm", "widest_load_bytes", "widest_store_bytes", "tensor_core"]
+    head = ["source", "op", "kernel", "flags", "dtype", "shape", "k", "registers",
+            "spill_stores", "shared_bytes", "blocks_per_sm", "widest_load_bytes",
+            "widest_store_bytes", "tensor_core"]
     lines = ["# Kernel report: every kernel compiled for sm_90 (no GPU needed)", "",
              f"triton {triton.__version__}, torch {torch.__version__}", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
-        cells = [str(row[h]) for h in head]
+        # flags: a Triton launch's boolean constexprs that are set, which tell apart the
+        # variants one kernel is compiled in (the dwconv+LayerNorm with and without STORE_CONV)
+        flags = " ".join(key for key, val in row.get("config", {}).items() if val is True)
+        cells = [flags if h == "flags" else str(row[h]) for h in head]
         if row["source"] == "cuda":
             cells[head.index("kernel")] += f"<{row['template_args']}>"
         lines.append("| " + " | ".join(cells) + " |")

@@ -36,6 +36,12 @@ def _import_triton():
 TRITON_IMPORT_ERROR = _import_triton()
 
 
+def gradient_needed(*tensors):
+    """Whether autograd will want a backward through these tensors (None ones ignored): what an
+    op keeps for its backward (a hidden tensor, a conv output) it need not write otherwise."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def triton_importable():
     return TRITON_IMPORT_ERROR is None
 

@@ -21,11 +21,12 @@ import torch.fx
 from torch import nn
 
 from . import reference
+from .backends import gradient_needed
 from .layouts import LAYOUTS, describe_block, lookup
 from .ops.block import BLOCK, whole_block
 from .ops.layer_norm import dwconv_layer_norm, layer_norm_2d
-from .ops.mlp import (MLP, PREPACKED_MAX_HIDDEN, PackedWeight, gradient_needed, mlp,
-                      mlp_prepacked, prepacked_available)
+from .ops.mlp import (MLP, PREPACKED_MAX_HIDDEN, PackedWeight, mlp, mlp_prepacked,
+                      prepacked_available)
 
 # The MLP's backend where a block's backend has no MLP kernels: the MLP's GEMMs have no
 # hand-written CUDA kernel, so a "cuda" block runs the CUDA dwconv+LayerNorm and the Triton MLP.

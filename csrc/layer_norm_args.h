@@ -33,21 +33,28 @@ inline at::Tensor new_row_stats(const at::Tensor& x) {
 
 // dwconv_layer_norm's outputs (y and the kept conv output in x's memory format, the per-pixel
 // statistics), with the N,H,W,C buffers its kernels write: the outputs themselves where x is
-// channels_last, else copied into them by finish().
+// channels_last, else copied into them by finish(). Without keep_conv the conv output is
+// returned empty; conv_nhwc is then undefined unless the kernels need it as a buffer
+// (conv_buffer: the CUDA kernel normalises the conv rows it wrote to memory).
 struct DwconvLayerNormOutputs {
   at::Tensor y, conv, mean, rstd, y_nhwc, conv_nhwc;
 
-  explicit DwconvLayerNormOutputs(const at::Tensor& x)
+  DwconvLayerNormOutputs(const at::Tensor& x, bool keep_conv, bool conv_buffer = false)
       : y(at::empty_like(x)),
-        conv(at::empty_like(x)),
+        conv(keep_conv ? at::empty_like(x) : x.new_empty({0})),
         mean(new_row_stats(x)),
         rstd(new_row_stats(x)),
-        y_nhwc(is_nhwc(y) ? y : at::empty_like(y, at::MemoryFormat::ChannelsLast)),
-        conv_nhwc(is_nhwc(conv) ? conv : at::empty_like(conv, at::MemoryFormat::ChannelsLast)) {}
+        y_nhwc(is_nhwc(y) ? y : at::empty_like(y, at::MemoryFormat::ChannelsLast)) {
+    if (keep_conv) {
+      conv_nhwc = is_nhwc(conv) ? conv : at::empty_like(conv, at::MemoryFormat::ChannelsLast);
+    } else if (conv_buffer) {
+      conv_nhwc = at::empty_like(x, at::MemoryFormat::ChannelsLast);
+    }
+  }
 
   std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> finish() {
     if (!y_nhwc.is_same(y)) y.copy_(y_nhwc);
-    if (!conv_nhwc.is_same(conv)) conv.copy_(conv_nhwc);
+    if (conv.numel() != 0 && !conv_nhwc.is_same(conv)) conv.copy_(conv_nhwc);
     return {y, conv, mean, rstd};
   }
 };

@@ -18,10 +18,11 @@ TORCH_LIBRARY(convnext_kernels, m) {
       "layer_norm_2d_backward(Tensor grad_y, Tensor x, Tensor weight, Tensor mean, Tensor rstd) "
       "-> (Tensor, Tensor, Tensor)");
   // dwconv2d then layer_norm_2d in one pass (CPU, CUDA): (y, conv output, mean, rstd); the conv
-  // output is kept for the backward.
+  // output is kept for the backward, and returned empty without keep_conv (inference: on the
+  // CPU it is then never written).
   m.def(
       "dwconv_layer_norm(Tensor x, Tensor dw_weight, Tensor? dw_bias, Tensor ln_weight, "
-      "Tensor ln_bias, float eps) -> (Tensor, Tensor, Tensor, Tensor)");
+      "Tensor ln_bias, float eps, bool keep_conv=True) -> (Tensor, Tensor, Tensor, Tensor)");
   // ConvNeXt MLP on rows x [M, C]: out = [residual +] [drop_scale[row / rows_per_sample] *]
   // [gamma *] fc2(GRN?(gelu(fc1(x)))). Returns (out, fc1's pre-activation [M, H] if keep_hidden,
   // fc2's output before the scales [M, C] if save_y2, GRN's norm and nx [samples, H] fp32 with

@@ -94,6 +94,56 @@ def test_dwconv_layer_norm_matches_float64_reference(backend, device, dtype, sha
     assert ours[0].is_contiguous(memory_format=torch.channels_last)
 
 
+def _fused_op(backend):
+    name = "dwconv_layer_norm_triton" if backend == "triton" else "dwconv_layer_norm"
+    return getattr(torch.ops.convnext_kernels, name).default
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("backend,device", TARGETS)
+def test_dwconv_layer_norm_inference_keeps_no_conv(backend, device, dtype, poisoned):
+    """Without a backward to come the op is called without keep_conv: it returns the conv output
+    empty, and y, mean and rstd bit for bit those of the call that keeps it (13 channels: the
+    cpp kernel's padded rows; 32: rows computed in place)."""
+    gen, _ = fresh_generator()
+    for C in (13, 32):
+        x, ln_weight, ln_bias, _ = _ln_inputs(gen, (2, C, 6, 5), dtype, device, True)
+        dw_weight = randn(gen, C, 1, 7, 7, dtype=dtype, device=device, scale=1 / 7)
+        dw_bias = randn(gen, C, dtype=dtype, device=device)
+        args = (x, dw_weight, dw_bias, ln_weight, ln_bias, 1e-6)
+        kept = _fused_op(backend)(*args, True)
+        dropped = _fused_op(backend)(*args, False)
+        assert kept[1].shape == x.shape and dropped[1].numel() == 0
+        for name, i in (("y", 0), ("mean", 2), ("rstd", 3)):
+            assert torch.equal(kept[i], dropped[i]), name
+        calls = []
+        original = ck.ops.layer_norm.DWCONV_LAYER_NORM.impls[backend]
+        ck.ops.layer_norm.DWCONV_LAYER_NORM.impls[backend] = \
+            lambda *a: calls.append(a[-1]) or original(*a)
+        try:
+            with torch.no_grad():
+                y = ck.dwconv_layer_norm(*args, backend=backend)
+        finally:
+            ck.ops.layer_norm.DWCONV_LAYER_NORM.impls[backend] = original
+        assert calls == [False] and torch.equal(y, kept[0])
+
+
+@pytest.mark.parametrize("backend,device", TARGETS)
+def test_dwconv_layer_norm_backward_without_kept_conv(backend, device, poisoned):
+    """The op called without keep_conv while gradients are wanted: the backward recomputes the
+    conv output, and every gradient is the one of the call that kept it."""
+    gen, _ = fresh_generator()
+    x, ln_weight, ln_bias, grad = _ln_inputs(gen, (2, 24, 6, 5), torch.float32, device, True)
+    dw_weight = randn(gen, 24, 1, 7, 7, dtype=torch.float32, device=device, scale=1 / 7)
+    dw_bias = randn(gen, 24, dtype=torch.float32, device=device)
+    inputs = (x, dw_weight, dw_bias, ln_weight, ln_bias)
+    kept, dropped = (_forward_backward(lambda *a: _fused_op(backend)(*a, 1e-6, keep)[0], inputs,
+                                       grad) for keep in (True, False))
+    for name, a, b in zip(("y", "grad_x", "grad_dw_weight", "grad_dw_bias", "grad_ln_weight",
+                           "grad_ln_bias"), kept, dropped):
+        assert torch.equal(a, b), name
+
+
 @pytest.mark.parametrize("backend,device", TARGETS)
 def test_fused_without_conv_bias(backend, device, poisoned):
     gen, seed = fresh_generator()
@@ -170,6 +220,7 @@ def test_opcheck(name, forward_op, backward_op, device):
     fused = getattr(torch.ops.convnext_kernels, fused).default
     dw = torch.randn(24, 1, 3, 3, device=device, requires_grad=True)
     torch.library.opcheck(fused, (x, dw, None, w, b, 1e-6))
+    torch.library.opcheck(fused, (x, dw, None, w, b, 1e-6, False))
 
 
 @pytest.mark.parametrize("backend,device", TARGETS)

@@ -7,7 +7,8 @@ convnext_kernels::layer_norm_2d_triton and ::dwconv_layer_norm_triton. The ops r
 (y, mean, rstd) [and the conv output]; autograd saves those and runs the matching backward op.
 dwconv_layer_norm's backward is the LayerNorm backward on the kept conv output followed by the
 dwconv backward (the input gradient of the conv needs the LayerNorm gradient of a k×k
-neighbourhood, so the two are not fused).
+neighbourhood, so the two are not fused). With no backward to come (keep_conv false) the conv
+output is returned empty: the cpp and triton kernels then never write it.
 """
 from typing import Optional, Tuple
 
@@ -31,25 +32,29 @@ def _layer_norm_backward_fake(grad_y, x, weight, mean, rstd):
     return torch.empty_like(x), weight.new_empty(weight.shape), weight.new_empty(weight.shape)
 
 
-def _dwconv_layer_norm_fake(x, dw_weight, dw_bias, ln_weight, ln_bias, eps):
+def _dwconv_layer_norm_fake(x, dw_weight, dw_bias, ln_weight, ln_bias, eps, keep_conv=True):
     y, mean, rstd = _layer_norm_fake(x, ln_weight, ln_bias, eps)
-    return y, torch.empty_like(x), mean, rstd
+    return y, torch.empty_like(x) if keep_conv else x.new_empty(0), mean, rstd
 
 
-def _register_fused_autograd(fused_op, layer_norm_backward_op, dwconv_input_grad_op,
-                             dwconv_backward_weight_op):
+def _register_fused_autograd(fused_op, layer_norm_backward_op, dwconv_forward_op,
+                             dwconv_input_grad_op, dwconv_backward_weight_op):
     def setup_context(ctx, inputs, output):
-        x, dw_weight, dw_bias, ln_weight, _, _ = inputs
+        x, dw_weight, dw_bias, ln_weight = inputs[:4]
         _, conv, mean, rstd = output
         ctx.mark_non_differentiable(conv, mean, rstd)
         ctx.set_materialize_grads(False)  # (no zero-filled gradients for the saved outputs)
-        ctx.save_for_backward(x, dw_weight, ln_weight, conv, mean, rstd)
+        # An op called without keep_conv returned it empty: the backward recomputes it.
+        kept = conv if conv.numel() == x.numel() else None
+        ctx.save_for_backward(x, dw_weight, dw_bias, ln_weight, kept, mean, rstd)
         ctx.has_dw_bias = dw_bias is not None
 
     def backward(ctx, grad_y, _grad_conv, _grad_mean, _grad_rstd):
         if grad_y is None:  # y did not reach the loss
-            return None, None, None, None, None, None
-        x, dw_weight, ln_weight, conv, mean, rstd = ctx.saved_tensors
+            return None, None, None, None, None, None, None
+        x, dw_weight, dw_bias, ln_weight, conv, mean, rstd = ctx.saved_tensors
+        if conv is None:
+            conv = dwconv_forward_op(x, dw_weight, dw_bias)
         grad_conv, grad_ln_weight, grad_ln_bias = layer_norm_backward_op(
             grad_y, conv, ln_weight, mean, rstd)
         grad_x = grad_dw_weight = grad_dw_bias = None
@@ -58,7 +63,7 @@ def _register_fused_autograd(fused_op, layer_norm_backward_op, dwconv_input_grad
         if ctx.needs_input_grad[1] or (ctx.has_dw_bias and ctx.needs_input_grad[2]):
             grad_dw_weight, grad_dw_bias = dwconv_backward_weight_op(grad_conv, x, dw_weight)
         return (grad_x, grad_dw_weight, grad_dw_bias if ctx.has_dw_bias else None,
-                grad_ln_weight, grad_ln_bias, None)
+                grad_ln_weight, grad_ln_bias, None, None)
 
     torch.library.register_autograd(fused_op, backward, setup_context=setup_context)
 
@@ -103,6 +108,7 @@ if _ext.LOADED:
     torch.library.register_fake(f"{_NS}::dwconv_layer_norm")(_dwconv_layer_norm_fake)
     _register_fused_autograd(torch.ops.convnext_kernels.dwconv_layer_norm.default,
                              torch.ops.convnext_kernels.layer_norm_2d_backward.default,
+                             torch.ops.convnext_kernels.dwconv2d.default,
                              dwconv_ops.flipped_input_grad,
                              torch.ops.convnext_kernels.dwconv2d_backward_weight.default)
     LAYER_NORM.register("cpp", torch.ops.convnext_kernels.layer_norm_2d)
@@ -128,10 +134,10 @@ if backends.triton_importable():
 
     @triton_custom_op(f"{_NS}::dwconv_layer_norm_triton")
     def _dwconv_layer_norm_triton(x: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor],
-                                  ln_weight: Tensor, ln_bias: Tensor,
-                                  eps: float) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+                                  ln_weight: Tensor, ln_bias: Tensor, eps: float,
+                                  keep_conv: bool = True) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         return _triton_fused.dwconv_layer_norm_forward(x, dw_weight, dw_bias, ln_weight,
-                                                       ln_bias, eps)
+                                                       ln_bias, eps, keep_conv=keep_conv)
 
     _layer_norm_2d_triton.register_fake(_layer_norm_fake)
     _layer_norm_2d_backward_triton.register_fake(_layer_norm_backward_fake)
@@ -139,7 +145,7 @@ if backends.triton_importable():
 
     _dwconv_layer_norm_triton.register_fake(_dwconv_layer_norm_fake)
     _register_fused_autograd(_dwconv_layer_norm_triton, _layer_norm_2d_backward_triton,
-                             dwconv_ops.INPUT_GRAD["triton"],
+                             dwconv_ops.DWCONV.impls["triton"], dwconv_ops.INPUT_GRAD["triton"],
                              torch.ops.convnext_kernels.dwconv2d_backward_weight_triton)
     LAYER_NORM.register("triton", _layer_norm_2d_triton,
                         max_channels=_triton_layer_norm.MAX_CHANNELS)
@@ -169,5 +175,7 @@ def dwconv_layer_norm(x: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor],
     name = DWCONV_LAYER_NORM.resolve(backend, x, x.shape[1])
     if name == "torch":
         return reference.dwconv_layer_norm(x, dw_weight, dw_bias, ln_weight, ln_bias, eps)
+    # Inference keeps no conv output: one write of x's size less per call.
+    keep_conv = backends.gradient_needed(x, dw_weight, dw_bias, ln_weight, ln_bias)
     return DWCONV_LAYER_NORM.impls[name](x, dw_weight, dw_bias, ln_weight, ln_bias,
-                                         float(eps))[0]
+                                         float(eps), keep_conv)[0]

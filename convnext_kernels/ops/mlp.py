@@ -124,11 +124,6 @@ if backends.triton_importable():
     MLP.register("triton", _mlp_triton)
 
 
-def gradient_needed(*tensors):
-    """Whether autograd will want a backward through these tensors (None ones ignored)."""
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-
-
 def mlp(x: Tensor, fc1_w: Tensor, fc1_b: Tensor, fc2_w: Tensor, fc2_b: Tensor,
         gamma: Optional[Tensor] = None, residual: Optional[Tensor] = None,
         drop_scale: Optional[Tensor] = None, *, grn_weight: Optional[Tensor] = None,
@@ -157,8 +152,8 @@ def mlp(x: Tensor, fc1_w: Tensor, fc1_b: Tensor, fc2_w: Tensor, fc2_b: Tensor,
     # With no backward to come there is nothing to keep it for, and keeping would write the
     # [M, H] hidden to memory (on cpp, past the row tiles that hold it in cache; at inference
     # batch 32 that made stage 1's fc1 GEMMs 2x slower: a fresh 154 MB tensor faulted in).
-    backward = gradient_needed(x, fc1_w, fc1_b, fc2_w, fc2_b, gamma, residual, grn_weight,
-                               grn_bias)
+    backward = backends.gradient_needed(x, fc1_w, fc1_b, fc2_w, fc2_b, gamma, residual,
+                                        grn_weight, grn_bias)
     keep_hidden = backward and (name == "cpp" if keep_hidden is None else keep_hidden)
     out = MLP.impls[name](rows.contiguous(), fc1_w.contiguous(), fc1_b.contiguous(),
                      fc2_w.contiguous(), fc2_b.contiguous(),

@@ -115,22 +115,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_2d_backward_cpu(const 
           sums[1].to(weight.scalar_type(), false, true)};
 }
 
-// (y, conv, mean, rstd): y = layer_norm_2d(conv), conv = dwconv2d(x) kept for the backward, as
-// the CUDA op. fp32, fp16, bf16: one pass; each output row of the conv, fp32 in the thread's
-// scratch (dwconv_simd.h), is stored as conv and then normalised where it lies, so the LayerNorm
-// does not read the conv back from memory (and in fp16/bf16 normalises it unrounded, as the CUDA
-// kernel does). float64: the plain conv kernel, then the LayerNorm.
+// (y, conv, mean, rstd): y = layer_norm_2d(conv), conv = dwconv2d(x) kept for the backward
+// (keep_conv), as the CUDA op. fp32, fp16, bf16: one pass; each output row of the conv, fp32 in
+// the thread's scratch (dwconv_simd.h) or, fp32 and kept, in conv itself, is stored as conv where
+// kept and then normalised where it lies, so the LayerNorm does not read the conv back from
+// memory (and in fp16/bf16 normalises it unrounded, as the CUDA kernel does); without keep_conv
+// the conv never leaves the thread's scratch. float64: the plain conv kernel, then the LayerNorm.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwconv_layer_norm_cpu(
     const at::Tensor& x, const at::Tensor& dw_weight, const std::optional<at::Tensor>& dw_bias,
-    const at::Tensor& ln_weight, const at::Tensor& ln_bias, double eps) {
+    const at::Tensor& ln_weight, const at::Tensor& ln_bias, double eps, bool keep_conv) {
   const int64_t k = ck::check_dwconv_args(x, dw_weight, dw_bias);
   ck::check_layer_norm_args(x, ln_weight, ln_bias, eps);
   TORCH_CHECK_VALUE(x.device().is_cpu(), "dwconv_layer_norm (cpu): x must be on the CPU");
-  ck::DwconvLayerNormOutputs out(x);
+  const auto acc_type = ck::cpu::acc_type(x);
+  // float64 runs the conv into its buffer, then the LayerNorm
+  ck::DwconvLayerNormOutputs out(x, keep_conv, /*conv_buffer=*/acc_type != at::kFloat);
   if (x.numel() == 0) return out.finish();
   const at::Tensor x_nhwc = ck::as_nhwc(x);
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  const auto acc_type = ck::cpu::acc_type(x);
   if (acc_type == at::kFloat) {
     const at::Tensor w = dw_weight.contiguous();
     const at::Tensor b = dw_bias.has_value() ? dw_bias->contiguous() : at::Tensor();
@@ -146,9 +148,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwconv_layer_norm_cpu
         at::kHalf, at::kBFloat16, x.scalar_type(), "dwconv_layer_norm_cpu", [&] {
           using K = kernel_t<scalar_t>;
           const ck::cpu::simd::RowKernels& kernels = ck::cpu::simd::this_cpu_row_kernels();
-          K* conv_ptr = kernel_ptr(out.conv_nhwc.mutable_data_ptr<scalar_t>());
+          K* conv_ptr =
+              keep_conv ? kernel_ptr(out.conv_nhwc.mutable_data_ptr<scalar_t>()) : nullptr;
           K* y_ptr = kernel_ptr(out.y_nhwc.mutable_data_ptr<scalar_t>());
-          // fp32: each conv row is computed where it is kept (null: in scratch, then stored)
+          // fp32: each conv row is computed where it is kept (null: in scratch, then stored
+          // where kept)
           float* conv_f32 =
               std::is_same_v<scalar_t, float> ? reinterpret_cast<float*>(conv_ptr) : nullptr;
           ck::cpu::simd::dwconv_forward_rows(
@@ -157,7 +161,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwconv_layer_norm_cpu
               b.defined() ? kernel_ptr(b.const_data_ptr<scalar_t>()) : nullptr, N, H, W, C, k,
               kernels, ck::cpu::aten_parallel_for(), conv_f32,
               [&](int64_t pixel, float* row, int64_t Cp) {
-                if (row != conv_f32 + pixel * C) {
+                if (conv_ptr && row != conv_f32 + pixel * C) {
                   ck::cpu::simd::store_row(row, conv_ptr + pixel * C, W, C, Cp, kernels);
                 }
                 float* v = ck::cpu::simd::thread_scratch(ck::cpu::simd::kNorm, C);

@@ -96,13 +96,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_2d_backward_cuda(const
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwconv_layer_norm_cuda(
     const at::Tensor& x, const at::Tensor& dw_weight, const std::optional<at::Tensor>& dw_bias,
-    const at::Tensor& ln_weight, const at::Tensor& ln_bias, double eps) {
+    const at::Tensor& ln_weight, const at::Tensor& ln_bias, double eps, bool keep_conv) {
   constexpr const char* kOp = "dwconv_layer_norm";
   const int64_t k = ck::check_dwconv_args(x, dw_weight, dw_bias);
   ck::check_layer_norm_args(x, ln_weight, ln_bias, eps);
   check_cuda_tensor(x, kOp);
   const c10::cuda::CUDAGuard guard(x.device());
-  ck::DwconvLayerNormOutputs out(x);
+  // The kernel normalises the conv rows it wrote to memory: without keep_conv they still go
+  // to a buffer, dropped after the launch.
+  ck::DwconvLayerNormOutputs out(x, keep_conv, /*conv_buffer=*/true);
   if (x.numel() == 0) return out.finish();
   const at::Tensor x_nhwc = ck::as_nhwc(x);
   const at::Tensor taps = ck::taps_by_channel(dw_weight, at::kFloat);
