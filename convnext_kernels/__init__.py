@@ -1,5 +1,6 @@
 """convnext-kernels: fused Triton and C++/CUDA kernels for ConvNeXt blocks."""
 from . import models
+from ._ext import release_cpu_pool
 from .backends import available_backends
 from .block import FusedConvNeXtBlock, LayerNorm2d
 from .convert import convert_model, prepack_weights, revert_model
@@ -11,5 +12,5 @@ from .ops.mlp import mlp
 
 __all__ = ["FusedConvNeXtBlock", "LayerNorm2d", "available_backends", "convert_model",
            "dwconv2d", "dwconv_layer_norm", "fx_leaf_modules", "grn", "layer_norm_2d", "mlp",
-           "models", "patch_timm", "prepack_weights", "revert_model"]
+           "models", "patch_timm", "prepack_weights", "release_cpu_pool", "revert_model"]
 __version__ = "0.1.0"

@@ -3,6 +3,7 @@
 #pragma once
 #include <torch/extension.h>
 
+#include "cpu/output_pool.h"
 #include "dwconv_args.h"
 
 namespace ck {
@@ -28,7 +29,7 @@ inline void check_layer_norm_args(const at::Tensor& x, const at::Tensor& weight,
 // Per-pixel statistics: fp32 [N, H, W] (float64 for float64 x).
 inline at::Tensor new_row_stats(const at::Tensor& x) {
   const auto dtype = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  return at::empty({x.size(0), x.size(2), x.size(3)}, x.options().dtype(dtype));
+  return ck::cpu::pooled_empty({x.size(0), x.size(2), x.size(3)}, x.options().dtype(dtype));
 }
 
 // dwconv_layer_norm's outputs (y and the kept conv output in x's memory format, the per-pixel
@@ -40,15 +41,16 @@ struct DwconvLayerNormOutputs {
   at::Tensor y, conv, mean, rstd, y_nhwc, conv_nhwc;
 
   DwconvLayerNormOutputs(const at::Tensor& x, bool keep_conv, bool conv_buffer = false)
-      : y(at::empty_like(x)),
-        conv(keep_conv ? at::empty_like(x) : x.new_empty({0})),
+      : y(ck::cpu::pooled_empty_like(x)),
+        conv(keep_conv ? ck::cpu::pooled_empty_like(x) : x.new_empty({0})),
         mean(new_row_stats(x)),
         rstd(new_row_stats(x)),
-        y_nhwc(is_nhwc(y) ? y : at::empty_like(y, at::MemoryFormat::ChannelsLast)) {
+        y_nhwc(is_nhwc(y) ? y : ck::cpu::pooled_empty_like(y, at::MemoryFormat::ChannelsLast)) {
     if (keep_conv) {
-      conv_nhwc = is_nhwc(conv) ? conv : at::empty_like(conv, at::MemoryFormat::ChannelsLast);
+      conv_nhwc =
+          is_nhwc(conv) ? conv : ck::cpu::pooled_empty_like(conv, at::MemoryFormat::ChannelsLast);
     } else if (conv_buffer) {
-      conv_nhwc = at::empty_like(x, at::MemoryFormat::ChannelsLast);
+      conv_nhwc = ck::cpu::pooled_empty_like(x, at::MemoryFormat::ChannelsLast);
     }
   }
 

@@ -3,6 +3,7 @@
 #include <torch/extension.h>
 
 #include "cpu/isa.h"
+#include "cpu/output_pool.h"
 
 TORCH_LIBRARY(convnext_kernels, m) {
   // y = depthwise conv of x (N,C,H,W; any memory format) with weight [C,1,k,k], stride 1,
@@ -60,6 +61,11 @@ bool built_with_cuda() {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("built_with_cuda", &built_with_cuda, "whether the CUDA kernels were compiled into _C");
+  m.def("cpu_pool_stats", &ck::cpu::pool_stats,
+        "(bytes, blocks) of freed CPU op outputs the pool holds for reuse, and the blocks it has "
+        "served again (cpu/output_pool.h)");
+  m.def("release_cpu_pool", &ck::cpu::release_pool,
+        "frees the blocks the CPU output pool holds; returns the bytes freed");
   m.def("cpu_isa", &cpu_isa_name,
         "the instruction set of the SIMD CPU kernels on this CPU: avx512, avx2 or portable");
 }

@@ -8,6 +8,7 @@
 #include "dwconv_plain.h"
 #include "dwconv_simd.h"
 #include "isa.h"
+#include "output_pool.h"
 #include "parallel.h"
 
 namespace {
@@ -16,10 +17,10 @@ at::Tensor dwconv2d_cpu(const at::Tensor& x, const at::Tensor& weight,
                         const std::optional<at::Tensor>& bias) {
   const int64_t k = ck::check_dwconv_args(x, weight, bias);
   TORCH_CHECK_VALUE(x.device().is_cpu(), "dwconv2d (cpu): x must be on the CPU");
-  at::Tensor out = at::empty_like(x);
+  at::Tensor out = ck::cpu::pooled_empty_like(x);
   if (x.numel() == 0) return out;
   const at::Tensor x_nhwc = ck::as_nhwc(x);
-  at::Tensor y_nhwc = ck::is_nhwc(out) ? out : at::empty_like(x_nhwc);
+  at::Tensor y_nhwc = ck::is_nhwc(out) ? out : ck::cpu::pooled_empty_like(x_nhwc);
   const auto acc_type = ck::cpu::acc_type(x);
   if (acc_type == at::kFloat) {  // fp32, fp16, bf16: the SIMD kernel
     const at::Tensor w = weight.contiguous();

@@ -5,6 +5,7 @@
 #include "accumulate.h"
 #include "grn_stats.h"
 #include "mlp_kernels.h"
+#include "output_pool.h"
 #include "parallel.h"
 
 namespace {
@@ -26,8 +27,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> grn_cpu(const at::Tensor& x,
   check_grn_args("grn", x, weight, bias);
   const int64_t N = x.size(0), C = x.size(3), rows_per_sample = x.size(1) * x.size(2);
   const at::Tensor xc = x.contiguous(), b = bias.reshape(-1).contiguous();
-  at::Tensor y = at::empty_like(xc);
-  at::Tensor sumsq = at::empty({N, C}, x.options().dtype(ck::cpu::acc_type(x)));
+  at::Tensor y = ck::cpu::pooled_empty_like(xc);
+  at::Tensor sumsq = ck::cpu::pooled_empty({N, C}, x.options().dtype(ck::cpu::acc_type(x)));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "grn_cpu", [&] {
     using Acc = ck::cpu::acc_t<scalar_t>;
     ck::cpu::per_sample_column_sums<scalar_t, Acc>(
@@ -48,9 +49,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> grn_backward_cpu(const at::Tensor
   TORCH_CHECK_VALUE(grad_y.sizes() == x.sizes(), "grn_backward: grad_y must match x's shape");
   const int64_t N = x.size(0), C = x.size(3), rows_per_sample = x.size(1) * x.size(2);
   const at::Tensor xc = x.contiguous(), gc = grad_y.contiguous();
-  at::Tensor grad_x = at::empty_like(xc);
-  at::Tensor grad_dot_x = at::empty({N, C}, x.options().dtype(ck::cpu::acc_type(x)));
-  at::Tensor grad_sum = at::empty_like(grad_dot_x);
+  at::Tensor grad_x = ck::cpu::pooled_empty_like(xc);
+  at::Tensor grad_dot_x = ck::cpu::pooled_empty({N, C}, x.options().dtype(ck::cpu::acc_type(x)));
+  at::Tensor grad_sum = ck::cpu::pooled_empty_like(grad_dot_x);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "grn_bwd", [&] {
     using Acc = ck::cpu::acc_t<scalar_t>;
     ck::cpu::per_sample_column_sums<scalar_t, Acc>(

@@ -9,6 +9,7 @@
 #include "dwconv_simd.h"
 #include "isa.h"
 #include "layer_norm_kernels.h"
+#include "output_pool.h"
 #include "parallel.h"
 
 namespace {
@@ -60,11 +61,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_2d_cpu(const at::Tenso
                                                                  double eps) {
   ck::check_layer_norm_args(x, weight, bias, eps);
   TORCH_CHECK_VALUE(x.device().is_cpu(), "layer_norm_2d (cpu): x must be on the CPU");
-  at::Tensor out = at::empty_like(x);
+  at::Tensor out = ck::cpu::pooled_empty_like(x);
   at::Tensor mean = ck::new_row_stats(x), rstd = ck::new_row_stats(x);
   if (x.numel() == 0) return {out, mean, rstd};
   const at::Tensor x_nhwc = ck::as_nhwc(x);
-  at::Tensor y_nhwc = ck::is_nhwc(out) ? out : at::empty_like(x_nhwc);
+  at::Tensor y_nhwc = ck::is_nhwc(out) ? out : ck::cpu::pooled_empty_like(x_nhwc);
   const at::Tensor w = weight.contiguous(), b = bias.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, x.scalar_type(), "layer_norm_2d_cpu", [&] {
@@ -91,11 +92,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_2d_backward_cpu(const 
                     "layer_norm_2d_backward: grad_y must match x in shape and dtype");
   const int64_t C = x.size(1);
   const auto acc_type = ck::cpu::acc_type(x);
-  at::Tensor grad_x = at::empty_like(x);
+  at::Tensor grad_x = ck::cpu::pooled_empty_like(x);
   at::Tensor sums = at::zeros({2, C}, x.options().dtype(acc_type));
   if (x.numel() != 0) {
     const at::Tensor x_nhwc = ck::as_nhwc(x), g_nhwc = ck::as_nhwc(grad_y);
-    at::Tensor gx_nhwc = ck::is_nhwc(grad_x) ? grad_x : at::empty_like(x_nhwc);
+    at::Tensor gx_nhwc = ck::is_nhwc(grad_x) ? grad_x : ck::cpu::pooled_empty_like(x_nhwc);
     const at::Tensor w = weight.contiguous(), m = mean.contiguous(), r = rstd.contiguous();
     AT_DISPATCH_FLOATING_TYPES_AND2(
         at::kHalf, at::kBFloat16, x.scalar_type(), "layer_norm_2d_backward_cpu", [&] {

@@ -12,6 +12,7 @@
 #include "grn_stats.h"
 #include "isa.h"
 #include "mlp_kernels.h"
+#include "output_pool.h"
 #include "parallel.h"
 
 namespace {
@@ -123,7 +124,7 @@ OptTensor linear_into(at::Tensor& out, const at::Tensor& x, const at::Tensor& w,
 // linear_into a new [M, N] tensor.
 std::pair<at::Tensor, OptTensor> linear_leaving_bias(const at::Tensor& x, const at::Tensor& w,
                                                      const at::Tensor& b) {
-  at::Tensor out = at::empty({x.size(0), w.size(0)}, x.options());
+  at::Tensor out = ck::cpu::pooled_empty({x.size(0), w.size(0)}, x.options());
   OptTensor bias_left = linear_into(out, x, w, b);
   return {out, bias_left};
 }
@@ -216,7 +217,7 @@ at::Tensor output(at::Tensor& y, const OptTensor& bias, const OptTensor& col_sca
                   const OptTensor& row_scale, const OptTensor& residual, int64_t rows_per_sample,
                   bool keep_y) {
   if (!bias && !col_scale && !row_scale && !residual) return keep_y ? y.clone() : y;
-  at::Tensor out = at::empty_like(y);
+  at::Tensor out = ck::cpu::pooled_empty_like(y);
   output_into(out, y, bias, col_scale, row_scale, residual, rows_per_sample, keep_y, 0);
   return out;
 }
@@ -225,8 +226,8 @@ at::Tensor output(at::Tensor& y, const OptTensor& bias, const OptTensor& col_sca
 at::Tensor per_sample_sums(const at::Tensor& u, const at::Tensor& v, at::Tensor* u_sum,
                            int64_t rows_per_sample) {
   const int64_t samples = u.size(0) / rows_per_sample, H = u.size(1);
-  at::Tensor uv = at::empty({samples, H}, u.options().dtype(ck::cpu::acc_type(u)));
-  if (u_sum) *u_sum = at::empty_like(uv);
+  at::Tensor uv = ck::cpu::pooled_empty({samples, H}, u.options().dtype(ck::cpu::acc_type(u)));
+  if (u_sum) *u_sum = ck::cpu::pooled_empty_like(uv);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, u.scalar_type(), "grn_sums", [&] {
     using Acc = ck::cpu::acc_t<scalar_t>;
     ck::cpu::per_sample_column_sums<scalar_t, Acc>(
@@ -259,12 +260,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mlp_tiled(
     const OptTensor& drop_scale, int64_t rows_per_sample, bool keep_hidden, bool save_y2) {
   const int64_t M = x.size(0), C = x.size(1), H = fc1_w.size(0);
   const int64_t tile = tile_rows(M, C, H);
-  at::Tensor out = at::empty_like(x);
-  at::Tensor hidden = keep_hidden ? at::empty({M, H}, x.options()) : x.new_empty({0});
-  at::Tensor y2 = save_y2 ? at::empty_like(x) : x.new_empty({0});
-  at::Tensor act_buf = at::empty({tile, H}, x.options());
+  at::Tensor out = ck::cpu::pooled_empty_like(x);
+  at::Tensor hidden = keep_hidden ? ck::cpu::pooled_empty({M, H}, x.options()) : x.new_empty({0});
+  at::Tensor y2 = save_y2 ? ck::cpu::pooled_empty_like(x) : x.new_empty({0});
+  at::Tensor act_buf = ck::cpu::pooled_empty({tile, H}, x.options());
   // fc2's output per tile: into y2 where it is saved, else into a tile buffer
-  at::Tensor y_buf = save_y2 ? at::Tensor() : at::empty({tile, C}, x.options());
+  at::Tensor y_buf = save_y2 ? at::Tensor() : ck::cpu::pooled_empty({tile, C}, x.options());
   const OptTensor res = residual ? OptTensor(residual->contiguous()) : std::nullopt;
   for (int64_t r0 = 0; r0 < M; r0 += tile) {
     const int64_t n = std::min(tile, M - r0);
@@ -289,8 +290,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mlp_cpu(
     int64_t rows_per_sample, double eps, bool keep_hidden, bool save_y2) {
   check_mlp_args(x, fc1_w, fc2_w, rows_per_sample);
   const at::Tensor xc = x.contiguous();
-  at::Tensor norm = at::empty({0}, x.options().dtype(ck::cpu::acc_type(x)));
-  at::Tensor nx = at::empty_like(norm);
+  at::Tensor norm = ck::cpu::pooled_empty({0}, x.options().dtype(ck::cpu::acc_type(x)));
+  at::Tensor nx = ck::cpu::pooled_empty_like(norm);
   if (!grn_weight) {
     auto [out, hidden, y2] = mlp_tiled(xc, fc1_w, fc1_b, fc2_w, fc2_b, flat(gamma), residual,
                                        flat(drop_scale), rows_per_sample, keep_hidden, save_y2);
@@ -298,7 +299,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mlp_cpu(
   }
   // GRN: its per-sample statistics need every row's GELU output before fc2
   auto [h, fc1_bias_left] = linear_leaving_bias(xc, fc1_w, fc1_b);
-  at::Tensor act = keep_hidden ? at::empty_like(h) : h;
+  at::Tensor act = keep_hidden ? ck::cpu::pooled_empty_like(h) : h;
   bias_gelu(h, fc1_bias_left, act, keep_hidden);
   const auto stats =
       ck::cpu::grn_stats(per_sample_sums(act, act, nullptr, rows_per_sample), *grn_weight, eps);
@@ -329,16 +330,17 @@ mlp_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x, const at::Tens
   if (hidden.numel() == 0) {
     OptTensor fc1_bias_left;
     std::tie(pre, fc1_bias_left) = linear_leaving_bias(xc, fc1_w, fc1_b);
-    fc2_input = at::empty_like(pre);
+    fc2_input = ck::cpu::pooled_empty_like(pre);
     bias_gelu(pre, fc1_bias_left, fc2_input, true);
   } else if (grn_weight) {
-    fc2_input = at::empty_like(pre);
+    fc2_input = ck::cpu::pooled_empty_like(pre);
     bias_gelu(pre, std::nullopt, fc2_input, false);
   }
   const OptTensor gamma_f = flat(gamma), drop_f = flat(drop_scale);
   const at::Tensor g_scaled =
       output(g, std::nullopt, gamma_f, drop_f, std::nullopt, rows_per_sample, false);
-  at::Tensor grad_hidden = at::mm(g_scaled, fc2_w);
+  at::Tensor grad_hidden = ck::cpu::pooled_empty({g_scaled.size(0), fc2_w.size(1)}, x.options());
+  at::mm_out(grad_hidden, g_scaled, fc2_w);
   at::Tensor grad_grn_weight = x.new_empty({0}), grad_grn_bias = x.new_empty({0});
   if (grn_weight) {
     at::Tensor grad_sum;
@@ -353,7 +355,7 @@ mlp_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x, const at::Tens
   } else if (fc2_input.defined()) {
     gelu_backward(grad_hidden, pre, nullptr);
   } else {
-    fc2_input = at::empty_like(pre);
+    fc2_input = ck::cpu::pooled_empty_like(pre);
     gelu_backward(grad_hidden, pre, &fc2_input);
   }
   const auto acc = ck::cpu::acc_type(x);
@@ -361,10 +363,11 @@ mlp_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x, const at::Tens
   at::Tensor grad_fc2_b = g_scaled.sum(0, false, acc).to(x.scalar_type());
   at::Tensor grad_fc1_w = at::mm(grad_hidden.t(), xc);
   at::Tensor grad_fc1_b = grad_hidden.sum(0, false, acc).to(x.scalar_type());
-  at::Tensor grad_x = at::mm(grad_hidden, fc1_w);
+  at::Tensor grad_x = ck::cpu::pooled_empty({grad_hidden.size(0), fc1_w.size(1)}, x.options());
+  at::mm_out(grad_x, grad_hidden, fc1_w);
   at::Tensor grad_gamma = x.new_empty({0});
   if (gamma && y2.dim() == 2) {  // y2 [M, C] is saved only when gamma needs its gradient
-    at::Tensor sums = at::empty({x.size(1)}, x.options().dtype(acc));
+    at::Tensor sums = ck::cpu::pooled_empty({x.size(1)}, x.options().dtype(acc));
     const at::Tensor y2c = y2.contiguous();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gamma_grad", [&] {
       using Acc = ck::cpu::acc_t<scalar_t>;
