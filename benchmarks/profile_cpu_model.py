@@ -3,9 +3,11 @@
     python -m benchmarks.profile_cpu_model [--batch 1 4 32] [--calls 3] [--out DIR]
 
 Profiles timm's convnext_tiny at 224 px under `torch.profiler`, eager channels_last and
-converted by `ck.convert_model` (backend auto, the same weights), inference in fp32, and splits
-each one's self CPU time into the pointwise GEMMs (`aten::addmm`, `aten::mm`: MKL's, the same
-calls in eager, torch.compile and ours), the strided stem and downsampling convolutions
+converted by `ck.convert_model` (backend auto, the same weights), without and with
+`ck.prepack_weights`, inference in fp32, and splits each one's self CPU time into the pointwise
+GEMMs (`aten::addmm`, `aten::mm`: MKL's, the same calls in eager, torch.compile and ours; with
+prepacked weights oneDNN's `mkldnn::_linear_pointwise`, GELU in fc1's epilogue), the strided stem
+and downsampling convolutions
 (`aten::mkldnn_convolution`, oneDNN's in all three) and the rest: the dwconv, the LayerNorms,
 GELU, layer scale, residuals and copies, which is all a kernel library can make faster. The
 bound it writes: eager's time over its GEMM and strided-conv time, the speed-up over eager of a
@@ -13,15 +15,17 @@ model whose every other op took no time. Writes DIR/profile-<device>-<date>.md a
 profile, not a timing (the profiler adds its own cost to every op call).
 """
 import argparse
+import copy
 import datetime
 import json
 import os
 
 import torch
 
+import convnext_kernels as ck
 from benchmarks import bench_model
 
-GEMMS = ("aten::addmm", "aten::mm")
+GEMMS = ("aten::addmm", "aten::mm", "mkldnn::_linear_pointwise")
 CONVS = ("aten::mkldnn_convolution",)
 
 
@@ -34,8 +38,10 @@ def _is_depthwise(event):
 
 def _models(size):
     models = bench_model.timm_models(size)
-    return {name: models[key].eval().to(memory_format=torch.channels_last)
-            for name, key in (("eager channels_last", "plain"), ("ours", "ours"))}
+    models = {name: models[key].eval().to(memory_format=torch.channels_last)
+              for name, key in (("eager channels_last", "plain"), ("ours", "ours"))}
+    models[bench_model.PREPACKED] = ck.prepack_weights(copy.deepcopy(models["ours"]))
+    return models
 
 
 def profile(model, x, calls):
