@@ -105,7 +105,7 @@ def test_cpu_profile_splits_each_providers_time(tmp_path):
     profile_cpu_model.main(["--batch", "1", "--calls", "1", "--out", str(tmp_path)])
     (json_path,) = tmp_path.glob("profile-cpu-*.json")
     rows = json.loads(json_path.read_text())["rows"]
-    assert [r["provider"] for r in rows] == ["eager channels_last", "ours"]
+    assert [r["provider"] for r in rows] == ["eager channels_last", "ours", "ours prepacked"]
     eager_total = rows[0]["total_ms"]
     for r in rows:
         assert 0 < r["gemm_ms"] and 0 < r["strided_conv_ms"]
@@ -116,5 +116,7 @@ def test_cpu_profile_splits_each_providers_time(tmp_path):
     # eager's 18 dwconvs are rest, not strided convs: 4 strided convs (stem, 3 downsamplings)
     # cost far less than the 18 pointwise GEMM pairs
     assert rows[0]["strided_conv_ms"] < rows[0]["gemm_ms"] / 3
+    # the prepacked model's GEMMs are oneDNN's (counted), not MKL's: few left outside them
+    assert rows[2]["gemm_ms"] > rows[2]["rest_ms"]
     assert "| convnext_tiny | 1 | ours |" in (tmp_path / json_path.name.replace(
         ".json", ".md")).read_text()
