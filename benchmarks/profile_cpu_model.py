@@ -7,9 +7,9 @@ converted by `ck.convert_model` (backend auto, the same weights), without and wi
 `ck.prepack_weights`, inference in fp32, and splits each one's self CPU time into the pointwise
 GEMMs (`aten::addmm`, `aten::mm`: MKL's, the same calls in eager, torch.compile and ours; with
 prepacked weights oneDNN's `mkldnn::_linear_pointwise`, GELU in fc1's epilogue), the strided stem
-and downsampling convolutions
-(`aten::mkldnn_convolution`, oneDNN's in all three) and the rest: the dwconv, the LayerNorms,
-GELU, layer scale, residuals and copies, which is all a kernel library can make faster. The
+and downsampling convolutions (`aten::mkldnn_convolution`, oneDNN's in all three; prepacked,
+`mkldnn::_convolution_pointwise`) and the rest: the dwconv, the LayerNorms, GELU, layer scale,
+residuals and copies, which is all a kernel library can make faster. The
 bound it writes: eager's time over its GEMM and strided-conv time, the speed-up over eager of a
 model whose every other op took no time. Writes DIR/profile-<device>-<date>.md and .json; a
 profile, not a timing (the profiler adds its own cost to every op call).
@@ -26,7 +26,7 @@ import convnext_kernels as ck
 from benchmarks import bench_model
 
 GEMMS = ("aten::addmm", "aten::mm", "mkldnn::_linear_pointwise")
-CONVS = ("aten::mkldnn_convolution",)
+CONVS = ("aten::mkldnn_convolution", "mkldnn::_convolution_pointwise")
 
 
 def _is_depthwise(event):

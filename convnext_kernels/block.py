@@ -25,8 +25,8 @@ from .backends import gradient_needed
 from .layouts import LAYOUTS, describe_block, lookup
 from .ops.block import BLOCK, whole_block
 from .ops.layer_norm import dwconv_layer_norm, layer_norm_2d
-from .ops.mlp import (MLP, PREPACKED_MAX_HIDDEN, PackedWeight, mlp, mlp_prepacked,
-                      prepacked_available)
+from .ops import prepacked
+from .ops.mlp import MLP, PREPACKED_MAX_HIDDEN, mlp, mlp_prepacked
 
 # The MLP's backend where a block's backend has no MLP kernels: the MLP's GEMMs have no
 # hand-written CUDA kernel, so a "cuda" block runs the CUDA dwconv+LayerNorm and the Triton MLP.
@@ -56,7 +56,56 @@ def autocast_dtype(x):
     return None
 
 
-class FusedConvNeXtBlock(nn.Module):
+def packs_may_serve(module, x, params):
+    """Whether a call of `module` (with ck.prepack_weights) may use weights packed for oneDNN:
+    fp32 CPU inference without gradients on a real 4-D tensor, with this torch's oneDNN ops, not
+    traced, compiled or under a dispatch mode or autocast (a graph must not capture packs of
+    weights that may change)."""
+    return (type(x) is torch.Tensor and x.device.type == "cpu" and x.dtype == torch.float32
+            and x.dim() == 4 and not module.training
+            and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
+            and torch._C._len_torch_dispatch_stack() == 0 and autocast_dtype(x) is None
+            and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in params)
+            and not gradient_needed(x, *params) and prepacked.available())
+
+
+class DropsPacks:
+    """For modules holding oneDNN packs in _packed: .to()/.half()/... (_apply) drop them, and so
+    do pickling and deepcopy (oneDNN tensors do neither; a copy packs anew)."""
+    _packed = None
+
+    def _apply(self, fn, *args, **kwargs):
+        self._packed = None
+        return super()._apply(fn, *args, **kwargs)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_packed", None)
+        return state
+
+
+class PrepackedConv2d(DropsPacks, nn.Conv2d):
+    """What ck.prepack_weights turns a model's patchify nn.Conv2d (the stem's and the
+    downsampling layers': kernel = stride, no padding, one group) into, in place (the same
+    object, parameters and state_dict; enabled=False and revert_model turn it back): where
+    packs_may_serve and x is channels_last, oneDNN's conv with the weight packed once
+    (ops/prepacked.py); every other call is nn.Conv2d's. ATen's conv reorders the weight on every
+    call: ConvNeXt-T's downsamplings at batch 1 took 0.39 / 0.47 / 1.59 ms with it, 0.34 / 0.34 /
+    0.39 ms packed, the same bits (2 threads, AVX-512)."""
+
+    def forward(self, x):
+        params = [self.weight] + ([self.bias] if self.bias is not None else [])
+        if not (packs_may_serve(self, x, params)
+                and x.is_contiguous(memory_format=torch.channels_last)):
+            return super().forward(x)
+        if self._packed is None:
+            self._packed = prepacked.PackedWeight()
+        packed = self._packed.get(self.weight, prepacked.pack_patchify(self.stride, x.shape),
+                                  context=tuple(x.shape[1:]))
+        return prepacked.patchify_conv(x, packed, self.bias, self.stride)
+
+
+class FusedConvNeXtBlock(DropsPacks, nn.Module):
     """ConvNeXt block on N,C,H,W input: dwconv k×k → LayerNorm → Linear(C, r·C) → GELU → [GRN] →
     Linear(r·C, C) → [·gamma] → drop path → + x. V1: layer scale (layer_scale_init_value,
     1e-6 by default), V2: use_grn=True, no layer scale unless layer_scale_init_value > 0 is
@@ -130,9 +179,8 @@ class FusedConvNeXtBlock(nn.Module):
         return w
 
     # ck.prepack_weights sets it; the packs themselves are not state (not in state_dict), and
-    # _apply (to, half, cuda, ...) drops them.
+    # _apply (to, half, cuda, ...) drops them (DropsPacks).
     prepack_weights = False
-    _packed = None
 
     def forward(self, x):
         w = self.weights()
@@ -143,36 +191,21 @@ class FusedConvNeXtBlock(nn.Module):
                            self.drop_prob if self.training else 0.0, self.backend, packed)
 
     def _packed_mlp_weights(self, x, w):
-        """(fc1, fc2) packed for mlp_prepacked where this call is fp32 CPU inference on real
-        tensors that the cpp MLP would serve (not traced, compiled or under a dispatch mode: a
-        graph must not capture packs of weights that may change), else None."""
+        """(fc1, fc2) packed for mlp_prepacked where this call may use packs
+        (packs_may_serve) and the cpp MLP would serve it, else None."""
         mlp_w = [w[name] for name in ("fc1_w", "fc1_b", "fc2_w", "fc2_b", "gamma")
                  if w[name] is not None]
-        if (type(x) is not torch.Tensor or x.device.type != "cpu" or x.dtype != torch.float32
-                or x.dim() != 4 or self.training or self.use_grn
-                or torch.compiler.is_compiling() or torch.jit.is_tracing()
-                or torch._C._len_torch_dispatch_stack() > 0 or autocast_dtype(x) is not None
-                or any(t.device.type != "cpu" or t.dtype != torch.float32 for t in mlp_w)
-                or gradient_needed(x, *mlp_w)):
+        if self.use_grn or not packs_may_serve(self, x, mlp_w):
             return None
         rows = x.shape[0] * x.shape[2] * x.shape[3]
-        if (rows * w["fc1_w"].shape[0] > PREPACKED_MAX_HIDDEN or not prepacked_available()
+        if (rows * w["fc1_w"].shape[0] > PREPACKED_MAX_HIDDEN
                 or MLP.first_serving(MLP_BACKEND.get(self.backend, self.backend), x,
                                      x.shape[1]) != "cpp"):
             return None
         if self._packed is None:
-            self._packed = (PackedWeight(), PackedWeight())
-        return (self._packed[0].get(w["fc1_w"], rows), self._packed[1].get(w["fc2_w"], rows))
-
-    def _apply(self, fn, *args, **kwargs):
-        self._packed = None
-        return super()._apply(fn, *args, **kwargs)
-
-    def __getstate__(self):
-        # The packs are oneDNN tensors, which neither pickle nor deepcopy; a copy packs anew.
-        state = self.__dict__.copy()
-        state.pop("_packed", None)
-        return state
+            self._packed = (prepacked.PackedWeight(), prepacked.PackedWeight())
+        pack = prepacked.pack_linear(rows)
+        return tuple(p.get(w[name], pack) for p, name in zip(self._packed, ("fc1_w", "fc2_w")))
 
     def extra_repr(self):
         return (f"layout={self.layout}, drop_path={self.drop_prob}, eps={self.eps}, "

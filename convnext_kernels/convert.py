@@ -8,9 +8,10 @@ is refused by name rather than converted into something that computes differentl
 """
 from torch import nn
 
-from .block import FusedConvNeXtBlock, LayerNorm2d
+from .block import FusedConvNeXtBlock, LayerNorm2d, PrepackedConv2d
 from .layouts import describe_block, is_channels_first_norm, layout_of
 from .models import ConvNeXtBlock, DropPath, PlainLayerNorm2d
+from .ops import prepacked
 
 
 def _refuse_traced_through(block):
@@ -109,16 +110,26 @@ def _revert_children(module):
             setattr(module, name, _reverted_norm(child))
             reverted += 1
         else:
+            if type(child) is PrepackedConv2d:
+                _unpack_conv(child)
+                reverted += 1
             reverted += _revert_children(child)
     return reverted
+
+
+def _unpack_conv(conv):
+    """A PrepackedConv2d back to the plain nn.Conv2d it was (the same object)."""
+    conv._packed = None
+    conv.__class__ = nn.Conv2d
 
 
 def revert_model(model: nn.Module) -> nn.Module:
     """Undoes convert_model in place: every FusedConvNeXtBlock and LayerNorm2d becomes the source
     library's module again (the timm / torchvision / official block or norm it was converted
     from, holding the same Parameter objects; blocks built by ck.models become the plain
-    official-structure block), for export paths and tools that only know stock modules. Returns
-    the model; a model with nothing fused raises ValueError."""
+    official-structure block), and every conv prepack_weights switched a plain nn.Conv2d again,
+    for export paths and tools that only know stock modules. Returns the model; a model with
+    nothing fused raises ValueError."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"revert_model: expected an nn.Module, got {type(model).__name__}")
     if isinstance(model, (FusedConvNeXtBlock, LayerNorm2d)):
@@ -132,13 +143,16 @@ def revert_model(model: nn.Module) -> nn.Module:
 def prepack_weights(model: nn.Module, enabled: bool = True) -> nn.Module:
     """For fp32 CPU inference: every FusedConvNeXtBlock in model (or model itself) packs its MLP
     weights once for oneDNN's GEMM and reuses them while they do not change, with fc1's GELU in
-    the GEMM (see ck.ops.mlp.mlp_prepacked). Used in eval mode without gradients, on real
-    tensors (not under torch.compile or tracing), where the cpp MLP serves and the [rows, 4C]
-    hidden is at most PREPACKED_MAX_HIDDEN elements; other calls run as before. A weight is
-    packed again when its version counter or storage changes (optimizer steps, load_state_dict,
-    copy_ under no_grad, .to); writes that bypass the version counter (through .data or a numpy
-    view) are not seen: call prepack_weights(model) again after them. enabled=False turns it
-    off and drops the packs. Returns the model."""
+    the GEMM (see ck.ops.mlp.mlp_prepacked), and every patchify nn.Conv2d (the stem's and the
+    downsampling layers': kernel = stride, no padding, one group) becomes a PrepackedConv2d,
+    which does the same for oneDNN's conv on channels_last inputs. Used in eval mode without
+    gradients, on real tensors (not under torch.compile or tracing), and for the MLP where the
+    cpp MLP serves and the [rows, 4C] hidden is at most PREPACKED_MAX_HIDDEN elements; other
+    calls run as before. A weight is packed again when its version counter or storage changes
+    (optimizer steps, load_state_dict, copy_ under no_grad, .to); writes that bypass the version
+    counter (through .data or a numpy view) are not seen: call prepack_weights(model) again after
+    them. enabled=False turns it off, drops the packs and makes the convs plain nn.Conv2d again.
+    Returns the model."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"prepack_weights: expected an nn.Module, got {type(model).__name__}")
     blocks = [m for m in model.modules() if isinstance(m, FusedConvNeXtBlock)]
@@ -148,4 +162,9 @@ def prepack_weights(model: nn.Module, enabled: bool = True) -> nn.Module:
     for block in blocks:
         block.prepack_weights = bool(enabled)
         block._packed = None
+    for conv in model.modules():
+        if type(conv) is PrepackedConv2d:
+            _unpack_conv(conv)
+        if enabled and type(conv) is nn.Conv2d and prepacked.is_patchify(conv):
+            conv.__class__ = PrepackedConv2d
     return model

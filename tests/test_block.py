@@ -445,7 +445,7 @@ def test_whole_block_empty_batch_and_frozen_parameters(device, use_grn):
 
 
 PREPACK = pytest.mark.skipif(
-    "cpp" not in ck.available_backends() or not ck.ops.mlp.prepacked_available(),
+    "cpp" not in ck.available_backends() or not ck.ops.prepacked.available(),
     reason="needs the cpp backend and torch's oneDNN ops")
 
 
@@ -545,7 +545,7 @@ def test_prepacked_weights_only_where_they_serve(monkeypatch):
         monkeypatch.setattr(ck.block, "PREPACKED_MAX_HIDDEN", 2 * 5 * 5 * 96 - 1)
         assert not packs_after(lambda: fused(x))
         monkeypatch.undo()
-        monkeypatch.setattr(ck.block, "prepacked_available", lambda: False)
+        monkeypatch.setattr(ck.ops.prepacked, "available", lambda: False)
         assert not packs_after(lambda: fused(x))
         monkeypatch.undo()
         graph = make_fx(fused)(x)
@@ -559,6 +559,74 @@ def test_prepacked_weights_only_where_they_serve(monkeypatch):
     with torch.no_grad():
         grn_block(x)
     assert grn_block._packed is None
+
+
+def _small_models(gen):
+    """A plain ck.models ConvNeXt (float64) and a fused fp32 one with the same weights."""
+    kwargs = dict(depths=(1, 1, 1, 1), dims=(16, 32, 48, 64), num_classes=10)
+    plain = ck.models.ConvNeXt(fused=False, **kwargs).double()
+    _randomise(plain, gen)
+    fused = ck.models.ConvNeXt(**kwargs)
+    fused.load_state_dict(plain.state_dict())
+    return plain.eval(), fused.eval()
+
+
+def _convs(model):
+    return [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.groups == 1]
+
+
+@PREPACK
+def test_prepacked_patchify_convs(poisoned):
+    """prepack_weights turns the stem's and the downsampling layers' convs (not the dwconvs) into
+    PrepackedConv2d in place: the model's output matches the float64 plain model's, the packs are
+    used on channels_last input only and follow weight changes, the state_dict is unchanged, and
+    enabled=False, revert_model, deepcopy and pickling all leave plain behaviour."""
+    gen, seed = fresh_generator()
+    plain, fused = _small_models(gen)
+    keys = list(fused.state_dict())
+    convs = _convs(fused)
+    assert len(convs) == 4
+    ck.prepack_weights(fused)
+    assert all(type(c) is ck.block.PrepackedConv2d for c in convs) and _convs(fused) == convs
+    assert list(fused.state_dict()) == keys
+    x = torch.randn(2, 3, 64, 64, generator=gen)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        ref = plain(x.double())
+        out = fused(x_cl)
+        assert all(c._packed is not None and c._packed.packed is not None for c in convs)
+        assert_accurate("out", out, ref, None, torch.float32, seed)
+        for c in convs:
+            c._packed = None
+        assert_accurate("out nchw", fused(x), ref, None, torch.float32, seed)
+        assert all(c._packed is None for c in convs)  # NCHW input: nn.Conv2d's path
+        convs[0].weight.mul_(-1)  # a weight change (the stem's): packed again
+        _convs(plain)[0].weight.mul_(-1)
+        assert_accurate("out after a weight change", fused(x_cl), plain(x.double()), None,
+                        torch.float32, seed)
+    fused.train()
+    for c in convs:
+        c._packed = None
+    fused(x_cl).sum().backward()
+    assert all(c._packed is None for c in convs)  # training and gradients: nn.Conv2d's path
+    fused.eval()
+    copied = copy.deepcopy(fused)
+    buffer = io.BytesIO()
+    torch.save(fused, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    with torch.no_grad():
+        for model in (copied, loaded):
+            torch.testing.assert_close(model(x_cl), fused(x_cl), rtol=0, atol=0)
+    from torch.fx.experimental.proxy_tensor import make_fx
+    with torch.no_grad():
+        graph = make_fx(fused)(x_cl)  # a traced graph must not capture the packs
+    assert not any("mkldnn" in str(node.target) for node in graph.graph.nodes)
+    ck.prepack_weights(fused, enabled=False)
+    assert all(type(c) is nn.Conv2d and c._packed is None for c in convs)
+    ck.prepack_weights(fused)
+    ck.revert_model(fused)
+    assert all(type(c) is nn.Conv2d for c in _convs(fused))
 
 
 def test_prepack_weights_checks_its_argument():

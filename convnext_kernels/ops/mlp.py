@@ -177,36 +177,9 @@ def mlp(x: Tensor, fc1_w: Tensor, fc1_b: Tensor, fc2_w: Tensor, fc2_b: Tensor,
 PREPACKED_MAX_HIDDEN = 1 << 22
 
 
-def prepacked_available():
-    """Whether this torch has the oneDNN ops the prepacked path calls (x86 and aarch64 builds
-    with oneDNN do)."""
-    return (torch.backends.mkldnn.is_available()
-            and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-            and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
-
-
-class PackedWeight:
-    """One [N, K] fp32 weight packed for oneDNN's GEMM (mkldnn::_reorder_linear_weight), with what
-    it was packed from: the tensor itself (held, so that no other tensor can take its storage's
-    address), its data pointer and version counter. A change of either (an optimizer step,
-    load_state_dict, copy_, a new storage) packs it again; a write that bypasses the version
-    counter (through .data, or a numpy view) is not seen."""
-
-    def __init__(self):
-        self.source, self.key, self.packed = None, None, None
-
-    def get(self, weight, rows):
-        key = (weight.data_ptr(), weight._version, tuple(weight.shape), weight.stride())
-        if self.source is None or self.key != key:
-            source = weight.detach()
-            self.packed = torch.ops.mkldnn._reorder_linear_weight(source.contiguous(), rows)
-            self.source, self.key = source, key
-        return self.packed
-
-
 def mlp_prepacked(x, fc1_packed, fc1_b, fc2_packed, fc2_b, gamma, residual):
     """residual + [gamma *] fc2(gelu(fc1(x))) on rows (..., C), fp32, no autograd, with the
-    weights PackedWeight.get returned."""
+    weights prepacked.pack_linear packed."""
     lp = torch.ops.mkldnn._linear_pointwise
     rows = x.reshape(-1, x.shape[-1])
     hidden = lp(rows, fc1_packed, fc1_b, "gelu", [], "none")  # "none": the exact (erf) GELU
