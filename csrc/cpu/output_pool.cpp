@@ -4,6 +4,8 @@
 #include <c10/core/CPUAllocator.h>
 #include <ATen/native/TensorFactories.h>
 
+#include <pthread.h>
+
 #include <cstdlib>
 #include <list>
 #include <mutex>
@@ -108,6 +110,7 @@ class OutputPool final : public c10::Allocator {
     for (const Block& b : dropped) std::free(b.ptr);
   }
 
+  friend OutputPool& pool();
   std::mutex mutex_;
   std::list<Block> free_;  // most recently freed first
   size_t held_ = 0;
@@ -116,8 +119,16 @@ class OutputPool final : public c10::Allocator {
 };
 
 // Never destroyed: tensors freed during interpreter shutdown still return their blocks to it.
+// fork() (a DataLoader worker, say) happens with the lock held by the forking thread, so that no
+// other thread is inside the pool then: a child forked while another thread held it would wait
+// on it forever, or find the free list half changed.
 OutputPool& pool() {
-  static OutputPool* const instance = new OutputPool();
+  static OutputPool* const instance = [] {
+    OutputPool* created = new OutputPool();
+    pthread_atfork([] { pool().mutex_.lock(); }, [] { pool().mutex_.unlock(); },
+                   [] { pool().mutex_.unlock(); });
+    return created;
+  }();
   return *instance;
 }
 
