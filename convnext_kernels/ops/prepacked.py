@@ -2,9 +2,12 @@
 weights (ops/mlp.py: mlp_prepacked) and the stem's and downsampling layers' patchify convs
 (block.PrepackedConv2d). ATen's calls with plain weights reorder them into oneDNN's (or MKL's)
 blocked layout on every call, a large part of a call with few rows and a large weight."""
+import functools
+
 import torch
 
 
+@functools.cache  # asked on every packed call (block.packs_may_serve); fixed per process
 def available():
     """Whether this torch has the oneDNN ops the prepacked paths call (x86 and aarch64 builds
     with oneDNN do)."""
