@@ -39,7 +39,7 @@ def _cuda_include_dirs():
 
 
 def _extension():
-    cpp_sources = ["csrc/ops.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+    cpp_sources = ["csrc/ops.cpp", "csrc/autograd.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
     # -fopenmp: at::parallel_for is a header template that runs serially unless the caller is
     # compiled with OpenMP (_OPENMP); without it every CPU kernel ran on one thread. The
     # extension then needs libgomp.so.1, which torch has loaded already (the same runtime).

@@ -179,6 +179,30 @@ def test_weight_grads_are_deterministic(backend, device):
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("wanted", ["x", "weight", "bias", "weight+bias"])
+@pytest.mark.parametrize("backend,device", TARGETS)
+def test_layer_norm_gradients_of_a_subset_of_the_inputs(backend, device, wanted):
+    """Only some inputs require a gradient (a frozen norm, a frozen trunk): those get the float64
+    reference's gradients, the others none; the C++ op's autograd is C++ (csrc/autograd.cpp)."""
+    gen, seed = fresh_generator()
+    x, weight, bias, grad = _ln_inputs(gen, (2, 40, 5, 7), torch.float32, device, True)
+    names = ("x", "weight", "bias")
+    leaves = [t.detach().requires_grad_(name in wanted.split("+")) for name, t in
+              zip(names, (x, weight, bias))]
+    y = ck.layer_norm_2d(*leaves, backend=backend)
+    y.backward(grad)
+    ref = [t.detach().double().requires_grad_() for t in (x, weight, bias)]
+    reference.layer_norm_2d(*ref).backward(grad.double())
+    eager = [t.detach().requires_grad_() for t in (x, weight, bias)]
+    reference.layer_norm_2d(*eager).backward(grad)
+    for name, leaf, r, e in zip(names, leaves, ref, eager):
+        if name not in wanted.split("+"):
+            assert leaf.grad is None, name
+            continue
+        scale = _parameter_grad_scales(x, grad).get(f"grad_{name}")
+        assert_accurate(f"grad_{name}", leaf.grad, r.grad, e.grad, torch.float32, seed, scale)
+
+
 def test_gradcheck_cpp_float64():
     gen, _ = fresh_generator()
     x = randn(gen, 2, 5, 3, 4, dtype=torch.float64).requires_grad_()

@@ -5,6 +5,9 @@ Backends: cpp and cuda are the C++ ops convnext_kernels::layer_norm_2d (CPU and 
 in _C) and ::dwconv_layer_norm (CPU and CUDA); triton is the Python custom ops
 convnext_kernels::layer_norm_2d_triton and ::dwconv_layer_norm_triton. The ops return
 (y, mean, rstd) [and the conv output]; autograd saves those and runs the matching backward op.
+The C++ layer_norm_2d's autograd is C++ (csrc/autograd.cpp: no Python in its forward or backward,
+which at ConvNeXt's small late-stage tensors cost more than the kernels); the others' is
+registered here.
 dwconv_layer_norm's backward is the LayerNorm backward on the kept conv output followed by the
 dwconv backward (the input gradient of the conv needs the LayerNorm gradient of a k×k
 neighbourhood, so the two are not fused). With no backward to come (keep_conv false) the conv
@@ -103,8 +106,6 @@ DWCONV_LAYER_NORM = backends.Op("dwconv_layer_norm",
 if _ext.LOADED:
     torch.library.register_fake(f"{_NS}::layer_norm_2d")(_layer_norm_fake)
     torch.library.register_fake(f"{_NS}::layer_norm_2d_backward")(_layer_norm_backward_fake)
-    _register_layer_norm_autograd(torch.ops.convnext_kernels.layer_norm_2d.default,
-                                  torch.ops.convnext_kernels.layer_norm_2d_backward.default)
     torch.library.register_fake(f"{_NS}::dwconv_layer_norm")(_dwconv_layer_norm_fake)
     _register_fused_autograd(torch.ops.convnext_kernels.dwconv_layer_norm.default,
                              torch.ops.convnext_kernels.layer_norm_2d_backward.default,

@@ -93,7 +93,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_2d_backward_cpu(const 
   const int64_t C = x.size(1);
   const auto acc_type = ck::cpu::acc_type(x);
   at::Tensor grad_x = ck::cpu::pooled_empty_like(x);
-  at::Tensor sums = at::zeros({2, C}, x.options().dtype(acc_type));
+  // The kernel writes every column of grad_weight and grad_bias in Acc: straight into the
+  // outputs where the weight's dtype is Acc, else into a buffer converted afterwards (fp16/bf16).
+  const bool acc_outputs = weight.scalar_type() == acc_type;
+  const auto new_sums = [&](at::ScalarType dtype) {
+    return x.numel() == 0 ? at::zeros({C}, weight.options().dtype(dtype))
+                          : at::empty({C}, weight.options().dtype(dtype));
+  };
+  at::Tensor grad_weight = new_sums(acc_type), grad_bias = new_sums(acc_type);
   if (x.numel() != 0) {
     const at::Tensor x_nhwc = ck::as_nhwc(x), g_nhwc = ck::as_nhwc(grad_y);
     at::Tensor gx_nhwc = ck::is_nhwc(grad_x) ? grad_x : ck::cpu::pooled_empty_like(x_nhwc);
@@ -102,18 +109,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_2d_backward_cpu(const 
         at::kHalf, at::kBFloat16, x.scalar_type(), "layer_norm_2d_backward_cpu", [&] {
           using Acc = ck::cpu::acc_t<scalar_t>;
           using K = kernel_t<scalar_t>;
-          Acc* sums_ptr = sums.mutable_data_ptr<Acc>();
           ck::cpu::layer_norm_backward<K, Acc>(
               kernel_ptr(g_nhwc.const_data_ptr<scalar_t>()),
               kernel_ptr(x_nhwc.const_data_ptr<scalar_t>()),
               kernel_ptr(w.const_data_ptr<scalar_t>()), m.const_data_ptr<Acc>(),
-              r.const_data_ptr<Acc>(), kernel_ptr(gx_nhwc.mutable_data_ptr<scalar_t>()), sums_ptr,
-              sums_ptr + C, m.numel(), C, layer_norm_rows<K>(), ck::cpu::aten_parallel_for());
+              r.const_data_ptr<Acc>(), kernel_ptr(gx_nhwc.mutable_data_ptr<scalar_t>()),
+              grad_weight.mutable_data_ptr<Acc>(), grad_bias.mutable_data_ptr<Acc>(), m.numel(), C,
+              layer_norm_rows<K>(), ck::cpu::aten_parallel_for());
         });
     if (!gx_nhwc.is_same(grad_x)) grad_x.copy_(gx_nhwc);
   }
-  return {grad_x, sums[0].to(weight.scalar_type(), false, true),
-          sums[1].to(weight.scalar_type(), false, true)};
+  if (!acc_outputs) {
+    grad_weight = grad_weight.to(weight.scalar_type());
+    grad_bias = grad_bias.to(weight.scalar_type());
+  }
+  return {grad_x, grad_weight, grad_bias};
 }
 
 // (y, conv, mean, rstd): y = layer_norm_2d(conv), conv = dwconv2d(x) kept for the backward
