@@ -175,7 +175,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwconv_layer_norm_cpu
                 if (conv_ptr && row != conv_f32 + pixel * C) {
                   ck::cpu::simd::store_row(row, conv_ptr + pixel * C, W, C, Cp, kernels);
                 }
-                float* v = ck::cpu::simd::thread_scratch(ck::cpu::simd::kNorm, C);
+                float* v = ck::cpu::simd::thread_scratch(ck::cpu::simd::kNorm,
+                                                         ck::cpu::layer_norm_scratch(C));
                 // Pixels C apart as in y (Cp == C): the whole row at once, fp32 straight into y;
                 // else in place (the row kernel reads a pixel into v first), then stored as T.
                 if (Cp == C) {

@@ -15,11 +15,19 @@
 
 namespace ck::cpu {
 
-// Row sums run in kSumLanes independent partial sums (one vector register's worth each of
-// several registers), added together at the end: with one running sum every vector add waits
-// for the one before (4 cycles on current x86 cores), and ConvNeXt's rows (96-768 channels, in L1)
-// were latency-bound: the forward at 8x768x7x7 took 1.1 cycles per element on one thread.
-constexpr int64_t kSumLanes = 64;
+// The row kernels' latency: a row's statistics are a chain (sum, mean, squared deviations, their
+// sum, rstd) before its output can be written, and ConvNeXt's rows are short (96-768
+// channels). Two measures, measured at batch 8 on 2 threads:
+// - Row sums run in kSumLanes independent partial sums, added together at the end: with one
+//   running sum every vector add waits for the one before (4 cycles on current x86 cores); the
+//   forward at 8x768x7x7 took 1.1 cycles per element on one thread.
+// - Rows go in groups of kRowGroup, each pass over all of a group's rows before the next pass,
+//   so that the rows' chains overlap instead of following each other.
+constexpr int64_t kSumLanes = 32;
+constexpr int64_t kRowGroup = 4;
+
+// The Acc scratch the row kernels need per buffer (forward: v; backward: xhat and gh).
+inline int64_t layer_norm_scratch(int64_t C) { return kRowGroup * C; }
 
 template <typename Acc>
 __attribute__((always_inline)) inline Acc sum_lanes(const Acc* part) {
@@ -29,84 +37,110 @@ __attribute__((always_inline)) inline Acc sum_lanes(const Acc* part) {
   return sum;
 }
 
+// part[j % kSumLanes] += f(j) for j in [0, C), f vectorised (kSumLanes at a time, then the rest).
+template <typename Acc, typename F>
+__attribute__((always_inline)) inline void add_lanes(Acc* part, int64_t C, const F& f) {
+  int64_t c0 = 0;
+  for (; c0 + kSumLanes <= C; c0 += kSumLanes) {
+#pragma omp simd
+    for (int64_t j = 0; j < kSumLanes; ++j) part[j] += f(c0 + j);
+  }
+#pragma omp simd
+  for (int64_t j = 0; j < C - c0; ++j) part[j] += f(c0 + j);
+}
+
 // Rows [begin, end): y = (x - mean) * rstd * w + b; mean and rstd (two-pass variance) saved.
-// w, b: the affine parameters in Acc; v: C Acc of scratch (x may be y: each row is read into v
-// before it is written).
+// w, b: the affine parameters in Acc; v: layer_norm_scratch(C) Acc of scratch (x may be y: a
+// group's rows are all read into v before any is written).
 template <typename T, typename Acc>
 __attribute__((always_inline)) inline void layer_norm_forward_rows(const T* x, const Acc* w,
                                                                    const Acc* b, T* y,
                                                                    Acc* mean_out, Acc* rstd_out,
                                                                    int64_t begin, int64_t end,
                                                                    int64_t C, Acc eps, Acc* v) {
-  const int64_t C_lanes = C - C % kSumLanes;
-  for (int64_t row = begin; row < end; ++row) {
-    const T* xr = x + row * C;
-    alignas(64) Acc part[kSumLanes] = {};
-    for (int64_t c0 = 0; c0 < C_lanes; c0 += kSumLanes) {
-#pragma omp simd
-      for (int64_t j = 0; j < kSumLanes; ++j) {
-        v[c0 + j] = to_acc<Acc>(xr[c0 + j]);
-        part[j] += v[c0 + j];
-      }
+  for (int64_t row0 = begin; row0 < end; row0 += kRowGroup) {
+    const int64_t rows = std::min(kRowGroup, end - row0);
+    Acc mean[kRowGroup], rstd[kRowGroup];
+    for (int64_t i = 0; i < rows; ++i) {
+      const T* xr = x + (row0 + i) * C;
+      Acc* vr = v + i * C;
+      alignas(64) Acc part[kSumLanes] = {};
+      add_lanes(part, C, [&](int64_t c) __attribute__((always_inline)) {
+        vr[c] = to_acc<Acc>(xr[c]);
+        return vr[c];
+      });
+      mean[i] = sum_lanes(part) / C;
     }
-#pragma omp simd
-    for (int64_t j = 0; j < C - C_lanes; ++j) {
-      v[C_lanes + j] = to_acc<Acc>(xr[C_lanes + j]);
-      part[j] += v[C_lanes + j];
+    for (int64_t i = 0; i < rows; ++i) {
+      const Acc* vr = v + i * C;
+      const Acc m = mean[i];
+      alignas(64) Acc part[kSumLanes] = {};
+      add_lanes(part, C, [&](int64_t c) __attribute__((always_inline)) {
+        return (vr[c] - m) * (vr[c] - m);
+      });
+      rstd[i] = Acc(1) / std::sqrt(sum_lanes(part) / C + eps);
     }
-    const Acc mean = sum_lanes(part) / C;
-    alignas(64) Acc part_sq[kSumLanes] = {};
-    for (int64_t c0 = 0; c0 < C_lanes; c0 += kSumLanes) {
+    for (int64_t i = 0; i < rows; ++i) {
+      const Acc* vr = v + i * C;
+      const Acc m = mean[i], r = rstd[i];
+      T* yr = y + (row0 + i) * C;
 #pragma omp simd
-      for (int64_t j = 0; j < kSumLanes; ++j) part_sq[j] += (v[c0 + j] - mean) * (v[c0 + j] - mean);
+      for (int64_t c = 0; c < C; ++c) yr[c] = from_acc<T>((vr[c] - m) * r * w[c] + b[c]);
+      mean_out[row0 + i] = m;
+      rstd_out[row0 + i] = r;
     }
-#pragma omp simd
-    for (int64_t j = 0; j < C - C_lanes; ++j)
-      part_sq[j] += (v[C_lanes + j] - mean) * (v[C_lanes + j] - mean);
-    const Acc rstd = Acc(1) / std::sqrt(sum_lanes(part_sq) / C + eps);
-    T* yr = y + row * C;
-#pragma omp simd
-    for (int64_t c = 0; c < C; ++c) yr[c] = from_acc<T>((v[c] - mean) * rstd * w[c] + b[c]);
-    mean_out[row] = mean;
-    rstd_out[row] = rstd;
   }
 }
 
 // Rows [begin, end) of the backward, with xhat = (x - mean) * rstd and gh = g * w:
 // grad_x = rstd * (gh - mean_c(gh) - xhat * mean_c(gh * xhat)); part_w += g * xhat and
-// part_b += g (this chunk's partial weight and bias gradients). xhat, gh: C Acc of scratch.
+// part_b += g (this chunk's partial weight and bias gradients). xhat, gh: layer_norm_scratch(C)
+// Acc of scratch each.
 template <typename T, typename Acc>
 __attribute__((always_inline)) inline void layer_norm_backward_rows(
     const T* g, const T* x, const Acc* w, const Acc* mean, const Acc* rstd, T* grad_x, Acc* part_w,
     Acc* part_b, int64_t begin, int64_t end, int64_t C, Acc* xhat, Acc* gh) {
-  const int64_t C_lanes = C - C % kSumLanes;
-  for (int64_t row = begin; row < end; ++row) {
-    const T* gr = g + row * C;
-    const T* xr = x + row * C;
-    const Acc row_mean = mean[row], row_rstd = rstd[row];
-    alignas(64) Acc part_gh[kSumLanes] = {};
-    alignas(64) Acc part_gh_xhat[kSumLanes] = {};
-    // c0 .. c0 + n of the row: xhat, gh, their sums, the chunk's partial weight/bias gradients.
-    const auto columns = [&](int64_t c0, int64_t n) __attribute__((always_inline)) {
+  for (int64_t row0 = begin; row0 < end; row0 += kRowGroup) {
+    const int64_t rows = std::min(kRowGroup, end - row0);
+    Acc mean_gh[kRowGroup], mean_gh_xhat[kRowGroup];
+    for (int64_t i = 0; i < rows; ++i) {
+      const int64_t row = row0 + i;
+      const T* gr = g + row * C;
+      const T* xr = x + row * C;
+      Acc* xh = xhat + i * C;
+      Acc* ghr = gh + i * C;
+      const Acc row_mean = mean[row], row_rstd = rstd[row];
+      alignas(64) Acc part_gh[kSumLanes] = {};
+      alignas(64) Acc part_gh_xhat[kSumLanes] = {};
+      // Columns [c0, c0 + n) (n <= kSumLanes): xhat, gh, their sums, the chunk's partial
+      // weight and bias gradients, in one pass.
+      const auto columns = [&](int64_t c0, int64_t n) __attribute__((always_inline)) {
 #pragma omp simd
-      for (int64_t j = 0; j < n; ++j) {
-        const int64_t c = c0 + j;
-        const Acc gv = to_acc<Acc>(gr[c]);
-        xhat[c] = (to_acc<Acc>(xr[c]) - row_mean) * row_rstd;
-        gh[c] = gv * w[c];
-        part_gh[j] += gh[c];
-        part_gh_xhat[j] += gh[c] * xhat[c];
-        part_w[c] += gv * xhat[c];
-        part_b[c] += gv;
-      }
-    };
-    for (int64_t c0 = 0; c0 < C_lanes; c0 += kSumLanes) columns(c0, kSumLanes);
-    columns(C_lanes, C - C_lanes);
-    const Acc mean_gh = sum_lanes(part_gh) / C, mean_gh_xhat = sum_lanes(part_gh_xhat) / C;
-    T* gxr = grad_x + row * C;
+        for (int64_t j = 0; j < n; ++j) {
+          const int64_t c = c0 + j;
+          const Acc gv = to_acc<Acc>(gr[c]);
+          xh[c] = (to_acc<Acc>(xr[c]) - row_mean) * row_rstd;
+          ghr[c] = gv * w[c];
+          part_gh[j] += ghr[c];
+          part_gh_xhat[j] += ghr[c] * xh[c];
+          part_w[c] += gv * xh[c];
+          part_b[c] += gv;
+        }
+      };
+      int64_t c0 = 0;
+      for (; c0 + kSumLanes <= C; c0 += kSumLanes) columns(c0, kSumLanes);
+      columns(c0, C - c0);
+      mean_gh[i] = sum_lanes(part_gh) / C;
+      mean_gh_xhat[i] = sum_lanes(part_gh_xhat) / C;
+    }
+    for (int64_t i = 0; i < rows; ++i) {
+      const Acc* xh = xhat + i * C;
+      const Acc* ghr = gh + i * C;
+      const Acc row_rstd = rstd[row0 + i], mg = mean_gh[i], mgx = mean_gh_xhat[i];
+      T* gxr = grad_x + (row0 + i) * C;
 #pragma omp simd
-    for (int64_t c = 0; c < C; ++c)
-      gxr[c] = from_acc<T>(row_rstd * (gh[c] - mean_gh - xhat[c] * mean_gh_xhat));
+      for (int64_t c = 0; c < C; ++c) gxr[c] = from_acc<T>(row_rstd * (ghr[c] - mg - xh[c] * mgx));
+    }
   }
 }
 
@@ -134,7 +168,7 @@ void layer_norm_forward(const T* x, const T* weight, const T* bias, T* y, Acc* m
   parallel_for(
       0, rows,
       [&](int64_t begin, int64_t end) {
-        std::vector<Acc> v(C);
+        std::vector<Acc> v(layer_norm_scratch(C));
         kernels.forward(x, w.data(), b.data(), y, mean_out, rstd_out, begin, end, C, eps, v.data());
       },
       rows_per_task(C));
@@ -160,7 +194,7 @@ void layer_norm_backward(const T* g, const T* x, const T* weight, const Acc* mea
   const std::vector<Acc> w = as_acc<T, Acc>(weight, C);
   std::vector<Acc> partial(chunks * 2 * C, Acc(0));
   parallel_for(0, chunks, [&](int64_t chunk_begin, int64_t chunk_end) {
-    std::vector<Acc> xhat(C), gh(C);
+    std::vector<Acc> xhat(layer_norm_scratch(C)), gh(layer_norm_scratch(C));
     for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
       Acc* part_w = partial.data() + chunk * 2 * C;
       kernels.backward(g, x, w.data(), mean, rstd, grad_x, part_w, part_w + C,
