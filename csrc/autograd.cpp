@@ -1,9 +1,9 @@
-// Autograd of the C++ ops whose per-call fixed cost matters (small tensors, many calls): in C++,
-// so that neither the forward nor the backward goes through Python. torch.library's Python
-// autograd (register_autograd, which the triton ops and the rest of the C++ ops use) cost
-// ~30 us in the forward and ~50 us in the backward of one call on this project's 2-core CPU
-// machine, more than the LayerNorm kernels themselves at ConvNeXt's last stage (8x768x7x7: 48 us
-// forward, 57 us backward).
+// Autograd of the C++ LayerNorm ops (layer_norm_2d, dwconv_layer_norm) in C++, so that neither
+// the forward nor the backward goes through Python. torch.library's Python autograd
+// (register_autograd, which the triton ops and the other C++ ops use) cost ~30 us in the forward
+// and ~50 us in the backward of one call on this project's 2-core CPU machine, as much as the
+// LayerNorm kernels themselves at ConvNeXt's last stage (8x768x7x7: 48 us forward, 57 us
+// backward). The formulas are those of ops/layer_norm.py's Python autograd for the triton ops.
 #include <torch/autograd.h>
 #include <torch/extension.h>
 
@@ -31,6 +31,32 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> call_layer_norm_2d_backward(const
                              .findSchemaOrThrow("convnext_kernels::layer_norm_2d_backward", "")
                              .typed<decltype(call_layer_norm_2d_backward)>();
   return op.call(grad_y, x, weight, mean, rstd);
+}
+
+at::Tensor call_dwconv2d(const at::Tensor& x, const at::Tensor& weight,
+                         const std::optional<at::Tensor>& bias) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("convnext_kernels::dwconv2d", "")
+                             .typed<decltype(call_dwconv2d)>();
+  return op.call(x, weight, bias);
+}
+
+std::tuple<at::Tensor, at::Tensor> call_dwconv2d_backward_weight(const at::Tensor& grad_out,
+                                                                 const at::Tensor& x,
+                                                                 const at::Tensor& weight) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("convnext_kernels::dwconv2d_backward_weight", "")
+                             .typed<decltype(call_dwconv2d_backward_weight)>();
+  return op.call(grad_out, x, weight);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> call_dwconv_layer_norm(
+    const at::Tensor& x, const at::Tensor& dw_weight, const std::optional<at::Tensor>& dw_bias,
+    const at::Tensor& ln_weight, const at::Tensor& ln_bias, double eps, bool keep_conv) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("convnext_kernels::dwconv_layer_norm", "")
+                             .typed<decltype(call_dwconv_layer_norm)>();
+  return op.call(x, dw_weight, dw_bias, ln_weight, ln_bias, eps, keep_conv);
 }
 
 // (y, mean, rstd) differentiable in x, weight, bias through y; mean and rstd are not.
@@ -62,8 +88,66 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_2d_autograd(const at::
   return {out[0], out[1], out[2]};
 }
 
+// (y, conv, mean, rstd) differentiable in x, the conv's weight and bias and the norm's weight and
+// bias through y. The backward is the LayerNorm backward on the conv output (recomputed where the
+// op kept none) followed by the dwconv backward: grad_x is the conv of grad_conv with the
+// flipped weight, and one op gives the conv's weight and bias gradients.
+struct DwconvLayerNorm : public torch::autograd::Function<DwconvLayerNorm> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x,
+                               const at::Tensor& dw_weight,
+                               const std::optional<at::Tensor>& dw_bias,
+                               const at::Tensor& ln_weight, const at::Tensor& ln_bias, double eps,
+                               bool keep_conv) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [y, conv, mean, rstd] =
+        call_dwconv_layer_norm(x, dw_weight, dw_bias, ln_weight, ln_bias, eps, keep_conv);
+    // Without keep_conv the conv is returned empty and the backward recomputes it.
+    ctx->save_for_backward({x, dw_weight, dw_bias.value_or(at::Tensor()), ln_weight,
+                            keep_conv ? conv : at::Tensor(), mean, rstd});
+    ctx->saved_data["has_dw_bias"] = dw_bias.has_value();
+    ctx->mark_non_differentiable({conv, mean, rstd});
+    ctx->set_materialize_grads(false);
+    return {y, conv, mean, rstd};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    variable_list out(7);
+    if (!grads[0].defined()) return out;  // y did not reach the loss
+    const variable_list saved = ctx->get_saved_variables();
+    const at::Tensor &x = saved[0], &dw_weight = saved[1], &dw_bias = saved[2];
+    const bool has_dw_bias = ctx->saved_data["has_dw_bias"].toBool();
+    at::Tensor conv = saved[4];
+    if (!conv.defined()) {
+      conv = call_dwconv2d(x, dw_weight,
+                           has_dw_bias ? std::optional<at::Tensor>(dw_bias) : std::nullopt);
+    }
+    auto [grad_conv, grad_ln_weight, grad_ln_bias] =
+        call_layer_norm_2d_backward(grads[0], conv, saved[3], saved[5], saved[6]);
+    if (ctx->needs_input_grad(0)) {
+      out[0] = call_dwconv2d(grad_conv, dw_weight.flip({-2, -1}), std::nullopt);
+    }
+    if (ctx->needs_input_grad(1) || (has_dw_bias && ctx->needs_input_grad(2))) {
+      auto [grad_dw_weight, grad_dw_bias] = call_dwconv2d_backward_weight(grad_conv, x, dw_weight);
+      out[1] = grad_dw_weight;
+      if (has_dw_bias) out[2] = grad_dw_bias;
+    }
+    out[3] = grad_ln_weight;
+    out[4] = grad_ln_bias;
+    return out;
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwconv_layer_norm_autograd(
+    const at::Tensor& x, const at::Tensor& dw_weight, const std::optional<at::Tensor>& dw_bias,
+    const at::Tensor& ln_weight, const at::Tensor& ln_bias, double eps, bool keep_conv) {
+  const variable_list out =
+      DwconvLayerNorm::apply(x, dw_weight, dw_bias, ln_weight, ln_bias, eps, keep_conv);
+  return {out[0], out[1], out[2], out[3]};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(convnext_kernels, Autograd, m) {
   m.impl("layer_norm_2d", &layer_norm_2d_autograd);
+  m.impl("dwconv_layer_norm", &dwconv_layer_norm_autograd);
 }

@@ -1,6 +1,7 @@
 // Schemas of every C++/CUDA op. The CPU and CUDA implementations register under these in
 // cpu/*.cpp and cuda/*.cu; Python (convnext_kernels/ops) adds fake impls and the autograd of
-// every op but layer_norm_2d, whose autograd is C++ (autograd.cpp: its per-call cost).
+// every op but layer_norm_2d and dwconv_layer_norm, whose autograd is C++ (autograd.cpp: the
+// per-call cost of Python's).
 #include <torch/extension.h>
 
 #include "cpu/isa.h"

@@ -5,9 +5,9 @@ Backends: cpp and cuda are the C++ ops convnext_kernels::layer_norm_2d (CPU and 
 in _C) and ::dwconv_layer_norm (CPU and CUDA); triton is the Python custom ops
 convnext_kernels::layer_norm_2d_triton and ::dwconv_layer_norm_triton. The ops return
 (y, mean, rstd) [and the conv output]; autograd saves those and runs the matching backward op.
-The C++ layer_norm_2d's autograd is C++ (csrc/autograd.cpp: no Python in its forward or backward,
-which at ConvNeXt's small late-stage tensors cost more than the kernels); the others' is
-registered here.
+The C++ ops' autograd is C++ (csrc/autograd.cpp: no Python in their forward or backward, which at
+ConvNeXt's small late-stage tensors cost as much as the kernels), with the formulas of the
+triton ops' autograd registered here.
 dwconv_layer_norm's backward is the LayerNorm backward on the kept conv output followed by the
 dwconv backward (the input gradient of the conv needs the LayerNorm gradient of a k×k
 neighbourhood, so the two are not fused). With no backward to come (keep_conv false) the conv
@@ -107,11 +107,6 @@ if _ext.LOADED:
     torch.library.register_fake(f"{_NS}::layer_norm_2d")(_layer_norm_fake)
     torch.library.register_fake(f"{_NS}::layer_norm_2d_backward")(_layer_norm_backward_fake)
     torch.library.register_fake(f"{_NS}::dwconv_layer_norm")(_dwconv_layer_norm_fake)
-    _register_fused_autograd(torch.ops.convnext_kernels.dwconv_layer_norm.default,
-                             torch.ops.convnext_kernels.layer_norm_2d_backward.default,
-                             torch.ops.convnext_kernels.dwconv2d.default,
-                             dwconv_ops.flipped_input_grad,
-                             torch.ops.convnext_kernels.dwconv2d_backward_weight.default)
     LAYER_NORM.register("cpp", torch.ops.convnext_kernels.layer_norm_2d)
     DWCONV_LAYER_NORM.register("cpp", torch.ops.convnext_kernels.dwconv_layer_norm)
     if _ext.BUILT_WITH_CUDA:
