@@ -12,13 +12,19 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
+// The op `convnext_kernels::name`, typed as the helper that calls it (Sig).
+template <typename Sig>
+c10::TypedOperatorHandle<Sig> find_op(const char* name) {
+  return c10::Dispatcher::singleton()
+      .findSchemaOrThrow((std::string("convnext_kernels::") + name).c_str(), "")
+      .typed<Sig>();
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> call_layer_norm_2d(const at::Tensor& x,
                                                                   const at::Tensor& weight,
                                                                   const at::Tensor& bias,
                                                                   double eps) {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("convnext_kernels::layer_norm_2d", "")
-                             .typed<decltype(call_layer_norm_2d)>();
+  static const auto op = find_op<decltype(call_layer_norm_2d)>("layer_norm_2d");
   return op.call(x, weight, bias, eps);
 }
 
@@ -27,35 +33,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> call_layer_norm_2d_backward(const
                                                                            const at::Tensor& weight,
                                                                            const at::Tensor& mean,
                                                                            const at::Tensor& rstd) {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("convnext_kernels::layer_norm_2d_backward", "")
-                             .typed<decltype(call_layer_norm_2d_backward)>();
+  static const auto op = find_op<decltype(call_layer_norm_2d_backward)>("layer_norm_2d_backward");
   return op.call(grad_y, x, weight, mean, rstd);
 }
 
 at::Tensor call_dwconv2d(const at::Tensor& x, const at::Tensor& weight,
                          const std::optional<at::Tensor>& bias) {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("convnext_kernels::dwconv2d", "")
-                             .typed<decltype(call_dwconv2d)>();
+  static const auto op = find_op<decltype(call_dwconv2d)>("dwconv2d");
   return op.call(x, weight, bias);
 }
 
 std::tuple<at::Tensor, at::Tensor> call_dwconv2d_backward_weight(const at::Tensor& grad_out,
                                                                  const at::Tensor& x,
                                                                  const at::Tensor& weight) {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("convnext_kernels::dwconv2d_backward_weight", "")
-                             .typed<decltype(call_dwconv2d_backward_weight)>();
+  static const auto op =
+      find_op<decltype(call_dwconv2d_backward_weight)>("dwconv2d_backward_weight");
   return op.call(grad_out, x, weight);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> call_dwconv_layer_norm(
     const at::Tensor& x, const at::Tensor& dw_weight, const std::optional<at::Tensor>& dw_bias,
     const at::Tensor& ln_weight, const at::Tensor& ln_bias, double eps, bool keep_conv) {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("convnext_kernels::dwconv_layer_norm", "")
-                             .typed<decltype(call_dwconv_layer_norm)>();
+  static const auto op = find_op<decltype(call_dwconv_layer_norm)>("dwconv_layer_norm");
   return op.call(x, dw_weight, dw_bias, ln_weight, ln_bias, eps, keep_conv);
 }
 
@@ -104,7 +103,6 @@ struct DwconvLayerNorm : public torch::autograd::Function<DwconvLayerNorm> {
     // Without keep_conv the conv is returned empty and the backward recomputes it.
     ctx->save_for_backward({x, dw_weight, dw_bias.value_or(at::Tensor()), ln_weight,
                             keep_conv ? conv : at::Tensor(), mean, rstd});
-    ctx->saved_data["has_dw_bias"] = dw_bias.has_value();
     ctx->mark_non_differentiable({conv, mean, rstd});
     ctx->set_materialize_grads(false);
     return {y, conv, mean, rstd};
@@ -115,7 +113,7 @@ struct DwconvLayerNorm : public torch::autograd::Function<DwconvLayerNorm> {
     if (!grads[0].defined()) return out;  // y did not reach the loss
     const variable_list saved = ctx->get_saved_variables();
     const at::Tensor &x = saved[0], &dw_weight = saved[1], &dw_bias = saved[2];
-    const bool has_dw_bias = ctx->saved_data["has_dw_bias"].toBool();
+    const bool has_dw_bias = dw_bias.defined();
     at::Tensor conv = saved[4];
     if (!conv.defined()) {
       conv = call_dwconv2d(x, dw_weight,

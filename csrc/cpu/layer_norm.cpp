@@ -95,12 +95,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_2d_backward_cpu(const 
   at::Tensor grad_x = ck::cpu::pooled_empty_like(x);
   // The kernel writes every column of grad_weight and grad_bias in Acc: straight into the
   // outputs where the weight's dtype is Acc, else into a buffer converted afterwards (fp16/bf16).
-  const bool acc_outputs = weight.scalar_type() == acc_type;
-  const auto new_sums = [&](at::ScalarType dtype) {
-    return x.numel() == 0 ? at::zeros({C}, weight.options().dtype(dtype))
-                          : at::empty({C}, weight.options().dtype(dtype));
+  const auto new_sums = [&] {
+    const auto options = weight.options().dtype(acc_type);
+    return x.numel() == 0 ? at::zeros({C}, options) : at::empty({C}, options);
   };
-  at::Tensor grad_weight = new_sums(acc_type), grad_bias = new_sums(acc_type);
+  at::Tensor grad_weight = new_sums(), grad_bias = new_sums();
   if (x.numel() != 0) {
     const at::Tensor x_nhwc = ck::as_nhwc(x), g_nhwc = ck::as_nhwc(grad_y);
     at::Tensor gx_nhwc = ck::is_nhwc(grad_x) ? grad_x : ck::cpu::pooled_empty_like(x_nhwc);
@@ -119,7 +118,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_2d_backward_cpu(const 
         });
     if (!gx_nhwc.is_same(grad_x)) grad_x.copy_(gx_nhwc);
   }
-  if (!acc_outputs) {
+  if (weight.scalar_type() != acc_type) {
     grad_weight = grad_weight.to(weight.scalar_type());
     grad_bias = grad_bias.to(weight.scalar_type());
   }

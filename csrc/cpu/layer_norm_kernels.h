@@ -39,16 +39,22 @@ __attribute__((always_inline)) inline Acc sum_lanes(const Acc* part) {
   return sum;
 }
 
-// part[j % kSumLanes] += f(j) for j in [0, C), f vectorised (kSumLanes at a time, then the rest).
+// chunk(c0, n) over [0, C) in lane-sized chunks: n == kSumLanes (a constant once inlined, so
+// the chunk's loop is unrolled into whole vectors), then the rest.
+template <typename F>
+__attribute__((always_inline)) inline void in_lane_chunks(int64_t C, const F& chunk) {
+  int64_t c0 = 0;
+  for (; c0 + kSumLanes <= C; c0 += kSumLanes) chunk(c0, kSumLanes);
+  chunk(c0, C - c0);
+}
+
+// part[j % kSumLanes] += f(j) for j in [0, C), f vectorised.
 template <typename Acc, typename F>
 __attribute__((always_inline)) inline void add_lanes(Acc* part, int64_t C, const F& f) {
-  int64_t c0 = 0;
-  for (; c0 + kSumLanes <= C; c0 += kSumLanes) {
+  in_lane_chunks(C, [&](int64_t c0, int64_t n) __attribute__((always_inline)) {
 #pragma omp simd
-    for (int64_t j = 0; j < kSumLanes; ++j) part[j] += f(c0 + j);
-  }
-#pragma omp simd
-  for (int64_t j = 0; j < C - c0; ++j) part[j] += f(c0 + j);
+    for (int64_t j = 0; j < n; ++j) part[j] += f(c0 + j);
+  });
 }
 
 // Rows [begin, end): y = (x - mean) * rstd * w + b; mean and rstd (two-pass variance) saved.
@@ -114,9 +120,8 @@ __attribute__((always_inline)) inline void layer_norm_backward_rows(
       const Acc row_mean = mean[row], row_rstd = rstd[row];
       alignas(64) Acc part_gh[kSumLanes] = {};
       alignas(64) Acc part_gh_xhat[kSumLanes] = {};
-      // Columns [c0, c0 + n) (n <= kSumLanes): xhat, gh, their sums, the chunk's partial
-      // weight and bias gradients, in one pass.
-      const auto columns = [&](int64_t c0, int64_t n) __attribute__((always_inline)) {
+      // xhat, gh, their sums, the chunk's partial weight and bias gradients, in one pass.
+      in_lane_chunks(C, [&](int64_t c0, int64_t n) __attribute__((always_inline)) {
 #pragma omp simd
         for (int64_t j = 0; j < n; ++j) {
           const int64_t c = c0 + j;
@@ -128,10 +133,7 @@ __attribute__((always_inline)) inline void layer_norm_backward_rows(
           part_w[c] += gv * xh[c];
           part_b[c] += gv;
         }
-      };
-      int64_t c0 = 0;
-      for (; c0 + kSumLanes <= C; c0 += kSumLanes) columns(c0, kSumLanes);
-      columns(c0, C - c0);
+      });
       mean_gh[i] = sum_lanes(part_gh) / C;
       mean_gh_xhat[i] = sum_lanes(part_gh_xhat) / C;
     }
