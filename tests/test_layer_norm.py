@@ -23,11 +23,11 @@ def _forward_backward(fn, inputs, grad):
     return [y] + [t.grad for t in leaves if t is not None]
 
 
-def _check_all(names, ours, ref, eager, dtype, seed, scales=None):
-    scales = scales or {}
+def _check_all(names, ours, ref, eager, dtype, seed, scales=None, roundings=None):
+    scales, roundings = scales or {}, roundings or {}
     for name, o, r, e in zip(names, ours, ref, eager):
         assert o.dtype == dtype and o.shape == r.shape, name
-        assert_accurate(name, o, r, e, dtype, seed, scales.get(name))
+        assert_accurate(name, o, r, e, dtype, seed, scales.get(name), roundings.get(name, 0.5))
 
 
 def _parameter_grad_scales(x, grad):
@@ -88,9 +88,13 @@ def test_dwconv_layer_norm_matches_float64_reference(backend, device, dtype, sha
     # (seen: bf16 grad_ln_weight over 12 pixels, 9.1e-3 of its cancelled max against 8.7e-3).
     conv = reference.dwconv2d(*[t.double().cpu() for t in (x, dw_weight, dw_bias)])
     sums = _parameter_grad_scales(conv, grad)
-    _check_all(["y", "grad_x", "grad_dw_weight", "grad_dw_bias", "grad_ln_weight",
-                "grad_ln_bias"], ours, ref, eager, dtype, seed,
-               {"grad_ln_weight": sums["grad_weight"], "grad_ln_bias": sums["grad_bias"]})
+    # The backward reads the conv as kept, rounded to the dtype (as eager's does): its gradients
+    # carry that rounding and their own, so eager's error counts as at least two roundings there
+    # (seen: fp16 grad_ln_weight of one 16-channel pixel, 1.16 eps against eager's lucky < 0.5).
+    grads = ["grad_x", "grad_dw_weight", "grad_dw_bias", "grad_ln_weight", "grad_ln_bias"]
+    _check_all(["y"] + grads, ours, ref, eager, dtype, seed,
+               {"grad_ln_weight": sums["grad_weight"], "grad_ln_bias": sums["grad_bias"]},
+               dict.fromkeys(grads, 1.0))
     assert ours[0].is_contiguous(memory_format=torch.channels_last)
 
 
