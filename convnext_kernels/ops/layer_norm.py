@@ -43,12 +43,12 @@ def _dwconv_layer_norm_fake(x, dw_weight, dw_bias, ln_weight, ln_bias, eps, keep
 def _register_fused_autograd(fused_op, layer_norm_backward_op, dwconv_forward_op,
                              dwconv_input_grad_op, dwconv_backward_weight_op):
     def setup_context(ctx, inputs, output):
-        x, dw_weight, dw_bias, ln_weight = inputs[:4]
+        x, dw_weight, dw_bias, ln_weight, _, _, keep_conv = inputs
         _, conv, mean, rstd = output
         ctx.mark_non_differentiable(conv, mean, rstd)
         ctx.set_materialize_grads(False)  # (no zero-filled gradients for the saved outputs)
         # An op called without keep_conv returned it empty: the backward recomputes it.
-        kept = conv if conv.numel() == x.numel() else None
+        kept = conv if keep_conv else None
         ctx.save_for_backward(x, dw_weight, dw_bias, ln_weight, kept, mean, rstd)
         ctx.has_dw_bias = dw_bias is not None
 
