@@ -22,7 +22,7 @@ from torch import nn
 
 from . import reference
 from .backends import gradient_needed
-from .layouts import LAYOUTS, describe_block, lookup
+from .layouts import LAYOUTS, PATHS, describe_block, get_path
 from .ops.block import BLOCK, whole_block
 from .ops.layer_norm import dwconv_layer_norm, layer_norm_2d
 from .ops import prepacked
@@ -170,8 +170,8 @@ class FusedConvNeXtBlock(DropsPacks, nn.Module):
         """name -> tensor of every weight the ops take (views where the layout's shape differs,
         e.g. a 1×1 conv's [r·C, C, 1, 1] weight as [r·C, C])."""
         grn = ("grn_weight", "grn_bias")
-        w = {name: lookup(self, path) if self.use_grn or name not in grn else None
-             for name, path in LAYOUTS[self.layout].items()}
+        w = {name: get_path(self, path) if path is not None and (self.use_grn or name not in grn)
+             else None for name, path in PATHS[self.layout].items()}
         for name in ("fc1_w", "fc2_w"):
             w[name] = w[name].flatten(1)
         if w["gamma"] is not None:
