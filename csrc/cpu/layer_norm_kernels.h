@@ -31,6 +31,25 @@ constexpr int64_t kRowGroup = 4;
 // The Acc scratch the row kernels need per buffer (forward: v; backward: xhat and gh).
 inline int64_t layer_norm_scratch(int64_t C) { return kRowGroup * C; }
 
+// A row group's loads come in bursts (its sums), then its outputs are computed and stored with
+// no load asking memory for the next rows; the hardware prefetchers, which follow the loads, do
+// not run far enough ahead to cover that. So each chunk of loads from x (and, in the backward,
+// from grad_y) also asks for the lines kPrefetchBytes further on: the next rows, whichever
+// group or thread chunk they fall in (a prefetch past the buffer's end is harmless: it never
+// faults). Measured (bench_layernorm, batch 8, 2 threads, AVX-512; two runs of each build,
+// alternated), forward+backward against ATen, fp32 stages 1-4: 1.37-1.60 / 1.15-1.31 /
+// 1.13-1.31 / 1.14-1.15x without, 2.32-3.18 / 1.53-1.82 / 1.31-1.49 / 1.13-1.25x with; bf16
+// stage 1 1.25-1.27 -> 1.54-1.55x. 2 KB ahead; 1, 4 and 8 rows ahead were no better.
+constexpr int64_t kPrefetchBytes = 2048;
+
+template <typename T>
+__attribute__((always_inline)) inline void prefetch_chunk_ahead(const T* chunk) {
+  const uintptr_t ahead = reinterpret_cast<uintptr_t>(chunk) + kPrefetchBytes;
+  for (int64_t i = 0; i < kSumLanes * int64_t(sizeof(T)); i += 64) {
+    __builtin_prefetch(reinterpret_cast<const void*>(ahead + i), 0, 3);
+  }
+}
+
 template <typename Acc>
 __attribute__((always_inline)) inline Acc sum_lanes(const Acc* part) {
   Acc sum = 0;
@@ -73,9 +92,13 @@ __attribute__((always_inline)) inline void layer_norm_forward_rows(const T* x, c
       const T* xr = x + (row0 + i) * C;
       Acc* vr = v + i * C;
       alignas(64) Acc part[kSumLanes] = {};
-      add_lanes(part, C, [&](int64_t c) __attribute__((always_inline)) {
-        vr[c] = to_acc<Acc>(xr[c]);
-        return vr[c];
+      in_lane_chunks(C, [&](int64_t c0, int64_t n) __attribute__((always_inline)) {
+        prefetch_chunk_ahead(xr + c0);
+#pragma omp simd
+        for (int64_t j = 0; j < n; ++j) {
+          vr[c0 + j] = to_acc<Acc>(xr[c0 + j]);
+          part[j] += vr[c0 + j];
+        }
       });
       mean[i] = sum_lanes(part) / C;
     }
@@ -122,6 +145,8 @@ __attribute__((always_inline)) inline void layer_norm_backward_rows(
       alignas(64) Acc part_gh_xhat[kSumLanes] = {};
       // xhat, gh, their sums, the chunk's partial weight and bias gradients, in one pass.
       in_lane_chunks(C, [&](int64_t c0, int64_t n) __attribute__((always_inline)) {
+        prefetch_chunk_ahead(gr + c0);
+        prefetch_chunk_ahead(xr + c0);
 #pragma omp simd
         for (int64_t j = 0; j < n; ++j) {
           const int64_t c = c0 + j;
