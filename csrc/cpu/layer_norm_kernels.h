@@ -36,10 +36,12 @@ inline int64_t layer_norm_scratch(int64_t C) { return kRowGroup * C; }
 // not run far enough ahead to cover that. So each chunk of loads from x (and, in the backward,
 // from grad_y) also asks for the lines kPrefetchBytes further on: the next rows, whichever
 // group or thread chunk they fall in (a prefetch past the buffer's end is harmless: it never
-// faults). Measured (bench_layernorm, batch 8, 2 threads, AVX-512; two runs of each build,
-// alternated), forward+backward against ATen, fp32 stages 1-4: 1.37-1.60 / 1.15-1.31 /
-// 1.13-1.31 / 1.14-1.15x without, 2.32-3.18 / 1.53-1.82 / 1.31-1.49 / 1.13-1.25x with; bf16
-// stage 1 1.25-1.27 -> 1.54-1.55x. 2 KB ahead; 1, 4 and 8 rows ahead were no better.
+// faults; in dwconv_layer_norm the rows are in cache already and it costs a few instructions).
+// bench_layernorm at batch 8 (cpu-ops-2026-12-02/layer_norm-batch8-prefetch-run*, against
+// -noprefetch-run*): forward+backward against ATen at fp32 stages 1-4 1.37-1.94 / 1.15-1.37 /
+// 1.13-1.31 / 1.02-1.15x without, 2.09-3.27 / 1.51-1.82 / 1.20-1.49 / 1.11-1.25x with; bf16
+// stage 1 1.17-1.27 -> 1.52-1.62x. 2 KB ahead: 1, 4 and 8 rows ahead were no better, a whole
+// row group ahead at once slowed stages 3-4.
 constexpr int64_t kPrefetchBytes = 2048;
 
 template <typename T>
