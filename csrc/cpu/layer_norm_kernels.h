@@ -40,7 +40,7 @@ inline int64_t layer_norm_scratch(int64_t C) { return kRowGroup * C; }
 // bench_layernorm at batch 8 (cpu-ops-2026-12-02/layer_norm-batch8-prefetch-run*, against
 // -noprefetch-run*): forward+backward against ATen at fp32 stages 1-4 1.37-1.94 / 1.15-1.37 /
 // 1.13-1.31 / 1.02-1.15x without, 2.09-3.27 / 1.51-1.82 / 1.20-1.49 / 1.11-1.25x with; bf16
-// stage 1 1.17-1.27 -> 1.52-1.62x. 2 KB ahead: 1, 4 and 8 rows ahead were no better, a whole
+// stage 1 1.17-1.27 -> 1.52-1.62x. 2 KB ahead: 2, 4 or 8 rows, 4 or 8 KB were no better, a whole
 // row group ahead at once slowed stages 3-4.
 constexpr int64_t kPrefetchBytes = 2048;
 
