@@ -69,10 +69,16 @@ __attribute__((always_inline)) inline void in_lane_chunks(int64_t C, const F& ch
   chunk(c0, C - c0);
 }
 
-// part[j % kSumLanes] += f(j) for j in [0, C), f vectorised.
-template <typename Acc, typename F>
-__attribute__((always_inline)) inline void add_lanes(Acc* part, int64_t C, const F& f) {
+// part[j % kSumLanes] += f(j) for j in [0, C), f vectorised; before_chunk(c0) before each chunk
+// (e.g. a prefetch; by default nothing).
+struct NoChunkHook {
+  void operator()(int64_t) const {}
+};
+template <typename Acc, typename F, typename G = NoChunkHook>
+__attribute__((always_inline)) inline void add_lanes(Acc* part, int64_t C, const F& f,
+                                                     const G& before_chunk = {}) {
   in_lane_chunks(C, [&](int64_t c0, int64_t n) __attribute__((always_inline)) {
+    before_chunk(c0);
 #pragma omp simd
     for (int64_t j = 0; j < n; ++j) part[j] += f(c0 + j);
   });
@@ -94,14 +100,13 @@ __attribute__((always_inline)) inline void layer_norm_forward_rows(const T* x, c
       const T* xr = x + (row0 + i) * C;
       Acc* vr = v + i * C;
       alignas(64) Acc part[kSumLanes] = {};
-      in_lane_chunks(C, [&](int64_t c0, int64_t n) __attribute__((always_inline)) {
-        prefetch_chunk_ahead(xr + c0);
-#pragma omp simd
-        for (int64_t j = 0; j < n; ++j) {
-          vr[c0 + j] = to_acc<Acc>(xr[c0 + j]);
-          part[j] += vr[c0 + j];
-        }
-      });
+      add_lanes(
+          part, C,
+          [&](int64_t c) __attribute__((always_inline)) {
+            vr[c] = to_acc<Acc>(xr[c]);
+            return vr[c];
+          },
+          [&](int64_t c0) __attribute__((always_inline)) { prefetch_chunk_ahead(xr + c0); });
       mean[i] = sum_lanes(part) / C;
     }
     for (int64_t i = 0; i < rows; ++i) {
