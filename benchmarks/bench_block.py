@@ -37,16 +37,29 @@ def as_function(module):
     return fn
 
 
+# The variants a plan may time: V1 (layer scale) and V2 (GRN, no layer scale).
+VARIANTS = {"v1": {}, "v2": {"use_grn": True}}
+
+
 def providers(plan, args):
-    """C -> name -> (memory format, fn(x, *params)); built per case (the modules depend on C)."""
-    def table(C, dtype):
-        plain = ConvNeXtBlock(C).to(plan.device, dtype)
-        fused = ck.FusedConvNeXtBlock(C).to(plan.device, dtype)
+    """(C, dtype, variant) -> (name -> (memory format, fn(x, *params)), parameters); built per
+    case (the modules depend on them). "ours" is the block as users get it (backend auto); on a
+    GPU "ours <backend>" times each backend that can run the block, so that auto's measured
+    choice (the campaign's auto table) has every candidate beside eager."""
+    def table(C, dtype, variant="v1"):
+        plain = ConvNeXtBlock(C, **VARIANTS[variant]).to(plan.device, dtype)
+        fused = ck.FusedConvNeXtBlock(C, **VARIANTS[variant]).to(plan.device, dtype)
         fused.load_state_dict(plain.state_dict())
         cl, nchw = torch.channels_last, torch.contiguous_format
         rows = {"eager NCHW": (nchw, as_function(plain)),
-                "eager channels_last": (cl, as_function(plain)), "ours": (cl, as_function(fused)),
-                **harness.compile_providers(plan, args, cl, as_function(plain))}
+                "eager channels_last": (cl, as_function(plain)), "ours": (cl, as_function(fused))}
+        for backend in getattr(plan, "block_backends", BACKENDS if plan.gpu else ()):
+            if backend in ck.available_backends():
+                pinned = ck.FusedConvNeXtBlock(C, backend=backend, **VARIANTS[variant]).to(
+                    plan.device, dtype)
+                pinned.load_state_dict(plain.state_dict())
+                rows[f"ours {backend}"] = (cl, as_function(pinned))
+        rows.update(harness.compile_providers(plan, args, cl, as_function(plain)))
         if plan.compile:
             rows["ours + compile"] = (cl, torch.compile(as_function(fused), dynamic=False))
         if plan.compile and plan.gpu:
@@ -54,17 +67,27 @@ def providers(plan, args):
             # whole block replays as one graph (tests/test_ledger.py).
             rows["ours + compile reduce-overhead"] = (
                 cl, torch.compile(as_function(fused), mode="reduce-overhead", dynamic=False))
-        return rows, [p.detach() for p in plain.parameters()]
+        # random parameters, never zeros (V2's GRN starts at zero)
+        params = [p.detach() if p.count_nonzero() else torch.randn_like(p) * 0.1
+                  for p in plain.parameters()]
+        return rows, params
     return table
 
 
+# The backends timed one by one on a GPU (a plan's block_backends may name others): the
+# whole-block Triton op, and the CUDA dwconv+LayerNorm kernel with the Triton MLP.
+BACKENDS = ("triton", "cuda")
+
+
 def cases(plan):
-    return [(dtype, stage) for dtype in plan.dtypes for stage in plan.stages]
+    variants = getattr(plan, "variants", ("v1",))
+    return [(dtype, stage, variant) for dtype in plan.dtypes for stage in plan.stages
+            for variant in variants]
 
 
 def describe(plan, case):
-    dtype, (name, C, HW) = case
-    return f"block {str(dtype)[6:]} {name} {plan.batch}x{C}x{HW}x{HW}"
+    dtype, (name, C, HW), variant = case
+    return f"block {variant} {str(dtype)[6:]} {name} {plan.batch}x{C}x{HW}x{HW}"
 
 
 def block_cost(N, C, HW, elem):
@@ -77,9 +100,9 @@ def block_cost(N, C, HW, elem):
 
 
 def run_case(plan, tables, case):
-    dtype, (name, C, HW) = case
+    dtype, (name, C, HW), variant = case
     N, device = plan.batch, plan.device
-    table, params = tables(C, dtype)
+    table, params = tables(C, dtype, variant)
     elem = torch.tensor([], dtype=dtype).element_size()
     numel = N * C * HW * HW
 
@@ -87,18 +110,18 @@ def run_case(plan, tables, case):
         x = torch.randn(N, C, HW, HW, device=device, dtype=dtype)
         return (x, *[p.clone() for p in params], torch.randn_like(x))
     sets = [one_set() for _ in range(harness.rotation(2 * numel * elem, device))]
-    row = {"op": "block", "case": f"block {name} {N}x{C}x{HW}x{HW}", "stage": name,
-           "dtype": str(dtype).replace("torch.", ""), "shape": [N, C, HW, HW]}
+    row = {"op": "block", "case": f"block {variant} {name} {N}x{C}x{HW}x{HW}", "stage": name,
+           "variant": variant, "dtype": str(dtype).replace("torch.", ""),
+           "shape": [N, C, HW, HW]}
     # Launches per fwd+bwd (benchmarks/ledger.py), for the providers a dispatch mode can watch
     # without changing what runs (not the compiled ones).
     extras = {provider: {"launches_fwd_bwd": ledger.fwd_bwd_launches(
         fn, [t.contiguous(memory_format=fmt) if t.dim() == 4 else t for t in sets[0][:-1]],
         sets[0][-1].contiguous(memory_format=fmt))}
-        for provider, (fmt, fn) in table.items() if "compile" not in provider}
-    harness.run_providers(plan.results, device, row, table, sets,
-                          block_cost(N, C, HW, elem), plan.reps, (plan.floors[0],
-                                                                  plan.matmul_rate(dtype)),
-                          extras=extras)
+        for provider, (fmt, fn) in table.items()
+        if not harness.is_compiled(provider) and plan.runs(provider) and not plan.warm}
+    harness.run_providers(plan, row, table, sets, block_cost(N, C, HW, elem),
+                          (plan.floors[0], plan.matmul_rate(dtype)), extras=extras)
 
 
 def main(argv=None):

@@ -5,7 +5,8 @@ torch.compile and the measured floor, at the ConvNeXt-T/B stage shapes.
 
 On a GPU: batch 64 at 224 px, bf16 and fp32, ours = triton and cuda backends. On a CPU (no GPU):
 a short run, labelled CPU, with ours = cpp backend, small batch, fp32.
-Passes: fwd (inference), bwd (grads of x, weight, bias from a kept graph), fwd+bwd.
+Passes: fwd (inference), bwd (grads of x, weight, bias from a kept graph), fwd+bwd, and with
+--passes "bwd weight" the weight and bias gradients alone.
 """
 import sys
 
@@ -49,6 +50,15 @@ def describe(plan, case):
     return f"dwconv {str(dtype)[6:]} {name} {plan.batch}x{C}x{HW}x{HW}"
 
 
+# The weight gradient on its own row (cuDNN is weakest there): from a kept graph, the gradient of
+# the weight (and bias) only, so eager runs cuDNN's weight-gradient kernel alone.
+WEIGHT_GRAD = "bwd weight"
+
+
+def weight_grad(fn, y, x, w, b, grad):
+    torch.autograd.grad(y, (w, b), grad, retain_graph=True)
+
+
 def make_inputs(plan, case):
     """One input set: x, weight, bias, then the output gradient."""
     dtype, (_, C, HW) = case
@@ -65,9 +75,11 @@ def run_case(plan, table, case):
             for _ in range(harness.rotation(2 * N * C * HW * HW * elem, device))]
     row = {"op": "dwconv2d", "case": f"{name} {N}x{C}x{HW}x{HW} k{K}", "stage": name,
            "dtype": str(dtype).replace("torch.", ""), "shape": [N, C, HW, HW], "k": K}
-    harness.run_providers(plan.results, device, row, table, sets,
-                          harness.activation_pass_cost(N, C, HW, HW, K * K, elem), plan.reps,
-                          plan.floors)
+    cost = harness.activation_pass_cost(N, C, HW, HW, K * K, elem)
+    # the weight gradient alone reads grad and x once and does the bwd's weight-tap FMAs
+    cost[WEIGHT_GRAD] = (2 * N * C * HW * HW * elem, 2 * N * C * HW * HW * K * K)
+    harness.run_providers(plan, row, table, sets, cost, plan.floors,
+                          extra_passes={WEIGHT_GRAD: weight_grad})
 
 
 def table_for(table, case):

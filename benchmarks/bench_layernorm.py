@@ -87,9 +87,9 @@ def run_case(plan, tables, case):
     op = "dwconv_layer_norm" if fused else "layer_norm_2d"
     row = {"op": op, "case": f"{'dwconv+LN' if fused else 'LN'} {name} {N}x{C}x{HW}x{HW}",
            "stage": name, "dtype": str(dtype).replace("torch.", ""), "shape": [N, C, HW, HW]}
-    harness.run_providers(plan.results, device, row, tables[fused], sets,
+    harness.run_providers(plan, row, tables[fused], sets,
                           harness.activation_pass_cost(N, C, HW, HW, K * K if fused else 0, elem),
-                          plan.reps, plan.floors)
+                          plan.floors)
 
 
 def table_for(tables, case):

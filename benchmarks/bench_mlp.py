@@ -96,11 +96,10 @@ def run_case(plan, table, case):
     # so the compile rows carry no activation-memory figure (None) rather than a wrong one.
     extras = {provider: {"saved_activation_MiB": None if provider.startswith("compile") else
                          saved_activation_bytes(fn, sets[0][:-1]) / 2**20}
-              for provider, (_, fn) in table.items()}
+              for provider, (_, fn) in table.items() if plan.runs(provider) and not plan.warm}
     floors = (plan.floors[0], plan.matmul_rate(dtype))
-    harness.run_providers(plan.results, device, row, table, sets, mlp_cost(M, C, H, elem),
-                          plan.reps, floors, baselines=("eager", "compile default",
-                                                        "compile max-autotune"),
+    harness.run_providers(plan, row, table, sets, mlp_cost(M, C, H, elem), floors,
+                          baselines=("eager", "compile default", "compile max-autotune"),
                           extras=extras)
 
 

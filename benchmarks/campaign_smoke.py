@@ -60,64 +60,108 @@ def fwd_bwd(fn, inputs, grad_seed):
     return [out] + list(torch.autograd.grad(out, leaves, grad))
 
 
+def smoke_cases(rehearse):
+    """[(dtype name, stage, op)] the smoke step checks, in order; stage (name, C, H=W)."""
+    from benchmarks import harness
+    stages = [("tiny", 16, 8)] if rehearse else harness.STAGES[:4]
+    # a rehearsal (the interpreter: seconds a kernel call) checks bf16, the harder tolerance
+    dtypes = ("bfloat16",) if rehearse else ("bfloat16", "float32")
+    return [(dtype, stage, op) for dtype in dtypes for stage in stages for op in SMOKE_OPS]
+
+
+def smoke_setup(rehearse):
+    """(batch, backends) of the smoke step."""
+    return (2, ("triton", "cpp")) if rehearse else (64, ("cuda", "triton"))
+
+
+def smoke_label(dtype, stage, op, N):
+    name, C, HW = stage
+    return f"smoke {op} {dtype} {name} {N}x{C}x{HW}x{HW}"
+
+
+def warm(dtype_name, stage, op, rehearse):
+    """The prewarm step's unit for one smoke case: ours, forward and backward, on each backend
+    (what the smoke step will launch, compiled here)."""
+    import torch
+    device = torch.device("cpu" if rehearse else "cuda")
+    N, backends = smoke_setup(rehearse)
+    gen = torch.Generator().manual_seed(0)
+    inputs, _, ours = smoke_inputs(op, N, stage[1], stage[2], getattr(torch, dtype_name),
+                                   device, gen)
+    for backend in backends:
+        try:
+            fwd_bwd(lambda *a: ours(backend, *a), inputs, gen)
+        except ValueError as error:
+            if "cannot serve" not in str(error):
+                raise
+    return [smoke_label(dtype_name, stage, op, N)]
+
+
 def smoke(campaign):
     """Every op and the block on each GPU backend at the T stage shapes (batch 64), bf16 and
     fp32, forward and every gradient against float64: error within the tests' rule (fp32: 1e-5,
     or 2× eager's error where cuDNN's own fp32 sums at these sizes err more), synchronised
-    after each op so that a fault names its op; fwd+bwd timed once against eager."""
+    after each op so that a fault names its op; fwd+bwd timed once against eager. TF32 is off
+    and cuDNN's autotuner too, for this step only (harness.case_settings). Each case (op, dtype,
+    stage, both backends) is a unit of the budget."""
     import torch
 
     from benchmarks import harness
     from convnext_kernels.testing import FP32_TOLERANCE, rel_error, tolerance
     device = gpu_or_rehearsal(campaign)
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    stages = [("tiny", 16, 8)] if campaign.rehearse else harness.STAGES[:4]
-    N = 2 if campaign.rehearse else 64
-    backends = ("triton", "cpp") if campaign.rehearse else ("cuda", "triton")
-    deadline, rows, failed = campaign.deadline(margin=10), [], []
-    # a rehearsal (the interpreter: seconds a kernel call) checks bf16, the harder tolerance
-    for dtype in (torch.bfloat16,) if campaign.rehearse else (torch.bfloat16, torch.float32):
-        for name, C, HW in stages:
-            for op in SMOKE_OPS:
-                if time.monotonic() > deadline:
-                    return "partial", "deadline", rows
-                gen = torch.Generator().manual_seed(hash((op, C, str(dtype))) % 2**31)
-                inputs, eager, ours = smoke_inputs(op, N, C, HW, dtype, device, gen)
-                grad_gen = torch.Generator().manual_seed(1)
-                ref = fwd_bwd(eager, [t.double() for t in inputs], grad_gen.manual_seed(1))
-                base = fwd_bwd(eager, inputs, grad_gen.manual_seed(1))
-                for backend in backends:
-                    row = [op, backend, str(dtype)[6:], f"{name} {N}x{C}x{HW}x{HW}"]
-                    try:
-                        got = fwd_bwd(lambda *a: ours(backend, *a), inputs,
-                                       grad_gen.manual_seed(1))
-                        harness.sync(device)
-                    except ValueError as error:  # the op has no kernel on this backend
-                        if "cannot serve" in str(error):
-                            continue
-                        raise
-                    except Exception as error:
-                        failed.append(f"{op}/{backend}: {type(error).__name__}")
-                        rows.append(row + ["ERROR", f"{type(error).__name__}: {error}"[:200]])
-                        campaign.record("smoke", rows=rows)
+    N, backends = smoke_setup(campaign.rehearse)
+    rows, failed, not_started = [], [], []
+    for dtype_name, stage, op in smoke_cases(campaign.rehearse):
+        name, C, HW = stage
+        dtype = getattr(torch, dtype_name)
+        label = smoke_label(dtype_name, stage, op, N)
+        if not campaign.budget.admit("smoke", label):
+            not_started.append(label)
+            continue
+        start = time.monotonic()
+        with harness.case_settings(tf32=False, cudnn_benchmark=False):
+            gen = torch.Generator().manual_seed(hash((op, C, str(dtype))) % 2**31)
+            inputs, eager, ours = smoke_inputs(op, N, C, HW, dtype, device, gen)
+            grad_gen = torch.Generator().manual_seed(1)
+            ref = fwd_bwd(eager, [t.double() for t in inputs], grad_gen.manual_seed(1))
+            base = fwd_bwd(eager, inputs, grad_gen.manual_seed(1))
+            for backend in backends:
+                row = [op, backend, str(dtype)[6:], f"{name} {N}x{C}x{HW}x{HW}"]
+                try:
+                    got = fwd_bwd(lambda *a: ours(backend, *a), inputs,
+                                  grad_gen.manual_seed(1))
+                    harness.sync(device)
+                except ValueError as error:  # the op has no kernel on this backend
+                    if "cannot serve" in str(error):
                         continue
-                    worst = 0.0
-                    for g, b, f in zip(got, base, ref):
-                        eager_error = rel_error(b, f)
-                        tol = tolerance(dtype, eager_error) if dtype != torch.float32 else \
-                            max(FP32_TOLERANCE, 2 * eager_error)
-                        worst = max(worst, rel_error(g, f) / tol)
-                    sets = [inputs + (torch.randn_like(got[0]),)]
-                    reps = 1 if campaign.rehearse else 5
-                    ms = _fwd_bwd_ms(lambda *a: ours(backend, *a), sets, device, reps)
-                    eager_ms = _fwd_bwd_ms(eager, sets, device, reps)
-                    ok = worst <= 1.0
-                    if not ok:
-                        failed.append(f"{op}/{backend}/{row[2]}/{name}")
-                    rows.append(row + [f"err/tol {worst:.2f}", f"{ms:.3f} ms",
-                                       f"eager {eager_ms:.3f} ms", "ok" if ok else "FAIL"])
+                    raise
+                except Exception as error:
+                    failed.append(f"{op}/{backend}: {type(error).__name__}")
+                    rows.append(row + ["ERROR", f"{type(error).__name__}: {error}"[:200]])
                     campaign.record("smoke", rows=rows)
-    return ("failed", "; ".join(failed), rows) if failed else ("ok", "", rows)
+                    continue
+                worst = 0.0
+                for g, b, f in zip(got, base, ref):
+                    eager_error = rel_error(b, f)
+                    tol = tolerance(dtype, eager_error) if dtype != torch.float32 else \
+                        max(FP32_TOLERANCE, 2 * eager_error)
+                    worst = max(worst, rel_error(g, f) / tol)
+                sets = [inputs + (torch.randn_like(got[0]),)]
+                reps = 1 if campaign.rehearse else 5
+                ms = _fwd_bwd_ms(lambda *a: ours(backend, *a), sets, device, reps)
+                eager_ms = _fwd_bwd_ms(eager, sets, device, reps)
+                ok = worst <= 1.0
+                if not ok:
+                    failed.append(f"{op}/{backend}/{row[2]}/{name}")
+                rows.append(row + [f"err/tol {worst:.2f}", f"{ms:.3f} ms",
+                                   f"eager {eager_ms:.3f} ms", "ok" if ok else "FAIL"])
+                campaign.record("smoke", rows=rows)
+        campaign.budget.spent("smoke", label, time.monotonic() - start)
+    campaign.record("smoke", not_started=not_started)
+    if failed:
+        return "failed", "; ".join(failed), rows
+    return ("partial", f"{len(not_started)} cases not started (budget)", rows) if not_started \
+        else ("ok", "", rows)
 
 
 def _fwd_bwd_ms(fn, sets, device, reps):

@@ -14,29 +14,32 @@ from benchmarks.campaign_smoke import SMOKE_OPS, fwd_bwd, smoke_inputs
 from benchmarks.campaign_steps import ROOT, find_tool
 
 
-def _external(campaign, step, tool, log_name, runs):
-    """Runs `runs` ([label, argv]) under a CUDA tool from outside this process, logging to
-    log_name; returns the logs' text per label."""
+def _external(campaign, step, tool, runs):
+    """Runs `runs` ([label, argv]) under a CUDA tool from outside this process, each a unit of
+    the budget (killed when the budget is spent), logging to tools.log; returns the logs' text
+    per label (None: not started)."""
     if campaign.rehearse:
         return None, "skipped: rehearsal (no GPU)"
     path = find_tool(tool)
     if path is None:
         return None, f"skipped: {tool} is not on this machine"
     texts = {}
-    with open(campaign.path(log_name), "a") as log:
+    with open(campaign.path("tools.log"), "a") as log:
         for label, argv in runs:
-            left = campaign.deadline(margin=5) - time.monotonic()
-            if left < 20:
+            if not campaign.budget.admit("tool", f"{step} {label}"):
                 texts[label] = None
                 continue
+            left = campaign.budget.left()
+            start = time.monotonic()
             log.write(f"===== {label}: {' '.join(argv)}\n")
             log.flush()
             try:
                 proc = subprocess.run([path] + argv, cwd=ROOT, capture_output=True, text=True,
-                                      timeout=left)
+                                      timeout=max(1.0, left))
                 texts[label] = proc.stdout + proc.stderr
             except subprocess.TimeoutExpired as error:
                 texts[label] = f"TIMEOUT after {left:.0f} s\n{error.stdout or ''}"
+            campaign.budget.spent("tool", f"{step} {label}", time.monotonic() - start)
             log.write(texts[label] + "\n")
             campaign.record(step, done=list(texts))
     return texts, ""
@@ -48,7 +51,7 @@ WORKLOAD = [sys.executable, "-m", "benchmarks.campaign_tools", "workload"]
 def sanitize(campaign):
     """compute-sanitizer memcheck and racecheck over every op on each GPU backend at small odd
     shapes; a finding fails the step with the kernel it names."""
-    texts, reason = _external(campaign, "sanitize", "compute-sanitizer", "sanitize.log", [
+    texts, reason = _external(campaign, "sanitize", "compute-sanitizer", [
         (tool, ["--tool", tool, "--error-exitcode", "3", "--print-limit", "20", *WORKLOAD,
                 "small"]) for tool in ("memcheck", "racecheck")])
     if texts is None:
@@ -56,15 +59,17 @@ def sanitize(campaign):
     summary, findings = [], []
     for tool, text in texts.items():
         if text is None:
-            summary.append([tool, "not run: deadline"])
+            summary.append([tool, "not started (budget)"])
             continue
         kernels = sorted(set(re.findall(r"in (?:void )?([\w:]+)", " ".join(
             ln for ln in text.splitlines() if ln.startswith("=========")))))
         errors = re.findall(r"ERROR SUMMARY: (\d+) error", text)
         bad = "TIMEOUT" in text or (errors and errors[-1] != "0") or "Traceback" in text
+        if "TIMEOUT" in text:
+            kernels = ["(timed out: see tools.log)"] + kernels
         summary.append([tool, f"errors {errors[-1] if errors else '?'}", " ".join(kernels)[:200]])
         if bad:
-            findings.append(f"{tool}: {' '.join(kernels) or 'see sanitize.log'}")
+            findings.append(f"{tool}: {' '.join(kernels) or 'see tools.log'}")
     return ("failed", "; ".join(findings), summary) if findings else ("ok", "", summary)
 
 
@@ -78,7 +83,7 @@ def ncu(campaign):
     hot = campaign.data["steps"].get("profile", {}).get("hot_kernels", [])[:6]
     names = [re.split(r"[<(]", k.replace("void ", ""))[0].split("::")[-1] for k in hot]
     select = ["-k", "regex:" + "|".join(re.escape(n) for n in names)] if names else []
-    texts, reason = _external(campaign, "ncu", "ncu", "ncu.log", [(
+    texts, reason = _external(campaign, "ncu", "ncu", [(
         "block", ["--clock-control", "none", "--target-processes", "all", "--csv",
                   "--metrics", NCU_METRICS, "--launch-count", "24", *select, *WORKLOAD, "hot"])])
     if texts is None:
@@ -93,7 +98,7 @@ def ncu(campaign):
     campaign.record("ncu", metrics=metrics)
     summary = [[k] + [f"{m} {v}" for m, v in vals.items()] for k, vals in metrics.items()]
     if not metrics:
-        return "failed", "no metrics in ncu's output (ncu.log)", summary
+        return "failed", "no metrics in ncu's output (tools.log)", summary
     return "ok", "", summary
 
 

@@ -5,13 +5,13 @@ perf_counter on CPU), reported as median and p20/p80 of many calls, rotating thr
 input copies that they exceed L2, and every baseline is timed in the same run.
 """
 import argparse
+import contextlib
 import datetime
 import json
 import math
 import os
 import platform
 import statistics
-import subprocess
 import time
 
 import torch
@@ -52,12 +52,24 @@ def is_compiled(provider):
     return "compile" in provider
 
 
+PASSES = ("fwd", "bwd", "fwd+bwd")
+
+
 class Plan:
     """What a run covers on this machine: GPU: batch 64, bf16 and fp32, T and B stages (T only
     with --quick); CPU: a short run, batch 2, fp32, T stages (--batch sets the batch). Measures
-    the floors now."""
+    the floors now.
 
-    def __init__(self, name, args):
+    The GPU campaign narrows a plan (benchmarks/campaign.py): `passes` to time
+    (`compiled_passes` for the torch.compile providers, whose every pass is a graph to compile),
+    `providers` to run (None: all), a `budget` that admits each provider of each case before it
+    starts (its `admit(kind, label)` and `spent(kind, label, seconds)`), `floors` measured
+    already, and `warm`: one call per provider and pass, nothing measured (the campaign's
+    prewarm compiles what the timed run will launch). `skip_cases`: describe() of cases not to
+    run."""
+
+    def __init__(self, name, args, *, passes=PASSES, compiled_passes=None, providers=None,
+                 budget=None, warm=False, floors=None):
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.gpu = self.device.type == "cuda"
         self.dtypes = [DTYPES[d] for d in (args.dtype or (["bf16", "fp32"] if self.gpu
@@ -71,25 +83,49 @@ class Plan:
             self.stages, self.batch, self.reps = [("tiny", 16, 8)], 2, 3
         self.compile = not args.no_compile and getattr(args, "providers", "all") != "uncompiled"
         self.out = args.out
-        # time.monotonic() after which no new case starts (the GPU campaign's budget)
-        self.deadline = getattr(args, "deadline", None)
+        self.passes, self.providers, self.budget, self.warm = passes, providers, budget, warm
+        self.compiled_passes = compiled_passes or passes
+        self.skip_cases = set()
+        self.warmup = 5
+        if warm:
+            self.reps, self.warmup = 1, 0
         self.results = Results(name, self.device)
-        self.floors = (copy_bandwidth(self.device), fma_rate(self.device))
-        self.results.floors = {"copy_bandwidth_GBps": self.floors[0] / 1e9,
-                               "fma_TFLOPs": self.floors[1] / 1e12}
-        self.matmul_rates = {}
-        for dtype in (torch.bfloat16, torch.float32) if self.gpu else (torch.float32,):
-            self.matmul_rates[dtype] = matmul_rate(self.device, dtype)
-            self.results.floors[f"{str(dtype)[6:]}_matmul_TFLOPs"] = \
-                self.matmul_rates[dtype] / 1e12
-        print(f"{name} on {self.results.env['device']}: copy {self.floors[0] / 1e9:.0f} GB/s, "
-              f"FMA {self.floors[1] / 1e12:.1f} TFLOP/s")
+        if warm:  # nothing is timed: no floors
+            floors = {"copy_bandwidth_GBps": math.nan, "fma_TFLOPs": math.nan}
+        self.results.floors = floors or measure_floors(self.device)
+        f = self.results.floors
+        self.floors = (f["copy_bandwidth_GBps"] * 1e9, f["fma_TFLOPs"] * 1e12)
+        if not warm:
+            print(f"{name} on {self.results.env['device']}: copy {f['copy_bandwidth_GBps']:.0f} "
+                  f"GB/s, FMA {f['fma_TFLOPs']:.1f} TFLOP/s")
 
     def matmul_rate(self, dtype):
         """The measured matmul rate of `dtype` (fp16 counts at bf16's: the same tensor cores)."""
-        if dtype in self.matmul_rates:
-            return self.matmul_rates[dtype]
-        return self.matmul_rates.get(torch.bfloat16, self.matmul_rates[torch.float32])
+        f = self.results.floors
+        rate = f.get(f"{str(dtype)[6:]}_matmul_TFLOPs")
+        if rate is None:
+            rate = f.get("bfloat16_matmul_TFLOPs", f.get("float32_matmul_TFLOPs", math.nan))
+        return rate * 1e12
+
+    def runs(self, provider):
+        """Whether this plan runs `provider` at all."""
+        return self.providers is None or provider in self.providers
+
+    def passes_for(self, provider):
+        return self.compiled_passes if is_compiled(provider) else self.passes
+
+    @contextlib.contextmanager
+    def unit(self, kind, label):
+        """One provider of one case: admitted by the budget (if any) before it starts, its
+        seconds reported after. Yields whether it may run."""
+        if self.budget is not None and not self.budget.admit(kind, label):
+            self.results.not_started.append(label)
+            yield False
+            return
+        start = time.monotonic()
+        yield True
+        if self.budget is not None:
+            self.budget.spent(kind, label, time.monotonic() - start)
 
     def finish(self):
         base = self.results.write(self.out,
@@ -98,18 +134,53 @@ class Plan:
         print(f"wrote {base}.json and {base}.md")
 
 
-def run_suite(suite, plan, args, progress=None):
-    """Runs every case of a benchmark module (cases / providers / run_case) into plan.results."""
+def measure_floors(device):
+    """The device's ceilings, measured now: copy bandwidth, the fp32 FMA rate, the matmul rates
+    (bf16 and fp32 on a GPU)."""
+    floors = {"copy_bandwidth_GBps": copy_bandwidth(device) / 1e9,
+              "fma_TFLOPs": fma_rate(device) / 1e12}
+    for dtype in (torch.bfloat16, torch.float32) if device.type == "cuda" else (torch.float32,):
+        floors[f"{str(dtype)[6:]}_matmul_TFLOPs"] = matmul_rate(device, dtype) / 1e12
+    return floors
+
+
+# Settings a case runs under, set before it and restored after, so that nothing leaks into the
+# next case: TF32 off (fp32 rows are IEEE fp32 for every provider: eager's cuDNN would otherwise
+# use TF32 convolutions, which ours do not), cuDNN's autotuner on (eager's strongest convs).
+CASE_SETTINGS = {"tf32": False, "cudnn_benchmark": True}
+
+
+@contextlib.contextmanager
+def case_settings(tf32=CASE_SETTINGS["tf32"], cudnn_benchmark=CASE_SETTINGS["cudnn_benchmark"]):
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+             torch.backends.cudnn.benchmark)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cudnn.benchmark = cudnn_benchmark
+    try:
+        yield {"tf32": tf32, "cudnn_benchmark": cudnn_benchmark}
+    finally:
+        (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+         torch.backends.cudnn.benchmark) = saved
+
+
+def run_suite(suite, plan, args, progress=None, only_case=None):
+    """Runs every case of a benchmark module (cases / providers / run_case) into plan.results,
+    each under case_settings (only case number `only_case` where given)."""
     table = suite.providers(plan, args)
-    for case in suite.cases(plan):
-        if plan.deadline is not None and time.monotonic() > plan.deadline:
-            plan.results.skipped.append(suite.describe(plan, case))
+    for index, case in enumerate(suite.cases(plan)):
+        if only_case is not None and index != only_case:
+            continue
+        label = suite.describe(plan, case)
+        if label in plan.skip_cases:
             continue
         if progress is not None:
-            progress.set_description(suite.describe(plan, case))
+            progress.set_description(label)
         else:
-            print(suite.describe(plan, case), flush=True)
-        suite.run_case(plan, table, case)
+            print(label, flush=True)
+        with case_settings():
+            suite.run_case(plan, table, case)
+        plan.results.cases_done.append(label)
+        plan.results.changed()
         if progress is not None:
             progress.update()
 
@@ -140,17 +211,6 @@ def main_for(suite, argv=None):
     plan = Plan(suite.NAME, args)
     run_suite(suite, plan, args)
     plan.finish()
-
-
-def git_commit():
-    """The commit measured: git's HEAD, else $CK_COMMIT (a copy without .git, e.g. on the GPU
-    machine)."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return os.environ.get("CK_COMMIT", "unknown (no git here: set CK_COMMIT)")
 
 
 def device_name(device):
@@ -243,61 +303,126 @@ def floor_ms(bytes_moved, flops, bandwidth, flop_rate):
     return max(bytes_moved / bandwidth, flops / flop_rate) * 1e3
 
 
-def run_providers(results, device, case, table, input_sets, cost, reps, floors,
+def run_providers(plan, case, table, input_sets, cost, floors,
                   baselines=("eager NCHW", "eager channels_last", "compile default",
-                             "compile max-autotune"), extras=None):
-    """Times every provider of `table` (name -> (memory format, fn(*inputs))) on `input_sets`
-    (each: the differentiable inputs, then the output gradient), in three passes: fwd
-    (inference), bwd (gradients from a kept graph), fwd+bwd; adds a row per provider and pass
-    with its % of floor (cost: pass -> (bytes, flops)) and its speed-up over each baseline;
-    extras: provider -> fields added to its rows."""
+                             "compile max-autotune"), extras=None, extra_passes=None):
+    """Times every provider of `table` (name -> (memory format, fn(*inputs))) that the plan runs
+    on `input_sets` (each: the differentiable inputs, then the output gradient), pass by pass of
+    plan.passes: fwd (inference), bwd (gradients from a kept graph), fwd+bwd, and any of
+    `extra_passes` (name -> fn(y, *inputs, grad) on a kept graph, e.g. one gradient alone);
+    adds a row per provider and pass with its % of floor (cost: pass -> (bytes, flops)), the
+    first call's seconds (a compiled provider's compile), on a GPU the kernels and busy time of
+    one fwd+bwd, and its speed-up over each baseline; extras: provider -> fields for its rows.
+    Each provider is one unit of the plan's budget."""
     timings, rows = {}, []
+    results = plan.results
+    passes = {"fwd": _fwd, "bwd": _bwd, "fwd+bwd": _fwd_bwd, **(extra_passes or {})}
     for provider, (fmt, fn) in table.items():
-        inputs = [tuple(t.contiguous(memory_format=fmt) if t is not None and t.dim() == 4 else t
-                        for t in s) for s in input_sets]
-        leaves = [tuple(t.detach().requires_grad_() for t in s[:-1]) + (s[-1],) for s in inputs]
-
-        def fwd(*args):
-            with torch.no_grad():
-                fn(*args[:-1])
-
-        def fwd_bwd(*args):
-            torch.autograd.grad(fn(*args[:-1]), args[:-1], args[-1])
-
-        graphs = compiled_graphs()
-        kept = [(fn(*s[:-1]),) + s for s in leaves]
-        provider_rows = []
-
-        def bwd(y, *args):
-            torch.autograd.grad(y, args[:-1], args[-1], retain_graph=True)
-
-        for pass_name, f, args in (("fwd", fwd, inputs), ("bwd", bwd, kept),
-                                   ("fwd+bwd", fwd_bwd, leaves)):
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            try:
-                stats = summarize(time_calls(f, args, device, reps=reps))
-            except Exception as error:  # e.g. a compiled graph that refuses retain_graph
-                results.not_measured(case, provider, pass_name, error)
+        if not plan.runs(provider):
+            continue
+        kind = f"{case['op']} {'compile' if is_compiled(provider) else 'run'}"
+        with plan.unit(kind, f"{case['case']} {case['dtype']} | {provider}") as admitted:
+            if not admitted:
                 continue
-            bytes_moved, flops = cost[pass_name]
-            floor = floor_ms(bytes_moved, flops, *floors)
-            timings[(provider, pass_name)] = stats["median_ms"]
-            peak = (torch.cuda.max_memory_allocated(device) / 2**20
-                    if device.type == "cuda" else None)
-            row = dict(case, provider=provider, memory_format=str(fmt).replace("torch.", ""),
-                       **{"pass": pass_name}, **stats, peak_memory_MiB=peak, bytes=bytes_moved,
-                       flops=flops, floor_ms=floor, pct_of_floor=100 * floor / stats["median_ms"],
-                       **(extras or {}).get(provider, {}))
-            provider_rows.append(results.add(**row))  # written now: a killed run keeps it
-        if is_compiled(provider):  # this provider's compiles and recompiles, all passes
-            for row in provider_rows:
-                row["compiled_graphs"] = compiled_graphs() - graphs
+            provider_rows = _time_provider(plan, case, provider, fmt, fn, input_sets, cost,
+                                           floors, passes, timings,
+                                           (extras or {}).get(provider, {}))
         rows += provider_rows
-        del kept
     for row in rows:
         add_speedups(row, {base: timings.get((base, row["pass"])) for base in baselines})
     results.changed()
+
+
+def _fwd(fn, *args):
+    with torch.no_grad():
+        fn(*args[:-1])
+
+
+def _bwd(fn, y, *args):
+    torch.autograd.grad(y, args[:-1], args[-1], retain_graph=True)
+
+
+def _fwd_bwd(fn, *args):
+    torch.autograd.grad(fn(*args[:-1]), args[:-1], args[-1])
+
+
+def _time_provider(plan, case, provider, fmt, fn, input_sets, cost, floors, passes, timings,
+                   extra_fields):
+    device, results = plan.device, plan.results
+    inputs = [tuple(t.contiguous(memory_format=fmt) if t is not None and t.dim() == 4 else t
+                    for t in s) for s in input_sets]
+    leaves = [tuple(t.detach().requires_grad_() for t in s[:-1]) + (s[-1],) for s in inputs]
+    plan_passes = plan.passes_for(provider)
+    on_kept = [p for p in plan_passes if p not in ("fwd", "fwd+bwd")]
+    graphs, cache = compiled_graphs(), compile_cache_counts()
+    kept = [(fn(*s[:-1]),) + s for s in leaves] if on_kept else []
+    provider_rows = []
+    for pass_name in plan_passes:
+        if pass_name not in passes:
+            continue
+        args = {"fwd": inputs, "fwd+bwd": leaves}.get(pass_name, kept)
+        f = passes[pass_name]
+
+        def call(*a, f=f):
+            f(fn, *a)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        try:
+            first_s = first_call_seconds(call, args[0], device)
+            if plan.warm:
+                continue
+            stats = summarize(time_calls(call, args, device, warmup=plan.warmup,
+                                         reps=plan.reps))
+        except Exception as error:  # e.g. a compiled graph that refuses retain_graph
+            results.not_measured(case, provider, pass_name, error)
+            continue
+        bytes_moved, flops = cost.get(pass_name, (0, 0))
+        floor = floor_ms(bytes_moved, flops, *floors)
+        timings[(provider, pass_name)] = stats["median_ms"]
+        peak = (torch.cuda.max_memory_allocated(device) / 2**20
+                if device.type == "cuda" else None)
+        row = dict(case, provider=provider, memory_format=str(fmt).replace("torch.", ""),
+                   **{"pass": pass_name}, **stats, first_call_s=first_s,
+                   peak_memory_MiB=peak, bytes=bytes_moved, flops=flops, floor_ms=floor,
+                   pct_of_floor=100 * floor / stats["median_ms"], **settings_now(),
+                   **extra_fields)
+        if pass_name == "fwd+bwd" and device.type == "cuda":
+            row.update(device_activity(lambda: call(*leaves[0]), device))
+        provider_rows.append(results.add(**row))  # written now: a killed run keeps it
+    if is_compiled(provider):  # this provider's compiles and recompiles, all passes
+        fields = compile_fields(graphs, cache)
+        for row in provider_rows:
+            row.update(fields)
+    del kept
+    return provider_rows
+
+
+def first_call_seconds(fn, args, device):
+    """Seconds of one call of fn(*args), the device synchronised: a compiled function's first
+    call is its compile."""
+    sync(device)
+    start = time.perf_counter()
+    fn(*args)
+    sync(device)
+    return time.perf_counter() - start
+
+
+def settings_now():
+    """The settings a row was timed under (case_settings)."""
+    return {"tf32": torch.backends.cudnn.allow_tf32,
+            "cudnn_benchmark": torch.backends.cudnn.benchmark}
+
+
+def device_activity(fn, device):
+    """{"kernels": device kernels launched, "busy_ms": their summed device time} of one call of
+    fn(), under torch.profiler (a GPU only)."""
+    from torch.profiler import ProfilerActivity, profile
+    sync(device)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        sync(device)
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    return {"kernels": len(kernels), "busy_ms": sum(e.device_time for e in kernels) / 1e3}
 
 
 def compiled_graphs():
@@ -305,6 +430,27 @@ def compiled_graphs():
     its calls is its compile and recompile count, reported in its rows)."""
     from torch._dynamo.utils import counters
     return counters["stats"]["unique_graphs"]
+
+
+COMPILE_CACHE_COUNTERS = {"inductor_cache_hits": ("inductor", "fxgraph_cache_hit"),
+                          "inductor_cache_misses": ("inductor", "fxgraph_cache_miss"),
+                          "aot_cache_hits": ("aot_autograd", "autograd_cache_hit"),
+                          "aot_cache_misses": ("aot_autograd", "autograd_cache_miss")}
+
+
+def compile_cache_counts():
+    """Inductor's and AOTAutograd's on-disk cache hits and misses so far in this process: a
+    compiled provider's deltas say whether its graphs were compiled here (misses) or loaded
+    (hits: the campaign's prewarm step compiled them)."""
+    from torch._dynamo.utils import counters
+    return {name: counters[group][key] for name, (group, key) in COMPILE_CACHE_COUNTERS.items()}
+
+
+def compile_fields(graphs_before, cache_before):
+    """The fields of a compiled provider's rows: graphs compiled and cache deltas since."""
+    now = compile_cache_counts()
+    return {"compiled_graphs": compiled_graphs() - graphs_before,
+            **{name: now[name] - cache_before[name] for name in now}}
 
 
 def add_speedups(row, baseline_ms):
@@ -330,7 +476,8 @@ class Results:
         self.rows = []
         self.floors = {}
         self.errors = []  # (case, provider, pass) that raised instead of giving a time
-        self.skipped = []  # cases not started before the deadline
+        self.not_started = []  # units the budget did not admit ("case | provider")
+        self.cases_done = []  # describe() of every case run
         self.on_change = None  # called after each change (the campaign writes its files)
 
     def add(self, **row):
@@ -354,7 +501,8 @@ class Results:
 
     def as_json(self):
         return {"env": self.env, "floors": self.floors, "rows": self.rows,
-                "errors": self.errors, "skipped": self.skipped}
+                "errors": self.errors, "not_started": self.not_started,
+                "cases_done": self.cases_done}
 
     def device_slug(self):
         slug = "".join(c if c.isalnum() else "-" for c in self.env["device"]).strip("-").lower()

@@ -1,4 +1,4 @@
-"""Kernel report: every kernel of the project compiled for the H100 (sm_90) without a GPU, with
+"""Kernel report: every kernel of the project compiled for Hopper (sm_90) without a GPU, with
 registers, spills, shared and local memory, an occupancy estimate (blocks per SM), the widest
 global load/store and tensor-core use, read from the cubin's SASS.
 
@@ -31,7 +31,7 @@ from triton.compiler import ASTSource
 from convnext_kernels.triton import block, dwconv, dwconv_layer_norm, grn, layer_norm, mlp
 from convnext_kernels.triton.common import recorded_launches
 
-H100 = {"arch": 90, "regs_per_sm": 65536, "max_threads_per_sm": 2048, "smem_per_sm": 228 * 1024,
+SM90 = {"arch": 90, "regs_per_sm": 65536, "max_threads_per_sm": 2048, "smem_per_sm": 228 * 1024,
         "max_blocks_per_sm": 32}
 _TRITON_TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16",
                  torch.float64: "fp64", torch.int32: "i32", torch.int64: "i64"}
@@ -209,7 +209,7 @@ def compile_for_sm90(launch):
         raise RuntimeError("kernel report: unset TRITON_INTERPRET (the interpreter is active)")
     signature, attrs, constexprs = _signature(launch)
     source = ASTSource(launch.kernel, signature, constexprs=constexprs, attrs=attrs)
-    return triton.compile(source, target=GPUTarget("cuda", H100["arch"], 32),
+    return triton.compile(source, target=GPUTarget("cuda", SM90["arch"], 32),
                           options=launch.options)
 
 
@@ -261,10 +261,10 @@ def sass_stats(sass, fields):
 
 
 def blocks_per_sm(registers, shared_bytes, threads):
-    by_regs = H100["regs_per_sm"] // max(1, registers * threads)
-    by_threads = H100["max_threads_per_sm"] // threads
-    by_smem = H100["smem_per_sm"] // shared_bytes if shared_bytes else H100["max_blocks_per_sm"]
-    return min(by_regs, by_threads, by_smem, H100["max_blocks_per_sm"])
+    by_regs = SM90["regs_per_sm"] // max(1, registers * threads)
+    by_threads = SM90["max_threads_per_sm"] // threads
+    by_smem = SM90["smem_per_sm"] // shared_bytes if shared_bytes else SM90["max_blocks_per_sm"]
+    return min(by_regs, by_threads, by_smem, SM90["max_blocks_per_sm"])
 
 
 def nvcc_path():

@@ -26,7 +26,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import convnext_kernels as ck
-from benchmarks.harness import git_commit
+from benchmarks.provenance import describe as describe_commit
 from convnext_kernels.models import ConvNeXtBlock
 from convnext_kernels.triton import common
 
@@ -239,7 +239,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     print(f"block fwd+bwd, batch {args.batch}, backend {args.backend}, on {args.device}; our "
           "kernels in a dry run: counts, not timings. bytes: MB handed to launches (an upper "
-          f"bound). torch {torch.__version__}, triton {_triton_version()}, commit {git_commit()}")
+          f"bound). torch {torch.__version__}, triton {_triton_version()}, "
+          f"commit {describe_commit()}")
     print("| shape | dtype | block | launches ours | launches eager | MB ours | MB eager | "
           "MB ideal | ours/eager | ours/ideal | host syncs |")
     print("|" + "---|" * 11)

@@ -37,7 +37,7 @@ def _is_depthwise(event):
 
 
 def _models(size):
-    models = bench_model.timm_models(size)
+    models = bench_model.timm_models(f"convnext_{size}")
     models = {name: models[key].eval().to(memory_format=torch.channels_last)
               for name, key in (("eager channels_last", "plain"), ("ours", "ours"))}
     models[bench_model.PREPACKED] = ck.prepack_weights(copy.deepcopy(models["ours"]))

@@ -4,10 +4,11 @@ torch   reference.py (eager PyTorch); always there.
 cpp     C++ CPU kernels in _C.
 triton  Triton kernels: CUDA tensors, or CPU tensors under TRITON_INTERPRET=1 (tests only).
 cuda    CUDA kernels in _C.
-auto    the fastest measured choice for the op and device (each op's `Op.auto_order`). Where no
-        kernel backend in that order serves (a float64 tensor on CUDA, a machine without _C or
-        triton, more channels than the kernels take), eager torch runs with a warning, never
-        silently.
+auto    on a GPU with a measured table (measured.py), the backend the GPU campaign timed fastest
+        for the op, dtype, pass and shape class, eager `torch` included; elsewhere each op's
+        order (`Op.auto_order`). Where no kernel backend in that order serves (a float64 tensor
+        on CUDA, a machine without _C or triton, more channels than the kernels take), eager
+        torch runs with a warning, never silently.
 """
 import os
 import warnings
@@ -16,7 +17,7 @@ from typing import Callable, Dict, Tuple
 
 import torch
 
-from . import _ext
+from . import _ext, measured
 
 BACKENDS = ("torch", "cpp", "triton", "cuda")
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -134,16 +135,36 @@ class Op:
         """The backends `auto` tries on this device type, fastest measured first."""
         return self.auto_order.get(device_type, ())
 
-    def first_serving(self, backend, tensor, channels):
-        """The backend that serves this call (`backend`, or under "auto" the first of the
-        device's order that can), or None."""
-        names = self.order(tensor.device.type) if backend == "auto" else (backend,)
+    def measured(self, tensor, channels, variant="v1"):
+        """The backend the device's measured table chose for a call of this class ("torch":
+        eager measured fastest), or None where there is no such measurement."""
+        if tensor.device.type not in measured.DEVICE_TYPES:
+            return None
+        rows = tensor.numel() // max(1, channels)
+        return measured.measured_choice(
+            self.name, measured.DTYPE_NAMES.get(tensor.dtype, str(tensor.dtype)), int(channels),
+            int(rows), gradient_needed(tensor), variant, tensor.device.type,
+            tensor.device.index) or None
+
+    def first_serving(self, backend, tensor, channels, variant="v1"):
+        """The backend that serves this call: `backend`; under "auto" the measured choice where
+        one serves (eager "torch" included), else the first of the device's order that can; or
+        None. `variant` names a form of the op measured apart ("v2": with GRN)."""
+        if backend == "auto":
+            pick = self.measured(tensor, channels, variant)
+            if pick == "torch" or (pick is not None
+                                   and self.cannot_serve(pick, tensor, channels) is None):
+                return pick
+            names = self.order(tensor.device.type)
+        else:
+            names = (backend,)
         return next((n for n in names if self.cannot_serve(n, tensor, channels) is None), None)
 
-    def resolve(self, backend, tensor, channels):
+    def resolve(self, backend, tensor, channels, variant="v1"):
         """The backend that serves this call on `tensor` with `channels` channels; raises
-        ValueError naming why a requested one cannot; under
-        "auto", eager torch with a warning where no kernel backend of the order serves."""
+        ValueError naming why a requested one cannot; under "auto" the measured choice or the
+        order's first that serves (first_serving), and eager torch with a warning where no
+        kernel backend serves."""
         if not isinstance(backend, str):
             raise TypeError(f"{self.name}: backend must be a str, got {type(backend).__name__}")
         if tensor.device.type == "meta":  # shapes only, nothing runs: the reference gives them
@@ -156,7 +177,7 @@ class Op:
                 raise ValueError(f"{self.name}: backend {backend!r} cannot serve this call: "
                                  f"{reason}")
             return backend
-        name = self.first_serving(backend, tensor, channels)
+        name = self.first_serving(backend, tensor, channels, variant)
         if name is not None:
             return name
         order = self.order(tensor.device.type)

@@ -23,7 +23,7 @@ from torch import nn
 from . import reference
 from .backends import gradient_needed
 from .layouts import LAYOUTS, PATHS, describe_block, get_path
-from .ops.block import BLOCK, whole_block
+from .ops.block import BLOCK, BlockWeights, whole_block
 from .ops.layer_norm import dwconv_layer_norm, layer_norm_2d
 from .ops import prepacked
 from .ops.mlp import MLP, PREPACKED_MAX_HIDDEN, mlp, mlp_prepacked
@@ -167,8 +167,8 @@ class FusedConvNeXtBlock(DropsPacks, nn.Module):
         return fused.train(block.training)
 
     def weights(self):
-        """name -> tensor of every weight the ops take (views where the layout's shape differs,
-        e.g. a 1×1 conv's [r·C, C, 1, 1] weight as [r·C, C])."""
+        """BlockWeights: every weight the ops take (views where the layout's shape differs, e.g.
+        a 1×1 conv's [r·C, C, 1, 1] weight as [r·C, C])."""
         grn = ("grn_weight", "grn_bias")
         w = {name: get_path(self, path) if path is not None and (self.use_grn or name not in grn)
              else None for name, path in PATHS[self.layout].items()}
@@ -176,7 +176,7 @@ class FusedConvNeXtBlock(DropsPacks, nn.Module):
             w[name] = w[name].flatten(1)
         if w["gamma"] is not None:
             w["gamma"] = w["gamma"].reshape(-1)
-        return w
+        return BlockWeights(**w)
 
     # ck.prepack_weights sets it; the packs themselves are not state (not in state_dict), and
     # _apply (to, half, cuda, ...) drops them (DropsPacks).
@@ -185,73 +185,65 @@ class FusedConvNeXtBlock(DropsPacks, nn.Module):
     def forward(self, x):
         w = self.weights()
         packed = self._packed_mlp_weights(x, w) if self.prepack_weights else None
-        return fused_block(x, w["dw_weight"], w["dw_bias"], w["ln_weight"], w["ln_bias"],
-                           w["fc1_w"], w["fc1_b"], w["fc2_w"], w["fc2_b"], w["gamma"],
-                           w["grn_weight"], w["grn_bias"], self.eps, self.grn_eps,
-                           self.drop_prob if self.training else 0.0, self.backend, packed)
+        return fused_block(x, w, self.eps, self.grn_eps, self.drop_prob if self.training else 0.0,
+                           self.backend, packed)
 
     def _packed_mlp_weights(self, x, w):
         """(fc1, fc2) packed for mlp_prepacked where this call may use packs
         (packs_may_serve) and the cpp MLP would serve it, else None."""
-        mlp_w = [w[name] for name in ("fc1_w", "fc1_b", "fc2_w", "fc2_b", "gamma")
-                 if w[name] is not None]
+        mlp_w = [t for t in (w.fc1_w, w.fc1_b, w.fc2_w, w.fc2_b, w.gamma) if t is not None]
         if self.use_grn or not packs_may_serve(self, x, mlp_w):
             return None
         rows = x.shape[0] * x.shape[2] * x.shape[3]
-        if (rows * w["fc1_w"].shape[0] > PREPACKED_MAX_HIDDEN
+        if (rows * w.fc1_w.shape[0] > PREPACKED_MAX_HIDDEN
                 or MLP.first_serving(MLP_BACKEND.get(self.backend, self.backend), x,
                                      x.shape[1]) != "cpp"):
             return None
         if self._packed is None:
             self._packed = (prepacked.PackedWeight(), prepacked.PackedWeight())
         pack = prepacked.pack_linear(rows)
-        return tuple(p.get(w[name], pack) for p, name in zip(self._packed, ("fc1_w", "fc2_w")))
+        return tuple(p.get(weight, pack) for p, weight in zip(self._packed, (w.fc1_w, w.fc2_w)))
 
     def extra_repr(self):
         return (f"layout={self.layout}, drop_path={self.drop_prob}, eps={self.eps}, "
                 f"use_grn={self.use_grn}, backend={self.backend!r}")
 
 
-def fused_block(x, dw_weight, dw_bias, ln_weight, ln_bias, fc1_w, fc1_b, fc2_w, fc2_b, gamma,
-                grn_weight, grn_bias, eps, grn_eps, drop_prob, backend, packed_mlp=None):
+def fused_block(x, w, eps, grn_eps, drop_prob, backend, packed_mlp=None):
     """The block's computation (see FusedConvNeXtBlock). One function so that torch.fx records a
     block as one call (torch.fx.wrap below): FX feature extraction (timm, torchvision) traces a
     converted model without stepping into the shape, dtype and autocast checks here. As for
     every module FX traces, the graph keeps the training mode it was traced in (drop_prob).
-    packed_mlp: (fc1, fc2) from FusedConvNeXtBlock._packed_mlp_weights, or None."""
+    w: BlockWeights; packed_mlp: (fc1, fc2) from FusedConvNeXtBlock._packed_mlp_weights, or
+    None."""
     if x.dim() != 4:
         raise ValueError(f"FusedConvNeXtBlock: x must be 4-D (N, C, H, W), got shape "
                          f"{tuple(x.shape)}")
-    w = [dw_weight, dw_bias, ln_weight, ln_bias, fc1_w, fc1_b, fc2_w, fc2_b, gamma, grn_weight,
-         grn_bias]
     dtype = autocast_dtype(x)
-    block_backend = BLOCK.first_serving(backend, x, x.shape[1])
+    block_backend = BLOCK.first_serving(backend, x, x.shape[1],
+                                        "v2" if w.grn_weight is not None else "v1")
     # "torch" has no whole-block op: its two ops run the eager reference.
     if block_backend not in (None, "torch"):
         # One op for the whole block; under autocast its kernels read x and the parameters in
         # their own dtypes (no cast launches) and compute in the autocast dtype.
         x_cl = x.contiguous(memory_format=torch.channels_last)
         drop_scale = reference.drop_path_scale(x, drop_prob)
-        out = whole_block(x_cl, dw_weight, dw_bias, ln_weight, ln_bias, fc1_w, fc1_b, fc2_w,
-                          fc2_b, gamma, grn_weight, grn_bias, drop_scale, eps, grn_eps,
-                          dtype or x.dtype, block_backend)
+        out = whole_block(x_cl, w, drop_scale, eps, grn_eps, dtype or x.dtype, block_backend)
         return out if x.is_contiguous(memory_format=torch.channels_last) else out.contiguous()
     if dtype is not None:
-        x = x.to(dtype)
-        w = [t.to(dtype) if t is not None else None for t in w]
-    dw_weight, dw_bias, ln_weight, ln_bias, fc1_w, fc1_b, fc2_w, fc2_b, gamma, grn_weight, \
-        grn_bias = w
+        x, w = x.to(dtype), w.cast(dtype)
     channels_last = x.is_contiguous(memory_format=torch.channels_last)
     x_cl = x if channels_last else x.contiguous(memory_format=torch.channels_last)
-    y = dwconv_layer_norm(x_cl, dw_weight, dw_bias, ln_weight, ln_bias, eps, backend=backend)
+    y = dwconv_layer_norm(x_cl, w.dw_weight, w.dw_bias, w.ln_weight, w.ln_bias, eps,
+                          backend=backend)
     if packed_mlp is not None:
-        out = mlp_prepacked(y.permute(0, 2, 3, 1), packed_mlp[0], fc1_b, packed_mlp[1], fc2_b,
-                            gamma, x_cl.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        out = mlp_prepacked(y.permute(0, 2, 3, 1), packed_mlp[0], w.fc1_b, packed_mlp[1], w.fc2_b,
+                            w.gamma, x_cl.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         return out if channels_last else out.contiguous()
     drop_scale = reference.drop_path_scale(x, drop_prob)
-    out = mlp(y.permute(0, 2, 3, 1), fc1_w, fc1_b, fc2_w, fc2_b, gamma, x_cl.permute(0, 2, 3, 1),
-              drop_scale, grn_weight=grn_weight, grn_bias=grn_bias, grn_eps=grn_eps,
-              backend=MLP_BACKEND.get(backend, backend)).permute(0, 3, 1, 2)
+    out = mlp(y.permute(0, 2, 3, 1), w.fc1_w, w.fc1_b, w.fc2_w, w.fc2_b, w.gamma,
+              x_cl.permute(0, 2, 3, 1), drop_scale, grn_weight=w.grn_weight, grn_bias=w.grn_bias,
+              grn_eps=grn_eps, backend=MLP_BACKEND.get(backend, backend)).permute(0, 3, 1, 2)
     return out if channels_last else out.contiguous()
 
 

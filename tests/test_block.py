@@ -337,18 +337,14 @@ def test_whole_block_under_autocast(device, dim, use_grn, poisoned):
                         scale=scales.get(name))
 
 
-_PARAM_NAMES = ("dw_weight", "dw_bias", "ln_weight", "ln_bias", "fc1_w", "fc1_b", "fc2_w",
-                "fc2_b", "gamma", "grn_weight", "grn_bias")
-
-
 def _block_op_args(gen, device, use_grn, dim=16):
     _, fused = _triton_block(gen, dim, torch.float32, device, use_grn, drop_path=0.0)
     w = fused.weights()
     x = torch.randn(2, dim, 3, 4, generator=gen).to(device).contiguous(
         memory_format=torch.channels_last)
     drop = torch.tensor([1.0, 2.0], device=device)
-    params = {n: w[n].detach().requires_grad_() if w[n] is not None else None
-              for n in _PARAM_NAMES}
+    params = {n: t.detach().requires_grad_() if t is not None else None
+              for n, t in w._asdict().items()}
     return x, params, drop
 
 

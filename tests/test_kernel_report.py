@@ -1,8 +1,8 @@
-"""Every kernel compiles for the H100 (sm_90): Triton kernels at the configs their launchers use,
-CUDA kernels at every instantiation the glue launches. The compiled code keeps the properties a
-fast kernel needs: no spills, 16-byte global accesses on aligned channel counts (Triton) and in
-the vector instantiations (CUDA), at least two blocks per SM for the memory-bound kernels, and
-Hopper tensor cores (wgmma) in every fp16/bf16 GEMM of the MLP."""
+"""Every kernel compiles for Hopper (sm_90: H100, H200): Triton kernels at the configs their
+launchers use, CUDA kernels at every instantiation the glue launches. The compiled code keeps
+the properties a fast kernel needs: no spills, 16-byte global accesses on aligned channel counts
+(Triton) and in the vector instantiations (CUDA), at least two blocks per SM for the
+memory-bound kernels, and Hopper tensor cores (wgmma) in every fp16/bf16 GEMM of the MLP."""
 import importlib
 import json
 import os

@@ -56,8 +56,10 @@ def test_wheel_builds_installs_and_runs_elsewhere(tmp_path):
     assert "convnext_kernels/reference.py" in names
     assert not any(n.startswith(("tests/", "benchmarks/")) for n in names)
     for line in ("Requires-Python: >=3.10", "Requires-Dist: torch<2.15,>=2.11",
-                 "Classifier: Environment :: GPU :: NVIDIA CUDA"):
+                 "Classifier: Environment :: GPU :: NVIDIA CUDA",
+                 "License-Expression: BSD-3-Clause", "License-File: LICENSE"):
         assert line in metadata, line
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), names
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index",
                     "--target", str(target), str(wheel)], check=True, capture_output=True)

@@ -12,7 +12,7 @@ a cached backward would take its views at the old offsets. See triton/block.py f
 launches.
 """
 import math
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -26,8 +26,28 @@ if backends.triton_importable():
     from ..triton.layer_norm import MAX_CHANNELS as _TRITON_MAX_CHANNELS
 
 _NS = "convnext_kernels"
-_PARAMS = ("dw_weight", "dw_bias", "ln_weight", "ln_bias", "fc1_w", "fc1_b", "fc2_w", "fc2_b",
-           "gamma", "grn_weight", "grn_bias")
+
+
+class BlockWeights(NamedTuple):
+    """A block's weights as its ops take them (None where the block has none: no conv bias, no
+    layer scale, no GRN): the one structure FusedConvNeXtBlock.weights makes and the block's
+    functions pass down. The whole-block op's schema lists them in this order."""
+    dw_weight: Tensor
+    dw_bias: Optional[Tensor]
+    ln_weight: Tensor
+    ln_bias: Tensor
+    fc1_w: Tensor
+    fc1_b: Tensor
+    fc2_w: Tensor
+    fc2_b: Tensor
+    gamma: Optional[Tensor]
+    grn_weight: Optional[Tensor]
+    grn_bias: Optional[Tensor]
+
+    def cast(self, dtype):
+        """The weights in `dtype` (autocast), None kept."""
+        return BlockWeights(*(t.to(dtype) if t is not None else None for t in self))
+
 
 
 def _forward_fake(x, dw_weight, dw_bias, ln_weight, ln_bias, fc1_w, fc1_b, fc2_w, fc2_b, gamma,
@@ -87,24 +107,27 @@ if backends.triton_importable():
                                             y_rows, conv, mean, rstd, hidden, y2, G, nx, grn_eps,
                                             layout_shapes(grad_layout))
 
+    # the op's inputs: x, the weights, drop_scale, eps, grn_eps, dtype, save_y2, grad_layout
+    _WEIGHTS = slice(1, 1 + len(BlockWeights._fields))
+    _INPUTS = _WEIGHTS.stop + 6
+
     def _setup_context(ctx, inputs, output):
-        (x, dw_weight, dw_bias, ln_weight, ln_bias, fc1_w, fc1_b, fc2_w, fc2_b, gamma,
-         grn_weight, grn_bias, drop_scale, _, grn_eps, _, _, grad_layout) = inputs
+        x, w = inputs[0], BlockWeights(*inputs[_WEIGHTS])
+        drop_scale, _, grn_eps, _, _, grad_layout = inputs[_WEIGHTS.stop:]
         _, y_rows, conv, mean, rstd, hidden, y2, G, nx = output
         ctx.mark_non_differentiable(y_rows, conv, mean, rstd, hidden, y2, G, nx)
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(x, dw_weight, ln_weight, fc1_w, fc1_b, fc2_w, gamma, grn_weight,
-                              grn_bias, drop_scale, y_rows, conv, mean, rstd, hidden, y2, G, nx)
+        ctx.save_for_backward(x, w.dw_weight, w.ln_weight, w.fc1_w, w.fc1_b, w.fc2_w, w.gamma,
+                              w.grn_weight, w.grn_bias, drop_scale, y_rows, conv, mean, rstd,
+                              hidden, y2, G, nx)
         ctx.grn_eps = grn_eps
         ctx.grad_layout = grad_layout
-        params = (dw_weight, dw_bias, ln_weight, ln_bias, fc1_w, fc1_b, fc2_w, fc2_b, gamma,
-                  grn_weight, grn_bias)
         ctx.param_dtypes = {name: (p.dtype if p is not None else None)
-                            for name, p in zip(_PARAMS, params)}
+                            for name, p in w._asdict().items()}
 
     def _backward(ctx, grad_out, *_unused):
         if grad_out is None:  # the output did not reach the loss
-            return (None,) * 18
+            return (None,) * _INPUTS
         (x, dw_weight, ln_weight, fc1_w, fc1_b, fc2_w, gamma, grn_weight, grn_bias, drop_scale,
          y_rows, conv, mean, rstd, hidden, y2, G, nx) = ctx.saved_tensors
         grad_x, flat = _block_backward_triton(grad_out, x, dw_weight, ln_weight, fc1_w, fc1_b,
@@ -115,7 +138,7 @@ if backends.triton_importable():
         # Gradients come in fc1_w's dtype; a parameter of another dtype gets its own (a cast).
         param_grads = [grads[name].to(dtype) if name in grads and dtype is not None else None
                        for name, dtype in ctx.param_dtypes.items()]
-        return (grad_x, *param_grads, None, None, None, None, None, None)
+        return (grad_x, *param_grads) + (None,) * (_INPUTS - _WEIGHTS.stop)
 
     _block_triton.register_fake(_forward_fake)
     _block_backward_triton.register_fake(_backward_fake)
@@ -123,14 +146,12 @@ if backends.triton_importable():
     BLOCK.register("triton", _block_triton, max_channels=_TRITON_MAX_CHANNELS)
 
 
-def whole_block(x, dw_weight, dw_bias, ln_weight, ln_bias, fc1_w, fc1_b, fc2_w, fc2_b, gamma,
-                grn_weight, grn_bias, drop_scale, eps, grn_eps, dtype, backend):
+def whole_block(x, w, drop_scale, eps, grn_eps, dtype, backend):
     """The block's output (N,C,H,W channels_last, in `dtype`) through the whole-block op of
     `backend` (one that BLOCK.first_serving chose); x N,C,H,W channels_last in its own dtype, the
-    parameters in theirs (fp32 under autocast: converted in the kernels)."""
-    save_y2 = gamma is not None and gamma.requires_grad and torch.is_grad_enabled()
-    grad_layout = layout_string(_triton_block.grad_shapes(dw_weight, fc1_w, fc2_w, save_y2,
-                                                          grn_weight, grn_bias))
-    return BLOCK.impls[backend](x, dw_weight, dw_bias, ln_weight, ln_bias, fc1_w, fc1_b, fc2_w,
-                                fc2_b, gamma, grn_weight, grn_bias, drop_scale, float(eps),
-                                float(grn_eps), dtype, save_y2, grad_layout)[0]
+    weights `w` (BlockWeights) in theirs (fp32 under autocast: converted in the kernels)."""
+    save_y2 = w.gamma is not None and w.gamma.requires_grad and torch.is_grad_enabled()
+    grad_layout = layout_string(_triton_block.grad_shapes(w.dw_weight, w.fc1_w, w.fc2_w, save_y2,
+                                                          w.grn_weight, w.grn_bias))
+    return BLOCK.impls[backend](x, *w, drop_scale, float(eps), float(grn_eps), dtype, save_y2,
+                                grad_layout)[0]

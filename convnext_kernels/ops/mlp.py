@@ -82,7 +82,6 @@ def _register_autograd(forward_op, backward_op):
 # the same ATen calls; timm's convnext_tiny with every op on cpp: 1.06-1.33x eager in inference,
 # 1.11x in a training step (benchmarks/results/cpu-x86-64-2-threads-2026-11-30).
 MLP = backends.Op("mlp", auto_order={"cpu": ("cpp",), "cuda": ("triton",)})
-MLP_GRN = backends.Op("mlp", auto_order={"cpu": ("cpp",), "cuda": ("triton",)}, impls=MLP.impls)
 
 if _ext.LOADED:
     torch.library.register_fake(f"{_NS}::mlp")(_forward_fake)
@@ -140,7 +139,7 @@ def mlp(x: Tensor, fc1_w: Tensor, fc1_b: Tensor, fc2_w: Tensor, fc2_b: Tensor,
     Differentiable in x, the weights, gamma, residual and GRN's parameters."""
     check_mlp_args("mlp", x, fc1_w, fc1_b, fc2_w, fc2_b, gamma, residual, drop_scale,
                    grn_weight, grn_bias, grn_eps)
-    name = (MLP_GRN if grn_weight is not None else MLP).resolve(backend, x, x.shape[-1])
+    name = MLP.resolve(backend, x, x.shape[-1], "v2" if grn_weight is not None else "v1")
     if name == "torch":
         return reference.mlp(x, fc1_w, fc1_b, fc2_w, fc2_b, gamma, residual, drop_scale,
                              grn_weight=grn_weight, grn_bias=grn_bias, grn_eps=grn_eps)

@@ -24,17 +24,17 @@ def cast_for_store(x, dtype: tl.constexpr, INTERPRETED: tl.constexpr):
         return x.to(dtype)
 
 
-# An H100 SXM's SMs: what launch heuristics assume where there is no GPU to ask (dry runs on
-# meta tensors, the interpreter), so that those runs make the launches an H100 would get.
-H100_SMS = 132
+# The SMs of an H200 (and an H100 SXM): what launch heuristics assume where there is no GPU to
+# ask (dry runs on meta tensors, the interpreter), so that those runs make a Hopper's launches.
+HOPPER_SMS = 132
 
 
 def sm_count(device):
-    """Streaming multiprocessors of `device` (a CUDA device's own count, else H100_SMS)."""
+    """Streaming multiprocessors of `device` (a CUDA device's own count, else HOPPER_SMS)."""
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
-    return H100_SMS
+    return HOPPER_SMS
 
 
 def nhwc_buffer(out):

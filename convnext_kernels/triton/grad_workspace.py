@@ -22,9 +22,10 @@ import triton.language as tl
 
 from .common import INTERPRETED, Launch, cast_for_store
 
-# Rows of the reduction per split, and the most splits: enough programs to fill an H100 at the
-# ConvNeXt-T stage-1 shape (200k rows → 196 splits), a workspace of ~60-75 MB at every T stage
-# at batch 64 (splits × columns × 4 B, with rows × C² about constant across stages).
+# Rows of the reduction per split, and the most splits: enough programs to fill a Hopper GPU
+# (132 SMs) at the ConvNeXt-T stage-1 shape (200k rows → 196 splits), a workspace of ~60-75 MB
+# at every T stage at batch 64 (splits × columns × 4 B, with rows × C² about constant across
+# stages).
 _ROWS_PER_SPLIT = 1024
 _MAX_SPLITS = 256
 _FINALIZE_BLOCK = 1024
