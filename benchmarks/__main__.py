@@ -14,20 +14,26 @@ import subprocess
 import sys
 
 from benchmarks import (bench_block, bench_dwconv, bench_layernorm, bench_mlp, bench_model,
-                        harness)
+                        harness, ledger)
 
 SUITES = {"ops": [bench_dwconv, bench_layernorm, bench_mlp], "block": [bench_block],
           "model": [bench_model]}
 
 
 def write_ledger(directory, plan, tiny):
-    """The ledger beside the results, in a subprocess: on a CPU it counts our Triton launches
-    under TRITON_INTERPRET=1, which the timed suite must not run under."""
+    """The ledger beside the results (launches, bytes and the modeled table of a block
+    forward+backward at batch 64: benchmarks/ledger.py), in a subprocess: on a CPU it counts our
+    Triton launches under TRITON_INTERPRET=1, which the timed suite must not run under. On a GPU
+    the model takes the ceilings this run measured."""
     env = dict(os.environ)
     if plan.device.type != "cuda":
         env["TRITON_INTERPRET"] = "1"
-    command = [sys.executable, "-m", "benchmarks.ledger", "--batch", str(plan.batch),
+    command = [sys.executable, "-m", "benchmarks.ledger", "--batch", "2" if tiny else "64",
                "--device", plan.device.type, "--json", os.path.join(directory, "ledger.json")]
+    if plan.gpu:
+        ceilings = ledger.measured_ceilings(plan.results.floors, "torch.bfloat16")
+        command += [arg for name, value in ceilings.items()
+                    for arg in (f"--{name.replace('_', '-')}", str(value))]
     if tiny:
         command += ["--stages", "4", "--variant", "v1", "--dtype", "bf16"]
     with open(os.path.join(directory, "ledger.md"), "w") as f:

@@ -114,12 +114,19 @@ def run_case(plan, tables, case):
            "variant": variant, "dtype": str(dtype).replace("torch.", ""),
            "shape": [N, C, HW, HW]}
     # Launches per fwd+bwd (benchmarks/ledger.py), for the providers a dispatch mode can watch
-    # without changing what runs (not the compiled ones).
-    extras = {provider: {"launches_fwd_bwd": ledger.fwd_bwd_launches(
-        fn, [t.contiguous(memory_format=fmt) if t.dim() == 4 else t for t in sets[0][:-1]],
-        sets[0][-1].contiguous(memory_format=fmt))}
-        for provider, (fmt, fn) in table.items()
-        if not harness.is_compiled(provider) and plan.runs(provider) and not plan.warm}
+    # without changing what runs (not the compiled ones); on a GPU also the ledger's model of
+    # their time at the ceilings this run measured, beside the measured time (its calibration).
+    extras = {}
+    for provider, (fmt, fn) in table.items():
+        if harness.is_compiled(provider) or not plan.runs(provider) or plan.warm:
+            continue
+        entries = ledger.fwd_bwd_entries(
+            fn, [t.contiguous(memory_format=fmt) if t.dim() == 4 else t for t in sets[0][:-1]],
+            sets[0][-1].contiguous(memory_format=fmt))
+        extras[provider] = {"launches_fwd_bwd": len(entries)}
+        if plan.gpu:
+            ceilings = ledger.measured_ceilings(plan.results.floors, dtype)
+            extras[provider]["modeled_fwd_bwd_ms"] = ledger.modeled_ms(entries, ceilings)
     harness.run_providers(plan, row, table, sets, block_cost(N, C, HW, elem),
                           (plan.floors[0], plan.matmul_rate(dtype)), extras=extras)
 

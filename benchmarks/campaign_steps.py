@@ -355,6 +355,8 @@ def _bench(campaign, step):
                + ([f"{r['images_per_s']:.0f} img/s"] if "images_per_s" in r else [])
                + ([f"{r['kernels']} kernels, busy {r['busy_ms']:.3f} ms"]
                   if "kernels" in r else [])
+               + ([f"model {r['modeled_fwd_bwd_ms']:.3f} ms"]
+                  if "modeled_fwd_bwd_ms" in r and r["pass"] == "fwd+bwd" else [])
                + ([f"compiled {r['first_call_s']:.0f} s, {r['compiled_graphs']} graphs"]
                   if "compiled_graphs" in r else [])
                for r in rows

@@ -28,7 +28,8 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from convnext_kernels.triton import block, dwconv, dwconv_layer_norm, grn, layer_norm, mlp
+from convnext_kernels.triton import (dwconv, dwconv_layer_norm, grn, layer_norm, mlp,
+                                     whole_block)
 from convnext_kernels.triton.common import recorded_launches
 
 SM90 = {"arch": 90, "regs_per_sm": 65536, "max_threads_per_sm": 2048, "smem_per_sm": 228 * 1024,
@@ -119,18 +120,18 @@ def _block_calls(dtype, shape, param_dtype):
     dw_w, c, fc1_w, fc1_b, fc2_w = (_meta(C, 1, 7, 7, **p), _meta(C, **p), _meta(4 * C, C, **p),
                                     _meta(4 * C, **p), _meta(C, 4 * C, **p))
     drop = _meta(shape[0], dtype=torch.float32)
-    out, y_rows, conv, mean, rstd, hidden, y2, G, nx = block.block_forward(
+    out, y_rows, conv, mean, rstd, hidden, y2, G, nx = whole_block.block_forward(
         x, dw_w, c, c, c, fc1_w, fc1_b, fc2_w, c, c, None, None, drop, 1e-6, 0.0, dtype, True)
-    block.block_backward(out, x, dw_w, c, fc1_w, fc1_b, fc2_w, c, None, None, drop, y_rows, conv,
-                         mean, rstd, hidden, y2, G, nx, 0.0,
-                         block.grad_shapes(dw_w, fc1_w, fc2_w, True))
+    whole_block.block_backward(out, x, dw_w, c, fc1_w, fc1_b, fc2_w, c, None, None, drop, y_rows,
+                               conv, mean, rstd, hidden, y2, G, nx, 0.0,
+                               whole_block.grad_shapes(dw_w, fc1_w, fc2_w, True))
     grn_w = _meta(4 * C, **p)
-    out, y_rows, conv, mean, rstd, hidden, y2, G, nx = block.block_forward(
+    out, y_rows, conv, mean, rstd, hidden, y2, G, nx = whole_block.block_forward(
         x, dw_w, c, c, c, fc1_w, fc1_b, fc2_w, c, None, grn_w, grn_w, drop, 1e-6, 1e-6, dtype,
         False)
-    block.block_backward(out, x, dw_w, c, fc1_w, fc1_b, fc2_w, None, grn_w, grn_w, drop, y_rows,
-                         conv, mean, rstd, hidden, y2, G, nx, 1e-6,
-                         block.grad_shapes(dw_w, fc1_w, fc2_w, False, grn_w, grn_w))
+    whole_block.block_backward(out, x, dw_w, c, fc1_w, fc1_b, fc2_w, None, grn_w, grn_w, drop,
+                               y_rows, conv, mean, rstd, hidden, y2, G, nx, 1e-6,
+                               whole_block.grad_shapes(dw_w, fc1_w, fc2_w, False, grn_w, grn_w))
 
 
 def _calls():

@@ -17,6 +17,14 @@ run's numbers are counts, not timings; on a GPU the campaign's profile step time
 Bytes: the sizes of the distinct tensors a launch is handed (inputs and outputs), an upper bound
 of what it moves. The ideal touches, once each: the block's input, output, output gradient,
 input gradient, parameters, parameter gradients and the activations autograd saves.
+
+The model (labelled a model wherever it is printed): each launch takes
+max(bytes / bandwidth, FLOPs / rate) + a per-launch cost, the rate the tensor cores' for a GEMM
+and the fp32 FMA rate for the rest; a block is the sum of its launches. The floor is the ideal
+bytes against the block's FLOPs (eager's count: no recompute): max(ideal bytes / bandwidth,
+GEMM FLOPs / tensor rate + other FLOPs / FMA rate). The ceilings are arguments, by default an
+H200's (CEILINGS); the GPU campaign passes the ceilings it measured and sets the model's block
+time beside each measured one, which calibrates the model.
 """
 import argparse
 import json
@@ -34,6 +42,15 @@ STAGES = {1: (96, 56), 2: (192, 28), 3: (384, 14), 4: (768, 7)}  # ConvNeXt-T at
 _ALLOCATIONS = {"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided",
                 "detach", "alias", "lift_fresh", "set_", "resize_", "_reshape_alias"}
 _SYNCS = {"_local_scalar_dense", "item"}  # the host waits for the device
+
+# An H200's ceilings: device-to-device copy and bf16 matmul on random data as measured on such a
+# machine (TOOLCHAIN.md), fp32 FMA from the datasheet; the cost of a launch beyond its work (the
+# gap a kernel's start and tail leave on the device, the host's launch when the device waits).
+CEILINGS = {"bandwidth_GBps": 4300.0, "tensor_TFLOPs": 790.0, "fma_TFLOPs": 67.0,
+            "launch_us": 4.0}
+# The launches that are GEMMs on tensor cores (in bf16 and under autocast): torch's matmuls and
+# our Triton matmul kernels.
+GEMMS = {"mm", "addmm", "bmm", "_matmul_kernel", "_fused_mlp_kernel"}
 
 
 def _tensors(tree):
@@ -64,8 +81,25 @@ def _distinct_bytes(tensors):
     return total
 
 
+def _depthwise_flops(func, args, out):
+    """2 FLOPs a multiply-add of a grouped (depthwise) convolution and of each gradient its
+    backward computes; torch's counter counts a grouped convolution_backward as a dense one (at
+    ConvNeXt-T stage 1: 183 GFLOP where the depthwise gradients are ~4)."""
+    name = func._opname
+    weight = args[2] if name == "convolution_backward" else args[1]
+    per_output = weight.shape[1] * weight.shape[2] * weight.shape[3]  # (C/groups) * k * k
+    if name == "convolution":
+        return 2 * out.numel() * per_output
+    grad_output, mask = args[0], args[10]
+    return 2 * grad_output.numel() * per_output * (int(mask[0]) + int(mask[1]))
+
+
 def _flops(func, args, kwargs, out):
     from torch.utils.flop_counter import flop_registry  # (imports sympy; only when counting)
+    if func._opname in ("convolution", "convolution_backward"):
+        groups = args[-1] if func._opname == "convolution" else args[9]
+        if groups > 1:
+            return _depthwise_flops(func, args, out)
     formula = flop_registry.get(func._overloadpacket)
     if formula is None:
         return 0
@@ -171,13 +205,22 @@ def block_fwd_bwd(block, x, grad_outs, autocast):
     return saved
 
 
-def fwd_bwd_launches(fn, inputs, grad_out):
-    """Launches of one fn(*inputs) forward + gradients of every input (a benchmark row's
-    `launches`; kernels run, not dry)."""
+def fwd_bwd_entries(fn, inputs, grad_out):
+    """The launches of one fn(*inputs) forward + gradients of every input, as ledger entries
+    (kernels run, not dry): a benchmark row's launch count and modeled time."""
     leaves = [t.detach().requires_grad_() for t in inputs]
     with Ledger(dry=False) as ledger:
         torch.autograd.grad(fn(*leaves), leaves, grad_out)
-    return len(ledger.entries)
+    return ledger.entries
+
+
+def measured_ceilings(floors, dtype):
+    """The model's ceilings from the floors a benchmark run measured (harness.measure_floors),
+    for GEMMs in `dtype`; the per-launch cost stays CEILINGS'."""
+    rate = floors.get(f"{str(dtype).replace('torch.', '')}_matmul_TFLOPs",
+                      floors.get("bfloat16_matmul_TFLOPs"))
+    return {"bandwidth_GBps": floors["copy_bandwidth_GBps"], "tensor_TFLOPs": rate,
+            "fma_TFLOPs": floors["fma_TFLOPs"], "launch_us": CEILINGS["launch_us"]}
 
 
 def ideal_bytes(block, x, saved):
@@ -217,12 +260,47 @@ def measure(stage, batch, dtype, variant, backend, device="cpu"):
     return result
 
 
+def launch_ms(entry, ceilings):
+    """The model's time of one launch (see the module docstring)."""
+    rate = ceilings["tensor_TFLOPs"] if entry["name"] in GEMMS else ceilings["fma_TFLOPs"]
+    work = max(entry["bytes"] / (ceilings["bandwidth_GBps"] * 1e9),
+               entry["flops"] / (rate * 1e12))
+    return 1e3 * work + 1e-3 * ceilings["launch_us"]
+
+
+def modeled_ms(entries, ceilings=CEILINGS):
+    """The model's time of a list of launches (ledger entries)."""
+    return sum(launch_ms(e, ceilings) for e in entries)
+
+
+def floor_ms(result, ceilings=CEILINGS):
+    """The block's floor: its ideal bytes against its FLOPs (eager's count: no recompute)."""
+    gemm = sum(e["flops"] for e in result["eager"]["entries"] if e["name"] in GEMMS)
+    other = sum(e["flops"] for e in result["eager"]["entries"] if e["name"] not in GEMMS)
+    compute = gemm / (ceilings["tensor_TFLOPs"] * 1e12) + other / (ceilings["fma_TFLOPs"] * 1e12)
+    return 1e3 * max(result["ideal_bytes"] / (ceilings["bandwidth_GBps"] * 1e9), compute)
+
+
+def model(result, ceilings=CEILINGS):
+    """{ours_ms, eager_ms, floor_ms} of one measured stage, modeled at `ceilings`."""
+    return {"ours_ms": modeled_ms(result["ours"]["entries"], ceilings),
+            "eager_ms": modeled_ms(result["eager"]["entries"], ceilings),
+            "floor_ms": floor_ms(result, ceilings)}
+
+
 def _summary_row(stage, dtype, variant, result):
     ours, eager, ideal = result["ours"], result["eager"], result["ideal_bytes"]
     return (f"| T stage {stage} | {dtype} | {variant} | {ours['launches']} | "
             f"{eager['launches']} | {ours['bytes'] / 1e6:.1f} | {eager['bytes'] / 1e6:.1f} | "
             f"{ideal / 1e6:.1f} | {ours['bytes'] / eager['bytes']:.2f} | "
             f"{ours['bytes'] / ideal:.2f} | {ours['host_syncs']} |")
+
+
+def _model_row(stage, dtype, variant, modeled):
+    floor = modeled["floor_ms"]
+    return (f"| T stage {stage} | {dtype} | {variant} | {modeled['ours_ms']:.3f} | "
+            f"{modeled['eager_ms']:.3f} | {floor:.3f} | {modeled['ours_ms'] / floor:.2f} | "
+            f"{modeled['eager_ms'] / floor:.2f} |")
 
 
 def main(argv=None):
@@ -236,7 +314,11 @@ def main(argv=None):
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--list", action="store_true", help="every launch, not only totals")
     parser.add_argument("--json", help="write every entry to this file")
+    for name, value in CEILINGS.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=value,
+                            help=f"the model's ceiling (default: an H200's, {value:g})")
     args = parser.parse_args(argv)
+    ceilings = {name: getattr(args, name) for name in CEILINGS}
     print(f"block fwd+bwd, batch {args.batch}, backend {args.backend}, on {args.device}; our "
           "kernels in a dry run: counts, not timings. bytes: MB handed to launches (an upper "
           f"bound). torch {torch.__version__}, triton {_triton_version()}, "
@@ -244,7 +326,7 @@ def main(argv=None):
     print("| shape | dtype | block | launches ours | launches eager | MB ours | MB eager | "
           "MB ideal | ours/eager | ours/ideal | host syncs |")
     print("|" + "---|" * 11)
-    everything = []
+    everything, models = [], []
     for dtype in args.dtype:
         for variant in args.variant:
             for stage in args.stages:
@@ -253,8 +335,22 @@ def main(argv=None):
                 if args.list:
                     for e in result["ours"]["entries"]:
                         print(f"    {e['source']:>12} {e['name']:<40} {e['bytes'] / 1e6:9.2f} MB"
-                              f" {e['flops'] / 1e9:8.2f} GFLOP")
-                everything.append({"stage": stage, "dtype": dtype, "variant": variant, **result})
+                              f" {e['flops'] / 1e9:8.2f} GFLOP"
+                              f" {launch_ms(e, ceilings) * 1e3:8.1f} us modeled")
+                modeled = model(result, ceilings)
+                models.append((stage, dtype, variant, modeled))
+                everything.append({"stage": stage, "dtype": dtype, "variant": variant,
+                                   "model": {**modeled, "ceilings": ceilings}, **result})
+    print()
+    print(f"A MODEL, not a measurement: each launch max(bytes / {ceilings['bandwidth_GBps']:g} "
+          f"GB/s, FLOPs / ({ceilings['tensor_TFLOPs']:g} TFLOP/s on tensor cores for GEMMs, "
+          f"{ceilings['fma_TFLOPs']:g} TFLOP/s fp32 FMA otherwise)) + "
+          f"{ceilings['launch_us']:g} us; the floor: the ideal bytes against the block's FLOPs.")
+    print("| shape | dtype | block | model ms ours | model ms eager | floor ms | ours/floor | "
+          "eager/floor |")
+    print("|" + "---|" * 8)
+    for stage, dtype, variant, modeled in models:
+        print(_model_row(stage, dtype, variant, modeled))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(everything, f, indent=1)

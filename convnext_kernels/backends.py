@@ -43,6 +43,16 @@ def gradient_needed(*tensors):
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
+def autocast_dtype(x):
+    """The dtype autocast runs matmuls in for x's device, or None outside autocast. The fused
+    ops take one dtype: under autocast they run in it (statistics stay fp32 inside)."""
+    # Meta tensors have no autocast. (torch.amp.is_autocast_available would say so, but
+    # torch 2.11's dynamo cannot trace it and breaks fullgraph compiles of a converted model.)
+    if x.device.type != "meta" and torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return None
+
+
 def triton_importable():
     return TRITON_IMPORT_ERROR is None
 
@@ -102,14 +112,21 @@ def _cannot_serve(name, tensor):
 @dataclass
 class Op:
     """One op's backends, declared in its module: what implements it on each backend, the order
-    `auto` tries them per device type (fastest measured first; the measurements are cited where
-    each op declares its order), and the most channels a backend's kernels take (a limit
-    `resolve` checks, so `auto` falls back by rule instead of a launcher raising)."""
+    `auto` tries them per device type where no measured choice applies (measured.py), the
+    most channels a backend's kernels take (a limit `resolve` checks, so `auto` falls back by
+    rule instead of a launcher raising), and `block_stand_ins`: the backend that runs this op
+    inside a FusedConvNeXtBlock whose backend has no kernel for it (the MLP has no CUDA
+    kernels: a "cuda" block runs the Triton MLP)."""
 
     name: str
     auto_order: Dict[str, Tuple[str, ...]]
     impls: Dict[str, Callable] = field(default_factory=dict)
     max_channels: Dict[str, int] = field(default_factory=dict)
+    block_stand_ins: Dict[str, str] = field(default_factory=dict)
+
+    def in_block(self, backend):
+        """The backend this op runs with inside a block asked to run on `backend`."""
+        return self.block_stand_ins.get(backend, backend)
 
     def register(self, backend, impl, *, max_channels=None):
         if backend not in BACKENDS[1:]:

@@ -8,10 +8,10 @@ is refused by name rather than converted into something that computes differentl
 """
 from torch import nn
 
-from .block import FusedConvNeXtBlock, LayerNorm2d, PrepackedConv2d
-from .layouts import describe_block, is_channels_first_norm, layout_of
 from .models import ConvNeXtBlock, DropPath, PlainLayerNorm2d
-from .ops import prepacked
+from .modules import FusedConvNeXtBlock, LayerNorm2d
+from .prepack import PrepackedConv2d, is_patchify
+from .sources import describe_block, is_channels_first_norm, source_of
 
 
 def _refuse_traced_through(block):
@@ -26,11 +26,11 @@ def _refuse_traced_through(block):
 def _check_children(module):
     """describe_block of every block convert would replace: a refusal comes before any change."""
     for child in module.children():
-        if type(child) is nn.Module and layout_of(child) is not None:  # a GraphModule's copy
+        if type(child) is nn.Module and source_of(child) is not None:  # a GraphModule's copy
             _refuse_traced_through(child)
         if isinstance(child, (FusedConvNeXtBlock, LayerNorm2d)):
             continue
-        if layout_of(child) is not None:
+        if source_of(child) is not None:
             describe_block(child)
         else:
             _check_children(child)
@@ -42,7 +42,7 @@ def _convert_children(module, backend):
         if isinstance(child, (FusedConvNeXtBlock, LayerNorm2d)):
             child.backend = backend
             converted += 1
-        elif layout_of(child) is not None:
+        elif source_of(child) is not None:
             setattr(module, name, FusedConvNeXtBlock.from_block(child, backend))
             converted += 1
         elif is_channels_first_norm(child):
@@ -63,7 +63,7 @@ def convert_model(model: nn.Module, backend: str = "auto") -> nn.Module:
     changed."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"convert_model: expected an nn.Module, got {type(model).__name__}")
-    if layout_of(model) is not None:
+    if source_of(model) is not None:
         raise ValueError("convert_model: got a single block; use "
                          "FusedConvNeXtBlock.from_block(block) for a block")
     _check_children(model)
@@ -143,11 +143,11 @@ def revert_model(model: nn.Module) -> nn.Module:
 def prepack_weights(model: nn.Module, enabled: bool = True) -> nn.Module:
     """For fp32 CPU inference: every FusedConvNeXtBlock in model (or model itself) packs its MLP
     weights once for oneDNN's GEMM and reuses them while they do not change, with fc1's GELU in
-    the GEMM (see ck.ops.mlp.mlp_prepacked), and every patchify nn.Conv2d (the stem's and the
+    the GEMM (ops/packed.py), and every patchify nn.Conv2d (the stem's and the
     downsampling layers': kernel = stride, no padding, one group) becomes a PrepackedConv2d,
     which does the same for oneDNN's conv on channels_last inputs. Used in eval mode without
     gradients, on real tensors (not under torch.compile or tracing), and for the MLP where the
-    cpp MLP serves and the [rows, 4C] hidden is at most PREPACKED_MAX_HIDDEN elements; other
+    cpp MLP serves and the [rows, 4C] hidden is at most ops.packed.MAX_HIDDEN elements; other
     calls run as before. A weight is packed again when its version counter or storage changes
     (optimizer steps, load_state_dict, copy_ under no_grad, .to); writes that bypass the version
     counter (through .data or a numpy view) are not seen: call prepack_weights(model) again after
@@ -165,6 +165,6 @@ def prepack_weights(model: nn.Module, enabled: bool = True) -> nn.Module:
     for conv in model.modules():
         if type(conv) is PrepackedConv2d:
             _unpack_conv(conv)
-        if enabled and type(conv) is nn.Conv2d and prepacked.is_patchify(conv):
+        if enabled and type(conv) is nn.Conv2d and is_patchify(conv):
             conv.__class__ = PrepackedConv2d
     return model

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from . import reference
-from .block import GRN, FusedConvNeXtBlock, LayerNorm2d
+from .modules import GRN, FusedConvNeXtBlock, LayerNorm2d
 
 
 class PlainLayerNorm2d(nn.LayerNorm):

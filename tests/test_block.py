@@ -210,6 +210,9 @@ def test_constructor_checks():
         ck.FusedConvNeXtBlock(8, mlp_ratio=0)
     with pytest.raises(ValueError, match="4-D"):
         ck.FusedConvNeXtBlock(8)(torch.randn(8, 5, 5))
+    # a wrong channel count names the input and the block's dim (not a weight)
+    with pytest.raises(ValueError, match=r"x has 6 channels .*the block's dim is 8"):
+        ck.FusedConvNeXtBlock(8)(torch.randn(1, 6, 5, 5))
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="backend 'cuda' cannot serve"):
             ck.FusedConvNeXtBlock(8, backend="cuda")(torch.randn(1, 8, 5, 5))
@@ -353,10 +356,10 @@ def _block_op_args(gen, device, use_grn, dim=16):
 def test_whole_block_opcheck(device, use_grn):
     gen, _ = fresh_generator()
     x, params, drop = _block_op_args(gen, device, use_grn)
-    from convnext_kernels.triton import block as triton_block
-    from convnext_kernels.triton.grad_workspace import layout_string
+    from convnext_kernels.triton import whole_block as triton_block
+    from convnext_kernels.triton.grad_workspace import slots_string
     forward_op = torch.ops.convnext_kernels.block_triton.default
-    layout = layout_string(triton_block.grad_shapes(
+    layout = slots_string(triton_block.grad_shapes(
         params["dw_weight"], params["fc1_w"], params["fc2_w"], params["gamma"] is not None,
         params["grn_weight"], params["grn_bias"]))
     args = (x.requires_grad_(), *params.values(), drop, 1e-6, 1e-6, torch.float32,
@@ -402,7 +405,7 @@ def test_changed_gradient_layout_is_not_replayed_from_compile_caches(device, mon
     (as by an upgrade) changes the compiled forward graph, and torch.compile's caches cannot
     replay a backward that takes its views at the old offsets: compiled twice with the layout
     reversed in between, the gradients match eager both times."""
-    from convnext_kernels.triton import block as triton_block
+    from convnext_kernels.triton import whole_block as triton_block
     gen, _ = fresh_generator()
     _, fused = _triton_block(gen, 16, torch.float32, device)
     x = torch.randn(2, 16, 4, 5, generator=gen).to(device)
@@ -441,7 +444,7 @@ def test_whole_block_empty_batch_and_frozen_parameters(device, use_grn):
 
 
 PREPACK = pytest.mark.skipif(
-    "cpp" not in ck.available_backends() or not ck.ops.prepacked.available(),
+    "cpp" not in ck.available_backends() or not ck.ops.packed.available(),
     reason="needs the cpp backend and torch's oneDNN ops")
 
 
@@ -538,10 +541,10 @@ def test_prepacked_weights_only_where_they_serve(monkeypatch):
         fused.backend = "torch"
         assert not packs_after(lambda: fused(x))
         fused.backend = "auto"
-        monkeypatch.setattr(ck.block, "PREPACKED_MAX_HIDDEN", 2 * 5 * 5 * 96 - 1)
+        monkeypatch.setattr(ck.ops.packed, "MAX_HIDDEN", 2 * 5 * 5 * 96 - 1)
         assert not packs_after(lambda: fused(x))
         monkeypatch.undo()
-        monkeypatch.setattr(ck.ops.prepacked, "available", lambda: False)
+        monkeypatch.setattr(ck.ops.packed, "available", lambda: False)
         assert not packs_after(lambda: fused(x))
         monkeypatch.undo()
         graph = make_fx(fused)(x)
@@ -583,7 +586,7 @@ def test_prepacked_patchify_convs(poisoned):
     convs = _convs(fused)
     assert len(convs) == 4
     ck.prepack_weights(fused)
-    assert all(type(c) is ck.block.PrepackedConv2d for c in convs) and _convs(fused) == convs
+    assert all(type(c) is ck.prepack.PrepackedConv2d for c in convs) and _convs(fused) == convs
     assert list(fused.state_dict()) == keys
     x = torch.randn(2, 3, 64, 64, generator=gen)
     x_cl = x.contiguous(memory_format=torch.channels_last)

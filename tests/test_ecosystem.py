@@ -246,9 +246,20 @@ def test_patch_timm_keeps_other_models_and_undo_without_with():
 
 def test_check_command(capsys):
     from convnext_kernels.__main__ import main
-    assert main(["check", "convnext_atto", "--size", "32", "--backend", "cpp"]) == 0
+    assert main(["check", "convnext_atto", "--size", "32", "--backend", "cpp", "--rounds",
+                 "3"]) == 0
     out = capsys.readouterr().out
     assert "train worst gradient" in out and "speed-up" in out and out.strip().endswith("OK")
+    # the setting timed, printed beside the ratio: what users run by default
+    assert "batch 4, 32 px, channels_last, median of 3 interleaved rounds" in out
+
+
+def test_check_command_names_the_models_for_an_unknown_one(capsys):
+    from convnext_kernels.__main__ import main
+    assert main(["check", "convnext_tinyy"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "no ConvNeXt model 'convnext_tinyy'" in err and "convnext_tiny," in err
 
 
 def test_patch_timm_leaves_a_refused_model_as_timm_built_it():

@@ -122,14 +122,14 @@ def test_dwconv_layer_norm_inference_keeps_no_conv(backend, device, dtype, poiso
         for name, i in (("y", 0), ("mean", 2), ("rstd", 3)):
             assert torch.equal(kept[i], dropped[i]), name
         calls = []
-        original = ck.ops.layer_norm.DWCONV_LAYER_NORM.impls[backend]
-        ck.ops.layer_norm.DWCONV_LAYER_NORM.impls[backend] = \
+        original = ck.ops.dwconv_layer_norm.DWCONV_LAYER_NORM.impls[backend]
+        ck.ops.dwconv_layer_norm.DWCONV_LAYER_NORM.impls[backend] = \
             lambda *a: calls.append(a[-1]) or original(*a)
         try:
             with torch.no_grad():
                 y = ck.dwconv_layer_norm(*args, backend=backend)
         finally:
-            ck.ops.layer_norm.DWCONV_LAYER_NORM.impls[backend] = original
+            ck.ops.dwconv_layer_norm.DWCONV_LAYER_NORM.impls[backend] = original
         assert calls == [False] and torch.equal(y, kept[0])
 
 
@@ -147,6 +147,37 @@ def test_dwconv_layer_norm_backward_without_kept_conv(backend, device, poisoned)
     for name, a, b in zip(("y", "grad_x", "grad_dw_weight", "grad_dw_bias", "grad_ln_weight",
                            "grad_ln_bias"), kept, dropped):
         assert torch.equal(a, b), name
+
+
+@pytest.mark.skipif("cpp" not in ck.available_backends(), reason="needs the cpp backend")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("keep_conv", [True, False], ids=["kept", "recomputed"])
+@pytest.mark.parametrize("has_bias", [True, False], ids=["bias", "no_bias"])
+def test_cpp_autograd_is_the_one_backward_formula(dtype, keep_conv, has_bias):
+    """csrc/autograd.cpp states ops/dwconv_layer_norm.backward in C++: given the cpp ops as its
+    terms, the Python definition gives every gradient of the C++ autograd, term by term and bit
+    for bit (kept and recomputed conv, with and without the conv bias)."""
+    from convnext_kernels.ops import dwconv_layer_norm as fused
+    gen, _ = fresh_generator()
+    x, ln_weight, ln_bias, grad = _ln_inputs(gen, (2, 24, 6, 5), dtype, "cpu", True)
+    dw_weight = randn(gen, 24, 1, 7, 7, dtype=dtype, scale=1 / 7)
+    dw_bias = randn(gen, 24, dtype=dtype) if has_bias else None
+    inputs = [t for t in (x, dw_weight, dw_bias, ln_weight, ln_bias)]
+    leaves = [t.detach().requires_grad_() if t is not None else None for t in inputs]
+    op = torch.ops.convnext_kernels.dwconv_layer_norm
+    y = op(*leaves, 1e-6, keep_conv)[0]
+    wanted = [t for t in leaves if t is not None]
+    autograd = dict(zip([n for n, t in zip(("x", "dw_weight", "dw_bias", "ln_weight", "ln_bias"),
+                                           leaves) if t is not None],
+                        torch.autograd.grad(y, wanted, grad)))
+    with torch.no_grad():
+        _, conv, mean, rstd = op(*inputs, 1e-6, True)
+    python = dict(zip(("x", "dw_weight", "dw_bias", "ln_weight", "ln_bias"), fused.backward(
+        fused.terms("cpp"), grad, x, dw_weight, dw_bias, ln_weight,
+        conv if keep_conv else None, mean, rstd)))
+    assert (python["dw_bias"] is None) == (not has_bias)
+    for name, value in autograd.items():
+        assert torch.equal(value, python[name]), name
 
 
 @pytest.mark.parametrize("backend,device", TARGETS)
@@ -328,13 +359,14 @@ def test_cpp_op_checks_its_arguments_too():
 def test_triton_channel_limit_is_refused_by_resolve_before_a_launch(monkeypatch):
     """The Triton LayerNorm's channel limit is declared on the op, so resolve refuses a wider
     tensor by name (no launch: the implementations are replaced by ones that fail)."""
-    from convnext_kernels.ops import layer_norm as ln_ops
+    from convnext_kernels.ops.dwconv_layer_norm import DWCONV_LAYER_NORM
+    from convnext_kernels.ops.layer_norm import LAYER_NORM
     from convnext_kernels.triton.layer_norm import MAX_CHANNELS
 
     def no_launch(*args):
         raise AssertionError("launched past the channel limit")
 
-    for op in (ln_ops.LAYER_NORM, ln_ops.DWCONV_LAYER_NORM):
+    for op in (LAYER_NORM, DWCONV_LAYER_NORM):
         assert op.max_channels["triton"] == MAX_CHANNELS
         monkeypatch.setitem(op.impls, "triton", no_launch)
     C = MAX_CHANNELS + 1

@@ -2,7 +2,7 @@
 them and its graph holds each kernel launch (a triton_kernel_wrapper node), not an opaque op call.
 
 Checked on this CPU machine without running a kernel: a subprocess without TRITON_INTERPRET (so
-the ops register as triton_ops, ops/triton_registration.py) compiles the whole block op (V1 and
+the ops register as triton_ops, op_registration.py) compiles the whole block op (V1 and
 V2) and the LayerNorm op with an AOTAutograd backend that keeps the joint forward+backward graph and
 runs nothing; the graph must name the kernels of the forward and of the backward."""
 import json
@@ -24,10 +24,9 @@ from torch._functorch.partitioners import default_partition
 from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table
 
 import convnext_kernels as ck
-from convnext_kernels.ops.block import BLOCK
 from convnext_kernels.ops.layer_norm import LAYER_NORM
-from convnext_kernels.triton import block as triton_block
-from convnext_kernels.triton.grad_workspace import layout_string
+from convnext_kernels.triton import whole_block as triton_block
+from convnext_kernels.triton.grad_workspace import slots_string
 
 # Without a GPU driver, torch cannot read the kernels' TTIR to see which arguments they write and
 # says so at length; it then assumes every argument is written (correct, more copies).
@@ -69,9 +68,9 @@ x = torch.randn(2, C, 5, 5, generator=g).bfloat16().contiguous(memory_format=tor
 x.requires_grad_()
 params = [p(C, 1, 7, 7), p(C), p(C), p(C), p(4 * C, C), p(4 * C), p(C, 4 * C), p(C), p(C)]
 grn = [p(4 * C), p(4 * C)]
-block = BLOCK.impls["triton"]
-v1_layout = layout_string(triton_block.grad_shapes(params[0], params[4], params[6], True))
-v2_layout = layout_string(triton_block.grad_shapes(params[0], params[4], params[6], False, *grn))
+block = torch.ops.convnext_kernels.block_triton
+v1_layout = slots_string(triton_block.grad_shapes(params[0], params[4], params[6], True))
+v2_layout = slots_string(triton_block.grad_shapes(params[0], params[4], params[6], False, *grn))
 result = {"block": traced(lambda x, *w: block(x, *w, None, None, None, 1e-6, 0.0,
                                               torch.bfloat16, True, v1_layout)[0], x, *params),
           "block_v2": traced(lambda x, *w: block(x, *w[:8], None, *w[8:], None, 1e-6, 1e-6,

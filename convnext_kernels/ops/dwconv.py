@@ -47,15 +47,14 @@ def _register_autograd(forward_op, input_grad_op, backward_weight_op):
     torch.library.register_autograd(forward_op, backward, setup_context=setup_context)
 
 
-# auto: on the 2-core CI machine (benchmarks/results/cpu-dwconv-2026-11-30/, batch 1, 8, 32 at
-# the ConvNeXt-T stages) the cpp SIMD kernels ran the forward at 0.87-1.52x oneDNN's channels_last
-# (1.0x or more in 10 of 12) and forward+backward at 1.24-3.33x eager's; on an AVX-512 CPU
-# (cpu-dwconv-2026-12-01/, register-tiled kernels) fp32 forward 1.02-1.42x in 11 of 12 (stage 4,
-# batch 32: 0.92x, and 1.16x in a second run), forward+backward 2.82-6.21x; bf16 there
-# (AVX512-BF16, where oneDNN's bf16 beats its fp32) forward 0.69-0.82x, forward+backward
-# 5.5-11.0x.
+# auto: cpp on CPU, faster than oneDNN's channels_last conv forward and far faster in the
+# backward (README: the dwconv table); on CUDA by count until the campaign's measured table
+# applies (measured.py).
 DWCONV = backends.Op("dwconv2d", auto_order={"cpu": ("cpp",), "cuda": ("cuda", "triton")})
-INPUT_GRAD = {}  # backend -> the input-gradient op its autograd uses (the fused ops reuse it)
+# backend -> the input-gradient op and the weight-gradient op its autograd uses (the fused op's
+# backward reuses them: ops/dwconv_layer_norm.py)
+INPUT_GRAD = {}
+BACKWARD_WEIGHT = {}
 
 
 def flipped_input_grad(grad_out, weight):
@@ -70,12 +69,14 @@ if _ext.LOADED:
                        torch.ops.convnext_kernels.dwconv2d_backward_weight.default)
     DWCONV.register("cpp", torch.ops.convnext_kernels.dwconv2d)
     INPUT_GRAD["cpp"] = flipped_input_grad
+    BACKWARD_WEIGHT["cpp"] = torch.ops.convnext_kernels.dwconv2d_backward_weight
     if _ext.BUILT_WITH_CUDA:
         DWCONV.register("cuda", torch.ops.convnext_kernels.dwconv2d)
         INPUT_GRAD["cuda"] = flipped_input_grad
+        BACKWARD_WEIGHT["cuda"] = torch.ops.convnext_kernels.dwconv2d_backward_weight
 
 if backends.triton_importable():
-    from .triton_registration import triton_custom_op
+    from ..op_registration import triton_custom_op
     from ..triton import dwconv as _triton_dwconv
 
     @triton_custom_op(f"{_NS}::dwconv2d_triton")
@@ -98,13 +99,15 @@ if backends.triton_importable():
                        _dwconv2d_backward_weight_triton)
     DWCONV.register("triton", _dwconv2d_triton)
     INPUT_GRAD["triton"] = _dwconv2d_input_grad_triton
+    BACKWARD_WEIGHT["triton"] = _dwconv2d_backward_weight_triton
 
 
 def dwconv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *,
              backend: str = "auto") -> Tensor:
     """Depthwise conv of N,C,H,W `x` with `weight` [C,1,k,k] (odd k ≤ 31), stride 1, padding
     k//2, optional `bias` [C]. The output keeps x's memory format; channels_last is the fast path
-    (other layouts are converted to it inside the kernels). Differentiable in x, weight, bias."""
+    (other memory formats are converted to it inside the kernels). Differentiable in x, weight,
+    bias."""
     check_dwconv_args("dwconv2d", x, weight, bias)
     name = DWCONV.resolve(backend, x, x.shape[1])
     if name == "torch":

@@ -73,15 +73,13 @@ def _register_autograd(forward_op, backward_op):
     torch.library.register_autograd(forward_op, backward, setup_context=setup_context)
 
 
-# auto: the MLP has no CUDA kernels (triton serves CUDA). On CPU, cpp: its forward adds the
-# biases and GELU (a rational erf, csrc/cpu/gelu_kernels.h) in its own passes and runs large
-# hiddens in row tiles that stay in cache; its backward keeps the hidden (no fc1 recompute). On
-# the 2-core CI machine, fp32 at the ConvNeXt-T stages (python -m benchmarks.bench_mlp, same
-# run; benchmarks/results/cpu-dwconv-2026-11-30/mlp-batch8, mlp-batch32): forward 0.87-1.37x
-# eager at batch 8, 0.91-1.54x at batch 32, fwd+bwd 0.95-1.08x and 0.98-1.32x, the GEMMs being
-# the same ATen calls; timm's convnext_tiny with every op on cpp: 1.06-1.33x eager in inference,
-# 1.11x in a training step (benchmarks/results/cpu-x86-64-2-threads-2026-11-30).
-MLP = backends.Op("mlp", auto_order={"cpu": ("cpp",), "cuda": ("triton",)})
+# auto: the MLP has no CUDA kernels (triton serves CUDA, and stands in for cuda in a block). On
+# CPU, cpp: its forward adds the biases and GELU (a rational erf, csrc/cpu/gelu_kernels.h) in its
+# own passes and runs large hiddens in row tiles that stay in cache; its backward keeps the
+# hidden (no fc1 recompute). The GEMMs are the same ATen calls as eager's; the rest is faster
+# (README: the MLP and model tables).
+MLP = backends.Op("mlp", auto_order={"cpu": ("cpp",), "cuda": ("triton",)},
+                  block_stand_ins={"cuda": "triton"})
 
 if _ext.LOADED:
     torch.library.register_fake(f"{_NS}::mlp")(_forward_fake)
@@ -91,7 +89,7 @@ if _ext.LOADED:
     MLP.register("cpp", torch.ops.convnext_kernels.mlp)
 
 if backends.triton_importable():
-    from .triton_registration import triton_custom_op
+    from ..op_registration import triton_custom_op
     from ..triton import mlp as _triton_mlp
 
     @triton_custom_op(f"{_NS}::mlp_triton")
@@ -149,8 +147,8 @@ def mlp(x: Tensor, fc1_w: Tensor, fc1_b: Tensor, fc2_w: Tensor, fc2_b: Tensor,
     rows_per_sample = max(1, rows.shape[0] // x.shape[0]) if per_sample and x.shape[0] else 1
     save_y2 = gamma is not None and gamma.requires_grad and torch.is_grad_enabled()
     # With no backward to come there is nothing to keep it for, and keeping would write the
-    # [M, H] hidden to memory (on cpp, past the row tiles that hold it in cache; at inference
-    # batch 32 that made stage 1's fc1 GEMMs 2x slower: a fresh 154 MB tensor faulted in).
+    # [M, H] hidden to memory (on cpp, past the row tiles that hold it in cache, into a fresh
+    # tensor faulted in page by page).
     backward = backends.gradient_needed(x, fc1_w, fc1_b, fc2_w, fc2_b, gamma, residual,
                                         grn_weight, grn_bias)
     keep_hidden = backward and (name == "cpp" if keep_hidden is None else keep_hidden)
@@ -161,30 +159,4 @@ def mlp(x: Tensor, fc1_w: Tensor, fc1_b: Tensor, fc2_w: Tensor, fc2_b: Tensor,
                      drop_scale.contiguous() if drop_scale is not None else None, grn_weight,
                      grn_bias, rows_per_sample, float(grn_eps),
                      keep_hidden, save_y2)[0]
-    return out.view(x.shape)
-
-
-# Inference with prepacked weights (ck.prepack_weights): the block's fc1 and fc2 weights packed
-# once for oneDNN's GEMM, fc1's bias and GELU in that GEMM's epilogue, fc2's bias in its own; the
-# layer scale and residual one ATen pass. MKL's GEMM behind ATen's mm packs the weight anew on
-# every call, a good part of a call with few rows and a large weight. Timed against the cpp op
-# on a 2-core AVX-512 CPU (fp32, ConvNeXt-T's four stage shapes, interleaved calls, time ratios):
-# batch 1 1.06-1.28x, batch 4 0.98x at stage 1 (hidden 4.6M elements) and 1.09-1.25x at the
-# others, batch 32 (hidden 4.6M-37M) 0.59-0.93x untiled and 0.88-1.00x in row tiles of 1M-4M
-# hidden elements. Unpacked oneDNN calls did not gain. Hence only while the hidden has at most
-# PREPACKED_MAX_HIDDEN elements; above, the cpp op (its own row tiles) runs.
-PREPACKED_MAX_HIDDEN = 1 << 22
-
-
-def mlp_prepacked(x, fc1_packed, fc1_b, fc2_packed, fc2_b, gamma, residual):
-    """residual + [gamma *] fc2(gelu(fc1(x))) on rows (..., C), fp32, no autograd, with the
-    weights prepacked.pack_linear packed."""
-    lp = torch.ops.mkldnn._linear_pointwise
-    rows = x.reshape(-1, x.shape[-1])
-    hidden = lp(rows, fc1_packed, fc1_b, "gelu", [], "none")  # "none": the exact (erf) GELU
-    y = lp(hidden, fc2_packed, fc2_b, "none", [], "")
-    res = residual.reshape(y.shape)
-    # into y, fc2's fresh output, still in cache: no new tensor to fault in (timm's
-    # convnext_tiny, 2 threads: 1.02x at batch 1 and 4 against a new output)
-    out = torch.addcmul(res, y, gamma, out=y) if gamma is not None else y.add_(res)
     return out.view(x.shape)

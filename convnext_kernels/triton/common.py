@@ -88,7 +88,7 @@ class Launch:
         if any([observe(self) for observe in LAUNCH_OBSERVERS]):
             return
         # Through wrap_triton where kernels are compiled, so that torch.compile traces the
-        # launch into its graph inside our triton_ops (ops/triton_registration.py); it runs the
+        # launch into its graph inside our triton_ops (op_registration.py); it runs the
         # kernel as is in eager. The interpreter's kernels are not JITFunctions: called directly.
         kernel = self.kernel if INTERPRETED else torch.library.wrap_triton(self.kernel)
         kernel[self.grid](*self.args, **self.constexprs, **self.options)

@@ -149,7 +149,7 @@ def unflatten(flat, shapes):
             for name, columns in _column_ranges(shapes).items()}
 
 
-def layout_string(shapes):
+def slots_string(shapes):
     """A flat gradient buffer's layout as text, "name:d0xd1;...", in `shapes` order: an op
     argument, so that torch.compile's caches, which key a custom op's graph on its arguments and
     not on its Python backward formula, see a changed layout (a stale cached backward would take
@@ -157,7 +157,7 @@ def layout_string(shapes):
     return ";".join(f"{name}:{'x'.join(map(str, shape))}" for name, shape in shapes.items())
 
 
-def layout_shapes(layout):
-    """The `shapes` of a layout_string."""
+def slots_shapes(layout):
+    """The `shapes` of a slots_string."""
     return {name: tuple(int(d) for d in dims.split("x")) if dims else ()
             for name, dims in (entry.split(":") for entry in layout.split(";") if entry)}
