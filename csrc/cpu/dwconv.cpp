@@ -1,12 +1,12 @@
 // CPU glue of dwconv2d: checks, layout and dtype plumbing around the SIMD kernels
-// (cpu/dwconv_simd.h: fp32, fp16, bf16) and the plain ones (cpu/dwconv_kernels.h: float64).
+// (dwconv_driver.h: fp32, fp16, bf16) and the plain ones (dwconv_plain_kernels.h: float64).
 #include <torch/extension.h>
 
 #include "accumulate.h"
 #include "../dwconv_args.h"
-#include "dwconv_kernels.h"
+#include "dwconv_plain_kernels.h"
 #include "dwconv_plain.h"
-#include "dwconv_simd.h"
+#include "dwconv_driver.h"
 #include "isa.h"
 #include "output_pool.h"
 #include "parallel.h"

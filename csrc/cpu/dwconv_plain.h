@@ -1,6 +1,6 @@
-// The plain depthwise conv forward (dwconv_kernels.h) with its glue: the float64 path (the tests'
-// reference precision) of the CPU dwconv2d and dwconv_layer_norm, whose fp32, fp16 and bf16 take
-// the SIMD kernels (dwconv_simd.h). x_nhwc and y_nhwc are N,C,H,W in channels_last memory.
+// The plain depthwise conv forward (dwconv_plain_kernels.h) with its glue: the float64 path (the
+// tests' reference precision) of the CPU dwconv2d and dwconv_layer_norm, whose fp32, fp16 and bf16
+// take the SIMD kernels (dwconv_driver.h). x_nhwc and y_nhwc are N,C,H,W in channels_last memory.
 #pragma once
 #include <torch/extension.h>
 
@@ -8,7 +8,7 @@
 
 #include "../dwconv_args.h"
 #include "accumulate.h"
-#include "dwconv_kernels.h"
+#include "dwconv_plain_kernels.h"
 #include "parallel.h"
 
 namespace ck::cpu {

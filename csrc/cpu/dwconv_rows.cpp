@@ -1,7 +1,9 @@
-// The dwconv row kernels (dwconv_simd.h) of every instruction set, instantiated here once:
-// dwconv.cpp and layer_norm.cpp (the fused dwconv + LayerNorm) reach them through RowKernels'
+// The dwconv row kernels (dwconv_forward_rows.h, dwconv_wgrad_rows.h) of every instruction set,
+// instantiated here once: dwconv.cpp and dwconv_layer_norm.cpp reach them through RowKernels'
 // function pointers, so neither compiles them.
-#include "dwconv_simd.h"
+#include "dwconv_driver.h"
+#include "dwconv_forward_rows.h"
+#include "dwconv_wgrad_rows.h"
 
 namespace ck::cpu::simd {
 namespace {
@@ -12,6 +14,8 @@ __attribute__((always_inline)) inline void store_converted(const float* src, T* 
   for (int64_t i = 0; i < n; i += V) store_lanes<V>(dst + i, load<V>(src + i));
 }
 
+// The row kernels of one instruction set, and its RowKernels: every type read in place (fp16
+// not in the portable set, which has no conversion instruction for it).
 #define CK_DWCONV_ROW_KERNELS(SUFFIX, TARGET, LANES)                                               \
   template <typename T>                                                                            \
   TARGET void conv_row_##SUFFIX(const RowWindow<T>& win, const float* taps, const float* bias,     \
@@ -34,12 +38,21 @@ __attribute__((always_inline)) inline void store_converted(const float* src, T* 
     } else {                                                                                       \
       return {conv_row_##SUFFIX<T>, wgrad_row_##SUFFIX<T>, store_##SUFFIX<T>};                     \
     }                                                                                              \
+  }                                                                                                \
+  template <int kLanes = LANES>                                                                    \
+  RowKernels row_kernels_##SUFFIX() {                                                              \
+    if constexpr (kLanes > 4) {                                                                    \
+      using Half = std::conditional_t<(kLanes > 4), F16Bits, void>; /* (dependent: not built) */   \
+      return {kLanes, row_fns_##SUFFIX<float>(), row_fns_##SUFFIX<Bf16Bits>(),                     \
+              row_fns_##SUFFIX<Half>()};                                                           \
+    } else {                                                                                       \
+      return {kLanes, row_fns_##SUFFIX<float>(), row_fns_##SUFFIX<Bf16Bits>(), {}};                \
+    }                                                                                              \
   }
+CK_FOR_EACH_ISA(CK_DWCONV_ROW_KERNELS)
+#undef CK_DWCONV_ROW_KERNELS
 
 #if CK_CPU_X86
-CK_DWCONV_ROW_KERNELS(avx512, CK_TARGET_AVX512, 16)
-CK_DWCONV_ROW_KERNELS(avx2, CK_TARGET_AVX2, 8)
-
 // The bf16 forward rows of the AVX512-BF16 sets: the bf16 dot product, native or emulated.
 CK_TARGET_AVX512 void conv_row_avx512_bf16(const RowWindow<Bf16Bits>& win, const float* taps,
                                            const float* bias, float* out, int64_t Cp, int64_t k) {
@@ -51,25 +64,16 @@ CK_TARGET_AVX512 void conv_row_avx512_bf16_emulated(const RowWindow<Bf16Bits>& w
   conv_row_any_k<16, EmulatedBf16Dot>(win, taps, bias, out, Cp, k);
 }
 #endif
-CK_DWCONV_ROW_KERNELS(portable, , 4)
-#undef CK_DWCONV_ROW_KERNELS
 
 }  // namespace
 
 RowKernels row_kernels(Isa isa) {
+  RowKernels kernels = CK_PICK_BY_ISA(isa, row_kernels, <>)();
 #if CK_CPU_X86
-  if (isa >= Isa::kAvx512) {
-    RowKernels kernels{16, row_fns_avx512<float>(), row_fns_avx512<Bf16Bits>(),
-                       row_fns_avx512<F16Bits>()};
-    if (isa == Isa::kAvx512Bf16) kernels.bf16.row = conv_row_avx512_bf16;
-    if (isa == Isa::kAvx512Bf16Emulated) kernels.bf16.row = conv_row_avx512_bf16_emulated;
-    return kernels;
-  }
-  if (isa == Isa::kAvx2) {
-    return {8, row_fns_avx2<float>(), row_fns_avx2<Bf16Bits>(), row_fns_avx2<F16Bits>()};
-  }
+  if (isa == Isa::kAvx512Bf16) kernels.bf16.row = conv_row_avx512_bf16;
+  if (isa == Isa::kAvx512Bf16Emulated) kernels.bf16.row = conv_row_avx512_bf16_emulated;
 #endif
-  return {4, row_fns_portable<float>(), row_fns_portable<Bf16Bits>(), {}};
+  return kernels;
 }
 
 const RowKernels& this_cpu_row_kernels() {

@@ -1,4 +1,4 @@
-// The CPU's vector instruction set for the SIMD kernels (dwconv_simd.h, layer_norm_kernels.h),
+// The CPU's vector instruction set for the SIMD kernels (the dwconv rows, layer_norm_kernels.h),
 // chosen once at run time from the CPU's features, so that one build runs on any x86-64 (and
 // builds on other architectures, portable code only). Each kernel is compiled once per set under
 // a target attribute (CK_TARGET_AVX2 / CK_TARGET_AVX512) and picked by cpu_isa(). Instructions
@@ -36,10 +36,9 @@ inline Isa vector_isa(Isa isa) { return isa >= Isa::kAvx512 ? Isa::kAvx512 : isa
 
 // The widest set this CPU has, but for the bf16 dot product, which is the default only on AMD
 // CPUs: it is the one kernel kAvx512Bf16 changes (the bf16 dwconv forward), and it measured
-// faster than widening bf16 to fp32 for FMAs on an AMD EPYC (Zen 4; one thread, stage 1: 0.52
-// against 0.63 ms) but slower on an Intel Xeon with AVX512-BF16 (2 threads, batch 8, the four
-// ConvNeXt-T stages: 0.72-0.91x oneDNN's bf16 forward against 1.14-1.28x widened; there the
-// shuffles that pair the tap rows likely compete with the FMAs for the same port). A request
+// faster than widening bf16 to fp32 for FMAs on an AMD EPYC but slower on an Intel Xeon with
+// AVX512-BF16, where the shuffles that pair the tap rows likely compete with the FMAs for the
+// same port (docs/PERFORMANCE.md). A request
 // (CK_CPU_ISA=avx512_bf16|avx512|avx2|portable) picks a set the CPU has, so that the tests run
 // every path the machine can; avx512_bf16_emulated asks for the emulated dot product where the
 // CPU has AVX-512F.
@@ -64,5 +63,25 @@ inline Isa select_isa(const char* request) {
 
 // select_isa(CK_CPU_ISA), once per process (csrc/cpu/isa.cpp).
 Isa cpu_isa();
+
+// The one way a kernel file compiles its functions once per instruction set and picks one at run
+// time (dwconv_rows.cpp, layer_norm.cpp, mlp.cpp): CK_FOR_EACH_ISA(DEFINE) expands
+// DEFINE(SUFFIX, TARGET, LANES) for every set this build compiles (SUFFIX names the functions,
+// TARGET is the target attribute, LANES the fp32 lanes of a vector), and
+// CK_PICK_BY_ISA(isa, fn, <template arguments>) names fn_SUFFIX<...> for the vector set `isa`
+// (vector_isa: the bf16 sets use AVX-512's vectors).
+#if CK_CPU_X86
+#define CK_FOR_EACH_ISA(DEFINE)        \
+  DEFINE(avx512, CK_TARGET_AVX512, 16) \
+  DEFINE(avx2, CK_TARGET_AVX2, 8)      \
+  DEFINE(portable, , 4)
+#define CK_PICK_BY_ISA(isa, fn, ...)                                               \
+  (::ck::cpu::vector_isa(isa) == ::ck::cpu::Isa::kAvx512 ? fn##_avx512 __VA_ARGS__ \
+   : ::ck::cpu::vector_isa(isa) == ::ck::cpu::Isa::kAvx2 ? fn##_avx2 __VA_ARGS__   \
+                                                         : fn##_portable __VA_ARGS__)
+#else
+#define CK_FOR_EACH_ISA(DEFINE) DEFINE(portable, , 4)
+#define CK_PICK_BY_ISA(isa, fn, ...) (fn##_portable __VA_ARGS__)
+#endif
 
 }  // namespace ck::cpu

@@ -1,59 +1,61 @@
-// CPU glue of layer_norm_2d and dwconv_layer_norm: checks, layout and dtype plumbing around
-// cpu/layer_norm_kernels.h (and, fused with the LayerNorm, the dwconv kernels).
+// CPU glue of layer_norm_2d: checks, memory format and dtype plumbing around
+// cpu/layer_norm_kernels.h, and the row kernels per instruction set (layer_norm_rows), which the
+// fused dwconv_layer_norm (dwconv_layer_norm.cpp) takes too.
 #include <torch/extension.h>
 
-#include "accumulate.h"
-#include "../dwconv_args.h"
 #include "../layer_norm_args.h"
-#include "dwconv_plain.h"
-#include "dwconv_simd.h"
+#include "accumulate.h"
 #include "isa.h"
 #include "layer_norm_kernels.h"
 #include "output_pool.h"
 #include "parallel.h"
 
+namespace ck::cpu {
 namespace {
-
-using ck::cpu::Isa;
-using ck::cpu::kernel_ptr;
-using ck::cpu::kernel_t;
-using ck::cpu::LayerNormRows;
 
 // The row kernels compiled for each instruction set (fp32 math; fp16/bf16 converted in the
 // loops).
-#define CK_LAYER_NORM_ROWS(SUFFIX, TARGET)                                                        \
+#define CK_LAYER_NORM_ROWS(SUFFIX, TARGET, LANES)                                                 \
   template <typename T, typename Acc>                                                             \
   TARGET void forward_rows_##SUFFIX(const T* x, const Acc* w, const Acc* b, T* y, Acc* mean,      \
                                     Acc* rstd, int64_t begin, int64_t end, int64_t C, Acc eps,    \
                                     Acc* v) {                                                     \
-    ck::cpu::layer_norm_forward_rows<T, Acc>(x, w, b, y, mean, rstd, begin, end, C, eps, v);      \
+    layer_norm_forward_rows<T, Acc>(x, w, b, y, mean, rstd, begin, end, C, eps, v);               \
   }                                                                                               \
   template <typename T, typename Acc>                                                             \
   TARGET void backward_rows_##SUFFIX(const T* g, const T* x, const Acc* w, const Acc* mean,       \
                                      const Acc* rstd, T* grad_x, Acc* part_w, Acc* part_b,        \
                                      int64_t begin, int64_t end, int64_t C, Acc* xhat, Acc* gh) { \
-    ck::cpu::layer_norm_backward_rows<T, Acc>(g, x, w, mean, rstd, grad_x, part_w, part_b, begin, \
-                                              end, C, xhat, gh);                                  \
+    layer_norm_backward_rows<T, Acc>(g, x, w, mean, rstd, grad_x, part_w, part_b, begin, end, C,  \
+                                     xhat, gh);                                                   \
+  }                                                                                               \
+  template <typename T, typename Acc>                                                             \
+  LayerNormRows<T, Acc> rows_##SUFFIX() {                                                         \
+    return {forward_rows_##SUFFIX<T, Acc>, backward_rows_##SUFFIX<T, Acc>};                       \
   }
-#if CK_CPU_X86
-CK_LAYER_NORM_ROWS(avx512, CK_TARGET_AVX512)
-CK_LAYER_NORM_ROWS(avx2, CK_TARGET_AVX2)
-#endif
-CK_LAYER_NORM_ROWS(portable, )
+CK_FOR_EACH_ISA(CK_LAYER_NORM_ROWS)
 #undef CK_LAYER_NORM_ROWS
 
-// This CPU's instantiation for T (float64, the tests' reference precision: portable).
-template <typename T, typename Acc = ck::cpu::acc_t<T>>
+}  // namespace
+
+template <typename T, typename Acc>
 LayerNormRows<T, Acc> layer_norm_rows() {
-#if CK_CPU_X86
   if constexpr (std::is_same_v<Acc, float>) {
-    const Isa isa = ck::cpu::vector_isa(ck::cpu::cpu_isa());
-    if (isa == Isa::kAvx512) return {forward_rows_avx512<T, Acc>, backward_rows_avx512<T, Acc>};
-    if (isa == Isa::kAvx2) return {forward_rows_avx2<T, Acc>, backward_rows_avx2<T, Acc>};
+    return CK_PICK_BY_ISA(cpu_isa(), rows, <T, Acc>)();
+  } else {
+    return rows_portable<T, Acc>();
   }
-#endif
-  return {forward_rows_portable<T, Acc>, backward_rows_portable<T, Acc>};
 }
+template LayerNormRows<float, float> layer_norm_rows<float, float>();
+template LayerNormRows<double, double> layer_norm_rows<double, double>();
+
+}  // namespace ck::cpu
+
+namespace {
+
+using ck::cpu::kernel_ptr;
+using ck::cpu::kernel_t;
+using ck::cpu::layer_norm_rows;
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_2d_cpu(const at::Tensor& x,
                                                                  const at::Tensor& weight,
@@ -125,94 +127,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_2d_backward_cpu(const 
   return {grad_x, grad_weight, grad_bias};
 }
 
-// (y, conv, mean, rstd): y = layer_norm_2d(conv), conv = dwconv2d(x) kept for the backward
-// (keep_conv), as the CUDA op. fp32, fp16, bf16: one pass; each output row of the conv, fp32 in
-// the thread's scratch (dwconv_simd.h) or, fp32 and kept, in conv itself, is stored as conv where
-// kept and then normalised where it lies, so the LayerNorm does not read the conv back from
-// memory (and in fp16/bf16 normalises it unrounded, as the CUDA kernel does); without keep_conv
-// the conv never leaves the thread's scratch. float64: the plain conv kernel, then the LayerNorm.
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwconv_layer_norm_cpu(
-    const at::Tensor& x, const at::Tensor& dw_weight, const std::optional<at::Tensor>& dw_bias,
-    const at::Tensor& ln_weight, const at::Tensor& ln_bias, double eps, bool keep_conv) {
-  const int64_t k = ck::check_dwconv_args(x, dw_weight, dw_bias);
-  ck::check_layer_norm_args(x, ln_weight, ln_bias, eps);
-  TORCH_CHECK_VALUE(x.device().is_cpu(), "dwconv_layer_norm (cpu): x must be on the CPU");
-  const auto acc_type = ck::cpu::acc_type(x);
-  // float64 runs the conv into its buffer, then the LayerNorm
-  ck::DwconvLayerNormOutputs out(x, keep_conv, /*conv_buffer=*/acc_type != at::kFloat);
-  if (x.numel() == 0) return out.finish();
-  const at::Tensor x_nhwc = ck::as_nhwc(x);
-  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  if (acc_type == at::kFloat) {
-    const at::Tensor w = dw_weight.contiguous();
-    const at::Tensor b = dw_bias.has_value() ? dw_bias->contiguous() : at::Tensor();
-    const at::Tensor ln_w = ln_weight.to(at::kFloat).contiguous();
-    const at::Tensor ln_b = ln_bias.to(at::kFloat).contiguous();
-    const float* ln_w_ptr = ln_w.const_data_ptr<float>();
-    const float* ln_b_ptr = ln_b.const_data_ptr<float>();
-    float* mean_ptr = out.mean.mutable_data_ptr<float>();
-    float* rstd_ptr = out.rstd.mutable_data_ptr<float>();
-    const LayerNormRows<float, float> norm = layer_norm_rows<float>();
-    const float eps_f = static_cast<float>(eps);
-    AT_DISPATCH_FLOATING_TYPES_AND2(
-        at::kHalf, at::kBFloat16, x.scalar_type(), "dwconv_layer_norm_cpu", [&] {
-          using K = kernel_t<scalar_t>;
-          const ck::cpu::simd::RowKernels& kernels = ck::cpu::simd::this_cpu_row_kernels();
-          K* conv_ptr =
-              keep_conv ? kernel_ptr(out.conv_nhwc.mutable_data_ptr<scalar_t>()) : nullptr;
-          K* y_ptr = kernel_ptr(out.y_nhwc.mutable_data_ptr<scalar_t>());
-          // fp32: each conv row is computed where it is kept (null: in scratch, then stored
-          // where kept)
-          float* conv_f32 =
-              std::is_same_v<scalar_t, float> ? reinterpret_cast<float*>(conv_ptr) : nullptr;
-          ck::cpu::simd::dwconv_forward_rows(
-              kernel_ptr(x_nhwc.const_data_ptr<scalar_t>()),
-              kernel_ptr(w.const_data_ptr<scalar_t>()),
-              b.defined() ? kernel_ptr(b.const_data_ptr<scalar_t>()) : nullptr, N, H, W, C, k,
-              kernels, ck::cpu::aten_parallel_for(), conv_f32,
-              [&](int64_t pixel, float* row, int64_t Cp) {
-                if (conv_ptr && row != conv_f32 + pixel * C) {
-                  ck::cpu::simd::store_row(row, conv_ptr + pixel * C, W, C, Cp, kernels);
-                }
-                float* v = ck::cpu::simd::thread_scratch(ck::cpu::simd::kNorm,
-                                                         ck::cpu::layer_norm_scratch(C));
-                // Pixels C apart as in y (Cp == C): the whole row at once, fp32 straight into y;
-                // else in place (the row kernel reads a pixel into v first), then stored as T.
-                if (Cp == C) {
-                  float* dst = std::is_same_v<scalar_t, float>
-                                   ? reinterpret_cast<float*>(y_ptr) + pixel * C
-                                   : row;
-                  norm.forward(row, ln_w_ptr, ln_b_ptr, dst, mean_ptr + pixel, rstd_ptr + pixel, 0,
-                               W, C, eps_f, v);
-                  if (dst != row) return;
-                } else {
-                  for (int64_t p = 0; p < W; ++p) {
-                    norm.forward(row + p * Cp, ln_w_ptr, ln_b_ptr, row + p * Cp,
-                                 mean_ptr + pixel + p, rstd_ptr + pixel + p, 0, 1, C, eps_f, v);
-                  }
-                }
-                ck::cpu::simd::store_row(row, y_ptr + pixel * C, W, C, Cp, kernels);
-              });
-        });
-  } else {  // float64 (the tests' reference precision): the plain kernels one after the other
-    ck::cpu::dwconv_forward_plain(x_nhwc, dw_weight, dw_bias, out.conv_nhwc);
-    const at::Tensor ln_w = ln_weight.contiguous(), ln_b = ln_bias.contiguous();
-    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dwconv_layer_norm_cpu", [&] {
-      using Acc = ck::cpu::acc_t<scalar_t>;
-      ck::cpu::layer_norm_forward<scalar_t, Acc>(
-          out.conv_nhwc.const_data_ptr<scalar_t>(), ln_w.const_data_ptr<scalar_t>(),
-          ln_b.const_data_ptr<scalar_t>(), out.y_nhwc.mutable_data_ptr<scalar_t>(),
-          out.mean.mutable_data_ptr<Acc>(), out.rstd.mutable_data_ptr<Acc>(), out.mean.numel(), C,
-          static_cast<Acc>(eps), layer_norm_rows<scalar_t>(), ck::cpu::aten_parallel_for());
-    });
-  }
-  return out.finish();
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(convnext_kernels, CPU, m) {
   m.impl("layer_norm_2d", &layer_norm_2d_cpu);
   m.impl("layer_norm_2d_backward", &layer_norm_2d_backward_cpu);
-  m.impl("dwconv_layer_norm", &dwconv_layer_norm_cpu);
 }

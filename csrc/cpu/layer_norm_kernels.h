@@ -1,5 +1,5 @@
 // LayerNorm over the C contiguous channels of each pixel (row) of an N,H,W,C buffer, for the CPU.
-// Torch-free; see dwconv_kernels.h for the conventions (T storage, Acc accumulation,
+// Torch-free; see dwconv_plain_kernels.h for the conventions (T storage, Acc accumulation,
 // parallel_for(begin, end, fn[, grain])). The row kernels are written once (`omp simd` loops, built
 // with -fopenmp: without them the compiler may not reorder a float sum and runs it serially) and
 // compiled once per instruction set (layer_norm.cpp, isa.h); the drivers below take the set's
@@ -19,12 +19,10 @@ namespace ck::cpu {
 // mean, squared deviations, their sum, rstd) before its output can be written, and ConvNeXt's
 // rows are short (96-768 channels). Hence:
 // - Row sums run in kSumLanes independent partial sums, added together at the end: with one
-//   running sum every vector add waits for the one before (4 cycles on current x86 cores); the
-//   forward at 8x768x7x7 took 1.1 cycles per element on one thread.
+//   running sum every vector add waits for the one before (4 cycles on current x86 cores).
 // - Rows go in groups of kRowGroup, each pass over all of a group's rows before the next pass,
-//   so that the rows' chains overlap instead of following each other: the forward at batch 8,
-//   2 threads, against ATen's went 0.81 -> 1.07x at 96 channels (bf16 0.63 -> 1.08x) and
-//   0.79 -> 1.02x at 384 (groups of 8: no better).
+//   so that the rows' chains overlap instead of following each other (groups of 8 were no
+//   better).
 constexpr int64_t kSumLanes = 32;
 constexpr int64_t kRowGroup = 4;
 
@@ -37,11 +35,8 @@ inline int64_t layer_norm_scratch(int64_t C) { return kRowGroup * C; }
 // from grad_y) also asks for the lines kPrefetchBytes further on: the next rows, whichever
 // group or thread chunk they fall in (a prefetch past the buffer's end is harmless: it never
 // faults; in dwconv_layer_norm the rows are in cache already and it costs a few instructions).
-// bench_layernorm at batch 8 (cpu-ops-2026-12-02/layer_norm-batch8-prefetch-run*, against
-// -noprefetch-run*): forward+backward against ATen at fp32 stages 1-4 1.37-1.94 / 1.15-1.37 /
-// 1.13-1.31 / 1.02-1.15x without, 2.09-3.27 / 1.51-1.82 / 1.20-1.49 / 1.11-1.25x with; bf16
-// stage 1 1.17-1.27 -> 1.52-1.62x. 2 KB ahead: 2, 4 or 8 rows, 4 or 8 KB were no better, a whole
-// row group ahead at once slowed stages 3-4.
+// 2 KB ahead: 2, 4 or 8 rows and 4 or 8 KB were no better, a whole row group ahead at once was
+// slower at ConvNeXt's late stages.
 constexpr int64_t kPrefetchBytes = 2048;
 
 template <typename T>
@@ -188,6 +183,12 @@ struct LayerNormRows {
   void (*backward)(const T*, const T*, const Acc*, const Acc*, const Acc*, T*, Acc*, Acc*, int64_t,
                    int64_t, int64_t, Acc*, Acc*);
 };
+
+// The row kernels of this CPU's instruction set for T (isa.h; float64: the portable ones), defined
+// in layer_norm.cpp for every type its op takes and for float and double, which the fused
+// dwconv_layer_norm (dwconv_layer_norm.cpp) takes.
+template <typename T, typename Acc = acc_t<T>>
+LayerNormRows<T, Acc> layer_norm_rows();
 
 template <typename T, typename Acc>
 std::vector<Acc> as_acc(const T* values, int64_t n) {

@@ -17,7 +17,6 @@
 
 namespace {
 
-using ck::cpu::Isa;
 using ck::cpu::kernel_ptr;
 using ck::cpu::kernel_t;
 using OptTensor = std::optional<at::Tensor>;
@@ -46,9 +45,20 @@ void check_mlp_args(const at::Tensor& x, const at::Tensor& fc1_w, const at::Tens
                     "mlp (cpu): rows_per_sample must divide the rows");
 }
 
-// The row passes compiled for each instruction set (fp32 math; fp16/bf16 converted in the
-// loops): GELU with fc1's bias, its backward, fc2's output with bias, scales and residual.
-#define CK_MLP_ROWS(SUFFIX, TARGET)                                                              \
+// The row passes of one instruction set (fp32 math; fp16/bf16 converted in the loops): GELU
+// with fc1's bias, its backward (with GRN's), fc2's output with bias, scales and residual.
+template <typename T>
+struct MlpRows {
+  using Acc = ck::cpu::acc_t<T>;
+  void (*bias_gelu)(const T*, const T*, T*, T*, int64_t, int64_t, int64_t);
+  void (*gelu_backward)(const T*, const T*, T*, T*, int64_t, int64_t, int64_t);
+  void (*grn_gelu_backward)(T*, const T*, T*, const Acc*, const Acc*, const T*, int64_t, int64_t,
+                            int64_t, int64_t);
+  void (*output)(const T*, const T*, const T*, const T*, const T*, T*, T*, int64_t, int64_t,
+                 int64_t, int64_t, int64_t);
+};
+
+#define CK_MLP_ROWS(SUFFIX, TARGET, LANES)                                                       \
   template <typename T>                                                                          \
   TARGET void bias_gelu_##SUFFIX(const T* h, const T* bias, T* pre, T* act, int64_t begin,       \
                                  int64_t end, int64_t H) {                                       \
@@ -73,42 +83,28 @@ void check_mlp_args(const at::Tensor& x, const at::Tensor& fc1_w, const at::Tens
                               int64_t C, int64_t rows_per_sample, int64_t first_row) {           \
     ck::cpu::output_rows<T>(y, bias, col_scale, row_scale, residual, y_out, out, begin, end, C,  \
                             rows_per_sample, first_row);                                         \
+  }                                                                                              \
+  template <typename T>                                                                          \
+  MlpRows<T> mlp_rows_##SUFFIX() {                                                               \
+    return {bias_gelu_##SUFFIX<T>, gelu_backward_##SUFFIX<T>, grn_gelu_backward_##SUFFIX<T>,     \
+            output_##SUFFIX<T>};                                                                 \
   }
-#if CK_CPU_X86
-CK_MLP_ROWS(avx512, CK_TARGET_AVX512)
-CK_MLP_ROWS(avx2, CK_TARGET_AVX2)
-#endif
-CK_MLP_ROWS(portable, )
+CK_FOR_EACH_ISA(CK_MLP_ROWS)
 #undef CK_MLP_ROWS
 
-template <typename T>
-struct MlpRows {
-  decltype(&bias_gelu_portable<T>) bias_gelu;
-  decltype(&gelu_backward_portable<T>) gelu_backward;
-  decltype(&grn_gelu_backward_portable<T>) grn_gelu_backward;
-  decltype(&output_portable<T>) output;
-};
-
-// This CPU's instantiation for T (float64, the tests' reference precision: portable).
+// This CPU's row passes for T (float64, the tests' reference precision: portable).
 template <typename T>
 MlpRows<T> mlp_rows() {
-#if CK_CPU_X86
   if constexpr (std::is_same_v<ck::cpu::acc_t<T>, float>) {
-    const Isa isa = ck::cpu::vector_isa(ck::cpu::cpu_isa());
-    if (isa == Isa::kAvx512)
-      return {bias_gelu_avx512<T>, gelu_backward_avx512<T>, grn_gelu_backward_avx512<T>,
-              output_avx512<T>};
-    if (isa == Isa::kAvx2)
-      return {bias_gelu_avx2<T>, gelu_backward_avx2<T>, grn_gelu_backward_avx2<T>, output_avx2<T>};
+    return CK_PICK_BY_ISA(ck::cpu::cpu_isa(), mlp_rows, <T>)();
+  } else {
+    return mlp_rows_portable<T>();
   }
-#endif
-  return {bias_gelu_portable<T>, gelu_backward_portable<T>, grn_gelu_backward_portable<T>,
-          output_portable<T>};
 }
 
 // out <- x w^T, and the bias still to add (std::nullopt when added). In fp32 and fp64 the bias is
 // left to the row pass that follows: ATen's addmm copies the bias into its output before the
-// GEMM, a pass over [M, N] of its own (measured: 4 % of timm ConvNeXt-T's CPU inference). In
+// GEMM, a pass over [M, N] of its own (a few % of ConvNeXt-T's CPU inference). In
 // fp16/bf16 the GEMM's output is rounded, so addmm adds the bias before that rounding, as eager
 // does.
 OptTensor linear_into(at::Tensor& out, const at::Tensor& x, const at::Tensor& w,
@@ -239,13 +235,11 @@ at::Tensor per_sample_sums(const at::Tensor& u, const at::Tensor& v, at::Tensor*
 }
 
 // Rows per tile of the forward without GRN: fc1, GELU, fc2 and the output pass run tile by tile,
-// so that the [tile, H] hidden is still in cache when GELU and fc2 read it. Measured on the
-// 2-core CI machine (32 MB L3), fp32 forward against eager, batch 32 at ConvNeXt-T's stages
-// 1-3: untiled 1.43x, 1.26x, 1.18x; tiles of 4M hidden elements 1.8-2.0x, 1.5-1.6x, 1.33x; of
-// 1M 2.3x, 1.7-1.8x, 1.3x. Small GEMMs lose efficiency, so a hidden of up to 4M elements
-// (batch 4 from stage 2 on) is one tile, and tiles are equal; and every tile reads both weights
-// again, so weights of more than two tiles' elements (stage 4: 4.7M; tiled at batch 32, 0.92x
-// eager) are not tiled.
+// so that the [tile, H] hidden is still in cache when GELU and fc2 read it (tiles of 1M hidden
+// elements beat 4M and untiled at batch 32 on a 32 MB L3). Small GEMMs lose efficiency, so a
+// hidden of up to 4M elements (batch 4 from stage 2 on) is one tile, and tiles are equal; and
+// every tile reads both weights again, so weights of more than two tiles' elements (stage 4) are
+// not tiled (tiled, they were slower than eager).
 int64_t tile_rows(int64_t M, int64_t C, int64_t H) {
   constexpr int64_t kTileElements = int64_t(1) << 20, kUntiledElements = int64_t(1) << 22;
   if (M * H <= kUntiledElements || 2 * C * H > 2 * kTileElements) return std::max<int64_t>(M, 1);

@@ -1,7 +1,7 @@
 // The elementwise and reduction passes of the ConvNeXt MLP and of GRN on the CPU, between the
 // GEMMs (ATen's, in mlp.cpp) and around GELU (gelu_kernels.h). Torch-free; T is the storage type,
 // Acc the accumulation type (float, or double for double); parallel_for(begin, end, fn) as in
-// dwconv_kernels.h. Rows are [rows, C] contiguous; "samples" are consecutive groups of
+// dwconv_plain_kernels.h. Rows are [rows, C] contiguous; "samples" are consecutive groups of
 // rows_per_sample rows (N,H,W,C: a sample is an image). Every reduction has a fixed order (bitwise
 // reproducible).
 #pragma once

@@ -2,14 +2,12 @@
 //
 // glibc's malloc serves a block of 32 MB or more (and, once it has trimmed its heap, smaller
 // ones too) by a fresh mmap, which the kernel then faults in page by page as the op first writes
-// it, and unmaps it on free: measured on timm's convnext_tiny at inference batch 32 (2 threads),
-// 97k page faults per forward for the converted model (1019 ms; 963 ms in a process with
-// glibc's mmap and trim thresholds raised, no faults), 748k for eager's. The
-// ops here take such blocks (kPooledMinBytes or more) from a process-wide pool instead: a freed
-// block goes back to the pool, still mapped and faulted in, and a later request of the same
-// size takes it. The pool keeps at most its byte limit (CK_CPU_POOL_MB, 1024 by default; 0 turns
-// it off) of free blocks, dropping the least recently freed first; release_pool() frees them
-// all. Tensors from it are ordinary resizable CPU tensors.
+// it, and unmaps it on free: at ConvNeXt's batch-32 inference that is tens of thousands of page
+// faults per forward. The ops here take such blocks (kPooledMinBytes or more) from a process-wide
+// pool instead: a freed block goes back to the pool, still mapped and faulted in, and a later
+// request of the same size takes it. The pool keeps at most its byte limit (CK_CPU_POOL_MB, 1024 by
+// default; 0 turns it off) of free blocks, dropping the least recently freed first; release_pool()
+// frees them all. Tensors from it are ordinary resizable CPU tensors.
 #pragma once
 #include <torch/extension.h>
 

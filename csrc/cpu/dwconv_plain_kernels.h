@@ -1,7 +1,8 @@
-// Depthwise k×k convolution (stride 1, padding k/2) on N,H,W,C-contiguous buffers, for the CPU.
-// Torch-free: T is the storage type (float, double, c10::Half, c10::BFloat16, ...), Acc the
-// accumulation type; `parallel_for(begin, end, fn)` runs fn(b, e) over a partition of [begin, end).
-// The innermost loops run over contiguous channels so the compiler vectorises them.
+// The plain depthwise k×k convolution (stride 1, padding k/2) on N,H,W,C-contiguous buffers, for
+// the CPU: the float64 path (fp32, fp16 and bf16 take the SIMD rows: dwconv_driver.h). Torch-free:
+// T is the storage type (float, double, c10::Half, c10::BFloat16, ...), Acc the accumulation type;
+// `parallel_for(begin, end, fn)` runs fn(b, e) over a partition of [begin, end). The innermost
+// loops run over contiguous channels so the compiler vectorises them.
 #pragma once
 #include <algorithm>
 #include <cstdint>
