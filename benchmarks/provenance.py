@@ -74,20 +74,26 @@ def read_build_record(root=ROOT):
         return None
 
 
+def _is_code(path):
+    """Whether a change to `path` can change a measurement (results and docs cannot)."""
+    return any(path == part or path.startswith(part + "/") for part in CODE) \
+        and "/results/" not in path
+
+
 def commit_info(root=ROOT):
-    """{"commit": ..., "changed": [tracked files that differ from it]}: from git where there is
+    """{"commit": ..., "changed": [code files that differ from it]}: from git where there is
     one, else from gpu-prep's build record (its manifest against the files here)."""
     head = git("rev-parse", "HEAD", root=root)
     if head:
         status = git("status", "--porcelain", "--untracked-files=no", root=root) or ""
-        return {"commit": head, "changed": sorted(line[3:] for line in status.splitlines())}
+        return {"commit": head, "changed": sorted(line[3:] for line in status.splitlines()
+                                                  if _is_code(line[3:]))}
     record = read_build_record(root)
     if record is None:
         return {"commit": os.environ.get("CK_COMMIT", "unknown (no git and no build record)"),
                 "changed": []}
-    changed = [p for p, h in record["manifest"].items()
-               if not os.path.isfile(os.path.join(root, p))
-               or _file_hash(os.path.join(root, p)) != h]
+    changed = [p for p, h in record["manifest"].items() if _is_code(p) and (
+        not os.path.isfile(os.path.join(root, p)) or _file_hash(os.path.join(root, p)) != h)]
     return {"commit": record["commit"], "changed": sorted(changed + record.get("changed", []))}
 
 

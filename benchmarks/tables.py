@@ -19,18 +19,14 @@ DOCUMENTS = ("README.md", os.path.join("docs", "PERFORMANCE.md"))
 
 # The runs the documents cite, one of each kind (benchmarks/results/README.md).
 SOURCES = {
-    "cpu-model": os.path.join(RESULTS, "cpu-x86-64-2-threads-2026-12-02-prefetch",
-                              "results.json"),
-    "cpu-dwconv": os.path.join(RESULTS, "cpu-ops-2026-12-02", "dwconv-batch8-run2",
-                               "dwconv-cpu-x86-64-2-threads.json"),
-    "cpu-layer-norm": os.path.join(RESULTS, "cpu-ops-2026-12-02",
-                                   "layer_norm-batch8-prefetch-run9",
+    "cpu-model": os.path.join(RESULTS, "cpu-x86-64-2-threads-2026-12-04", "results.json"),
+    "cpu-profile": os.path.join(RESULTS, "cpu-x86-64-2-threads-2026-12-04",
+                                "profile-cpu-2026-12-04.json"),
+    "cpu-dwconv": os.path.join(RESULTS, "cpu-ops-2026-12-04", "dwconv-cpu-x86-64-2-threads.json"),
+    "cpu-layer-norm": os.path.join(RESULTS, "cpu-ops-2026-12-04",
                                    "layernorm-cpu-x86-64-2-threads.json"),
-    "cpu-mlp": os.path.join(RESULTS, "cpu-dwconv-2026-11-30", "mlp-batch8",
-                            "mlp-cpu-x86-64-2-threads.json"),
-    "ledger": os.path.join(RESULTS, "ledger-cpu-2026-12-01", "ledger.json"),
-    "cpu-profile": os.path.join(RESULTS, "cpu-x86-64-2-threads-2026-12-02-convpack",
-                                "profile-cpu-2026-12-02.json"),
+    "cpu-mlp": os.path.join(RESULTS, "cpu-ops-2026-12-04", "mlp-cpu-x86-64-2-threads.json"),
+    "ledger": os.path.join(RESULTS, "ledger-cpu-2026-12-04", "ledger.json"),
 }
 
 
@@ -192,6 +188,9 @@ def gpu_model():
                   rows), setting
 
 
+# Tables made from another table's source.
+TABLE_SOURCES = {"gpu-model": "ledger"}
+
 TABLES = {"cpu-model": cpu_model, "cpu-profile": cpu_profile, "gpu-model": gpu_model,
           "cpu-dwconv": cpu_dwconv, "cpu-layer-norm": cpu_layer_norm, "cpu-mlp": cpu_mlp,
           "ledger": ledger}
@@ -200,15 +199,16 @@ TABLES = {"cpu-model": cpu_model, "cpu-profile": cpu_profile, "gpu-model": gpu_m
 def render(name):
     """The table `name` as it stands in a document, with the line naming its source."""
     lines, setting = TABLES[name]()
-    return "\n".join(lines + ["", f"From `{SOURCES[name]}` ({setting})."])
+    source = SOURCES[TABLE_SOURCES.get(name, name)]
+    return "\n".join(lines + ["", f"From `{source}` ({setting})."])
 
 
-BLOCK = re.compile(r"<!-- table (\S+) -->\n(.*?)\n<!-- /table -->", re.S)
+BLOCK = re.compile(r"<!-- table (\S+) -->\n(.*?)<!-- /table -->", re.S)
 
 
 def tables_in(text):
     """{name: body} of the tables a document holds."""
-    return {m.group(1): m.group(2) for m in BLOCK.finditer(text)}
+    return {m.group(1): m.group(2).rstrip("\n") for m in BLOCK.finditer(text)}
 
 
 def rewrite(text):
@@ -227,9 +227,9 @@ def main(argv=None):
     for document in DOCUMENTS:
         path = os.path.join(ROOT, document)
         with open(path) as f:
-            text = f.read()
+            text = rewrite(f.read())  # (made in full before the file is opened to write)
         with open(path, "w") as f:
-            f.write(rewrite(text))
+            f.write(text)
 
 
 if __name__ == "__main__":

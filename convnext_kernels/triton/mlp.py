@@ -21,6 +21,42 @@ Backward (all matmul.py launches, no elementwise pass over [M, H] without GRN):
   x'     = gH @ fc1_w
   gamma' = sum over rows of g * ds * y2, with y2 = fc2's output before the scales (saved): row
            dots in the fc2_w' GEMM, which reads g anyway.
+
+Keeping the hidden off memory in training: the plan (not built yet; docs/PERFORMANCE.md has
+the ledger's model of today's launches). At ConvNeXt-T's stages, batch 64, bf16 (M rows, C
+channels, H = 4C), every GEMM of the MLP is 2·M·C·H = 14.8 GFLOP (0.019 ms at 790 TFLOP/s) and a
+pass over the [M, H] hidden moves M·H·2 bytes:
+    stage   M       C    H     hidden   one pass at 4.3 TB/s
+    T1      200704  96   384   154 MB   0.036 ms
+    T2      50176   192  768    77 MB   0.018 ms
+    T3      12544   384  1536   39 MB   0.009 ms
+    T4      3136    768  3072   19 MB   0.004 ms
+Today (benchmarks/ledger.py) the block makes 6 passes over the hidden at T1 (the fused forward
+keeps none; the backward writes the recomputed h, reads it twice, writes gH, reads it twice) and
+8 at T2-T4 (the forward writes h and gelu(h), fc2 reads gelu(h); the backward reads h twice,
+writes gH, reads it twice), in 5 backward GEMM launches.
+  C <= 192 (T1, T2): the forward fused (FUSED_MAX_CHANNELS raised to 192), and the backward in
+    two kernels. K1, a program per row tile: per hidden chunk of BH columns, h = x·fc1^T + b1
+    and gA = g'·fc2 on chip, gH = gA·gelu'(h), grad_x += gH·fc1 in registers, gH written once.
+    Its state at BM = 64, BH = 64, C = 192: grad_x's fp32 accumulator 48 KB (48 registers a
+    thread at 8 warps), h and gA 32 KB (32 more), the x and g' tiles 48 KB and two weight chunks
+    48 KB of shared memory: it fits (228 KB shared, 255 registers a thread). K2, split-K over
+    rows per hidden chunk: fc1_w' = gH^T·x and fc2_w' = g'^T·gelu(h), h recomputed on chip from
+    x ([M, C] is a quarter of the hidden: reading x again, from L2 when the chunks of a row
+    range run together, costs less than reading h), bias gradients as row sums; with one split
+    a chunk writes its gradients in the parameter's dtype into the flat buffer (no fp32
+    partials, no finalize pass over them), more splits only where filling the SMs pays in the
+    model. Passes over the hidden: 2 (gH written once, read once); FLOPs: one GEMM more than
+    today at T1 (h recomputed in K1 and K2), two at T2; launches: 3 fewer. Modeled: T1 -4 passes
+    (-0.143 ms) +1 GEMM (+0.019 ms) -3 launches; T2 -6 passes (-0.107 ms) +2 GEMMs (+0.037 ms).
+  C > 192 (T3, T4): a recomputing GEMM (0.019 ms) costs more than reading h (0.009, 0.004 ms),
+    so the model keeps h: the forward writes h only (fc1's epilogue adds the bias; fc2 applies
+    GELU in its prologue), K1 reads h instead of recomputing it, K2 reads h and gH: 6 passes
+    against 8, and 3 fewer launches.
+  GRN (V2): its per-sample statistics need every pixel's GELU output before fc2, and its
+    backward statistics every pixel's gA·gelu(h) before gH: the forward keeps h (fc1's epilogue
+    also stores the per-sample sums, as today), and K1 splits in two around a per-sample
+    reduction (gA's sums stored per row tile, as the gH GEMM does today): 4 passes at best.
 """
 from dataclasses import replace
 
