@@ -44,6 +44,7 @@ interpreter, tiny shapes; sanitize and ncu report themselves skipped).
 """
 import argparse
 import json
+import math
 import os
 import shutil
 import sys
@@ -116,7 +117,9 @@ class Budget:
         estimate, left = self.estimate(kind, label), self.left()
         if estimate <= left:
             return True
-        self.not_started.append([kind, label, round(estimate, 1), round(max(0.0, left), 1)])
+        # Rounded outward (estimate up, time left down) so the record keeps estimate > left.
+        self.not_started.append([kind, label, math.ceil(estimate * 10) / 10,
+                                 math.floor(max(0.0, left) * 10) / 10])
         print(f"  not started: {label} (estimated {estimate:.0f} s, {max(0, left):.0f} s left)",
               flush=True)
         return False

@@ -98,6 +98,15 @@ def _carried_extension():
     return path, None
 
 
+def _install(source, target):
+    """Copies `source` to `target` by renaming a full copy over it: a process that has the old
+    `target` loaded keeps its inode (copying in place rewrites the pages such a process has
+    mapped, and it crashes on its next page fault there)."""
+    staged = f"{target}.{os.getpid()}.tmp"
+    shutil.copy2(source, staged)
+    os.replace(staged, target)
+
+
 def _build_in_place(campaign):
     env_vars = dict(os.environ, MAX_JOBS=str(os.cpu_count()))
     if os.path.exists("/usr/local/cuda/bin/nvcc"):
@@ -135,7 +144,7 @@ def env(campaign):
         [[f"tool {k}", v or "MISSING"] for k, v in tools.items()]
     carried, why_not = _carried_extension()
     if carried is not None:
-        shutil.copy2(carried, os.path.join(ROOT, "convnext_kernels", os.path.basename(carried)))
+        _install(carried, os.path.join(ROOT, "convnext_kernels", os.path.basename(carried)))
         ok, message = _check_extension()
         reason = f"carried _C ({message})" if ok else f"carried _C failed its check ({message})"
         why_not = None if ok else message

@@ -263,3 +263,19 @@ def test_no_table_keeps_the_order_and_says_so():
     from convnext_kernels import measured
     assert measured.table_for(torch.device("cpu")) is None
     assert "order" in measured.source(torch.device("cpu"))
+
+
+def test_the_carried_extension_replaces_the_loaded_one_without_rewriting_it(tmp_path):
+    """The env step installs the carried _C by rename: a process that has the in-tree _C mapped
+    (the test suite running the rehearsal) keeps reading the file it loaded."""
+    import mmap
+
+    from benchmarks.campaign_steps import _install
+    loaded, carried = tmp_path / "_C.so", tmp_path / "carried.so"
+    loaded.write_bytes(b"old" * 4096)
+    carried.write_bytes(b"new" * 5000)
+    with open(loaded, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        _install(carried, loaded)
+        assert mapped[:3] == b"old" and len(mapped) == 3 * 4096
+    assert loaded.read_bytes() == carried.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["_C.so", "carried.so"]
