@@ -28,6 +28,10 @@ PYTHON312 ?= $(shell for p in python3.12 $$(ls -d $$HOME/.pyenv/versions/3.12*/b
 	2>/dev/null && break; done)
 COMPAT_TESTS ?= tests
 COMPAT_PYTEST_ARGS ?=
+# pytest-xdist workers: one per core, at most 8; a file's tests stay in one worker (module-scoped
+# fixtures such as the campaign's rehearsal and the kernel report run once).
+TEST_WORKERS ?= $(shell n=$$(nproc); echo $$(( n < 8 ? n : 8 )))
+PARALLEL := -n $(TEST_WORKERS) --dist loadfile
 
 TIMM_TESTS := build/timm-tests
 # timm's own model tests over converted models: every ConvNeXt case that needs no download of
@@ -55,7 +59,7 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/clang-format --dry-run --Werror $(CPP_SOURCES)
 
 test: build lint
-	TRITON_INTERPRET=1 $(PY) -m pytest -q tests
+	TRITON_INTERPRET=1 $(PY) -m pytest -q $(PARALLEL) tests
 
 bench: build
 	$(PY) -m benchmarks
@@ -83,7 +87,7 @@ gpu-prep: $(GPU_VENV)/.installed
 
 # In the tree: gpu-prep's _C for python 3.12 sits beside the main venv's (another file name).
 compat: gpu-prep
-	TRITON_INTERPRET=1 $(GPU_PY) -m pytest -q -p no:cacheprovider $(COMPAT_TESTS) \
+	TRITON_INTERPRET=1 $(GPU_PY) -m pytest -q -p no:cacheprovider $(PARALLEL) $(COMPAT_TESTS) \
 		$(COMPAT_PYTEST_ARGS)
 
 # timm's tests/test_models.py from its source release (PyPI), run with ck.patch_timm active.
