@@ -283,14 +283,15 @@ def test_whole_block_is_one_op(device, use_grn):
 def test_weight_gemms_with_fewer_splits(device, use_grn, monkeypatch, poisoned):
     """The weight GEMMs' gradients take their own split count (as many splits as fill the
     device's SMs with their tiles) next to the rows' count of the other gradients: with one SM
-    they take one split where 1152 rows take two, and the block still matches float64."""
+    they take one split where 1152 rows take two, so they are written straight into the flat
+    buffer (no partials), and the block still matches float64."""
     from convnext_kernels.triton import grad_workspace, matmul
     monkeypatch.setattr(matmul, "sm_count", lambda device: 1)
-    blocks = []
+    seen = []
     finalize_flat = grad_workspace.GradWorkspace.finalize_flat
 
     def spy(ws):
-        blocks.append([(block.shape[0], ws.splits) for _, _, block in ws.blocks])
+        seen.append(([block.shape[0] for _, _, block in ws.blocks], list(ws.direct)))
         return finalize_flat(ws)
 
     monkeypatch.setattr(grad_workspace.GradWorkspace, "finalize_flat", spy)
@@ -301,15 +302,46 @@ def test_weight_gemms_with_fewer_splits(device, use_grn, monkeypatch, poisoned):
     ref_out, ref = _grads(plain, x, grad)
     scales = _sum_scales(plain, x, grad)
     out, ours = _grads(fused, x.to(device, torch.float32), grad.to(device, torch.float32))
-    (((rows_splits, splits), (gemm_splits, _)),) = blocks
-    assert (rows_splits, gemm_splits) == (2, 1)
-    assert [n for n, count in splits.items() if count == 1] == (
-        ["fc1_w", "fc1_b", "fc2_w", "fc2_b"] if use_grn else
-        ["gamma", "fc1_w", "fc1_b", "fc2_w", "fc2_b"])
+    ((partial_splits, direct),) = seen
+    assert partial_splits == [2]  # the rows' gradients: one block of two splits
+    assert direct == (["fc1_w", "fc1_b", "fc2_w", "fc2_b"] if use_grn else
+                      ["gamma", "fc1_w", "fc1_b", "fc2_w", "fc2_b"])
     assert_accurate("out", out, ref_out, ref_out, torch.float32, seed)
     for name in ref:
         assert_accurate(name, ours[name], ref[name], ref[name], torch.float32, seed,
                         scale=scales.get(name))
+
+
+@pytest.mark.parametrize("use_grn", [False, True], ids=["v1", "v2"])
+@pytest.mark.parametrize("device", TRITON_DEVICES)
+def test_one_split_gradients_written_direct_equal_their_summed_partials(device, use_grn,
+                                                                         monkeypatch, poisoned):
+    """In bf16, the weight GEMMs' gradients written in the parameter's dtype straight into the
+    flat buffer are bit for bit what their fp32 partials summed by finalize give: one split,
+    one rounding either way."""
+    from convnext_kernels.triton import grad_workspace, matmul
+    monkeypatch.setattr(matmul, "sm_count", lambda device: 1)
+    gen, _ = fresh_generator()
+    _, fused = _triton_block(gen, 16, torch.bfloat16, device, use_grn)
+    x = torch.randn(2, 16, 8, 8, generator=gen).to(device, torch.bfloat16)
+    grad = torch.randn(x.shape, generator=gen).to(device, torch.bfloat16)
+    init, direct_counts = grad_workspace.GradWorkspace.__init__, []
+
+    def counting(ws, *args, **kwargs):
+        init(ws, *args, **kwargs)
+        direct_counts.append(len(ws.direct))
+
+    monkeypatch.setattr(grad_workspace.GradWorkspace, "__init__", counting)
+    _, direct = _grads(fused, x, grad)
+
+    def no_direct(ws, *args, direct=(), **kwargs):
+        counting(ws, *args, **kwargs)
+
+    monkeypatch.setattr(grad_workspace.GradWorkspace, "__init__", no_direct)
+    _, summed = _grads(fused, x, grad)
+    assert direct_counts == [4 if use_grn else 5, 0]
+    for name, g in summed.items():
+        assert torch.equal(direct[name], g), name
 
 
 @pytest.mark.parametrize("dim,use_grn", [(16, False), (160, False), (16, True)],

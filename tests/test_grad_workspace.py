@@ -53,3 +53,51 @@ def test_at_most_two_runs_of_split_counts(device):
     shapes = {"a": (3,), "b": (3,), "c": (3,)}
     with pytest.raises(ValueError, match="two blocks"):
         GradWorkspace(shapes, {"a": 2, "b": 1, "c": 2}, torch.float32, device)
+
+
+@pytest.mark.parametrize("gemm_splits", [1, 3], ids=lambda n: f"gemm-{n}")
+@pytest.mark.parametrize("device", TRITON_DEVICES)
+def test_direct_gradients_with_one_split_are_views_of_the_flat_buffer(device, gemm_splits,
+                                                                     poisoned):
+    """The GEMM gradients named direct, at one split: [1, numel] views of `flat` in the
+    parameters' dtype that finalize leaves as written, summing only the other gradients (one
+    launch); at more splits they are partials like the rest."""
+    from convnext_kernels.triton.common import recorded_launches
+    from convnext_kernels.triton.grad_workspace import GradWorkspace, unflatten
+    gen, seed = fresh_generator()
+    dtype = torch.bfloat16
+    gemms = ("gamma", "fc1_w", "fc1_b", "fc2_w", "fc2_b", "absent")
+    splits = {name: gemm_splits if name in gemms else 3 for name in SHAPES}
+    ws = GradWorkspace(SHAPES, splits, dtype, device, direct=gemms)
+    assert ws.direct == (list(gemms[:-1]) if gemm_splits == 1 else [])
+    written = {}
+    for name, shape in SHAPES.items():
+        if name in ws.direct:
+            view = ws[name]
+            assert view.shape == (1, torch.Size(shape).numel()) and view.dtype == dtype
+            written[name] = randn(gen, *shape, dtype=torch.float64).to(device, dtype)
+            view.copy_(written[name].reshape(1, -1))
+    sums = {}
+    for name, shape in SHAPES.items():
+        if name not in ws.direct:
+            values = randn(gen, *ws[name].shape, dtype=torch.float64)
+            ws[name].copy_(values.to(device))
+            sums[name] = values.float().double().sum(0).reshape(shape)
+    with recorded_launches() as launches:  # (recorded, not run)
+        ws.finalize_flat()
+    assert len(launches) == 1
+    flat = ws.finalize_flat()
+    assert flat is ws.flat
+    grads = unflatten(flat, SHAPES)
+    for name, value in written.items():
+        assert torch.equal(grads[name], value), name
+    for name, ref in sums.items():
+        assert_accurate(name, grads[name], ref, ref.to(dtype), dtype, seed)
+
+
+@pytest.mark.parametrize("device", TRITON_DEVICES)
+def test_direct_gradients_must_be_the_last(device):
+    """Direct gradients are the flat buffer's tail (finalize sums the columns before them)."""
+    from convnext_kernels.triton.grad_workspace import GradWorkspace
+    with pytest.raises(ValueError, match="not the last"):
+        GradWorkspace(SHAPES, 1, torch.float32, device, direct=("fc1_w", "fc1_b"))

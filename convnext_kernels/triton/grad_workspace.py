@@ -13,6 +13,9 @@ Gradients need not share a split count: a weight gradient from a split-K GEMM ne
 splits that fill the device with its output tiles, which at ConvNeXt-T stage 4 is one, where a
 reduction over the rows takes four (each split of a [4C, C] gradient is 9.4 MB of fp32). Runs of
 consecutive gradients with one count share a block [splits, columns]; finalize reads two blocks.
+A gradient named `direct` whose count is one has no partials: its producer writes it in its
+parameter's dtype straight into the flat buffer (at stage 4 that saves the GEMM gradients' fp32
+write and finalize's read of it, 2 x 19 MB, and their slice of the finalize launch).
 """
 import math
 
@@ -82,16 +85,28 @@ class GradWorkspace:
     """fp32 partials of the named gradients; see the module docstring. `shapes` maps a gradient's
     name to its shape, in the order of finalize_flat's buffer; `splits` is every gradient's
     split count, or a map from each name to its own (at most two runs of equal counts); `dtype`
-    is the dtype gradients are written in (their parameters' dtype)."""
+    is the dtype gradients are written in (their parameters' dtype). `direct`: names, the last
+    of `shapes` (names not in it ignored), whose producers can write in `dtype` (they cast as
+    they store); those with one split are written straight into `flat`, the buffer
+    finalize_flat returns, made here."""
 
-    def __init__(self, shapes, splits, dtype, device):
+    def __init__(self, shapes, splits, dtype, device, direct=()):
         self.shapes = dict(shapes)
         self.dtype = dtype
         self.columns_of = _column_ranges(self.shapes)
         self.columns = sum(math.prod(shape) for shape in self.shapes.values())
         self.splits = splits if isinstance(splits, dict) else dict.fromkeys(self.shapes, splits)
+        names = list(self.shapes)
+        direct = [name for name in direct if name in self.shapes]
+        if direct != names[len(names) - len(direct):]:
+            raise ValueError(f"GradWorkspace: direct gradients {list(direct)} are not the last "
+                             f"of {names}")
+        self.direct = [name for name in direct if self.splits[name] == 1]
+        self.flat = (torch.empty(self.columns, device=device, dtype=dtype) if direct else None)
         runs = []  # [splits, first column, end column] of each block
         for name, columns in self.columns_of.items():
+            if name in self.direct:
+                continue
             if runs and runs[-1][0] == self.splits[name]:
                 runs[-1][2] = columns.stop
             else:
@@ -109,8 +124,11 @@ class GradWorkspace:
             offset += size
 
     def __getitem__(self, name):
-        """The [splits, numel] strided view a producer writes name's partials into."""
+        """The [splits, numel] strided view a producer writes name's partials into (for a direct
+        gradient, [1, numel] of `flat`, in `dtype`)."""
         columns = self.columns_of[name]
+        if name in self.direct:
+            return self.flat[columns].view(1, -1)
         start, block = next((start, block) for start, stop, block in self.blocks
                             if start <= columns.start and columns.stop <= stop
                             and block.shape[0] == self.splits[name])
@@ -119,13 +137,16 @@ class GradWorkspace:
     def finalize_flat(self):
         """Every gradient, in `dtype`, in one flat buffer (see `unflatten`): one launch. (One
         tensor, because a custom op's outputs may not alias each other.)"""
-        flat = torch.empty(self.columns, device=self.partial.device, dtype=self.dtype)
-        if self.columns:
-            finalize_launch(flat, *(block for _, _, block in self.blocks))()
+        flat = self.flat if self.flat is not None else torch.empty(
+            self.columns, device=self.partial.device, dtype=self.dtype)
+        summed = self.blocks[-1][1] if self.blocks else 0  # columns before the direct ones
+        if summed:
+            finalize_launch(flat[:summed], *(block for _, _, block in self.blocks))()
         return flat
 
     def finalize_each(self):
         """{name: gradient} as separate tensors in `dtype`: one launch per gradient."""
+        assert self.flat is None, "a workspace with direct gradients finalizes flat"
         grads = {}
         for name, shape in self.shapes.items():
             grads[name] = torch.empty(shape, device=self.partial.device, dtype=self.dtype)

@@ -18,10 +18,11 @@ Epilogues, in order:
   SUMSQ                      per (sample, n): sums of out^2 (GRN's statistics, from fc1)
   STORE_Y2                   y2 = acc before the scales (layer scale's gradient needs it)
   OUT_COL_SCALE, OUT_ROW_SCALE, RESIDUAL:  out = residual + row_scale[m // rps] * col[n] * acc
-PARTIALS (split-K): program_id(1) owns a K range and writes fp32 partials out[split, m*N + n]
+PARTIALS (split-K): program_id(1) owns a K range and writes partials out[split, m*N + n]
 (rows of a grad_workspace.GradWorkspace, summed afterwards in a fixed order: deterministic weight
-gradients). ROW_SUM writes the fp32 row sums of the transformed A over the program's K range to
-row_sum[split, m] (the bias gradients); ROW_DOT writes row_dot[split, m] = the sum over the K
+gradients; fp32, or with one split the gradient itself in its parameter's dtype). ROW_SUM writes
+the row sums of the transformed A over the program's K range to row_sum[split, m] (the bias
+gradients); ROW_DOT writes row_dot[split, m] = the sum over the K
 range of A[m, k] * dot_with[m, k], A column-scaled and not row-scaled (dot_with laid out as A:
 layer scale's gradient, sum of g * ds * y2, from the GEMM that reads g for fc2's weight
 gradient; only the first column tile's programs load dot_with). Every split writes its whole
@@ -209,13 +210,16 @@ def _matmul_kernel(
 
     if PARTIALS:
         if ROW_SUM:
-            tl.store(row_sum_ptr + split.to(tl.int64) * row_sum_split_stride + rows, row_sum,
+            tl.store(row_sum_ptr + split.to(tl.int64) * row_sum_split_stride + rows,
+                     cast_for_store(row_sum, row_sum_ptr.dtype.element_ty, INTERPRETED),
                      mask=row_mask & (pid_n == 0))
         if ROW_DOT:
-            tl.store(row_dot_ptr + split.to(tl.int64) * row_dot_split_stride + rows, row_dot,
+            tl.store(row_dot_ptr + split.to(tl.int64) * row_dot_split_stride + rows,
+                     cast_for_store(row_dot, row_dot_ptr.dtype.element_ty, INTERPRETED),
                      mask=row_mask & (pid_n == 0))
         offs = split.to(tl.int64) * split_stride + rows.to(tl.int64)[:, None] * N + cols[None, :]
-        tl.store(out_ptr + offs, acc, mask=row_mask[:, None] & col_mask[None, :])
+        tl.store(out_ptr + offs, cast_for_store(acc, out_ptr.dtype.element_ty, INTERPRETED),
+                 mask=row_mask[:, None] & col_mask[None, :])
     else:
         if HAS_BIAS:
             acc += tl.load(bias_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
@@ -364,10 +368,10 @@ def per_sample_partials(count, M, N, rows_per_sample, dtype, device):
 def matmul_launch(a, b, out, prologue=Prologue(), epilogue=Epilogue(), *, rows_per_sample=1,
                   partials=False, row_sum=None, row_dot=None):
     """The launch computing out = epilogue(prologue(a) @ prologue(b)); see the module docstring.
-    `out` is [M, N] contiguous, or with `partials` fp32 [splits, M*N] (rows strided), with
-    `row_sum` fp32 [splits, M] (rows strided), with `row_dot` (dot_with, out): dot_with laid out as
-    a, out fp32 [splits, M] (rows strided). rows_per_sample: rows of a sample, for the
-    per-sample scales and sums."""
+    `out` is [M, N] contiguous, or with `partials` [splits, M*N] (rows strided), with `row_sum`
+    [splits, M] (rows strided), with `row_dot` (dot_with, out): dot_with laid out as a, out
+    [splits, M] (rows strided); partials are fp32 but for one split (see GradWorkspace).
+    rows_per_sample: rows of a sample, for the per-sample scales and sums."""
     M, K = a.shape
     N = b.shape[1]
     p, e = prologue, epilogue

@@ -18,6 +18,10 @@ Backward (all matmul.py launches, no elementwise pass over [M, H] without GRN):
                                                 partials)
   fc2_w' = (g * ds * gamma)^T @ gelu(h)[GRN]    split-K, fp32 partials; fc2_b' = its row sums
   fc1_w' = gH^T @ x                             split-K; fc1_b' = its row sums
+                                                (in the whole block, a GEMM that takes one
+                                                split writes these in the parameters' dtype
+                                                straight into the flat gradient buffer:
+                                                grad_workspace.GradWorkspace's `direct`)
   x'     = gH @ fc1_w
   gamma' = sum over rows of g * ds * y2, with y2 = fc2's output before the scales (saved): row
            dots in the fc2_w' GEMM, which reads g anyway.

@@ -10,7 +10,8 @@ Forward (V1: 2-3 launches; V2: 4):
                            squares (per row tile: matmul.py), one kernel makes GRN's statistics,
                            and fc2 applies GRN to its input tiles as it loads them
 Backward (V1: 7-8 launches; V2: 8, all parameter gradients as fp32 partials in one
-GradWorkspace):
+GradWorkspace, but the weight GEMMs' where they take one split: those are written in their
+dtype into the flat buffer):
   MLP backward             [fc1 recomputed where the forward was fused], gH (V2: with GRN's
                            per-sample sums per row tile, then one kernel that makes GRN's backward
                            statistics, takes gH through GRN and GELU in place and writes GRN's
@@ -75,7 +76,7 @@ def block_backward(grad_out, x, dw_weight, ln_weight, fc1_w, fc1_b, fc2_w, gamma
     M = N * H * W
     grad_x = torch.empty_like(x)
     ws = GradWorkspace(shapes, mlp.grad_splits(shapes, M, *fc1_w.shape, grad_out.dtype, x.device),
-                       fc1_w.dtype, x.device)
+                       fc1_w.dtype, x.device, direct=mlp.GEMM_GRADS)
     if M == 0:
         flat = torch.zeros(ws.columns, device=x.device, dtype=fc1_w.dtype)
         return grad_x.zero_(), flat
