@@ -7,6 +7,8 @@ Operand prologues (fp32 math on the loaded tile, then rounded back to the dot dt
 rounds; cast_for_store because the interpreter would truncate):
   A_ROW_SCALE / A_COL_SCALE  A[m, k] * row_scale[m // a_row_div] * col_scale[k // a_col_div]
                              (the output gradient times drop-path scale and layer scale)
+  A_GELU                     gelu(A[m, k]) (fc2 reading the kept pre-activation: the training
+                             forward stores h alone, not h and gelu(h))
   A_GRN                      A[m, k] * grn_scale[m // rows_per_sample, k] + grn_bias[k]
                              (GRN before fc2)
   B_GELU, B_GRN              gelu(B[k, n]) [* grn_scale[k // rows_per_sample, n] + grn_bias[n]]
@@ -129,8 +131,8 @@ def _matmul_kernel(
         bias_ptr, pre_ptr, aux_ptr, y2_ptr, sums_ptr, sums2_ptr, sum_slots,
         out_col_scale_ptr, out_row_scale_ptr, residual_ptr, row_sum_ptr, dot_with_ptr,
         row_dot_ptr, k_per_split, split_stride, row_sum_split_stride, row_dot_split_stride,
-        A_ROW_SCALE: tl.constexpr, A_COL_SCALE: tl.constexpr, A_GRN: tl.constexpr,
-        B_GELU: tl.constexpr, B_GRN: tl.constexpr, HAS_BIAS: tl.constexpr,
+        A_ROW_SCALE: tl.constexpr, A_COL_SCALE: tl.constexpr, A_GELU: tl.constexpr,
+        A_GRN: tl.constexpr, B_GELU: tl.constexpr, B_GRN: tl.constexpr, HAS_BIAS: tl.constexpr,
         EPILOGUE: tl.constexpr, STORE_PRE: tl.constexpr, SUMSQ: tl.constexpr,
         STORE_Y2: tl.constexpr, OUT_COL_SCALE: tl.constexpr, OUT_ROW_SCALE: tl.constexpr,
         RESIDUAL: tl.constexpr, PARTIALS: tl.constexpr, ROW_SUM: tl.constexpr,
@@ -174,8 +176,10 @@ def _matmul_kernel(
         a_offs = rows.to(tl.int64)[:, None] * stride_am + ks.to(tl.int64)[None, :] * stride_ak
         a = tl.load(a_ptr + a_offs, mask=a_mask, other=0.0)
         b = tl.load(b_cols + ks.to(tl.int64)[:, None] * stride_bk, mask=b_mask, other=0.0)
-        if A_ROW_SCALE or A_COL_SCALE or A_GRN or ROW_SUM or ROW_DOT:
+        if A_ROW_SCALE or A_COL_SCALE or A_GELU or A_GRN or ROW_SUM or ROW_DOT:
             a32 = a.to(tl.float32)
+            if A_GELU:  # (masked elements load 0: gelu(0) = 0)
+                a32 = gelu(a32)
             if A_COL_SCALE:
                 a32 = a32 * tl.load(a_col_scale_ptr + ks // a_col_div, mask=k_mask,
                                     other=0.0).to(tl.float32)[None, :]
@@ -302,12 +306,15 @@ class Prologue:
     """What a GEMM applies to its operand tiles as it loads them (module docstring): A's rows
     and columns scaled (per row // a_row_div, per column // a_col_div), A or B scaled by GRN's
     per-sample [samples, K] scale and then GRN's bias added (A: a_grn_*, the forward's fc2; B:
-    b_grn_*, after GELU, the backward's fc2 weight gradient)."""
+    b_grn_*, after GELU, the backward's fc2 weight gradient); A or B through GELU first
+    (a_gelu: the forward's fc2 on the kept pre-activation; b_gelu: the backward's fc2 weight
+    gradient)."""
 
     a_row_scale: Optional[torch.Tensor] = None
     a_row_div: int = 1
     a_col_scale: Optional[torch.Tensor] = None
     a_col_div: int = 1
+    a_gelu: bool = False
     a_grn_scale: Optional[torch.Tensor] = None
     a_grn_bias: Optional[torch.Tensor] = None
     b_gelu: bool = False
@@ -315,8 +322,9 @@ class Prologue:
     b_grn_bias: Optional[torch.Tensor] = None
 
     def any(self):
-        return self.b_gelu or any(t is not None for t in (self.a_row_scale, self.a_col_scale,
-                                                          self.a_grn_scale, self.b_grn_scale))
+        return self.a_gelu or self.b_gelu or any(
+            t is not None for t in (self.a_row_scale, self.a_col_scale, self.a_grn_scale,
+                                    self.b_grn_scale))
 
 
 @dataclass(frozen=True)
@@ -410,7 +418,7 @@ def matmul_launch(a, b, out, prologue=Prologue(), epilogue=Epilogue(), *, rows_p
             row_sum.stride(0) if row_sum is not None else 0,
             row_dot_out.stride(0) if row_dot_out is not None else 0)
     flags = dict(A_ROW_SCALE=p.a_row_scale is not None, A_COL_SCALE=p.a_col_scale is not None,
-                 A_GRN=p.a_grn_scale is not None, B_GELU=p.b_gelu,
+                 A_GELU=p.a_gelu, A_GRN=p.a_grn_scale is not None, B_GELU=p.b_gelu,
                  B_GRN=p.b_grn_scale is not None, HAS_BIAS=e.bias is not None,
                  EPILOGUE=e.kind.value, STORE_PRE=e.pre is not None, SUMSQ=e.sumsq,
                  STORE_Y2=e.y2 is not None, OUT_COL_SCALE=e.out_col_scale is not None,

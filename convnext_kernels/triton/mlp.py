@@ -7,7 +7,8 @@ Forward strategies:
       multiplied into the fc2 accumulator at once, so the [M, H] hidden tensor never exists.
   two GEMMs: fc1 with bias + GELU in the epilogue (and GRN's sums of squares, then one kernel
       for GRN's statistics), fc2 with GRN's scale and bias in its prologue and bias, gamma,
-      drop_scale and residual in its epilogue.
+      drop_scale and residual in its epilogue. Keeping the hidden for the backward without GRN,
+      fc1 stores only the pre-activation h and fc2 applies GELU to its tiles as it loads them.
 Backward (all matmul.py launches, no elementwise pass over [M, H] without GRN):
   h  = x @ fc1_w^T + fc1_b                      recomputed, unless kept by the forward
   gH = (g * ds * gamma) @ fc2_w * gelu'(h)      (GRN: the GEMM stores gY = g' @ fc2_w with
@@ -37,7 +38,7 @@ pass over the [M, H] hidden moves M·H·2 bytes:
     T4      3136    768  3072   19 MB   0.004 ms
 Today (benchmarks/ledger.py) the block makes 6 passes over the hidden at T1 (the fused forward
 keeps none; the backward writes the recomputed h, reads it twice, writes gH, reads it twice) and
-8 at T2-T4 (the forward writes h and gelu(h), fc2 reads gelu(h); the backward reads h twice,
+7 at T2-T4 (the forward writes h, fc2 reads it through GELU; the backward reads h twice,
 writes gH, reads it twice), in 5 backward GEMM launches.
   C <= 192 (T1, T2): the forward fused (FUSED_MAX_CHANNELS raised to 192), and the backward in
     two kernels. K1, a program per row tile: per hidden chunk of BH columns, h = x·fc1^T + b1
@@ -52,11 +53,11 @@ writes gH, reads it twice), in 5 backward GEMM launches.
     partials, no finalize pass over them), more splits only where filling the SMs pays in the
     model. Passes over the hidden: 2 (gH written once, read once); FLOPs: one GEMM more than
     today at T1 (h recomputed in K1 and K2), two at T2; launches: 3 fewer. Modeled: T1 -4 passes
-    (-0.143 ms) +1 GEMM (+0.019 ms) -3 launches; T2 -6 passes (-0.107 ms) +2 GEMMs (+0.037 ms).
+    (-0.143 ms) +1 GEMM (+0.019 ms) -3 launches; T2 -5 passes (-0.089 ms) +2 GEMMs (+0.037 ms).
   C > 192 (T3, T4): a recomputing GEMM (0.019 ms) costs more than reading h (0.009, 0.004 ms),
-    so the model keeps h: the forward writes h only (fc1's epilogue adds the bias; fc2 applies
-    GELU in its prologue), K1 reads h instead of recomputing it, K2 reads h and gH: 6 passes
-    against 8, and 3 fewer launches.
+    so the model keeps h: the forward writes h only (built: fc1's epilogue adds the bias; fc2
+    applies GELU in its prologue), K1 reads h instead of recomputing it, K2 reads h and gH: 6
+    passes against 7, and 3 fewer launches.
   GRN (V2): its per-sample statistics need every pixel's GELU output before fc2, and its
     backward statistics every pixel's gA·gelu(h) before gH: the forward keeps h (fc1's epilogue
     also stores the per-sample sums, as today), and K1 splits in two around a per-sample
@@ -169,6 +170,16 @@ def mlp_forward(x, fc1_w, fc1_b, fc2_w, fc2_b, gamma, residual, drop_scale, grn_
     if uses_fused_forward(C, grn, keep_hidden, x.dtype):
         fused_launch(x, fc1_w, fc1_b, fc2_w, fc2_b, out, y2_arg, gamma, drop_scale, residual,
                      rows_per_sample)()
+        return out, hidden, y2, G, nx
+    if keep_hidden and not grn:
+        # fc1 stores the pre-activation alone and fc2 takes it through GELU as it loads it:
+        # one pass over [M, H] less than storing both, and gelu(h) of the stored h, rounded,
+        # as eager computes it from its stored fc1 output.
+        matmul_launch(x, fc1_w.t(), hidden, epilogue=Epilogue(PLAIN, bias=fc1_b))()
+        matmul_launch(hidden, fc2_w.t(), out, Prologue(a_gelu=True),
+                      Epilogue(bias=fc2_b, y2=y2_arg, out_col_scale=gamma,
+                               out_row_scale=drop_scale, residual=residual),
+                      rows_per_sample=rows_per_sample)()
         return out, hidden, y2, G, nx
     act = x.new_empty(M, H)
     sumsq = per_sample_partials(1, M, H, rows_per_sample, x.dtype, x.device)[0] if grn else None

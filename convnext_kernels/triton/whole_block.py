@@ -46,6 +46,16 @@ def grad_shapes(dw_weight, fc1_w, fc2_w, gamma_grad, grn_weight=None, grn_bias=N
     return shapes
 
 
+def _gemm_tail(shapes):
+    """The weight GEMMs' gradients at the end of `shapes` (grad_shapes' order puts them there):
+    those a GradWorkspace may take as `direct`."""
+    names = list(shapes)
+    first = len(names)
+    while first and names[first - 1] in mlp.GEMM_GRADS:
+        first -= 1
+    return names[first:]
+
+
 def keeps_hidden(C, dtype, grn):
     return not mlp.uses_fused_forward(C, grn=grn, keep_hidden=False, dtype=dtype)
 
@@ -76,7 +86,7 @@ def block_backward(grad_out, x, dw_weight, ln_weight, fc1_w, fc1_b, fc2_w, gamma
     M = N * H * W
     grad_x = torch.empty_like(x)
     ws = GradWorkspace(shapes, mlp.grad_splits(shapes, M, *fc1_w.shape, grad_out.dtype, x.device),
-                       fc1_w.dtype, x.device, direct=mlp.GEMM_GRADS)
+                       fc1_w.dtype, x.device, direct=_gemm_tail(shapes))
     if M == 0:
         flat = torch.zeros(ws.columns, device=x.device, dtype=fc1_w.dtype)
         return grad_x.zero_(), flat
