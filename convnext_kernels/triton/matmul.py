@@ -24,11 +24,11 @@ PARTIALS (split-K): program_id(1) owns a K range and writes partials out[split, 
 (rows of a grad_workspace.GradWorkspace, summed afterwards in a fixed order: deterministic weight
 gradients; fp32, or with one split the gradient itself in its parameter's dtype). ROW_SUM writes
 the row sums of the transformed A over the program's K range to row_sum[split, m] (the bias
-gradients); ROW_DOT writes row_dot[split, m] = the sum over the K
-range of A[m, k] * dot_with[m, k], A column-scaled and not row-scaled (dot_with laid out as A:
-layer scale's gradient, sum of g * ds * y2, from the GEMM that reads g for fc2's weight
-gradient; only the first column tile's programs load dot_with). Every split writes its whole
-row, empty K range or not.
+gradients); ROW_DOT writes row_dot[split, m] = the sum over the K range of A[m, k] *
+dot_with[m, k], A column-scaled and not row-scaled (dot_with laid out as A: layer scale's
+gradient, sum of g * ds * y2, from the GEMM that reads g for fc2's weight gradient; only the
+first column tile's programs load dot_with). Every split writes its whole row, empty K range
+or not.
 Per-sample sums are stored, not added atomically: each row tile stores, per sample among its
 rows, that sample's column sums over its rows in a slot of a [row tiles, slots, N] fp32 buffer
 (per_sample_partials); sample_sums adds a sample's tiles in a fixed order. No zero fill, and

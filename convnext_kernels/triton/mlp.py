@@ -176,23 +176,21 @@ def mlp_forward(x, fc1_w, fc1_b, fc2_w, fc2_b, gamma, residual, drop_scale, grn_
         # one pass over [M, H] less than storing both, and gelu(h) of the stored h, rounded,
         # as eager computes it from its stored fc1 output.
         matmul_launch(x, fc1_w.t(), hidden, epilogue=Epilogue(PLAIN, bias=fc1_b))()
-        matmul_launch(hidden, fc2_w.t(), out, Prologue(a_gelu=True),
-                      Epilogue(bias=fc2_b, y2=y2_arg, out_col_scale=gamma,
-                               out_row_scale=drop_scale, residual=residual),
+        act, fc2_prologue = hidden, Prologue(a_gelu=True)
+    else:
+        act = x.new_empty(M, H)
+        sumsq = (per_sample_partials(1, M, H, rows_per_sample, x.dtype, x.device)[0] if grn
+                 else None)
+        matmul_launch(x, fc1_w.t(), act,
+                      epilogue=Epilogue(GELU, bias=fc1_b, pre=hidden if keep_hidden else None,
+                                        sums=sumsq, sumsq=grn),
                       rows_per_sample=rows_per_sample)()
-        return out, hidden, y2, G, nx
-    act = x.new_empty(M, H)
-    sumsq = per_sample_partials(1, M, H, rows_per_sample, x.dtype, x.device)[0] if grn else None
-    matmul_launch(x, fc1_w.t(), act,
-                  epilogue=Epilogue(GELU, bias=fc1_b, pre=hidden if keep_hidden else None,
-                                    sums=sumsq, sumsq=grn),
-                  rows_per_sample=rows_per_sample)()
-    grn_prologue = Prologue()
-    if grn:
-        G, nx, grn_scale = grn_statistics(sumsq, samples, grn_weight, eps)
-        grn_prologue = Prologue(a_grn_scale=grn_scale,
-                                a_grn_bias=grn_bias.reshape(-1).contiguous())
-    matmul_launch(act, fc2_w.t(), out, grn_prologue,
+        fc2_prologue = Prologue()
+        if grn:
+            G, nx, grn_scale = grn_statistics(sumsq, samples, grn_weight, eps)
+            fc2_prologue = Prologue(a_grn_scale=grn_scale,
+                                    a_grn_bias=grn_bias.reshape(-1).contiguous())
+    matmul_launch(act, fc2_w.t(), out, fc2_prologue,
                   Epilogue(bias=fc2_b, y2=y2_arg, out_col_scale=gamma,
                            out_row_scale=drop_scale, residual=residual),
                   rows_per_sample=rows_per_sample)()
