@@ -281,12 +281,14 @@ def test_whole_block_is_one_op(device, use_grn):
 @pytest.mark.parametrize("use_grn", [False, True], ids=["v1", "v2"])
 @pytest.mark.parametrize("device", TRITON_DEVICES)
 def test_weight_gemms_with_fewer_splits(device, use_grn, monkeypatch, poisoned):
-    """The weight GEMMs' gradients take their own split count (as many splits as fill the
-    device's SMs with their tiles) next to the rows' count of the other gradients: with one SM
+    """The weight GEMMs' gradients (V1 at C = 16: the fused backward's weight-gradient kernel)
+    take their own split count (as many splits as fill the device's SMs with their programs)
+    next to the rows' count of the other gradients: with one SM
     they take one split where 1152 rows take two, so they are written straight into the flat
     buffer (no partials), and the block still matches float64."""
-    from convnext_kernels.triton import grad_workspace, matmul
+    from convnext_kernels.triton import grad_workspace, matmul, mlp_fused_backward
     monkeypatch.setattr(matmul, "sm_count", lambda device: 1)
+    monkeypatch.setattr(mlp_fused_backward, "sm_count", lambda device: 1)
     seen = []
     finalize_flat = grad_workspace.GradWorkspace.finalize_flat
 
@@ -319,8 +321,9 @@ def test_one_split_gradients_written_direct_equal_their_summed_partials(device, 
     """In bf16, the weight GEMMs' gradients written in the parameter's dtype straight into the
     flat buffer are bit for bit what their fp32 partials summed by finalize give: one split,
     one rounding either way."""
-    from convnext_kernels.triton import grad_workspace, matmul
+    from convnext_kernels.triton import grad_workspace, matmul, mlp_fused_backward
     monkeypatch.setattr(matmul, "sm_count", lambda device: 1)
+    monkeypatch.setattr(mlp_fused_backward, "sm_count", lambda device: 1)
     gen, _ = fresh_generator()
     _, fused = _triton_block(gen, 16, torch.bfloat16, device, use_grn)
     x = torch.randn(2, 16, 8, 8, generator=gen).to(device, torch.bfloat16)

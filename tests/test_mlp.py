@@ -127,19 +127,57 @@ def _to64(a):
 
 @pytest.mark.parametrize("keep_hidden", [False, True], ids=["recompute", "keep"])
 @pytest.mark.parametrize("variant", ["v1", "v2"])
-@pytest.mark.parametrize("backend,device", TARGETS)
-def test_keep_hidden_and_both_triton_strategies(backend, device, variant, keep_hidden,
+@pytest.mark.parametrize("backend,device,backward", [
+    (backend, device, backward) for backend, device in TARGETS
+    for backward in (("fused", "gemms") if backend == "triton" else ("",))])
+def test_keep_hidden_and_both_triton_strategies(backend, device, variant, keep_hidden, backward,
                                                 poisoned, monkeypatch):
     """The kept-hidden backward, and (triton) the two-GEMM forward at a C the fused forward
-    would take, agree with the reference."""
+    would take and the GEMMs' backward at a C the fused backward would take, agree with the
+    reference."""
     if backend == "triton":
         from convnext_kernels.triton import mlp as triton_mlp
+        from convnext_kernels.triton import mlp_fused_backward
         monkeypatch.setattr(triton_mlp, "FUSED_MAX_CHANNELS", 0 if keep_hidden else 128)
+        monkeypatch.setattr(mlp_fused_backward, "MAX_CHANNELS", 192 if backward == "fused" else 0)
     gen, seed = fresh_generator()
     args = _inputs(gen, (2, 3, 5, 40, 4), variant, torch.float32, device)
     ours = _run(ck.mlp, *args, backend=backend, keep_hidden=keep_hidden)
     ref = _run(reference.mlp, *[_to64(a) for a in args])
     _check(ours, ref, ref, torch.float32, seed, _magnitude_scales(*args[:3], *args[4:]))
+
+
+@pytest.mark.parametrize("keep_hidden", [False, True], ids=["recompute", "keep"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("device", [d for b, d in TARGETS if b == "triton"])
+def test_fused_backward_over_row_splits_and_hidden_tails(device, dtype, keep_hidden, poisoned):
+    """The fused backward (grad-hidden and weight-gradient kernels) where its weight gradients
+    take three row splits, the last one short (2100 rows: 704, 704, 692), and its hidden chunks
+    end in a tail (H = 100: 64 + 36 in the weight-gradient kernel, 4 x 32 with 28 masked in the
+    grad-hidden one), C = 20 padded to 32: against float64, and a second run equal bit for bit
+    (the reduction order is fixed)."""
+    from convnext_kernels.triton import mlp_fused_backward
+    shape = (3, 20, 35, 20, 5)
+    assert mlp_fused_backward.takes(20, False, dtype)
+    assert mlp_fused_backward.weight_grad_splits(2100, 100, device) == 3
+    gen, seed = fresh_generator()
+    args = _inputs(gen, shape, "v1", dtype, device)
+    ours = _run(ck.mlp, *args, backend="triton", keep_hidden=keep_hidden)
+    again = _run(ck.mlp, *args, backend="triton", keep_hidden=keep_hidden)
+    ref = _run(reference.mlp, *[_to64(a) for a in args])
+    eager = _run(reference.mlp, *args)
+    _check(ours, ref, eager, dtype, seed, _magnitude_scales(*args[:3], *args[4:]))
+    for name in ours:
+        assert torch.equal(ours[name], again[name]), (name, seed)
+
+
+def test_triton_picks_the_fused_backward_for_v1_up_to_192_channels():
+    pytest.importorskip("triton")
+    from convnext_kernels.triton.mlp_fused_backward import takes
+    assert takes(96, grn=False, dtype=torch.bfloat16)
+    assert takes(192, grn=False, dtype=torch.float16)
+    assert not takes(384, grn=False, dtype=torch.bfloat16)
+    assert not takes(96, grn=True, dtype=torch.bfloat16)
 
 
 @pytest.mark.parametrize("shape", [(2, 10, 10, 8, 4), (70, 1, 1, 8, 2)],

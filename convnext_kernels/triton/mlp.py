@@ -9,7 +9,8 @@ Forward strategies:
       for GRN's statistics), fc2 with GRN's scale and bias in its prologue and bias, gamma,
       drop_scale and residual in its epilogue. Keeping the hidden for the backward without GRN,
       fc1 stores only the pre-activation h and fc2 applies GELU to its tiles as it loads them.
-Backward (all matmul.py launches, no elementwise pass over [M, H] without GRN):
+Backward: V1 at C <= mlp_fused_backward.MAX_CHANNELS in two kernels (below, and that module);
+otherwise in matmul.py launches, with no elementwise pass over [M, H] without GRN:
   h  = x @ fc1_w^T + fc1_b                      recomputed, unless kept by the forward
   gH = (g * ds * gamma) @ fc2_w * gelu'(h)      (GRN: the GEMM stores gY = g' @ fc2_w with
                                                 GRN's per-sample sums; one kernel
@@ -27,41 +28,36 @@ Backward (all matmul.py launches, no elementwise pass over [M, H] without GRN):
   gamma' = sum over rows of g * ds * y2, with y2 = fc2's output before the scales (saved): row
            dots in the fc2_w' GEMM, which reads g anyway.
 
-Keeping the hidden off memory in training: the plan (not built yet; docs/PERFORMANCE.md has
-the ledger's model of today's launches). At ConvNeXt-T's stages, batch 64, bf16 (M rows, C
-channels, H = 4C), every GEMM of the MLP is 2·M·C·H = 14.8 GFLOP (0.019 ms at 790 TFLOP/s) and a
-pass over the [M, H] hidden moves M·H·2 bytes:
+Keeping the hidden off memory in training (docs/PERFORMANCE.md has the ledger's model). At
+ConvNeXt-T's stages, batch 64, bf16 (M rows, C channels, H = 4C), every GEMM of the MLP is
+2·M·C·H = 14.8 GFLOP (0.019 ms at 790 TFLOP/s; a third more where C is padded to a power of two
+on chip: 96 -> 128, 192 -> 256) and a pass over the [M, H] hidden moves M·H·2 bytes:
     stage   M       C    H     hidden   one pass at 4.3 TB/s
     T1      200704  96   384   154 MB   0.036 ms
     T2      50176   192  768    77 MB   0.018 ms
     T3      12544   384  1536   39 MB   0.009 ms
     T4      3136    768  3072   19 MB   0.004 ms
-Today (benchmarks/ledger.py) the block makes 6 passes over the hidden at T1 (the fused forward
-keeps none; the backward writes the recomputed h, reads it twice, writes gH, reads it twice) and
-7 at T2-T4 (the forward writes h, fc2 reads it through GELU; the backward reads h twice,
-writes gH, reads it twice), in 5 backward GEMM launches.
-  C <= 192 (T1, T2): the forward fused (FUSED_MAX_CHANNELS raised to 192), and the backward in
-    two kernels. K1, a program per row tile: per hidden chunk of BH columns, h = x·fc1^T + b1
-    and gA = g'·fc2 on chip, gH = gA·gelu'(h), grad_x += gH·fc1 in registers, gH written once.
-    Its state at BM = 64, BH = 64, C = 192: grad_x's fp32 accumulator 48 KB (48 registers a
-    thread at 8 warps), h and gA 32 KB (32 more), the x and g' tiles 48 KB and two weight chunks
-    48 KB of shared memory: it fits (228 KB shared, 255 registers a thread). K2, split-K over
-    rows per hidden chunk: fc1_w' = gH^T·x and fc2_w' = g'^T·gelu(h), h recomputed on chip from
-    x ([M, C] is a quarter of the hidden: reading x again, from L2 when the chunks of a row
-    range run together, costs less than reading h), bias gradients as row sums; with one split
-    a chunk writes its gradients in the parameter's dtype into the flat buffer (no fp32
-    partials, no finalize pass over them), more splits only where filling the SMs pays in the
-    model. Passes over the hidden: 2 (gH written once, read once); FLOPs: one GEMM more than
-    today at T1 (h recomputed in K1 and K2), two at T2; launches: 3 fewer. Modeled: T1 -4 passes
-    (-0.143 ms) +1 GEMM (+0.019 ms) -3 launches; T2 -5 passes (-0.089 ms) +2 GEMMs (+0.037 ms).
-  C > 192 (T3, T4): a recomputing GEMM (0.019 ms) costs more than reading h (0.009, 0.004 ms),
-    so the model keeps h: the forward writes h only (built: fc1's epilogue adds the bias; fc2
-    applies GELU in its prologue), K1 reads h instead of recomputing it, K2 reads h and gH: 6
-    passes against 7, and 3 fewer launches.
+The backward GEMMs above make 6 passes over the hidden at T1 (the fused forward keeps none; the
+backward writes the recomputed h, reads it twice, writes gH, reads it twice) and 7 at T2-T4
+(the forward writes h, fc2 reads it through GELU; the backward reads h twice, writes gH, reads it
+twice), in 5 launches (4 with h kept).
+  C <= mlp_fused_backward.MAX_CHANNELS (192: T1, T2), V1: the backward is two kernels
+    (mlp_fused_backward.py): gH written once and read once, x' and the weight gradients made
+    from tiles on chip, h recomputed from x where the forward was fused (T1: one GEMM more than
+    the GEMMs' backward, and two where each kernel recomputes it) and read where it was kept
+    (T2). Passes over the hidden: 2 at T1; 6 at T2 (the forward's write and read of h; in the
+    backward h read by each kernel, gH written and read); launches: 2 in place of 5 (4).
+    Raising FUSED_MAX_CHANNELS to 192 would make T2 recompute too: by the ledger's model the
+    block then takes 0.286 ms against 0.245 (the fused forward saves 8 µs, the two recomputing
+    GEMMs at C padded to 256 cost 49), so T2's forward keeps h.
+  C > 192 (T3, T4): grad_x's [64, C] fp32 accumulator no longer fits in registers (C = 384:
+    128 a thread at 8 warps, with the tiles beside it), so the backward stays the GEMMs above,
+    reading the kept h: tiling C in the grad-hidden kernel would re-read gH per C tile.
   GRN (V2): its per-sample statistics need every pixel's GELU output before fc2, and its
     backward statistics every pixel's gA·gelu(h) before gH: the forward keeps h (fc1's epilogue
-    also stores the per-sample sums, as today), and K1 splits in two around a per-sample
-    reduction (gA's sums stored per row tile, as the gH GEMM does today): 4 passes at best.
+    also stores the per-sample sums, as today), and the grad-hidden kernel would split in two
+    around a per-sample reduction (gA's sums stored per row tile, as the gH GEMM does today):
+    4 passes at best. Not built: V2 takes the GEMMs.
 """
 from dataclasses import replace
 
@@ -69,6 +65,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import mlp_fused_backward
 from .common import INTERPRETED, Launch, cast_for_store
 from .grn import grn_backward_launch, grn_statistics
 from .grad_workspace import GradWorkspace, reduction_splits
@@ -140,7 +137,7 @@ def fused_launch(x, w1, b1, w2, b2, out, y2, gamma, drop_scale, residual, rows_p
                        BLOCK_H=_FUSED_BLOCK_H, DOT_FP32=dot_in_fp32(x.dtype),
                        INPUT_PRECISION=input_precision(x.dtype), INTERPRETED=INTERPRETED),
                   num_warps=8 if block_m * block_c >= 128 * 128 else 4,
-                  flops=4 * M * C * w1.shape[0])
+                  flops=4 * M * block_c * w1.shape[0])  # (C padded as the tensor cores run it)
 
 
 def uses_fused_forward(C, grn, keep_hidden, dtype=torch.bfloat16):
@@ -219,10 +216,13 @@ def grad_shapes(fc1_w, fc2_w, gamma_grad, grn_weight=None, grn_bias=None):
 def grad_splits(shapes, M, H, C, dtype, device):
     """Each gradient's split count (a GradWorkspace's `splits`): the weight GEMMs' from their
     output tiles (matmul.splits_to_fill, the same for both, at most a reduction over M rows
-    takes), the rest reduction_splits(M)."""
+    takes; the fused backward's from its hidden chunks), the rest reduction_splits(M)."""
     rows = reduction_splits(M)
-    gemm = max(splits_to_fill(C, H, dtype, device, rows),
-               splits_to_fill(H, C, dtype, device, rows))
+    if mlp_fused_backward.takes(C, "grn_weight" in shapes, dtype):
+        gemm = mlp_fused_backward.weight_grad_splits(M, H, device)
+    else:
+        gemm = max(splits_to_fill(C, H, dtype, device, rows),
+                   splits_to_fill(H, C, dtype, device, rows))
     return {name: gemm if name in GEMM_GRADS else rows for name in shapes}
 
 
@@ -255,6 +255,15 @@ def mlp_backward_into(ws, grad_out, x, fc1_w, fc1_b, fc2_w, gamma, drop_scale, g
     M, C = x.shape
     H = fc1_w.shape[0]
     grn = grn_weight is not None
+    if mlp_fused_backward.takes(C, grn, x.dtype):
+        grad_hidden, grad_x = x.new_empty(M, H), torch.empty_like(x)
+        mlp_fused_backward.grad_hidden_launch(grad_out, x, fc1_w, fc1_b, fc2_w, hidden,
+                                              grad_hidden, grad_x, gamma, drop_scale,
+                                              rows_per_sample)()
+        mlp_fused_backward.weight_grad_launch(
+            grad_out, x, fc1_w, fc1_b, hidden, grad_hidden, y2, gamma, drop_scale,
+            {name: ws[name] for name in GEMM_GRADS if name in ws.shapes}, rows_per_sample)()
+        return grad_x
     if hidden.numel() == 0:
         hidden = x.new_empty(M, H)
         matmul_launch(x, fc1_w.t(), hidden, epilogue=Epilogue(PLAIN, bias=fc1_b))()

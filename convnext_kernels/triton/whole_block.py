@@ -9,23 +9,27 @@ Forward (V1: 2-3 launches; V2: 4):
                            GELU output before fc2, so fc1+GELU stores the per-sample sums of
                            squares (per row tile: matmul.py), one kernel makes GRN's statistics,
                            and fc2 applies GRN to its input tiles as it loads them
-Backward (V1: 7-8 launches; V2: 8, all parameter gradients as fp32 partials in one
-GradWorkspace, but the weight GEMMs' where they take one split: those are written in their
-dtype into the flat buffer):
-  MLP backward             [fc1 recomputed where the forward was fused], gH (V2: with GRN's
-                           per-sample sums per row tile, then one kernel that makes GRN's backward
-                           statistics, takes gH through GRN and GELU in place and writes GRN's
-                           parameter-gradient partials), fc2 and fc1 weight gradients (split-K
-                           partials + bias row sums; the fc2 one also layer scale's gradient, as
-                           row dots of its A with y2), grad_y
+Backward (V1: 5 launches at C <= 192, else 7; V2: 8; all parameter gradients as fp32 partials
+in one GradWorkspace, but the weight gradients where they take one split: those are written in
+their dtype into the flat buffer):
+  MLP backward             V1 at C <= 192 (mlp_fused_backward.py): a grad-hidden kernel (gH
+                           and grad_y, h recomputed on chip where the forward was fused) and a
+                           weight-gradient kernel (fc1 and fc2 weights, their biases and layer
+                           scale's gradient). Otherwise GEMMs: [fc1 recomputed where the forward
+                           was fused], gH (V2: with GRN's per-sample sums per row tile, then one
+                           kernel that makes GRN's backward statistics, takes gH through GRN and
+                           GELU in place and writes GRN's parameter-gradient partials), fc2 and
+                           fc1 weight gradients (split-K partials + bias row sums; the fc2 one
+                           also layer scale's gradient, as row dots of its A with y2), grad_y
   LayerNorm backward       grad_conv, ln weight/bias partials
   dwconv backward          one launch, two kinds of program: the weight gradient's partials in
                            the weight's [C, k*k] order and the bias's, and the input gradient
                            (grad_conv conv the weight read flipped, + grad_out: the residual)
   finalize                 every parameter gradient, summed in a fixed order, in its dtype
 Keep or recompute the hidden: the fused forward cannot keep it (it never exists), so the backward
-recomputes it (one GEMM); the two-GEMM forward keeps it (written once by fc1's epilogue, read
-twice), which saves that GEMM (benchmarks/ledger.py: 10 launches either way in V1).
+recomputes it on chip; the two-GEMM forward keeps the pre-activation (written once by fc1's
+epilogue, read by fc2 and by the backward). benchmarks/ledger.py, bf16: V1 7 launches at
+C <= 128, 8 at C <= 192, 10 above.
 
 Mixed precision: parameters and x may be fp32 under autocast; kernels read them in their dtype
 and convert in registers, so there is no cast launch. Activations are in `dtype`.
