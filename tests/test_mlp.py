@@ -138,7 +138,7 @@ def test_keep_hidden_and_both_triton_strategies(backend, device, variant, keep_h
     if backend == "triton":
         from convnext_kernels.triton import mlp as triton_mlp
         from convnext_kernels.triton import mlp_fused_backward
-        monkeypatch.setattr(triton_mlp, "FUSED_MAX_CHANNELS", 0 if keep_hidden else 128)
+        monkeypatch.setattr(triton_mlp, "FUSED_MAX_CHANNELS", 0 if keep_hidden else 192)
         monkeypatch.setattr(mlp_fused_backward, "MAX_CHANNELS", 192 if backward == "fused" else 0)
     gen, seed = fresh_generator()
     args = _inputs(gen, (2, 3, 5, 40, 4), variant, torch.float32, device)
@@ -158,7 +158,7 @@ def test_fused_backward_over_row_splits_and_hidden_tails(device, dtype, keep_hid
     (the reduction order is fixed)."""
     from convnext_kernels.triton import mlp_fused_backward
     shape = (3, 20, 35, 20, 5)
-    assert mlp_fused_backward.takes(20, False, dtype)
+    assert mlp_fused_backward.takes(20, False, dtype, dtype, hidden_kept=keep_hidden)
     assert mlp_fused_backward.weight_grad_splits(2100, 100, device) == 3
     gen, seed = fresh_generator()
     args = _inputs(gen, shape, "v1", dtype, device)
@@ -174,10 +174,15 @@ def test_fused_backward_over_row_splits_and_hidden_tails(device, dtype, keep_hid
 def test_triton_picks_the_fused_backward_for_v1_up_to_192_channels():
     pytest.importorskip("triton")
     from convnext_kernels.triton.mlp_fused_backward import takes
-    assert takes(96, grn=False, dtype=torch.bfloat16)
-    assert takes(192, grn=False, dtype=torch.float16)
-    assert not takes(384, grn=False, dtype=torch.bfloat16)
-    assert not takes(96, grn=True, dtype=torch.bfloat16)
+    bf16, fp32 = torch.bfloat16, torch.float32
+    assert takes(96, False, bf16, bf16, hidden_kept=False)
+    assert takes(192, False, torch.float16, torch.float16, hidden_kept=False)
+    assert not takes(384, False, bf16, bf16, hidden_kept=True)
+    assert not takes(96, True, bf16, bf16, hidden_kept=True)
+    # autocast (fp32 weights): recomputing h up to 128 channels, reading it up to 192
+    assert takes(128, False, bf16, fp32, hidden_kept=False)
+    assert not takes(192, False, bf16, fp32, hidden_kept=False)
+    assert takes(192, False, bf16, fp32, hidden_kept=True)
 
 
 @pytest.mark.parametrize("shape", [(2, 10, 10, 8, 4), (70, 1, 1, 8, 2)],
@@ -285,9 +290,11 @@ def test_triton_picks_the_fused_forward_for_small_c_only():
     pytest.importorskip("triton")
     from convnext_kernels.triton.mlp import uses_fused_forward
     assert uses_fused_forward(96, grn=False, keep_hidden=False)
-    assert not uses_fused_forward(192, grn=False, keep_hidden=False)
+    assert uses_fused_forward(192, grn=False, keep_hidden=False)
+    assert not uses_fused_forward(384, grn=False, keep_hidden=False)
     assert not uses_fused_forward(96, grn=True, keep_hidden=False)
     assert not uses_fused_forward(96, grn=False, keep_hidden=True)
+    assert not uses_fused_forward(192, grn=False, keep_hidden=False, weight_dtype=torch.float32)
 
 
 @pytest.mark.parametrize("backend,device", TARGETS)

@@ -59,7 +59,7 @@ def _forward_fake(x, dw_weight, dw_bias, ln_weight, ln_bias, fc1_w, fc1_b, fc2_w
         memory_format=torch.channels_last)
     stats = x.new_empty(N, H, W, dtype=torch.float32)
     grn = grn_weight is not None
-    kept = _triton_block.keeps_hidden(C, dtype, grn)
+    kept = _triton_block.keeps_hidden(C, dtype, grn, fc1_w.dtype)
     hidden = x.new_empty(M, hid, dtype=dtype) if kept else x.new_empty(0, dtype=dtype)
     y2 = x.new_empty(M, C, dtype=dtype) if save_y2 else x.new_empty(0, dtype=dtype)
     samples = N if M else 0
@@ -77,8 +77,9 @@ def _backward_fake(grad_out, x, dw_weight, ln_weight, fc1_w, fc1_b, fc2_w, gamma
 
 
 # The whole-block op where a backend has one; elsewhere the block composes the ops (modules.py).
-# On CUDA the Triton op is chosen by count, not yet by a timing: 10 launches per forward+backward
-# (V2: 12) against 30 or more (V2: 50) composing the ops (benchmarks/ledger.py).
+# On CUDA the Triton op is chosen by count, not yet by a timing: 7 to 10 launches per
+# forward+backward in bf16 (V2: 12) against 30 or more (V2: 50) composing the ops
+# (benchmarks/ledger.py).
 BLOCK = backends.Op("block", auto_order={"cuda": ("triton",)})
 
 if backends.triton_importable():

@@ -24,6 +24,23 @@ def cast_for_store(x, dtype: tl.constexpr, INTERPRETED: tl.constexpr):
         return x.to(dtype)
 
 
+@triton.jit
+def tile(ptr, rows, row_mask, cols, col_mask, row_stride):
+    """ptr[rows, cols] of a row-major matrix, 0 where masked."""
+    return tl.load(ptr + rows[:, None] * row_stride + cols[None, :],
+                   mask=row_mask[:, None] & col_mask[None, :], other=0.0)
+
+
+@triton.jit
+def mma(a, b, acc, DOT_FP32: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+    """acc + a @ b on tensor cores; DOT_FP32 (the interpreter, matmul.dot_in_fp32): on fp32
+    tiles."""
+    if DOT_FP32:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc)
+    else:
+        return tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+
+
 # The SMs of an H200 (and an H100 SXM): what launch heuristics assume where there is no GPU to
 # ask (dry runs on meta tensors, the interpreter), so that those runs make a Hopper's launches.
 HOPPER_SMS = 132

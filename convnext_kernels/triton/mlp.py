@@ -30,26 +30,25 @@ otherwise in matmul.py launches, with no elementwise pass over [M, H] without GR
 
 Keeping the hidden off memory in training (docs/PERFORMANCE.md has the ledger's model). At
 ConvNeXt-T's stages, batch 64, bf16 (M rows, C channels, H = 4C), every GEMM of the MLP is
-2·M·C·H = 14.8 GFLOP (0.019 ms at 790 TFLOP/s; a third more where C is padded to a power of two
-on chip: 96 -> 128, 192 -> 256) and a pass over the [M, H] hidden moves M·H·2 bytes:
+2·M·C·H = 14.8 GFLOP (0.019 ms at 790 TFLOP/s; the fused kernels run C in one or two
+power-of-two pieces, mlp_fused_backward.channel_pieces: 96 = 64 + 32, 192 = 128 + 64, no
+padding) and a pass over the [M, H] hidden moves M·H·2 bytes:
     stage   M       C    H     hidden   one pass at 4.3 TB/s
     T1      200704  96   384   154 MB   0.036 ms
     T2      50176   192  768    77 MB   0.018 ms
     T3      12544   384  1536   39 MB   0.009 ms
     T4      3136    768  3072   19 MB   0.004 ms
-The backward GEMMs above make 6 passes over the hidden at T1 (the fused forward keeps none; the
-backward writes the recomputed h, reads it twice, writes gH, reads it twice) and 7 at T2-T4
-(the forward writes h, fc2 reads it through GELU; the backward reads h twice, writes gH, reads it
-twice), in 5 launches (4 with h kept).
-  C <= mlp_fused_backward.MAX_CHANNELS (192: T1, T2), V1: the backward is two kernels
-    (mlp_fused_backward.py): gH written once and read once, x' and the weight gradients made
-    from tiles on chip, h recomputed from x where the forward was fused (T1: one GEMM more than
-    the GEMMs' backward, and two where each kernel recomputes it) and read where it was kept
-    (T2). Passes over the hidden: 2 at T1; 6 at T2 (the forward's write and read of h; in the
-    backward h read by each kernel, gH written and read); launches: 2 in place of 5 (4).
-    Raising FUSED_MAX_CHANNELS to 192 would make T2 recompute too: by the ledger's model the
-    block then takes 0.286 ms against 0.245 (the fused forward saves 8 µs, the two recomputing
-    GEMMs at C padded to 256 cost 49), so T2's forward keeps h.
+The backward GEMMs above make 6 passes over the hidden where the forward was fused (it keeps
+none; the backward writes the recomputed h, reads it twice, writes gH, reads it twice) and 7
+where it kept h (the forward writes h, fc2 reads it through GELU; the backward reads h twice,
+writes gH, reads it twice), in 5 launches (4 with h kept).
+  C <= 192 (T1, T2), V1: the forward fused (FUSED_MAX_CHANNELS) and the backward in two kernels
+    (mlp_fused_backward.py), both recomputing h from x on chip: gH written once and read once,
+    x' and the weight gradients made from tiles on chip. Passes over the hidden: 2; GEMMs: 8
+    against eager's 6 (h recomputed by each backward kernel); launches: 3 in place of 6. By the
+    ledger's model at T2 this beats the two-GEMM forward keeping h with the same two backward
+    kernels reading it (6 passes, 6 GEMMs): 0.236 ms against 0.244 a block; with C padded to
+    256 instead of split it lost, 0.286 against 0.245.
   C > 192 (T3, T4): grad_x's [64, C] fp32 accumulator no longer fits in registers (C = 384:
     128 a thread at 8 warps, with the tiles beside it), so the backward stays the GEMMs above,
     reading the kept h: tiling C in the grad-hidden kernel would re-read gH per C tile.
@@ -66,17 +65,19 @@ import triton
 import triton.language as tl
 
 from . import mlp_fused_backward
-from .common import INTERPRETED, Launch, cast_for_store
+from .common import INTERPRETED, Launch, cast_for_store, mma, tile
 from .grn import grn_backward_launch, grn_statistics
 from .grad_workspace import GradWorkspace, reduction_splits
+from .mlp_fused_backward import channel_pieces, padded_channels
 from .matmul import (GELU, GELU_GRAD, GRN_GRAD, PLAIN, Epilogue, Prologue, as_operand,
                      dot_in_fp32, gelu, input_precision, matmul_launch, output_epilogue,
                      per_sample_partials, splits_to_fill)
 
 # Widest C the fused forward takes: x, the fc2 accumulator and two weight chunks of
-# [64 rows, C] stay on chip (kernel report: no spills at 128). Not yet measured against the
-# two-GEMM path on a GPU.
-FUSED_MAX_CHANNELS = 128
+# [128 rows, C] stay on chip (kernel report: no spills at 192, C in pieces of 128 and 64). At
+# 192 (ConvNeXt-T stage 2) it and the backward recomputing h beat keeping h in the ledger's
+# model (module docstring). Not yet measured against the two-GEMM path on a GPU.
+FUSED_MAX_CHANNELS = 192
 _FUSED_BLOCK_H = 64
 
 
@@ -85,48 +86,59 @@ def _fused_mlp_kernel(x_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, out_ptr, y2_ptr, ga
                       drop_scale_ptr, residual_ptr, M, C, HID, rows_per_sample,
                       STORE_Y2: tl.constexpr, HAS_GAMMA: tl.constexpr,
                       HAS_DROP_SCALE: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
-                      BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr,
-                      DOT_FP32: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-                      INTERPRETED: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+                      BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_C2: tl.constexpr,
+                      BLOCK_H: tl.constexpr, DOT_FP32: tl.constexpr,
+                      INPUT_PRECISION: tl.constexpr, INTERPRETED: tl.constexpr):
+    # C in one or two pieces (mlp_fused_backward.channel_pieces): the second piece's tiles
+    # carry a "2".
+    dtype: tl.constexpr = x_ptr.dtype.element_ty
+    rows = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
     row_mask = rows < M
-    offs_c = tl.arange(0, BLOCK_C)
-    c_mask = offs_c < C
-    x = tl.load(x_ptr + rows.to(tl.int64)[:, None] * C + offs_c[None, :],
-                mask=row_mask[:, None] & c_mask[None, :], other=0.0)
-    if DOT_FP32:
-        x = x.to(tl.float32)
+    cols = tl.arange(0, BLOCK_C)
+    col_mask = cols < C
+    x = tile(x_ptr, rows, row_mask, cols, col_mask, C)
     acc = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
+    if BLOCK_C2:
+        cols2 = BLOCK_C + tl.arange(0, BLOCK_C2)
+        col_mask2 = cols2 < C
+        x2 = tile(x_ptr, rows, row_mask, cols2, col_mask2, C)
+        acc2 = tl.zeros([BLOCK_M, BLOCK_C2], dtype=tl.float32)
     for h0 in range(0, HID, BLOCK_H):
         offs_h = h0 + tl.arange(0, BLOCK_H)
         h_mask = offs_h < HID
-        w_mask = c_mask[:, None] & h_mask[None, :]
-        w1 = as_operand(tl.load(w1_ptr + offs_h[None, :] * C + offs_c[:, None], mask=w_mask,
-                                other=0.0), x_ptr.dtype.element_ty, INTERPRETED)
-        b1 = tl.load(b1_ptr + offs_h, mask=h_mask, other=0.0).to(tl.float32)
-        if DOT_FP32:
-            pre = tl.dot(x, w1.to(tl.float32)) + b1[None, :]
-        else:
-            pre = tl.dot(x, w1, input_precision=INPUT_PRECISION) + b1[None, :]
+        # [BLOCK_H, piece] tiles of fc1_w's chunk rows and of fc2_w's chunk columns transposed.
+        w1 = as_operand(tile(w1_ptr, offs_h, h_mask, cols, col_mask, C), dtype, INTERPRETED)
+        w2 = as_operand(tl.trans(tile(w2_ptr, cols, col_mask, offs_h, h_mask, HID)), dtype,
+                        INTERPRETED)
+        pre = mma(x, tl.trans(w1), tl.zeros([BLOCK_M, BLOCK_H], dtype=tl.float32), DOT_FP32,
+                   INPUT_PRECISION)
+        if BLOCK_C2:
+            w1_2 = as_operand(tile(w1_ptr, offs_h, h_mask, cols2, col_mask2, C), dtype,
+                              INTERPRETED)
+            w2_2 = as_operand(tl.trans(tile(w2_ptr, cols2, col_mask2, offs_h, h_mask, HID)),
+                              dtype, INTERPRETED)
+            pre = mma(x2, tl.trans(w1_2), pre, DOT_FP32, INPUT_PRECISION)
+        pre += tl.load(b1_ptr + offs_h, mask=h_mask, other=0.0).to(tl.float32)[None, :]
         # Rounded to the input dtype before fc2, as eager stores its hidden tensor.
-        act = cast_for_store(gelu(pre), x_ptr.dtype.element_ty, INTERPRETED)
-        w2 = as_operand(tl.load(w2_ptr + offs_c[None, :] * HID + offs_h[:, None],
-                                mask=h_mask[:, None] & c_mask[None, :], other=0.0),
-                        x_ptr.dtype.element_ty, INTERPRETED)
-        if DOT_FP32:
-            acc = tl.dot(act.to(tl.float32), w2.to(tl.float32), acc)
-        else:
-            acc = tl.dot(act, w2, acc, input_precision=INPUT_PRECISION)
-    acc += tl.load(b2_ptr + offs_c, mask=c_mask, other=0.0).to(tl.float32)[None, :]
-    output_epilogue(acc, rows, row_mask, offs_c, c_mask, C, out_ptr, y2_ptr, gamma_ptr,
+        act = cast_for_store(gelu(pre), dtype, INTERPRETED)
+        acc = mma(act, w2, acc, DOT_FP32, INPUT_PRECISION)
+        if BLOCK_C2:
+            acc2 = mma(act, w2_2, acc2, DOT_FP32, INPUT_PRECISION)
+    acc += tl.load(b2_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
+    output_epilogue(acc, rows, row_mask, cols, col_mask, C, out_ptr, y2_ptr, gamma_ptr,
                     drop_scale_ptr, residual_ptr, rows_per_sample, STORE_Y2, HAS_GAMMA,
                     HAS_DROP_SCALE, HAS_RESIDUAL, INTERPRETED)
+    if BLOCK_C2:
+        acc2 += tl.load(b2_ptr + cols2, mask=col_mask2, other=0.0).to(tl.float32)[None, :]
+        output_epilogue(acc2, rows, row_mask, cols2, col_mask2, C, out_ptr, y2_ptr, gamma_ptr,
+                        drop_scale_ptr, residual_ptr, rows_per_sample, STORE_Y2, HAS_GAMMA,
+                        HAS_DROP_SCALE, HAS_RESIDUAL, INTERPRETED)
 
 
 def fused_launch(x, w1, b1, w2, b2, out, y2, gamma, drop_scale, residual, rows_per_sample):
     M, C = x.shape
-    block_c = max(16, triton.next_power_of_2(C))
-    block_m = 64 if INTERPRETED or block_c <= 64 else 128
+    block_c, block_c2 = channel_pieces(C)
+    block_m = 64 if INTERPRETED or block_c + block_c2 <= 64 else 128
     return Launch(_fused_mlp_kernel, (triton.cdiv(M, block_m),),
                   (x, w1, b1, w2, b2, out, *(t if t is not None else out for t in
                                              (y2, gamma, drop_scale, residual)),
@@ -134,17 +146,21 @@ def fused_launch(x, w1, b1, w2, b2, out, y2, gamma, drop_scale, residual, rows_p
                   dict(STORE_Y2=y2 is not None, HAS_GAMMA=gamma is not None,
                        HAS_DROP_SCALE=drop_scale is not None,
                        HAS_RESIDUAL=residual is not None, BLOCK_M=block_m, BLOCK_C=block_c,
-                       BLOCK_H=_FUSED_BLOCK_H, DOT_FP32=dot_in_fp32(x.dtype),
+                       BLOCK_C2=block_c2, BLOCK_H=_FUSED_BLOCK_H, DOT_FP32=dot_in_fp32(x.dtype),
                        INPUT_PRECISION=input_precision(x.dtype), INTERPRETED=INTERPRETED),
-                  num_warps=8 if block_m * block_c >= 128 * 128 else 4,
-                  flops=4 * M * block_c * w1.shape[0])  # (C padded as the tensor cores run it)
+                  num_warps=8 if block_m == 128 else 4,
+                  flops=4 * M * padded_channels(C) * w1.shape[0])
 
 
-def uses_fused_forward(C, grn, keep_hidden, dtype=torch.bfloat16):
+def uses_fused_forward(C, grn, keep_hidden, dtype=torch.bfloat16, weight_dtype=None):
     """The fused forward serves fp16/bf16 (tensor cores). In IEEE fp32 the products run on FMA
-    units and its tiles spilled at every size tried (kernel report), so fp32 takes two GEMMs."""
+    units and its tiles spilled at every size tried (kernel report), so fp32 takes two GEMMs.
+    Its backward recomputes h, so it serves only where the fused backward does that
+    (mlp_fused_backward.takes: not above 128 channels with weights in another dtype)."""
+    weight_dtype = dtype if weight_dtype is None else weight_dtype
     return (C <= FUSED_MAX_CHANNELS and not grn and not keep_hidden
-            and (dtype != torch.float32 or INTERPRETED))
+            and (dtype != torch.float32 or INTERPRETED)
+            and mlp_fused_backward.takes(C, grn, dtype, weight_dtype, hidden_kept=False))
 
 
 def mlp_forward(x, fc1_w, fc1_b, fc2_w, fc2_b, gamma, residual, drop_scale, grn_weight,
@@ -164,7 +180,7 @@ def mlp_forward(x, fc1_w, fc1_b, fc2_w, fc2_b, gamma, residual, drop_scale, grn_
             G, nx = (torch.zeros(0, H, device=x.device, dtype=torch.float32) for _ in range(2))
         return out, hidden, y2, G, nx
     y2_arg = y2 if save_y2 else None
-    if uses_fused_forward(C, grn, keep_hidden, x.dtype):
+    if uses_fused_forward(C, grn, keep_hidden, x.dtype, fc1_w.dtype):
         fused_launch(x, fc1_w, fc1_b, fc2_w, fc2_b, out, y2_arg, gamma, drop_scale, residual,
                      rows_per_sample)()
         return out, hidden, y2, G, nx
@@ -213,12 +229,13 @@ def grad_shapes(fc1_w, fc2_w, gamma_grad, grn_weight=None, grn_bias=None):
     return shapes
 
 
-def grad_splits(shapes, M, H, C, dtype, device):
+def grad_splits(shapes, M, H, C, dtype, device, fused):
     """Each gradient's split count (a GradWorkspace's `splits`): the weight GEMMs' from their
     output tiles (matmul.splits_to_fill, the same for both, at most a reduction over M rows
-    takes; the fused backward's from its hidden chunks), the rest reduction_splits(M)."""
+    takes; where the backward is `fused`, mlp_fused_backward's from its hidden chunks), the rest
+    reduction_splits(M)."""
     rows = reduction_splits(M)
-    if mlp_fused_backward.takes(C, "grn_weight" in shapes, dtype):
+    if fused:
         gemm = mlp_fused_backward.weight_grad_splits(M, H, device)
     else:
         gemm = max(splits_to_fill(C, H, dtype, device, rows),
@@ -239,7 +256,9 @@ def mlp_backward(grad_out, x, fc1_w, fc1_b, fc2_w, gamma, drop_scale, grn_weight
             fc1_w, fc1_b, fc2_w, fc2_w[:, 0], gamma if gamma_grad else None, grn_weight,
             grn_bias)))
     shapes = grad_shapes(fc1_w, fc2_w, gamma_grad, grn_weight, grn_bias)
-    ws = GradWorkspace(shapes, grad_splits(shapes, M, *fc1_w.shape, x.dtype, x.device),
+    fused = mlp_fused_backward.takes(x.shape[1], grn_weight is not None, x.dtype, fc1_w.dtype,
+                                     hidden.numel() > 0)
+    ws = GradWorkspace(shapes, grad_splits(shapes, M, *fc1_w.shape, x.dtype, x.device, fused),
                        fc1_w.dtype, x.device)
     grad_x = mlp_backward_into(ws, grad_out, x, fc1_w, fc1_b, fc2_w, gamma, drop_scale,
                                grn_weight, grn_bias, hidden, y2, G, nx, rows_per_sample, eps)
@@ -255,7 +274,7 @@ def mlp_backward_into(ws, grad_out, x, fc1_w, fc1_b, fc2_w, gamma, drop_scale, g
     M, C = x.shape
     H = fc1_w.shape[0]
     grn = grn_weight is not None
-    if mlp_fused_backward.takes(C, grn, x.dtype):
+    if mlp_fused_backward.takes(C, grn, x.dtype, fc1_w.dtype, hidden.numel() > 0):
         grad_hidden, grad_x = x.new_empty(M, H), torch.empty_like(x)
         mlp_fused_backward.grad_hidden_launch(grad_out, x, fc1_w, fc1_b, fc2_w, hidden,
                                               grad_hidden, grad_x, gamma, drop_scale,

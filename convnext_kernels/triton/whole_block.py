@@ -9,9 +9,9 @@ Forward (V1: 2-3 launches; V2: 4):
                            GELU output before fc2, so fc1+GELU stores the per-sample sums of
                            squares (per row tile: matmul.py), one kernel makes GRN's statistics,
                            and fc2 applies GRN to its input tiles as it loads them
-Backward (V1: 5 launches at C <= 192, else 7; V2: 8; all parameter gradients as fp32 partials
-in one GradWorkspace, but the weight gradients where they take one split: those are written in
-their dtype into the flat buffer):
+Backward (V1: 5 launches at C <= 192 in fp16/bf16, else 7; V2: 8; all parameter gradients as
+fp32 partials in one GradWorkspace, but the weight gradients where they take one split: those
+are written in their dtype into the flat buffer):
   MLP backward             V1 at C <= 192 (mlp_fused_backward.py): a grad-hidden kernel (gH
                            and grad_y, h recomputed on chip where the forward was fused) and a
                            weight-gradient kernel (fc1 and fc2 weights, their biases and layer
@@ -29,14 +29,14 @@ their dtype into the flat buffer):
 Keep or recompute the hidden: the fused forward cannot keep it (it never exists), so the backward
 recomputes it on chip; the two-GEMM forward keeps the pre-activation (written once by fc1's
 epilogue, read by fc2 and by the backward). benchmarks/ledger.py, bf16: V1 7 launches at
-C <= 128, 8 at C <= 192, 10 above.
+C <= 192, 10 above.
 
 Mixed precision: parameters and x may be fp32 under autocast; kernels read them in their dtype
 and convert in registers, so there is no cast launch. Activations are in `dtype`.
 """
 import torch
 
-from . import dwconv, dwconv_layer_norm, layer_norm, mlp
+from . import dwconv, dwconv_layer_norm, layer_norm, mlp, mlp_fused_backward
 from .common import nhwc_buffer
 from .grad_workspace import GradWorkspace
 
@@ -60,8 +60,9 @@ def _gemm_tail(shapes):
     return names[first:]
 
 
-def keeps_hidden(C, dtype, grn):
-    return not mlp.uses_fused_forward(C, grn=grn, keep_hidden=False, dtype=dtype)
+def keeps_hidden(C, dtype, grn, weight_dtype):
+    return not mlp.uses_fused_forward(C, grn=grn, keep_hidden=False, dtype=dtype,
+                                      weight_dtype=weight_dtype)
 
 
 def block_forward(x, dw_weight, dw_bias, ln_weight, ln_bias, fc1_w, fc1_b, fc2_w, fc2_b, gamma,
@@ -76,7 +77,8 @@ def block_forward(x, dw_weight, dw_bias, ln_weight, ln_bias, fc1_w, fc1_b, fc2_w
     residual = x.permute(0, 2, 3, 1).reshape(-1, C)
     out_rows, hidden, y2, G, nx = mlp.mlp_forward(
         y_rows, fc1_w, fc1_b, fc2_w, fc2_b, gamma, residual, drop_scale, grn_weight, grn_bias,
-        max(1, H * W), grn_eps, keeps_hidden(C, dtype, grn_weight is not None), save_y2)
+        max(1, H * W), grn_eps, keeps_hidden(C, dtype, grn_weight is not None, fc1_w.dtype),
+        save_y2)
     out = out_rows.view(N, H, W, C).permute(0, 3, 1, 2)
     return out, y_rows, conv, mean, rstd, hidden, y2, G, nx
 
@@ -89,7 +91,10 @@ def block_backward(grad_out, x, dw_weight, ln_weight, fc1_w, fc1_b, fc2_w, gamma
     N, C, H, W = x.shape
     M = N * H * W
     grad_x = torch.empty_like(x)
-    ws = GradWorkspace(shapes, mlp.grad_splits(shapes, M, *fc1_w.shape, grad_out.dtype, x.device),
+    fused = mlp_fused_backward.takes(C, grn_weight is not None, y_rows.dtype, fc1_w.dtype,
+                                     hidden.numel() > 0)
+    ws = GradWorkspace(shapes,
+                       mlp.grad_splits(shapes, M, *fc1_w.shape, grad_out.dtype, x.device, fused),
                        fc1_w.dtype, x.device, direct=_gemm_tail(shapes))
     if M == 0:
         flat = torch.zeros(ws.columns, device=x.device, dtype=fc1_w.dtype)
