@@ -68,8 +68,8 @@ from . import mlp_fused_backward
 from .common import INTERPRETED, Launch, cast_for_store, mma, tile
 from .grn import grn_backward_launch, grn_statistics
 from .grad_workspace import GradWorkspace, reduction_splits
-from .mlp_fused_backward import channel_pieces, padded_channels
-from .matmul import (GELU, GELU_GRAD, GRN_GRAD, PLAIN, Epilogue, Prologue, as_operand,
+from .mlp_fused_backward import channel_pieces, padded_channels, weight_chunk
+from .matmul import (GELU, GELU_GRAD, GRN_GRAD, PLAIN, Epilogue, Prologue,
                      dot_in_fp32, gelu, input_precision, matmul_launch, output_epilogue,
                      per_sample_partials, splits_to_fill)
 
@@ -104,26 +104,20 @@ def _fused_mlp_kernel(x_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, out_ptr, y2_ptr, ga
         x2 = tile(x_ptr, rows, row_mask, cols2, col_mask2, C)
         acc2 = tl.zeros([BLOCK_M, BLOCK_C2], dtype=tl.float32)
     for h0 in range(0, HID, BLOCK_H):
-        offs_h = h0 + tl.arange(0, BLOCK_H)
-        h_mask = offs_h < HID
-        # [BLOCK_H, piece] tiles of fc1_w's chunk rows and of fc2_w's chunk columns transposed.
-        w1 = as_operand(tile(w1_ptr, offs_h, h_mask, cols, col_mask, C), dtype, INTERPRETED)
-        w2 = as_operand(tl.trans(tile(w2_ptr, cols, col_mask, offs_h, h_mask, HID)), dtype,
-                        INTERPRETED)
+        offs_h, h_mask, w1, w2 = weight_chunk(w1_ptr, w2_ptr, h0, BLOCK_H, HID, cols, col_mask,
+                                              C, dtype, INTERPRETED)
         pre = mma(x, tl.trans(w1), tl.zeros([BLOCK_M, BLOCK_H], dtype=tl.float32), DOT_FP32,
                    INPUT_PRECISION)
         if BLOCK_C2:
-            w1_2 = as_operand(tile(w1_ptr, offs_h, h_mask, cols2, col_mask2, C), dtype,
-                              INTERPRETED)
-            w2_2 = as_operand(tl.trans(tile(w2_ptr, cols2, col_mask2, offs_h, h_mask, HID)),
-                              dtype, INTERPRETED)
+            _, _, w1_2, w2_2 = weight_chunk(w1_ptr, w2_ptr, h0, BLOCK_H, HID, cols2, col_mask2,
+                                            C, dtype, INTERPRETED)
             pre = mma(x2, tl.trans(w1_2), pre, DOT_FP32, INPUT_PRECISION)
         pre += tl.load(b1_ptr + offs_h, mask=h_mask, other=0.0).to(tl.float32)[None, :]
         # Rounded to the input dtype before fc2, as eager stores its hidden tensor.
         act = cast_for_store(gelu(pre), dtype, INTERPRETED)
-        acc = mma(act, w2, acc, DOT_FP32, INPUT_PRECISION)
+        acc = mma(act, tl.trans(w2), acc, DOT_FP32, INPUT_PRECISION)
         if BLOCK_C2:
-            acc2 = mma(act, w2_2, acc2, DOT_FP32, INPUT_PRECISION)
+            acc2 = mma(act, tl.trans(w2_2), acc2, DOT_FP32, INPUT_PRECISION)
     acc += tl.load(b2_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
     output_epilogue(acc, rows, row_mask, cols, col_mask, C, out_ptr, y2_ptr, gamma_ptr,
                     drop_scale_ptr, residual_ptr, rows_per_sample, STORE_Y2, HAS_GAMMA,

@@ -63,6 +63,19 @@ def _output_grad(g_ptr, rows, row_mask, cols, col_mask, C, gamma_ptr, drop_scale
 
 
 @triton.jit
+def weight_chunk(w1_ptr, w2_ptr, h0, BLOCK_H: tl.constexpr, HID, cols, col_mask, C,
+                 dtype: tl.constexpr, INTERPRETED: tl.constexpr):
+    """The hidden chunk from h0: (its columns, their mask, fc1_w's rows [BLOCK_H, piece] and
+    fc2_w's columns [piece, BLOCK_H] in the dot's dtype), for the fused forward and the
+    grad-hidden kernel."""
+    offs_h = h0 + tl.arange(0, BLOCK_H)
+    h_mask = offs_h < HID
+    return (offs_h, h_mask,
+            as_operand(tile(w1_ptr, offs_h, h_mask, cols, col_mask, C), dtype, INTERPRETED),
+            as_operand(tile(w2_ptr, cols, col_mask, offs_h, h_mask, HID), dtype, INTERPRETED))
+
+
+@triton.jit
 def _store_sums(ptr, split, stride, cols, mask, values, INTERPRETED: tl.constexpr):
     tl.store(ptr + split * stride + cols,
              cast_for_store(values, ptr.dtype.element_ty, INTERPRETED), mask=mask)
@@ -82,8 +95,9 @@ def _grad_hidden_kernel(g_ptr, x_ptr, w1_ptr, b1_ptr, w2_ptr, hidden_ptr, grad_h
     row_mask = rows < M
     cols = tl.arange(0, BLOCK_C)
     col_mask = cols < C
-    g, _ = _output_grad(g_ptr, rows, row_mask, cols, col_mask, C, gamma_ptr, drop_scale_ptr,
-                        rows_per_sample, HAS_GAMMA, HAS_DROP_SCALE, dtype, INTERPRETED)
+    # (g_ds, the output gradient before gamma, is layer scale's: unused here)
+    g, g_ds = _output_grad(g_ptr, rows, row_mask, cols, col_mask, C, gamma_ptr, drop_scale_ptr,
+                           rows_per_sample, HAS_GAMMA, HAS_DROP_SCALE, dtype, INTERPRETED)
     x = g  # (unused where the hidden is read)
     if not HIDDEN_KEPT:
         x = tile(x_ptr, rows, row_mask, cols, col_mask, C)
@@ -91,29 +105,24 @@ def _grad_hidden_kernel(g_ptr, x_ptr, w1_ptr, b1_ptr, w2_ptr, hidden_ptr, grad_h
     if BLOCK_C2:
         cols2 = BLOCK_C + tl.arange(0, BLOCK_C2)
         col_mask2 = cols2 < C
-        g2, _ = _output_grad(g_ptr, rows, row_mask, cols2, col_mask2, C, gamma_ptr,
-                             drop_scale_ptr, rows_per_sample, HAS_GAMMA, HAS_DROP_SCALE, dtype,
-                             INTERPRETED)
+        g2, g_ds2 = _output_grad(g_ptr, rows, row_mask, cols2, col_mask2, C, gamma_ptr,
+                                 drop_scale_ptr, rows_per_sample, HAS_GAMMA, HAS_DROP_SCALE,
+                                 dtype, INTERPRETED)
         x2 = g2
         if not HIDDEN_KEPT:
             x2 = tile(x_ptr, rows, row_mask, cols2, col_mask2, C)
         acc2 = tl.zeros([BLOCK_M, BLOCK_C2], dtype=tl.float32)
     for h0 in range(0, HID, BLOCK_H):
-        offs_h = h0 + tl.arange(0, BLOCK_H)
-        h_mask = offs_h < HID
-        # Tiles of fc1_w's chunk rows [BLOCK_H, piece] and fc2_w's chunk columns [piece, BLOCK_H].
-        w1 = as_operand(tile(w1_ptr, offs_h, h_mask, cols, col_mask, C), dtype, INTERPRETED)
-        w2 = as_operand(tile(w2_ptr, cols, col_mask, offs_h, h_mask, HID), dtype, INTERPRETED)
+        offs_h, h_mask, w1, w2 = weight_chunk(w1_ptr, w2_ptr, h0, BLOCK_H, HID, cols, col_mask,
+                                              C, dtype, INTERPRETED)
         pre = tl.zeros([BLOCK_M, BLOCK_H], dtype=tl.float32)
         if not HIDDEN_KEPT:
             pre = mma(x, tl.trans(w1), pre, DOT_FP32, INPUT_PRECISION)
         grad_act = mma(g, w2, tl.zeros([BLOCK_M, BLOCK_H], dtype=tl.float32), DOT_FP32,
                        INPUT_PRECISION)
         if BLOCK_C2:
-            w1_2 = as_operand(tile(w1_ptr, offs_h, h_mask, cols2, col_mask2, C), dtype,
-                              INTERPRETED)
-            w2_2 = as_operand(tile(w2_ptr, cols2, col_mask2, offs_h, h_mask, HID), dtype,
-                              INTERPRETED)
+            _, _, w1_2, w2_2 = weight_chunk(w1_ptr, w2_ptr, h0, BLOCK_H, HID, cols2, col_mask2,
+                                            C, dtype, INTERPRETED)
             if not HIDDEN_KEPT:
                 pre = mma(x2, tl.trans(w1_2), pre, DOT_FP32, INPUT_PRECISION)
             grad_act = mma(g2, w2_2, grad_act, DOT_FP32, INPUT_PRECISION)
