@@ -47,8 +47,7 @@ writes gH, reads it twice), in 5 launches (4 with h kept).
     x' and the weight gradients made from tiles on chip. Passes over the hidden: 2; GEMMs: 8
     against eager's 6 (h recomputed by each backward kernel); launches: 3 in place of 6. By the
     ledger's model at T2 this beats the two-GEMM forward keeping h with the same two backward
-    kernels reading it (6 passes, 6 GEMMs): 0.236 ms against 0.244 a block; with C padded to
-    256 instead of split it lost, 0.286 against 0.245.
+    kernels reading it (6 passes, 6 GEMMs): 0.236 ms against 0.244 a block.
   C > 192 (T3, T4): grad_x's [64, C] fp32 accumulator no longer fits in registers (C = 384:
     128 a thread at 8 warps, with the tiles beside it), so the backward stays the GEMMs above,
     reading the kept h: tiling C in the grad-hidden kernel would re-read gH per C tile.
@@ -147,13 +146,12 @@ def fused_launch(x, w1, b1, w2, b2, out, y2, gamma, drop_scale, residual, rows_p
 
 
 def uses_fused_forward(C, grn, keep_hidden, dtype=torch.bfloat16, weight_dtype=None):
-    """The fused forward serves fp16/bf16 (tensor cores). In IEEE fp32 the products run on FMA
-    units and its tiles spilled at every size tried (kernel report), so fp32 takes two GEMMs.
-    Its backward recomputes h, so it serves only where the fused backward does that
-    (mlp_fused_backward.takes: not above 128 channels with weights in another dtype)."""
+    """The fused forward keeps no hidden, so its backward recomputes h: it serves where the fused
+    backward does that (mlp_fused_backward.takes: V1 in fp16/bf16, as in IEEE fp32 the products
+    run on FMA units and its tiles spilled at every size tried; not above 128 channels with
+    weights in another dtype)."""
     weight_dtype = dtype if weight_dtype is None else weight_dtype
-    return (C <= FUSED_MAX_CHANNELS and not grn and not keep_hidden
-            and (dtype != torch.float32 or INTERPRETED)
+    return (C <= FUSED_MAX_CHANNELS and not keep_hidden
             and mlp_fused_backward.takes(C, grn, dtype, weight_dtype, hidden_kept=False))
 
 
@@ -255,20 +253,22 @@ def mlp_backward(grad_out, x, fc1_w, fc1_b, fc2_w, gamma, drop_scale, grn_weight
     ws = GradWorkspace(shapes, grad_splits(shapes, M, *fc1_w.shape, x.dtype, x.device, fused),
                        fc1_w.dtype, x.device)
     grad_x = mlp_backward_into(ws, grad_out, x, fc1_w, fc1_b, fc2_w, gamma, drop_scale,
-                               grn_weight, grn_bias, hidden, y2, G, nx, rows_per_sample, eps)
+                               grn_weight, grn_bias, hidden, y2, G, nx, rows_per_sample, eps,
+                               fused)
     grads = ws.finalize_each()
     return (grad_x, *(grads.get(name, x.new_empty(0)) for name in (
         "fc1_w", "fc1_b", "fc2_w", "fc2_b", "gamma", "grn_weight", "grn_bias")))
 
 
 def mlp_backward_into(ws, grad_out, x, fc1_w, fc1_b, fc2_w, gamma, drop_scale, grn_weight,
-                      grn_bias, hidden, y2, G, nx, rows_per_sample, eps):
+                      grn_bias, hidden, y2, G, nx, rows_per_sample, eps, fused):
     """The MLP backward with its parameter gradients left as partials in `ws` (names of
-    grad_shapes); returns grad_x. M > 0."""
+    grad_shapes, split as grad_splits with the same `fused`: mlp_fused_backward.takes); returns
+    grad_x. M > 0."""
     M, C = x.shape
     H = fc1_w.shape[0]
     grn = grn_weight is not None
-    if mlp_fused_backward.takes(C, grn, x.dtype, fc1_w.dtype, hidden.numel() > 0):
+    if fused:
         grad_hidden, grad_x = x.new_empty(M, H), torch.empty_like(x)
         mlp_fused_backward.grad_hidden_launch(grad_out, x, fc1_w, fc1_b, fc2_w, hidden,
                                               grad_hidden, grad_x, gamma, drop_scale,

@@ -37,10 +37,10 @@ MAX_CHANNELS = 192
 # Tiles (rows, hidden chunk). The grad-hidden kernel's [64, C] tiles of g', x and grad_x stay
 # for its whole loop, so its hidden chunk is narrow; the weight-gradient kernel's accumulators
 # are [64, C], so its row steps are. Kernel report (sm_90, triton 3.8), C = 96 / 192, bf16:
-# grad-hidden 137 / 213 registers, weight-gradient 227-248 / 234-255, no spills; with (64, 64)
-# tiles and C padded to a power of two the grad-hidden kernel spilled under autocast, and a
-# weight-gradient program holding both weights' accumulators spilled 27-100 stores. Not yet
-# tuned on a GPU.
+# grad-hidden 137 / 213 registers, weight-gradient 227-248 / 234-255, no spills; a 64-wide
+# hidden chunk made the grad-hidden kernel spill under autocast, and one weight-gradient program
+# holding both weights' accumulators spilled (hence two programs per chunk). Not yet tuned on a
+# GPU.
 _GRAD_HIDDEN_TILE = (64, 32)
 _WEIGHT_GRAD_TILE = (32, 64)
 _NUM_WARPS = 8

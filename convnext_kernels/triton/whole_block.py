@@ -103,7 +103,7 @@ def block_backward(grad_out, x, dw_weight, ln_weight, fc1_w, fc1_b, fc2_w, gamma
     g_rows = g.permute(0, 2, 3, 1).reshape(-1, C)
     grad_y = mlp.mlp_backward_into(ws, g_rows, y_rows, fc1_w, fc1_b, fc2_w, gamma, drop_scale,
                                    grn_weight, grn_bias, hidden, y2, G, nx, max(1, H * W),
-                                   grn_eps)
+                                   grn_eps, fused)
     grad_y_nhwc = grad_y.view(N, H, W, C).permute(0, 3, 1, 2)
     grad_conv = torch.empty_like(conv)
     layer_norm.backward_launch(grad_y_nhwc, conv, ln_weight, mean, rstd, grad_conv,
