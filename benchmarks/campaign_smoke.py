@@ -1,6 +1,7 @@
 """The campaign's smoke step: every op and the block on each GPU backend against float64, one
 timing each; and the inputs it builds, which the sanitizer's workload reuses."""
 import time
+import zlib
 
 from benchmarks.campaign_steps import gpu_or_rehearsal
 
@@ -100,7 +101,8 @@ def warm(dtype_name, stage, op, rehearse):
 def smoke(campaign):
     """Every op and the block on each GPU backend at the T stage shapes (batch 64), bf16 and
     fp32, forward and every gradient against float64: error within the tests' rule (fp32: 1e-5,
-    or 2× eager's error where cuDNN's own fp32 sums at these sizes err more), synchronised
+    or 2× eager's error where cuDNN's own fp32 sums at these sizes err more; the block's output
+    and parameter gradients against their sums' magnitudes, as in its tests), synchronised
     after each op so that a fault names its op; fwd+bwd timed once against eager. TF32 is off
     and cuDNN's autotuner too, for this step only (harness.case_settings). Each case (op, dtype,
     stage, both backends) is a unit of the budget."""
@@ -120,11 +122,12 @@ def smoke(campaign):
             continue
         start = time.monotonic()
         with harness.case_settings(tf32=False, cudnn_benchmark=False):
-            gen = torch.Generator().manual_seed(hash((op, C, str(dtype))) % 2**31)
+            gen = torch.Generator().manual_seed(zlib.crc32(f"{op} {C} {dtype}".encode()))
             inputs, eager, ours = smoke_inputs(op, N, C, HW, dtype, device, gen)
             grad_gen = torch.Generator().manual_seed(1)
             ref = fwd_bwd(eager, [t.double() for t in inputs], grad_gen.manual_seed(1))
             base = fwd_bwd(eager, inputs, grad_gen.manual_seed(1))
+            scales = _error_scales(op, inputs, grad_gen.manual_seed(1))
             for backend in backends:
                 row = [op, backend, str(dtype)[6:], f"{name} {N}x{C}x{HW}x{HW}"]
                 try:
@@ -141,11 +144,11 @@ def smoke(campaign):
                     campaign.record("smoke", rows=rows)
                     continue
                 worst = 0.0
-                for g, b, f in zip(got, base, ref):
-                    eager_error = rel_error(b, f)
+                for g, b, f, scale in zip(got, base, ref, scales):
+                    eager_error = rel_error(b, f, scale)
                     tol = tolerance(dtype, eager_error) if dtype != torch.float32 else \
                         max(FP32_TOLERANCE, 2 * eager_error)
-                    worst = max(worst, rel_error(g, f) / tol)
+                    worst = max(worst, rel_error(g, f, scale) / tol)
                 sets = [inputs + (torch.randn_like(got[0]),)]
                 reps = 1 if campaign.rehearse else 5
                 ms = _fwd_bwd_ms(lambda *a: ours(backend, *a), sets, device, reps)
@@ -162,6 +165,27 @@ def smoke(campaign):
         return "failed", "; ".join(failed), rows
     return ("partial", f"{len(not_started)} cases not started (budget)", rows) if not_started \
         else ("ok", "", rows)
+
+
+def _error_scales(op, inputs, grad_seed):
+    """The scale of each of fwd_bwd's results (rel_error's; None: max |ref|): the block's output
+    and parameter gradients are judged against their sums' magnitudes, as in its tests
+    (testing.block_sum_scales); `grad_seed` draws the output gradient fwd_bwd drew."""
+    import torch
+
+    from convnext_kernels.models import ConvNeXtBlock
+    from convnext_kernels.testing import block_sum_scales
+    if op != "block":
+        return [None] * (len(inputs) + 1)
+    x, params = inputs[0].detach().double(), inputs[1:]
+    plain = ConvNeXtBlock(x.shape[1], layer_scale_init_value=0.5).to(x.device, x.dtype)
+    names = [n for n, _ in plain.named_parameters()]
+    with torch.no_grad():
+        for (_, p), value in zip(plain.named_parameters(), params):
+            p.copy_(value.detach())
+    grad = torch.randn(x.shape, generator=grad_seed, dtype=torch.float64).to(x.device)
+    scales = block_sum_scales(plain, x, grad)
+    return [scales["out"], None] + [scales.get(n) for n in names]
 
 
 def _fwd_bwd_ms(fn, sets, device, reps):

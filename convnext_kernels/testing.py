@@ -3,6 +3,8 @@ fp32 (and float64) relative error ≤ 1e-5 against a float64 reference; fp16/bf1
 eager PyTorch's error in the same dtype, and finite."""
 import torch
 
+from convnext_kernels.reference import grn_response
+
 FP32_TOLERANCE = 1e-5
 
 
@@ -26,3 +28,57 @@ def tolerance(dtype, eager_error, roundings=0.5):
     if dtype in (torch.float32, torch.float64):
         return FP32_TOLERANCE
     return 2 * max(eager_error, torch.finfo(dtype).eps * roundings)
+
+
+def block_sum_scales(plain, x, grad):
+    """{name: scale} of a ConvNeXt block's output ("out") and parameter gradients, against which
+    each half-precision error is judged (rel_error's scale): every parameter gradient is a sum
+    over pixels, the output a sum over the hidden channels (x + γ·(b₂ + Σ W₂·act)), and a sum's
+    scale is the sum of its terms' magnitudes, the largest over its elements. `plain` is the
+    float64 plain block (models.ConvNeXtBlock, no drop path), `x` its input, `grad` the output's
+    gradient. Against the sum itself, cancellation makes the error of anyone's bf16 sum a random
+    multiple of it: judged that way, ours was > 2x eager's on 7 of 150 seeds of the autocast
+    test (dwconv.bias, ratios to 4.9), while its median error was below eager's; the output's
+    error, against max |out|, was 2.26x eager's on one CI run (cpp bf16 V1, seed 982481409: ours
+    1.8 units in the last place at the largest output, eager 0.8) and up to 2.2x on 12000 seeds,
+    with ours' median below eager's."""
+    x = x.detach()
+    conv = plain.dwconv(x).permute(0, 2, 3, 1)
+    y = plain.norm(conv)
+    h = plain.pwconv1(y)
+    act = plain.act(h)
+    grn_in, z_in = act, plain.grn(act) if hasattr(plain, "grn") else act
+    z = plain.pwconv2(z_in)
+    out = x + (z * plain.gamma if plain.gamma is not None else z).permute(0, 3, 1, 2)
+    g_conv, g_y, g_h, g_z_in, g_z = (
+        g.abs() for g in torch.autograd.grad(out, (conv, y, h, z_in, z), grad))
+
+    def rows(t):
+        return t.detach().abs().reshape(-1, t.shape[-1])
+
+    def column_sums(*factors):
+        return torch.stack([rows(f) for f in factors]).prod(0).sum(0).max()
+
+    layer_scale = 1.0 if plain.gamma is None else plain.gamma.detach().abs()
+    xhat = torch.nn.functional.layer_norm(conv, conv.shape[-1:], eps=plain.norm.eps)
+    k = plain.dwconv.kernel_size[0]
+    scales = {
+        "dwconv.weight": torch.nn.grad.conv2d_weight(
+            x.abs(), plain.dwconv.weight.shape, g_conv.permute(0, 3, 1, 2), padding=k // 2,
+            groups=x.shape[1]).max(),
+        "dwconv.bias": column_sums(g_conv),
+        "norm.weight": column_sums(g_y, xhat),
+        "norm.bias": column_sums(g_y),
+        "pwconv1.weight": (rows(g_h).T @ rows(y)).max(),
+        "pwconv1.bias": column_sums(g_h),
+        "pwconv2.weight": (rows(g_z).T @ rows(z_in)).max(),
+        "pwconv2.bias": column_sums(g_z),
+        "gamma": column_sums(grad.permute(0, 2, 3, 1), z),
+        "out": (x.abs().permute(0, 2, 3, 1) + layer_scale * (
+            rows(z_in) @ plain.pwconv2.weight.abs().T + plain.pwconv2.bias.abs()).reshape(
+                z.shape)).max(),
+    }
+    if hasattr(plain, "grn"):
+        scales["grn.gamma"] = column_sums(g_z_in, grn_in * grn_response(grn_in))
+        scales["grn.beta"] = column_sums(g_z_in)
+    return scales

@@ -8,6 +8,7 @@ from torch import nn
 import convnext_kernels as ck
 from convnext_kernels import reference
 from convnext_kernels.models import ConvNeXtBlock
+from convnext_kernels.testing import block_sum_scales
 from numerics import assert_accurate, fresh_generator, kernel_targets
 
 TARGETS = kernel_targets()
@@ -42,58 +43,6 @@ def _grads(block, x, grad):
     return out, {"x": x.grad, **{n: p.grad for n, p in block.named_parameters()}}
 
 
-def _sum_scales(plain, x, grad):
-    """The scale each half-precision error is judged against: every parameter gradient is a sum
-    over pixels, the output a sum over the hidden channels (x + γ·(b₂ + Σ W₂·act)), and a sum's
-    scale is the sum of its terms' magnitudes (rel_error), the largest over its elements, from
-    the float64 plain block (no drop path). Against the sum itself, cancellation makes the error
-    of anyone's bf16 sum a random multiple of it: judged that way, ours was > 2x eager's on 7 of
-    150 seeds of the autocast test (dwconv.bias, ratios to 4.9), while its median error was
-    below eager's; the output's error, against max |out|, was 2.26x eager's on one CI run
-    (cpp bf16 V1, seed 982481409: ours 1.8 units in the last place at the largest output, eager
-    0.8) and up to 2.2x on 12000 seeds, with ours' median below eager's."""
-    x = x.detach()
-    conv = plain.dwconv(x).permute(0, 2, 3, 1)
-    y = plain.norm(conv)
-    h = plain.pwconv1(y)
-    act = plain.act(h)
-    grn_in, z_in = act, plain.grn(act) if hasattr(plain, "grn") else act
-    z = plain.pwconv2(z_in)
-    out = x + (z * plain.gamma if plain.gamma is not None else z).permute(0, 3, 1, 2)
-    g_conv, g_y, g_h, g_z_in, g_z = (
-        g.abs() for g in torch.autograd.grad(out, (conv, y, h, z_in, z), grad))
-
-    def rows(t):
-        return t.detach().abs().reshape(-1, t.shape[-1])
-
-    def column_sums(*factors):
-        return torch.stack([rows(f) for f in factors]).prod(0).sum(0).max()
-
-    layer_scale = 1.0 if plain.gamma is None else plain.gamma.detach().abs()
-    xhat = torch.nn.functional.layer_norm(conv, conv.shape[-1:], eps=plain.norm.eps)
-    k = plain.dwconv.kernel_size[0]
-    scales = {
-        "dwconv.weight": torch.nn.grad.conv2d_weight(
-            x.abs(), plain.dwconv.weight.shape, g_conv.permute(0, 3, 1, 2), padding=k // 2,
-            groups=x.shape[1]).max(),
-        "dwconv.bias": column_sums(g_conv),
-        "norm.weight": column_sums(g_y, xhat),
-        "norm.bias": column_sums(g_y),
-        "pwconv1.weight": (rows(g_h).T @ rows(y)).max(),
-        "pwconv1.bias": column_sums(g_h),
-        "pwconv2.weight": (rows(g_z).T @ rows(z_in)).max(),
-        "pwconv2.bias": column_sums(g_z),
-        "gamma": column_sums(grad.permute(0, 2, 3, 1), z),
-        "out": (x.abs().permute(0, 2, 3, 1) + layer_scale * (
-            rows(z_in) @ plain.pwconv2.weight.abs().T + plain.pwconv2.bias.abs()).reshape(
-                z.shape)).max(),
-    }
-    if hasattr(plain, "grn"):
-        scales["grn.gamma"] = column_sums(g_z_in, grn_in * reference.grn_response(grn_in))
-        scales["grn.beta"] = column_sums(g_z_in)
-    return scales
-
-
 @pytest.mark.parametrize("channels_last", [True, False], ids=["nhwc", "nchw"])
 @pytest.mark.parametrize("version", ["v1", "v2"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -107,7 +56,7 @@ def test_block_matches_float64_reference(backend, device, dtype, version, channe
         memory_format=fmt)
     grad = torch.randn(x.shape, generator=gen, dtype=torch.float64)
     ref_out, ref = _grads(plain, x, grad)
-    scales = _sum_scales(plain, x, grad)
+    scales = block_sum_scales(plain, x, grad)
     eager_block = plain.to(device=device, dtype=dtype)
     eager_out, eager = _grads(eager_block, x.to(device, dtype), grad.to(device, dtype))
     fused.backend = backend
@@ -311,7 +260,7 @@ def test_weight_gemms_with_fewer_splits(device, use_grn, monkeypatch, poisoned):
     x = torch.randn(2, 16, 24, 24, generator=gen, dtype=torch.float64)
     grad = torch.randn(x.shape, generator=gen, dtype=torch.float64)
     ref_out, ref = _grads(plain, x, grad)
-    scales = _sum_scales(plain, x, grad)
+    scales = block_sum_scales(plain, x, grad)
     out, ours = _grads(fused, x.to(device, torch.float32), grad.to(device, torch.float32))
     ((partial_splits, direct),) = seen
     assert partial_splits == [2]  # the rows' gradients: one block of two splits
@@ -368,7 +317,7 @@ def test_whole_block_under_autocast(device, dim, use_grn, poisoned):
     x = torch.randn(2, dim, 5, 6, generator=gen, dtype=torch.float64)
     grad = torch.randn(x.shape, generator=gen, dtype=torch.float64)
     ref_out, ref = _grads(plain, x, grad)
-    scales = _sum_scales(plain, x, grad)
+    scales = block_sum_scales(plain, x, grad)
     eager_block = plain.to(device=device, dtype=torch.float32)
     with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
         eager_out, eager = _grads(eager_block, x.to(device, torch.float32),
