@@ -1,7 +1,8 @@
 """FusedConvNeXtBlock: the ConvNeXt V1/V2 block.
 
 Where its backend resolves to triton: one op with one autograd, the whole block forward and
-backward in 7 to 10 launches (V2, with GRN: 12; ops/whole_block.py, triton/whole_block.py).
+backward in 7 to 10 launches (V2, with GRN: 11 to 12; ops/whole_block.py,
+triton/whole_block.py).
 Otherwise two fused ops,
 
     y   = dwconv_layer_norm(x)                          (one kernel on GPU)

@@ -182,7 +182,7 @@ def test_triton_backward_with_more_splits_than_sample_chunks():
     grad_x = torch.full_like(x3, float("nan"))
     launch = tgrn.grn_backward_launch(g3, x3, G, nx, w, grad_dot, grad_sum, grad_x,
                                       ws["weight"], ws["bias"], eps)
-    assert launch.grid[0] == 7 and launch.args[17:19] == (2, 265), launch.args[17:20]
+    assert launch.grid[0] == 7 and launch.args[18:20] == (2, 265), launch.args[17:21]
     launch()
     grads = ws.finalize_each()
     leaves = [t.detach().double().cpu().requires_grad_() for t in (x, w, b)]

@@ -147,21 +147,24 @@ def test_keep_hidden_and_both_triton_strategies(backend, device, variant, keep_h
     _check(ours, ref, ref, torch.float32, seed, _magnitude_scales(*args[:3], *args[4:]))
 
 
-@pytest.mark.parametrize("keep_hidden", [False, True], ids=["recompute", "keep"])
+@pytest.mark.parametrize("variant,keep_hidden", [("v1", False), ("v1", True), ("v2", True)],
+                         ids=["v1-recompute", "v1-keep", "v2-keep"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("device", [d for b, d in TARGETS if b == "triton"])
-def test_fused_backward_over_row_splits_and_hidden_tails(device, dtype, keep_hidden, poisoned):
+def test_fused_backward_over_row_splits_and_hidden_tails(device, dtype, variant, keep_hidden,
+                                                         poisoned):
     """The fused backward (grad-hidden and weight-gradient kernels) where its weight gradients
     take three row splits, the last one short (2100 rows: 704, 704, 692), and its hidden chunks
     end in a tail (H = 100: 64 + 36 in the weight-gradient kernel, 4 x 32 with 28 masked in the
-    grad-hidden one), C = 20 padded to 32: against float64, and a second run equal bit for bit
-    (the reduction order is fixed)."""
+    grad-hidden one), C = 20 padded to 32, with GRN samples of 700 rows that end inside row
+    tiles: against float64, and a second run equal bit for bit (the reduction order is
+    fixed)."""
     from convnext_kernels.triton import mlp_fused_backward
     shape = (3, 20, 35, 20, 5)
-    assert mlp_fused_backward.takes(20, False, dtype, dtype, hidden_kept=keep_hidden)
+    assert mlp_fused_backward.takes(20, variant == "v2", dtype, dtype, hidden_kept=keep_hidden)
     assert mlp_fused_backward.weight_grad_splits(2100, 100, device) == 3
     gen, seed = fresh_generator()
-    args = _inputs(gen, shape, "v1", dtype, device)
+    args = _inputs(gen, shape, variant, dtype, device)
     ours = _run(ck.mlp, *args, backend="triton", keep_hidden=keep_hidden)
     again = _run(ck.mlp, *args, backend="triton", keep_hidden=keep_hidden)
     ref = _run(reference.mlp, *[_to64(a) for a in args])
@@ -171,30 +174,35 @@ def test_fused_backward_over_row_splits_and_hidden_tails(device, dtype, keep_hid
         assert torch.equal(ours[name], again[name]), (name, seed)
 
 
-def test_triton_picks_the_fused_backward_for_v1_up_to_192_channels():
+def test_triton_picks_the_fused_backward_up_to_192_channels():
     pytest.importorskip("triton")
     from convnext_kernels.triton.mlp_fused_backward import takes
     bf16, fp32 = torch.bfloat16, torch.float32
     assert takes(96, False, bf16, bf16, hidden_kept=False)
     assert takes(192, False, torch.float16, torch.float16, hidden_kept=False)
     assert not takes(384, False, bf16, bf16, hidden_kept=True)
-    assert not takes(96, True, bf16, bf16, hidden_kept=True)
+    # GRN: only where the forward kept h (its statistics need the whole sample first)
+    assert takes(192, True, bf16, bf16, hidden_kept=True)
+    assert not takes(96, True, bf16, bf16, hidden_kept=False)
+    assert not takes(384, True, bf16, bf16, hidden_kept=True)
     # autocast (fp32 weights): recomputing h up to 128 channels, reading it up to 192
     assert takes(128, False, bf16, fp32, hidden_kept=False)
     assert not takes(192, False, bf16, fp32, hidden_kept=False)
     assert takes(192, False, bf16, fp32, hidden_kept=True)
 
 
+@pytest.mark.parametrize("keep_hidden", [None, True], ids=["default", "keep"])
 @pytest.mark.parametrize("shape", [(2, 10, 10, 8, 4), (70, 1, 1, 8, 2)],
                          ids=["sample-over-3-tiles", "64-samples-per-tile"])
 @pytest.mark.parametrize("backend,device", TARGETS)
-def test_grn_sums_across_row_tiles(backend, device, shape, poisoned):
+def test_grn_sums_across_row_tiles(backend, device, shape, keep_hidden, poisoned):
     """GRN's per-sample sums from GEMM row tiles (triton: 64 rows a tile under the
     interpreter, 128 on a GPU): a sample over three tiles (100 rows per sample), and one row
-    per sample, so that a tile holds 64 samples."""
+    per sample, so that a tile holds 64 samples; keeping h (triton: the fused backward, whose
+    tiles read the per-sample statistics row by row)."""
     gen, seed = fresh_generator()
     args = _inputs(gen, shape, "v2", torch.float32, device)
-    ours = _run(ck.mlp, *args, backend=backend)
+    ours = _run(ck.mlp, *args, backend=backend, keep_hidden=keep_hidden)
     ref = _run(reference.mlp, *[_to64(a) for a in args])
     _check(ours, ref, ref, torch.float32, seed, _magnitude_scales(*args[:3], *args[4:]))
 

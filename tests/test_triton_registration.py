@@ -98,10 +98,11 @@ def test_torch_compile_sees_every_kernel_of_the_block_and_of_an_op():
         "_dwconv_layer_norm_kernel", "_fused_mlp_kernel", "_grad_hidden_kernel",
         "_weight_grad_kernel",
         "_layer_norm_backward_kernel", "_dwconv_backward_kernel", "_finalize_kernel"}
-    # V2: GRN's statistics between the two-GEMM forward's GEMMs, and its backward kernel.
+    # V2: GRN's statistics between the two-GEMM forward's GEMMs; in the backward a GEMM of
+    # GRN's sums, its backward kernel (the coefficients alone) and the fused MLP backward's.
     assert set(block_v2["kernels"]) == {
         "_dwconv_layer_norm_kernel", "_matmul_kernel", "_grn_stats_kernel",
-        "_grn_backward_kernel", "_layer_norm_backward_kernel", "_dwconv_backward_kernel",
-        "_finalize_kernel"}
+        "_grn_backward_kernel", "_grad_hidden_kernel", "_weight_grad_kernel",
+        "_layer_norm_backward_kernel", "_dwconv_backward_kernel", "_finalize_kernel"}
     assert set(layer_norm["kernels"]) == {"_layer_norm_forward_kernel",
                                           "_layer_norm_backward_kernel", "_finalize_kernel"}

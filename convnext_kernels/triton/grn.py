@@ -127,11 +127,12 @@ def _grn_stats_kernel(sumsq_ptr, weight_ptr, G_ptr, nx_ptr, scale_ptr, C, rows_p
 
 @triton.jit
 def _grn_backward_kernel(grad_y_ptr, x_ptr, G_ptr, nx_ptr, weight_ptr, grad_dot_ptr,
-                         grad_sum_ptr, grad_x_ptr, scale_ptr, grad_w_ptr, grad_b_ptr,
+                         grad_sum_ptr, grad_x_ptr, scale_ptr, coef_ptr, grad_w_ptr, grad_b_ptr,
                          partial_stride, N, C, rows_per_sample, rows_per_tile, slots, row_chunks,
                          rows_per_chunk, splits, samples_per_split, eps,
                          X_IS_PRE_GELU: tl.constexpr, STORE_SCALE: tl.constexpr,
-                         TINY: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+                         STORE_COEF: tl.constexpr, TINY: tl.constexpr, BLOCK_R: tl.constexpr,
+                         BLOCK_C: tl.constexpr,
                          STATS_BLOCK_C: tl.constexpr, INTERPRETED: tl.constexpr):
     """grad_x = grad_y * scale + x * coef (X_IS_PRE_GELU: x is GELU's input, and
     grad_x = (grad_y * scale + gelu(x) * coef) * gelu'(x)), with GRN's backward statistics made
@@ -142,7 +143,8 @@ def _grn_backward_kernel(grad_y_ptr, x_ptr, G_ptr, nx_ptr, weight_ptr, grad_dot_
     (reads of [slots, C] fp32 that stay in L2) instead of a launch between. Programs p < splits
     also write the weight and bias gradients' fp32 partials of their split's samples (a
     GradWorkspace row, the terms added in sample order); chunk 0 stores scale = 1 + w*nx
-    (STORE_SCALE: the fc2 weight gradient's GRN output)."""
+    (STORE_SCALE: the fc2 weight gradient's GRN output) and coef (STORE_COEF: for a kernel that
+    applies them itself, launched with no rows, rows_per_chunk = 0)."""
     p = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     col_mask = cols < C
@@ -187,6 +189,8 @@ def _grn_backward_kernel(grad_y_ptr, x_ptr, G_ptr, nx_ptr, weight_ptr, grad_dot_
         scale = 1.0 + w * nx
         if STORE_SCALE:
             tl.store(scale_ptr + base + cols, scale, mask=col_mask & (chunk == 0))
+        if STORE_COEF:
+            tl.store(coef_ptr + base + cols, coef, mask=col_mask & (chunk == 0))
         first = chunk * rows_per_chunk
         end = tl.minimum(rows_per_sample, first + rows_per_chunk)
         sample_row = n.to(tl.int64) * rows_per_sample
@@ -237,20 +241,37 @@ def grn_backward_launch(grad_y, x, G, nx, weight, grad_dot, grad_sum, grad_x, gr
     (of grad_y * x, or * gelu(x)) and grad_sum (of grad_y) (matmul.PerSamplePartials of one
     geometry); the weight and bias gradients' fp32 partials into grad_w, grad_b [splits, C]
     (GradWorkspace views); scale [N, C] fp32 = 1 + w*nx where given. grad_x may be grad_y."""
-    N, R, C = x.shape
+    R = x.shape[1]
+    row_chunks = triton.cdiv(R, _ROWS_PER_CHUNK)
+    return _backward_launch(grad_y, x, grad_x, row_chunks, triton.cdiv(R, row_chunks), G, nx,
+                            weight, grad_dot, grad_sum, grad_w, grad_b, eps, scale, None,
+                            x_is_pre_gelu)
+
+
+def grn_coefficients_launch(G, nx, weight, grad_dot, grad_sum, scale, coef, grad_w, grad_b, eps):
+    """GRN's backward statistics without the rows: scale = 1 + w*nx and coef [N, C] fp32, with
+    which GRN's and GELU's input gradient is (grad_y * scale + gelu(h) * coef) * gelu'(h) (the
+    MLP's fused grad-hidden kernel applies it), and the weight and bias gradients' partials, as
+    grn_backward_launch makes them."""
+    return _backward_launch(G, G, G, 1, 0, G, nx, weight, grad_dot, grad_sum, grad_w, grad_b,
+                            eps, scale, coef, False)
+
+
+def _backward_launch(grad_y, x, grad_x, row_chunks, rows_per_chunk, G, nx, weight, grad_dot,
+                     grad_sum, grad_w, grad_b, eps, scale, coef, x_is_pre_gelu):
+    N, C = G.shape
     splits = grad_w.shape[0]
     block_c = _block_c(C)
     assert _geometry(grad_dot) == _geometry(grad_sum)
-    row_chunks = triton.cdiv(R, _ROWS_PER_CHUNK)
-    rows_per_chunk = triton.cdiv(R, row_chunks)
     return Launch(_grn_backward_kernel, (max(N * row_chunks, splits), triton.cdiv(C, block_c)),
                   (grad_y, x, G, nx, weight.reshape(-1).contiguous(), grad_dot.data,
-                   grad_sum.data, grad_x, scale if scale is not None else G, grad_w, grad_b,
-                   grad_w.stride(0), N, C, *_geometry(grad_dot), row_chunks, rows_per_chunk,
-                   splits, triton.cdiv(N, splits), float(eps)),
+                   grad_sum.data, grad_x, *(t if t is not None else G for t in (scale, coef)),
+                   grad_w, grad_b, grad_w.stride(0), N, C, *_geometry(grad_dot), row_chunks,
+                   rows_per_chunk, splits, triton.cdiv(N, splits), float(eps)),
                   dict(X_IS_PRE_GELU=x_is_pre_gelu, STORE_SCALE=scale is not None,
-                       TINY=torch.finfo(torch.float32).tiny, BLOCK_R=_row_block(block_c),
-                       BLOCK_C=block_c, STATS_BLOCK_C=min(triton.next_power_of_2(C), 1024),
+                       STORE_COEF=coef is not None, TINY=torch.finfo(torch.float32).tiny,
+                       BLOCK_R=_row_block(block_c), BLOCK_C=block_c,
+                       STATS_BLOCK_C=min(triton.next_power_of_2(C), 1024),
                        INTERPRETED=INTERPRETED))
 
 

@@ -10,16 +10,22 @@ rounds; cast_for_store because the interpreter would truncate):
   A_GELU                     gelu(A[m, k]) (fc2 reading the kept pre-activation: the training
                              forward stores h alone, not h and gelu(h))
   A_GRN                      A[m, k] * grn_scale[m // rows_per_sample, k] + grn_bias[k]
-                             (GRN before fc2)
-  B_GELU, B_GRN              gelu(B[k, n]) [* grn_scale[k // rows_per_sample, n] + grn_bias[n]]
+                             (GRN before fc2; after A_GELU, on its output rounded, as eager
+                             stores it)
+  B_GELU, B_GRN              gelu(B[k, n]) [rounded, * grn_scale[k // rows_per_sample, n]
+                             + grn_bias[n]]
 Epilogues, in order:
   HAS_BIAS                   + bias[n]
-  EPILOGUE == GELU           out = gelu(acc); STORE_PRE also writes acc (the pre-activation)
+  EPILOGUE == GELU           out = gelu(acc); STORE_PRE also writes acc (the pre-activation),
+                             and GELU then takes it as stored (rounded), as eager does
   EPILOGUE == GELU_GRAD      out = acc * gelu'(aux[m, n])
   EPILOGUE == GRN_GRAD       out = acc; per (sample, n): sums of acc * gelu(aux), sums2 of acc
   SUMSQ                      per (sample, n): sums of out^2 (GRN's statistics, from fc1)
   STORE_Y2                   y2 = acc before the scales (layer scale's gradient needs it)
   OUT_COL_SCALE, OUT_ROW_SCALE, RESIDUAL:  out = residual + row_scale[m // rps] * col[n] * acc
+  STORE_OUT                  stores out (without it a GEMM makes only its per-sample sums or the
+                             pre-activation: GRN's statistics over a kept h, the backward's
+                             sums of GRN before its fused grad-hidden kernel)
 PARTIALS (split-K): program_id(1) owns a K range and writes partials out[split, m*N + n]
 (rows of a grad_workspace.GradWorkspace, summed afterwards in a fixed order: deterministic weight
 gradients; fp32, or with one split the gradient itself in its parameter's dtype). ROW_SUM writes
@@ -135,8 +141,9 @@ def _matmul_kernel(
         A_GRN: tl.constexpr, B_GELU: tl.constexpr, B_GRN: tl.constexpr, HAS_BIAS: tl.constexpr,
         EPILOGUE: tl.constexpr, STORE_PRE: tl.constexpr, SUMSQ: tl.constexpr,
         STORE_Y2: tl.constexpr, OUT_COL_SCALE: tl.constexpr, OUT_ROW_SCALE: tl.constexpr,
-        RESIDUAL: tl.constexpr, PARTIALS: tl.constexpr, ROW_SUM: tl.constexpr,
-        ROW_DOT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+        RESIDUAL: tl.constexpr, STORE_OUT: tl.constexpr, PARTIALS: tl.constexpr,
+        ROW_SUM: tl.constexpr, ROW_DOT: tl.constexpr, BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
         GROUP_M: tl.constexpr, DOT_FP32: tl.constexpr, INPUT_PRECISION: tl.constexpr,
         INTERPRETED: tl.constexpr):
     # Grouped tile order: GROUP_M row tiles share their B column tiles in L2.
@@ -180,6 +187,8 @@ def _matmul_kernel(
             a32 = a.to(tl.float32)
             if A_GELU:  # (masked elements load 0: gelu(0) = 0)
                 a32 = gelu(a32)
+                if A_GRN:  # GRN takes GELU's output as eager stores it
+                    a32 = cast_for_store(a32, a_ptr.dtype.element_ty, INTERPRETED).to(tl.float32)
             if A_COL_SCALE:
                 a32 = a32 * tl.load(a_col_scale_ptr + ks // a_col_div, mask=k_mask,
                                     other=0.0).to(tl.float32)[None, :]
@@ -200,6 +209,8 @@ def _matmul_kernel(
             b32 = b.to(tl.float32)
             if B_GELU:
                 b32 = gelu(b32)
+                if B_GRN:
+                    b32 = cast_for_store(b32, b_ptr.dtype.element_ty, INTERPRETED).to(tl.float32)
             if B_GRN:
                 b_samples = ks // rows_per_sample
                 b32 = b32 * tl.load(grn_scale_ptr + b_samples[:, None] * N + cols[None, :],
@@ -233,8 +244,9 @@ def _matmul_kernel(
         last_row = tl.minimum(first_row + BLOCK_M, M) - 1
         if EPILOGUE == GELU:
             if STORE_PRE:
-                tl.store(pre_ptr + offs, cast_for_store(acc, pre_ptr.dtype.element_ty,
-                                                        INTERPRETED), mask=mask)
+                pre = cast_for_store(acc, pre_ptr.dtype.element_ty, INTERPRETED)
+                tl.store(pre_ptr + offs, pre, mask=mask)
+                acc = pre.to(tl.float32)
             acc = gelu(acc)
         elif EPILOGUE == GELU_GRAD:
             acc = acc * gelu_grad(tl.load(aux_ptr + offs, mask=mask, other=0.0).to(tl.float32))
@@ -249,9 +261,11 @@ def _matmul_kernel(
             stored = cast_for_store(acc, out_ptr.dtype.element_ty, INTERPRETED).to(tl.float32)
             store_per_sample_sums(sums_ptr, stored * stored, rows, row_mask, cols, col_mask, N,
                                   rows_per_sample, pid_m, sum_slots, first_row, last_row)
-        output_epilogue(acc, rows, row_mask, cols, col_mask, N, out_ptr, y2_ptr,
-                        out_col_scale_ptr, out_row_scale_ptr, residual_ptr, rows_per_sample,
-                        STORE_Y2, OUT_COL_SCALE, OUT_ROW_SCALE, RESIDUAL, INTERPRETED)
+        if STORE_OUT:
+            output_epilogue(acc, rows, row_mask, cols, col_mask, N, out_ptr, y2_ptr,
+                            out_col_scale_ptr, out_row_scale_ptr, residual_ptr,
+                            rows_per_sample, STORE_Y2, OUT_COL_SCALE, OUT_ROW_SCALE, RESIDUAL,
+                            INTERPRETED)
 
 
 def input_precision(dtype):
@@ -332,8 +346,9 @@ class Epilogue:
     """What a GEMM does with its fp32 accumulator (module docstring, in this order): + bias,
     the `kind` (PLAIN, GELU with the pre-activation stored to `pre`, GELU_GRAD with `aux` the
     pre-activation, GRN_GRAD with the per-sample `sums`/`sums2`), GRN's sums of squares, y2
-    stored before the scales, out = residual + out_row_scale * out_col_scale * acc. `sums` and
-    `sums2` are PerSamplePartials."""
+    stored before the scales, out = residual + out_row_scale * out_col_scale * acc, stored
+    unless not `store` (then `out` only gives the dtype the sums of squares are rounded to).
+    `sums` and `sums2` are PerSamplePartials."""
 
     kind: tl.constexpr = PLAIN
     bias: Optional[torch.Tensor] = None
@@ -346,6 +361,7 @@ class Epilogue:
     out_col_scale: Optional[torch.Tensor] = None
     out_row_scale: Optional[torch.Tensor] = None
     residual: Optional[torch.Tensor] = None
+    store: bool = True
 
 
 @dataclass(frozen=True)
@@ -384,6 +400,7 @@ def matmul_launch(a, b, out, prologue=Prologue(), epilogue=Epilogue(), *, rows_p
     N = b.shape[1]
     p, e = prologue, epilogue
     dot_with, row_dot_out = row_dot if row_dot is not None else (None, None)
+    assert e.store or not partials, "a split-K GEMM stores its partials"
     if dot_with is not None:
         assert partials and dot_with.shape == a.shape and dot_with.stride() == a.stride()
     prologue_or_sums = p.any() or row_sum is not None or row_dot is not None
@@ -423,7 +440,7 @@ def matmul_launch(a, b, out, prologue=Prologue(), epilogue=Epilogue(), *, rows_p
                  EPILOGUE=e.kind.value, STORE_PRE=e.pre is not None, SUMSQ=e.sumsq,
                  STORE_Y2=e.y2 is not None, OUT_COL_SCALE=e.out_col_scale is not None,
                  OUT_ROW_SCALE=e.out_row_scale is not None, RESIDUAL=e.residual is not None,
-                 PARTIALS=partials, ROW_SUM=row_sum is not None,
+                 STORE_OUT=e.store, PARTIALS=partials, ROW_SUM=row_sum is not None,
                  ROW_DOT=row_dot is not None, DOT_FP32=dot_in_fp32(a.dtype),
                  INPUT_PRECISION=input_precision(a.dtype), INTERPRETED=INTERPRETED, **cfg)
     grid = (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(N, cfg["BLOCK_N"]), splits)

@@ -7,10 +7,12 @@ Forward strategies:
       multiplied into the fc2 accumulator at once, so the [M, H] hidden tensor never exists.
   two GEMMs: fc1 with bias + GELU in the epilogue (and GRN's sums of squares, then one kernel
       for GRN's statistics), fc2 with GRN's scale and bias in its prologue and bias, gamma,
-      drop_scale and residual in its epilogue. Keeping the hidden for the backward without GRN,
-      fc1 stores only the pre-activation h and fc2 applies GELU to its tiles as it loads them.
-Backward: V1 at C <= mlp_fused_backward.MAX_CHANNELS in two kernels (below, and that module);
-otherwise in matmul.py launches, with no elementwise pass over [M, H] without GRN:
+      drop_scale and residual in its epilogue. Keeping the hidden for the backward, fc1 stores
+      only the pre-activation h (with GRN, and the per-sample sums of gelu(h)²) and fc2 applies
+      GELU (and GRN) to its tiles as it loads them.
+Backward: at C <= mlp_fused_backward.MAX_CHANNELS in two kernels (below, and that module; V2
+two launches more, below); otherwise in matmul.py launches, with no elementwise pass over
+[M, H] without GRN:
   h  = x @ fc1_w^T + fc1_b                      recomputed, unless kept by the forward
   gH = (g * ds * gamma) @ fc2_w * gelu'(h)      (GRN: the GEMM stores gY = g' @ fc2_w with
                                                 GRN's per-sample sums; one kernel
@@ -51,11 +53,20 @@ writes gH, reads it twice), in 5 launches (4 with h kept).
   C > 192 (T3, T4): grad_x's [64, C] fp32 accumulator no longer fits in registers (C = 384:
     128 a thread at 8 warps, with the tiles beside it), so the backward stays the GEMMs above,
     reading the kept h: tiling C in the grad-hidden kernel would re-read gH per C tile.
-  GRN (V2): its per-sample statistics need every pixel's GELU output before fc2, and its
-    backward statistics every pixel's gA·gelu(h) before gH: the forward keeps h (fc1's epilogue
-    also stores the per-sample sums, as today), and the grad-hidden kernel would split in two
-    around a per-sample reduction (gA's sums stored per row tile, as the gH GEMM does today):
-    4 passes at best. Not built: V2 takes the GEMMs.
+  GRN (V2), C <= 192: its per-sample statistics need every pixel's GELU output before fc2, and
+    its backward statistics every pixel's gA·gelu(h) before gH, so neither direction runs in
+    one pass. The forward keeps h (fc1 stores h and the sums of gelu(h)², one small kernel
+    GRN's statistics, fc2 takes h through GELU and GRN on load); the backward runs one GEMM
+    more before the two kernels: gA = g' @ fc2_w reading h, storing only its per-sample sums of
+    gA·gelu(h) and gA ([N, H] partials, gA itself not stored), then one small kernel
+    (grn.grn_coefficients_launch) GRN's per-sample scale and coefficient [N, H] and its
+    parameter-gradient partials, then the grad-hidden kernel with gA·scale + gelu(h)·coef in
+    place of gA and the weight-gradient kernel with gelu(h)·scale + β in place of gelu(h).
+    Passes over the hidden: 7 (forward: h written, read; backward: h read three times, gH
+    written and read) against the GEMMs' 10 (forward the same; backward: h read and gA written
+    with its sums, both read and gH written in place, h read for fc2_w', gH read twice); GEMMs:
+    7 against eager's 6; backward launches: 4 in place of 5.
+  GRN (V2), C > 192: the GEMMs above, the forward keeping h alone.
 """
 from dataclasses import replace
 
@@ -65,7 +76,7 @@ import triton.language as tl
 
 from . import mlp_fused_backward
 from .common import INTERPRETED, Launch, cast_for_store, mma, tile
-from .grn import grn_backward_launch, grn_statistics
+from .grn import grn_backward_launch, grn_coefficients_launch, grn_statistics
 from .grad_workspace import GradWorkspace, reduction_splits
 from .mlp_fused_backward import channel_pieces, padded_channels, weight_chunk
 from .matmul import (GELU, GELU_GRAD, GRN_GRAD, PLAIN, Epilogue, Prologue,
@@ -176,25 +187,26 @@ def mlp_forward(x, fc1_w, fc1_b, fc2_w, fc2_b, gamma, residual, drop_scale, grn_
         fused_launch(x, fc1_w, fc1_b, fc2_w, fc2_b, out, y2_arg, gamma, drop_scale, residual,
                      rows_per_sample)()
         return out, hidden, y2, G, nx
+    # Keeping the hidden, fc1 stores the pre-activation alone (with GRN, and the per-sample sums
+    # of its GELU's squares) and fc2 takes it through GELU as it loads it: one pass over [M, H]
+    # less than storing both, and gelu(h) of the stored h, rounded, as eager computes it from
+    # its stored fc1 output.
     if keep_hidden and not grn:
-        # fc1 stores the pre-activation alone and fc2 takes it through GELU as it loads it:
-        # one pass over [M, H] less than storing both, and gelu(h) of the stored h, rounded,
-        # as eager computes it from its stored fc1 output.
         matmul_launch(x, fc1_w.t(), hidden, epilogue=Epilogue(PLAIN, bias=fc1_b))()
         act, fc2_prologue = hidden, Prologue(a_gelu=True)
     else:
-        act = x.new_empty(M, H)
+        act = hidden if keep_hidden else x.new_empty(M, H)
         sumsq = (per_sample_partials(1, M, H, rows_per_sample, x.dtype, x.device)[0] if grn
                  else None)
         matmul_launch(x, fc1_w.t(), act,
                       epilogue=Epilogue(GELU, bias=fc1_b, pre=hidden if keep_hidden else None,
-                                        sums=sumsq, sumsq=grn),
+                                        sums=sumsq, sumsq=grn, store=not keep_hidden),
                       rows_per_sample=rows_per_sample)()
-        fc2_prologue = Prologue()
+        fc2_prologue = Prologue(a_gelu=keep_hidden)
         if grn:
             G, nx, grn_scale = grn_statistics(sumsq, samples, grn_weight, eps)
-            fc2_prologue = Prologue(a_grn_scale=grn_scale,
-                                    a_grn_bias=grn_bias.reshape(-1).contiguous())
+            fc2_prologue = replace(fc2_prologue, a_grn_scale=grn_scale,
+                                   a_grn_bias=grn_bias.reshape(-1).contiguous())
     matmul_launch(act, fc2_w.t(), out, fc2_prologue,
                   Epilogue(bias=fc2_b, y2=y2_arg, out_col_scale=gamma,
                            out_row_scale=drop_scale, residual=residual),
@@ -260,6 +272,31 @@ def mlp_backward(grad_out, x, fc1_w, fc1_b, fc2_w, gamma, drop_scale, grn_weight
         "fc1_w", "fc1_b", "fc2_w", "fc2_b", "gamma", "grn_weight", "grn_bias")))
 
 
+def _output_grad_scales(gamma, drop_scale, rows_per_sample):
+    """The output gradient times drop path's per-sample scale and layer scale, on load."""
+    return Prologue(a_row_scale=drop_scale, a_row_div=rows_per_sample, a_col_scale=gamma)
+
+
+def _grn_coefficients(ws, g, fc2_w, gamma, drop_scale, grn_weight, hidden, G, nx, rows_per_sample,
+                      eps):
+    """GRN's backward statistics for the fused backward, no [M, H] tensor written: one GEMM
+    makes gY = g' @ fc2_w's per-sample sums of gY * gelu(h) and of gY (gY itself not stored),
+    one kernel the per-sample scale and coef [samples, H] fp32 from them (and GRN's
+    parameter-gradient partials into ws). Returns (scale, coef)."""
+    M = g.shape[0]
+    H = fc2_w.shape[1]
+    samples = M // rows_per_sample
+    grad_dot, grad_sum = per_sample_partials(2, M, H, rows_per_sample, g.dtype, g.device)
+    matmul_launch(g, fc2_w, hidden, _output_grad_scales(gamma, drop_scale, rows_per_sample),
+                  Epilogue(GRN_GRAD, aux=hidden, sums=grad_dot, sums2=grad_sum, store=False),
+                  rows_per_sample=rows_per_sample)()
+    scale, coef = (torch.empty(samples, H, device=g.device, dtype=torch.float32)
+                   for _ in range(2))
+    grn_coefficients_launch(G, nx, grn_weight, grad_dot, grad_sum, scale, coef,
+                            ws["grn_weight"], ws["grn_bias"], eps)()
+    return scale, coef
+
+
 def mlp_backward_into(ws, grad_out, x, fc1_w, fc1_b, fc2_w, gamma, drop_scale, grn_weight,
                       grn_bias, hidden, y2, G, nx, rows_per_sample, eps, fused):
     """The MLP backward with its parameter gradients left as partials in `ws` (names of
@@ -269,20 +306,26 @@ def mlp_backward_into(ws, grad_out, x, fc1_w, fc1_b, fc2_w, gamma, drop_scale, g
     H = fc1_w.shape[0]
     grn = grn_weight is not None
     if fused:
+        grn_scale = grn_coef = grn_bias_rows = None
+        if grn:
+            grn_scale, grn_coef = _grn_coefficients(ws, grad_out, fc2_w, gamma, drop_scale,
+                                                    grn_weight, hidden, G, nx, rows_per_sample,
+                                                    eps)
+            grn_bias_rows = grn_bias.reshape(-1).contiguous()
         grad_hidden, grad_x = x.new_empty(M, H), torch.empty_like(x)
         mlp_fused_backward.grad_hidden_launch(grad_out, x, fc1_w, fc1_b, fc2_w, hidden,
                                               grad_hidden, grad_x, gamma, drop_scale,
-                                              rows_per_sample)()
+                                              rows_per_sample, grn_scale, grn_coef)()
         mlp_fused_backward.weight_grad_launch(
             grad_out, x, fc1_w, fc1_b, hidden, grad_hidden, y2, gamma, drop_scale,
-            {name: ws[name] for name in GEMM_GRADS if name in ws.shapes}, rows_per_sample)()
+            {name: ws[name] for name in GEMM_GRADS if name in ws.shapes}, rows_per_sample,
+            grn_scale, grn_bias_rows)()
         return grad_x
     if hidden.numel() == 0:
         hidden = x.new_empty(M, H)
         matmul_launch(x, fc1_w.t(), hidden, epilogue=Epilogue(PLAIN, bias=fc1_b))()
     g = grad_out
-    # The output gradient times drop path's per-sample scale and layer scale, on load.
-    grad_scales = Prologue(a_row_scale=drop_scale, a_row_div=rows_per_sample, a_col_scale=gamma)
+    grad_scales = _output_grad_scales(gamma, drop_scale, rows_per_sample)
     grad_hidden = x.new_empty(M, H)
     b_prologue = Prologue(a_row_scale=gamma, a_col_scale=drop_scale, a_col_div=rows_per_sample,
                           b_gelu=True)

@@ -1,9 +1,11 @@
 """The MLP backward in two kernels that keep the [M, H] hidden on chip but for one pass each way:
-the grad-hidden kernel writes gH and the weight-gradient kernel reads it (V1, no GRN; the plan and
-its arithmetic are in mlp.py's docstring). g' below is the output gradient times drop path's
-per-sample scale and layer scale, rounded to the activations' dtype; h the pre-activation
-x @ fc1_w^T + fc1_b, recomputed from x on chip or read where the forward kept it (HIDDEN_KEPT),
-in either case rounded to the activations' dtype as eager stores it.
+the grad-hidden kernel writes gH and the weight-gradient kernel reads it (the plan and its
+arithmetic are in mlp.py's docstring; with GRN, where the forward kept h, both take GRN's
+per-sample scale and coefficient, made before them, into gA and gelu(h): GRN below). g' below
+is the output gradient times drop path's per-sample scale and layer scale, rounded to the
+activations' dtype; h the pre-activation x @ fc1_w^T + fc1_b, recomputed from x on chip or read
+where the forward kept it (HIDDEN_KEPT), in either case rounded to the activations' dtype as
+eager stores it.
 
 Grad-hidden kernel, a program per tile of BLOCK_M rows, looping over the hidden in BLOCK_H
 chunks: h, gA = g' @ fc2_w[:, chunk] and gH = gA * gelu'(h) on chip, gH stored, and
@@ -17,6 +19,10 @@ programs are adjacent in the grid, so its rows of x come from L2 after the first
 split writes its rows of a grad_workspace.GradWorkspace (fp32 partials, or with one split the
 gradients themselves in the parameters' dtype), every element it owns, so the workspace needs
 no zero fill and finalize sums in a fixed order.
+
+GRN: the grad-hidden kernel's gA becomes gA * scale + gelu(h) * coef, the weight-gradient
+kernel's gelu(h) becomes gelu(h) * scale + β (rounded as eager stores GRN's output), scale and
+coef read per row's sample from [samples, H] fp32 (grn.grn_coefficients_launch).
 
 Each program holds one [64, C] fp32 accumulator, C in one or two power-of-two pieces
 (channel_pieces: 96 = 64 + 32, 192 = 128 + 64, where one tile would pad to 128 and 256 and run a
@@ -76,6 +82,13 @@ def weight_chunk(w1_ptr, w2_ptr, h0, BLOCK_H: tl.constexpr, HID, cols, col_mask,
 
 
 @triton.jit
+def _per_sample(stat_ptr, rows, row_mask, offs_h, h_mask, HID, rows_per_sample):
+    """stat[row's sample, h] of an fp32 [samples, HID] statistic for a [rows, hidden] tile."""
+    return tl.load(stat_ptr + (rows // rows_per_sample)[:, None] * HID + offs_h[None, :],
+                   mask=row_mask[:, None] & h_mask[None, :], other=0.0)
+
+
+@triton.jit
 def _store_sums(ptr, split, stride, cols, mask, values, INTERPRETED: tl.constexpr):
     tl.store(ptr + split * stride + cols,
              cast_for_store(values, ptr.dtype.element_ty, INTERPRETED), mask=mask)
@@ -83,8 +96,9 @@ def _store_sums(ptr, split, stride, cols, mask, values, INTERPRETED: tl.constexp
 
 @triton.jit
 def _grad_hidden_kernel(g_ptr, x_ptr, w1_ptr, b1_ptr, w2_ptr, hidden_ptr, grad_hidden_ptr,
-                        grad_x_ptr, gamma_ptr, drop_scale_ptr, M, C, HID, rows_per_sample,
-                        HIDDEN_KEPT: tl.constexpr, HAS_GAMMA: tl.constexpr,
+                        grad_x_ptr, gamma_ptr, drop_scale_ptr, grn_scale_ptr, grn_coef_ptr, M, C,
+                        HID, rows_per_sample, HIDDEN_KEPT: tl.constexpr, GRN: tl.constexpr,
+                        HAS_GAMMA: tl.constexpr,
                         HAS_DROP_SCALE: tl.constexpr, BLOCK_M: tl.constexpr,
                         BLOCK_C: tl.constexpr, BLOCK_C2: tl.constexpr, BLOCK_H: tl.constexpr,
                         DOT_FP32: tl.constexpr, INPUT_PRECISION: tl.constexpr,
@@ -131,6 +145,11 @@ def _grad_hidden_kernel(g_ptr, x_ptr, w1_ptr, b1_ptr, w2_ptr, hidden_ptr, grad_h
         else:  # h as eager stores it
             pre += tl.load(b1_ptr + offs_h, mask=h_mask, other=0.0).to(tl.float32)[None, :]
             pre = cast_for_store(pre, dtype, INTERPRETED).to(tl.float32)
+        if GRN:  # through GRN: grad_act * scale + gelu(h) * coef, per sample and channel
+            grad_act = grad_act * _per_sample(grn_scale_ptr, rows, row_mask, offs_h, h_mask, HID,
+                                              rows_per_sample) \
+                + gelu(pre) * _per_sample(grn_coef_ptr, rows, row_mask, offs_h, h_mask, HID,
+                                          rows_per_sample)
         grad_hidden = cast_for_store(grad_act * gelu_grad(pre), dtype, INTERPRETED)
         tl.store(grad_hidden_ptr + rows[:, None] * HID + offs_h[None, :], grad_hidden,
                  mask=row_mask[:, None] & h_mask[None, :])
@@ -183,15 +202,17 @@ def _fc1_weight_grad(x_ptr, grad_hidden_ptr, fc1_w_grad_ptr, fc1_b_grad_ptr, spl
 
 @triton.jit
 def _fc2_weight_grad(g_ptr, x_ptr, w1_ptr, b1_ptr, hidden_ptr, y2_ptr, gamma_ptr, drop_scale_ptr,
-                     fc2_w_grad_ptr, fc2_b_grad_ptr, gamma_grad_ptr, split, first_row, end_row,
-                     first_chunk, offs_h, h_mask, C, HID, rows_per_sample, fc2_w_stride,
-                     fc2_b_stride, gamma_stride, HIDDEN_KEPT: tl.constexpr,
-                     HAS_GAMMA: tl.constexpr, HAS_DROP_SCALE: tl.constexpr,
+                     grn_scale_ptr, grn_bias_ptr, fc2_w_grad_ptr, fc2_b_grad_ptr, gamma_grad_ptr,
+                     split, first_row, end_row, first_chunk, offs_h, h_mask, C, HID,
+                     rows_per_sample, fc2_w_stride, fc2_b_stride, gamma_stride,
+                     HIDDEN_KEPT: tl.constexpr, GRN: tl.constexpr, HAS_GAMMA: tl.constexpr,
+                     HAS_DROP_SCALE: tl.constexpr,
                      GAMMA_GRAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr,
                      BLOCK_C: tl.constexpr, BLOCK_C2: tl.constexpr, DOT_FP32: tl.constexpr,
                      INPUT_PRECISION: tl.constexpr, INTERPRETED: tl.constexpr):
-    """fc2_w'[:, chunk] = g'^T @ gelu(h) over the split's rows; the first chunk also fc2_b' (g''s
-    row sums) and layer scale's gradient (sum of g * ds * y2)."""
+    """fc2_w'[:, chunk] = g'^T @ gelu(h) (GRN: g'^T @ grn(gelu(h)), gelu(h) * scale + bias) over
+    the split's rows; the first chunk also fc2_b' (g''s row sums) and layer scale's gradient
+    (sum of g * ds * y2)."""
     dtype: tl.constexpr = x_ptr.dtype.element_ty
     cols = tl.arange(0, BLOCK_C)
     col_mask = cols < C
@@ -208,6 +229,8 @@ def _fc2_weight_grad(g_ptr, x_ptr, w1_ptr, b1_ptr, hidden_ptr, y2_ptr, gamma_ptr
         bias_sum2 = tl.zeros([BLOCK_C2], dtype=tl.float32)
         gamma_dot2 = tl.zeros([BLOCK_C2], dtype=tl.float32)
     b1 = tl.load(b1_ptr + offs_h, mask=h_mask, other=0.0).to(tl.float32)
+    if GRN:
+        grn_bias = tl.load(grn_bias_ptr + offs_h, mask=h_mask, other=0.0).to(tl.float32)
     for m0 in range(first_row, end_row, BLOCK_M):
         rows = m0 + tl.arange(0, BLOCK_M)
         row_mask = rows < end_row
@@ -239,6 +262,10 @@ def _fc2_weight_grad(g_ptr, x_ptr, w1_ptr, b1_ptr, hidden_ptr, y2_ptr, gamma_ptr
             pre = cast_for_store(pre + b1[None, :], dtype, INTERPRETED).to(tl.float32)
         # (rows past the end: g' is 0 there, so gelu(b1) adds nothing)
         act = cast_for_store(gelu(pre), dtype, INTERPRETED)
+        if GRN:  # of GELU's output as stored, as eager's GRN takes it
+            act = cast_for_store(act.to(tl.float32) * _per_sample(
+                grn_scale_ptr, rows, row_mask, offs_h, h_mask, HID, rows_per_sample)
+                + grn_bias[None, :], dtype, INTERPRETED)
         acc = mma(tl.trans(g), act, acc, DOT_FP32, INPUT_PRECISION)
         if BLOCK_C2:
             acc2 = mma(tl.trans(g2), act, acc2, DOT_FP32, INPUT_PRECISION)
@@ -264,10 +291,11 @@ def _fc2_weight_grad(g_ptr, x_ptr, w1_ptr, b1_ptr, hidden_ptr, y2_ptr, gamma_ptr
 
 @triton.jit
 def _weight_grad_kernel(g_ptr, x_ptr, w1_ptr, b1_ptr, hidden_ptr, grad_hidden_ptr, y2_ptr,
-                        gamma_ptr, drop_scale_ptr, fc1_w_grad_ptr, fc1_b_grad_ptr, fc2_w_grad_ptr,
-                        fc2_b_grad_ptr, gamma_grad_ptr, M, C, HID, rows_per_sample,
-                        rows_per_split, fc1_w_stride, fc1_b_stride, fc2_w_stride, fc2_b_stride,
-                        gamma_stride, HIDDEN_KEPT: tl.constexpr, HAS_GAMMA: tl.constexpr,
+                        gamma_ptr, drop_scale_ptr, grn_scale_ptr, grn_bias_ptr, fc1_w_grad_ptr,
+                        fc1_b_grad_ptr, fc2_w_grad_ptr, fc2_b_grad_ptr, gamma_grad_ptr, M, C, HID,
+                        rows_per_sample, rows_per_split, fc1_w_stride, fc1_b_stride,
+                        fc2_w_stride, fc2_b_stride, gamma_stride, HIDDEN_KEPT: tl.constexpr,
+                        GRN: tl.constexpr, HAS_GAMMA: tl.constexpr,
                         HAS_DROP_SCALE: tl.constexpr, GAMMA_GRAD: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_C2: tl.constexpr,
                         BLOCK_H: tl.constexpr, DOT_FP32: tl.constexpr,
@@ -290,11 +318,12 @@ def _weight_grad_kernel(g_ptr, x_ptr, w1_ptr, b1_ptr, hidden_ptr, grad_hidden_pt
                          INTERPRETED)
     else:
         _fc2_weight_grad(g_ptr, x_ptr, w1_ptr, b1_ptr, hidden_ptr, y2_ptr, gamma_ptr,
-                         drop_scale_ptr, fc2_w_grad_ptr, fc2_b_grad_ptr, gamma_grad_ptr, split,
-                         first_row, end_row, chunk == 0, offs_h, h_mask, C, HID,
-                         rows_per_sample, fc2_w_stride, fc2_b_stride, gamma_stride, HIDDEN_KEPT,
-                         HAS_GAMMA, HAS_DROP_SCALE, GAMMA_GRAD, BLOCK_M, BLOCK_H, BLOCK_C,
-                         BLOCK_C2, DOT_FP32, INPUT_PRECISION, INTERPRETED)
+                         drop_scale_ptr, grn_scale_ptr, grn_bias_ptr, fc2_w_grad_ptr,
+                         fc2_b_grad_ptr, gamma_grad_ptr, split, first_row, end_row, chunk == 0,
+                         offs_h, h_mask, C, HID, rows_per_sample, fc2_w_stride, fc2_b_stride,
+                         gamma_stride, HIDDEN_KEPT, GRN, HAS_GAMMA, HAS_DROP_SCALE, GAMMA_GRAD,
+                         BLOCK_M, BLOCK_H, BLOCK_C, BLOCK_C2, DOT_FP32, INPUT_PRECISION,
+                         INTERPRETED)
 
 
 # Under autocast the weights are fp32 and converted to the activations' dtype in registers; with
@@ -305,12 +334,14 @@ CONVERTING_RECOMPUTE_MAX_CHANNELS = 128
 
 
 def takes(C, grn, dtype, weight_dtype, hidden_kept):
-    """Whether the MLP backward runs these kernels: V1 with C <= MAX_CHANNELS in fp16/bf16 (in
-    IEEE fp32 the products run on FMA units, where the fused forward's tiles spilled, so fp32
-    takes the GEMMs, but in the interpreter, which tests both paths), and with weights in
-    another dtype than the activations (autocast) only up to CONVERTING_RECOMPUTE_MAX_CHANNELS
-    where h is recomputed."""
-    if C > MAX_CHANNELS or grn or (dtype == torch.float32 and not INTERPRETED):
+    """Whether the MLP backward runs these kernels: C <= MAX_CHANNELS in fp16/bf16 (in IEEE fp32
+    the products run on FMA units, where the fused forward's tiles spilled, so fp32 takes the
+    GEMMs, but in the interpreter, which tests both paths); with GRN where the forward kept h
+    (its statistics need every pixel's GELU output: the forward cannot be fused); with weights
+    in another dtype than the activations (autocast) only up to
+    CONVERTING_RECOMPUTE_MAX_CHANNELS where h is recomputed."""
+    if (C > MAX_CHANNELS or (grn and not hidden_kept)
+            or (dtype == torch.float32 and not INTERPRETED)):
         return False
     return hidden_kept or weight_dtype == dtype or C <= CONVERTING_RECOMPUTE_MAX_CHANNELS
 
@@ -339,9 +370,9 @@ def weight_grad_splits(M, H, device):
     return max(1, min(reduction_splits(M), triton.cdiv(sm_count(device), programs)))
 
 
-def _flags(x, hidden, gamma, drop_scale, block_m, block_h):
+def _flags(x, hidden, grn, gamma, drop_scale, block_m, block_h):
     block_c, block_c2 = channel_pieces(x.shape[1])
-    return dict(HIDDEN_KEPT=hidden.numel() > 0, HAS_GAMMA=gamma is not None,
+    return dict(HIDDEN_KEPT=hidden.numel() > 0, GRN=grn, HAS_GAMMA=gamma is not None,
                 HAS_DROP_SCALE=drop_scale is not None, BLOCK_M=block_m, BLOCK_C=block_c,
                 BLOCK_C2=block_c2, BLOCK_H=block_h, DOT_FP32=dot_in_fp32(x.dtype),
                 INPUT_PRECISION=input_precision(x.dtype), INTERPRETED=INTERPRETED)
@@ -354,25 +385,29 @@ def _gemm_flops(M, H, C, hidden):
 
 
 def grad_hidden_launch(g, x, fc1_w, fc1_b, fc2_w, hidden, grad_hidden, grad_x, gamma, drop_scale,
-                       rows_per_sample):
-    """gH into grad_hidden [M, H] and grad_x [M, C]; `hidden` the kept pre-activation or empty."""
+                       rows_per_sample, grn_scale=None, grn_coef=None):
+    """gH into grad_hidden [M, H] and grad_x [M, C]; `hidden` the kept pre-activation or empty;
+    with GRN its backward's per-sample scale and coef [samples, H] fp32
+    (grn.grn_coefficients_launch)."""
     M, C = x.shape
     H = fc1_w.shape[0]
     unused = grad_x
     block_m, block_h = _GRAD_HIDDEN_TILE
     return Launch(_grad_hidden_kernel, (triton.cdiv(M, block_m),),
                   (g, x, fc1_w, fc1_b, fc2_w, hidden if hidden.numel() else unused, grad_hidden,
-                   grad_x, *(t if t is not None else unused for t in (gamma, drop_scale)),
+                   grad_x, *(t if t is not None else unused for t in (gamma, drop_scale,
+                                                                       grn_scale, grn_coef)),
                    M, C, H, rows_per_sample),
-                  _flags(x, hidden, gamma, drop_scale, block_m, block_h),
+                  _flags(x, hidden, grn_scale is not None, gamma, drop_scale, block_m, block_h),
                   num_warps=_NUM_WARPS, flops=_gemm_flops(M, H, C, hidden))
 
 
 def weight_grad_launch(g, x, fc1_w, fc1_b, hidden, grad_hidden, y2, gamma, drop_scale, grads,
-                       rows_per_sample):
+                       rows_per_sample, grn_scale=None, grn_bias=None):
     """The MLP's weight gradients from gH (`hidden` the kept pre-activation or empty): `grads`
     maps fc1_w, fc1_b, fc2_w, fc2_b (and gamma, with y2 given) to the [splits, numel] rows a
-    GradWorkspace gives, one split count for all."""
+    GradWorkspace gives, one split count for all. With GRN: its forward's per-sample scale
+    [samples, H] fp32 and its bias [H]."""
     M, C = x.shape
     H = fc1_w.shape[0]
     gamma_grad = grads.get("gamma")
@@ -382,14 +417,15 @@ def weight_grad_launch(g, x, fc1_w, fc1_b, hidden, grad_hidden, y2, gamma, drop_
     block_m, block_h = _WEIGHT_GRAD_TILE
     rows_per_split = triton.cdiv(triton.cdiv(M, splits), block_m) * block_m
     unused = grad_hidden
-    flags = _flags(x, hidden, gamma, drop_scale, *_WEIGHT_GRAD_TILE)
+    flags = _flags(x, hidden, grn_scale is not None, gamma, drop_scale, *_WEIGHT_GRAD_TILE)
     flags["GAMMA_GRAD"] = gamma_grad is not None
     named = [grads[name] for name in ("fc1_w", "fc1_b", "fc2_w", "fc2_b")]
     gamma_out = gamma_grad if gamma_grad is not None else named[0]
     return Launch(_weight_grad_kernel, (2 * triton.cdiv(H, block_h), splits),
                   (g, x, fc1_w, fc1_b, hidden if hidden.numel() else unused, grad_hidden,
                    *(t if t is not None else unused for t in (y2 if gamma_grad is not None
-                                                              else None, gamma, drop_scale)),
+                                                              else None, gamma, drop_scale,
+                                                              grn_scale, grn_bias)),
                    *named, gamma_out, M, C, H, rows_per_sample, rows_per_split,
                    *(t.stride(0) for t in named), gamma_out.stride(0)),
                   flags, num_warps=_NUM_WARPS,

@@ -6,17 +6,21 @@ Forward (V1: 2-3 launches; V2: 4):
   MLP                      V1: fused (C <= FUSED_MAX_CHANNELS: the hidden never leaves the chip)
                            or fc1+GELU (keeping the pre-activation) then fc2 with layer scale,
                            drop path and residual in its epilogue. V2: GRN needs every pixel's
-                           GELU output before fc2, so fc1+GELU stores the per-sample sums of
-                           squares (per row tile: matmul.py), one kernel makes GRN's statistics,
-                           and fc2 applies GRN to its input tiles as it loads them
-Backward (V1: 5 launches at C <= 192 in fp16/bf16, else 7; V2: 8; all parameter gradients as
+                           GELU output before fc2, so fc1 stores the pre-activation and the
+                           per-sample sums of gelu's squares (per row tile: matmul.py), one
+                           kernel makes GRN's statistics, and fc2 applies GELU and GRN to its
+                           input tiles as it loads them
+Backward (V1: 5 launches at C <= 192 in fp16/bf16, else 7; V2: 7 and 8; all parameter gradients as
 fp32 partials in one GradWorkspace, but the weight gradients where they take one split: those
 are written in their dtype into the flat buffer):
   MLP backward             V1 at C <= 192 (mlp_fused_backward.py): a grad-hidden kernel (gH
                            and grad_y, h recomputed on chip where the forward was fused) and a
                            weight-gradient kernel (fc1 and fc2 weights, their biases and layer
-                           scale's gradient). Otherwise GEMMs: [fc1 recomputed where the forward
-                           was fused], gH (V2: with GRN's per-sample sums per row tile, then one
+                           scale's gradient). V2 at C <= 192: the same two kernels, after a
+                           GEMM that makes only GRN's per-sample sums of gA (not stored) and one
+                           kernel GRN's backward scale and coefficient. Otherwise GEMMs: [fc1
+                           recomputed where the forward was fused], gH (V2: with GRN's
+                           per-sample sums per row tile, then one
                            kernel that makes GRN's backward statistics, takes gH through GRN and
                            GELU in place and writes GRN's parameter-gradient partials), fc2 and
                            fc1 weight gradients (split-K partials + bias row sums; the fc2 one
@@ -29,7 +33,7 @@ are written in their dtype into the flat buffer):
 Keep or recompute the hidden: the fused forward cannot keep it (it never exists), so the backward
 recomputes it on chip; the two-GEMM forward keeps the pre-activation (written once by fc1's
 epilogue, read by fc2 and by the backward). benchmarks/ledger.py, bf16: V1 7 launches at
-C <= 192, 10 above.
+C <= 192, 10 above; V2 11 and 12.
 
 Mixed precision: parameters and x may be fp32 under autocast; kernels read them in their dtype
 and convert in registers, so there is no cast launch. Activations are in `dtype`.
