@@ -140,6 +140,8 @@ def test_keep_hidden_and_both_triton_strategies(backend, device, variant, keep_h
         from convnext_kernels.triton import mlp_fused_backward
         monkeypatch.setattr(triton_mlp, "FUSED_MAX_CHANNELS", 0 if keep_hidden else 192)
         monkeypatch.setattr(mlp_fused_backward, "MAX_CHANNELS", 192 if backward == "fused" else 0)
+        # a kept h read by the fused backward (at this C it would recompute it)
+        monkeypatch.setattr(mlp_fused_backward, "RECOMPUTE_MAX_CHANNELS", 0)
     gen, seed = fresh_generator()
     args = _inputs(gen, (2, 3, 5, 40, 4), variant, torch.float32, device)
     ours = _run(ck.mlp, *args, backend=backend, keep_hidden=keep_hidden)
@@ -147,21 +149,25 @@ def test_keep_hidden_and_both_triton_strategies(backend, device, variant, keep_h
     _check(ours, ref, ref, torch.float32, seed, _magnitude_scales(*args[:3], *args[4:]))
 
 
-@pytest.mark.parametrize("variant,keep_hidden", [("v1", False), ("v1", True), ("v2", True)],
-                         ids=["v1-recompute", "v1-keep", "v2-keep"])
+@pytest.mark.parametrize("variant,keep_hidden,reads", [
+    ("v1", False, False), ("v1", True, True), ("v2", True, False), ("v2", True, True)],
+    ids=["v1-recompute", "v1-keep-read", "v2-keep-recompute", "v2-keep-read"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("device", [d for b, d in TARGETS if b == "triton"])
 def test_fused_backward_over_row_splits_and_hidden_tails(device, dtype, variant, keep_hidden,
-                                                         poisoned):
+                                                         reads, poisoned, monkeypatch):
     """The fused backward (grad-hidden and weight-gradient kernels) where its weight gradients
     take three row splits, the last one short (2100 rows: 704, 704, 692), and its hidden chunks
     end in a tail (H = 100: 64 + 36 in the weight-gradient kernel, 4 x 32 with 28 masked in the
     grad-hidden one), C = 20 padded to 32, with GRN samples of 700 rows that end inside row
-    tiles: against float64, and a second run equal bit for bit (the reduction order is
-    fixed)."""
+    tiles; h recomputed from x or the kept h read (`reads`): against float64, and a second run
+    equal bit for bit (the reduction order is fixed)."""
     from convnext_kernels.triton import mlp_fused_backward
     shape = (3, 20, 35, 20, 5)
     assert mlp_fused_backward.takes(20, variant == "v2", dtype, dtype, hidden_kept=keep_hidden)
+    if reads:
+        monkeypatch.setattr(mlp_fused_backward, "RECOMPUTE_MAX_CHANNELS", 0)
+    assert mlp_fused_backward.recomputes_hidden(20, dtype, dtype, keep_hidden) != reads
     assert mlp_fused_backward.weight_grad_splits(2100, 100, device) == 3
     gen, seed = fresh_generator()
     args = _inputs(gen, shape, variant, dtype, device)
@@ -189,6 +195,16 @@ def test_triton_picks_the_fused_backward_up_to_192_channels():
     assert takes(128, False, bf16, fp32, hidden_kept=False)
     assert not takes(192, False, bf16, fp32, hidden_kept=False)
     assert takes(192, False, bf16, fp32, hidden_kept=True)
+
+
+def test_fused_backward_recomputes_a_kept_hidden_up_to_128_channels():
+    pytest.importorskip("triton")
+    from convnext_kernels.triton.mlp_fused_backward import recomputes_hidden
+    bf16, fp32 = torch.bfloat16, torch.float32
+    assert recomputes_hidden(96, bf16, bf16, hidden_kept=True)
+    assert recomputes_hidden(128, bf16, fp32, hidden_kept=True)
+    assert not recomputes_hidden(192, bf16, bf16, hidden_kept=True)
+    assert recomputes_hidden(192, bf16, bf16, hidden_kept=False)
 
 
 @pytest.mark.parametrize("keep_hidden", [None, True], ids=["default", "keep"])

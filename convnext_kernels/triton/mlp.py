@@ -65,7 +65,9 @@ writes gH, reads it twice), in 5 launches (4 with h kept).
     Passes over the hidden: 7 (forward: h written, read; backward: h read three times, gH
     written and read) against the GEMMs' 10 (forward the same; backward: h read and gA written
     with its sums, both read and gH written in place, h read for fc2_w', gH read twice); GEMMs:
-    7 against eager's 6; backward launches: 4 in place of 5.
+    7 against eager's 6; backward launches: 4 in place of 5. At C <= 128 the two kernels
+    recompute h from x rather than read it (mlp_fused_backward.recomputes_hidden: bound by
+    bytes there, by the model 0.127 ms against 0.197 at T1): 5 passes, 9 GEMMs.
   GRN (V2), C > 192: the GEMMs above, the forward keeping h alone.
 """
 from dataclasses import replace
@@ -312,6 +314,8 @@ def mlp_backward_into(ws, grad_out, x, fc1_w, fc1_b, fc2_w, gamma, drop_scale, g
                                                     grn_weight, hidden, G, nx, rows_per_sample,
                                                     eps)
             grn_bias_rows = grn_bias.reshape(-1).contiguous()
+        if mlp_fused_backward.recomputes_hidden(C, x.dtype, fc1_w.dtype, hidden.numel() > 0):
+            hidden = hidden[:0]  # the kernels recompute h (with GRN, after the sums read it)
         grad_hidden, grad_x = x.new_empty(M, H), torch.empty_like(x)
         mlp_fused_backward.grad_hidden_launch(grad_out, x, fc1_w, fc1_b, fc2_w, hidden,
                                               grad_hidden, grad_x, gamma, drop_scale,

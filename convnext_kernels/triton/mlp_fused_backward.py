@@ -346,6 +346,25 @@ def takes(C, grn, dtype, weight_dtype, hidden_kept):
     return hidden_kept or weight_dtype == dtype or C <= CONVERTING_RECOMPUTE_MAX_CHANNELS
 
 
+# Where the forward kept h (with GRN it must), the kernels may still recompute it from x: a row
+# of h costs 8C bytes to read and 8C² FLOPs to recompute (x @ fc1_w^T, H = 4C), which pays where
+# the kernels are bound by their bytes and C is below an H200's ridge point, 790 TFLOP/s over
+# 4.3 TB/s = 184 FLOPs a byte. By the ledger's model (V2, bf16, batch 64) the two kernels take
+# 0.197 ms reading h against 0.127 recomputing it at C = 96 (ConvNeXt-T stage 1), and 0.105
+# against 0.120 at C = 192.
+RECOMPUTE_MAX_CHANNELS = 128
+
+
+def recomputes_hidden(C, dtype, weight_dtype, hidden_kept):
+    """Whether the kernels recompute h from x rather than read it: where the forward did not
+    keep it, and where it did up to RECOMPUTE_MAX_CHANNELS (within what converting weights
+    allow, CONVERTING_RECOMPUTE_MAX_CHANNELS)."""
+    if not hidden_kept:
+        return True
+    return C <= RECOMPUTE_MAX_CHANNELS and (weight_dtype == dtype
+                                            or C <= CONVERTING_RECOMPUTE_MAX_CHANNELS)
+
+
 def channel_pieces(C):
     """(BLOCK_C, BLOCK_C2): C as one power-of-two tile, or as two (the second 0 where there is
     one) where two pad less: 96 = 64 + 32 and 192 = 128 + 64 where one tile pads to 128 and 256,
