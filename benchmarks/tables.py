@@ -26,7 +26,7 @@ SOURCES = {
     "cpu-layer-norm": os.path.join(RESULTS, "cpu-ops-2026-12-04",
                                    "layernorm-cpu-x86-64-2-threads.json"),
     "cpu-mlp": os.path.join(RESULTS, "cpu-ops-2026-12-04", "mlp-cpu-x86-64-2-threads.json"),
-    "ledger": os.path.join(RESULTS, "ledger-cpu-2026-12-05", "ledger.json"),
+    "ledger": os.path.join(RESULTS, "ledger-cpu-2026-12-06", "ledger.json"),
 }
 
 
