@@ -67,7 +67,7 @@ writes gH, reads it twice), in 5 launches (4 with h kept).
     with its sums, both read and gH written in place, h read for fc2_w', gH read twice); GEMMs:
     7 against eager's 6; backward launches: 4 in place of 5. At C <= 128 the two kernels
     recompute h from x rather than read it (mlp_fused_backward.recomputes_hidden: bound by
-    bytes there, by the model 0.127 ms against 0.197 at T1): 5 passes, 9 GEMMs.
+    bytes there, as the ledger's model has it): 5 passes, 9 GEMMs.
   GRN (V2), C > 192: the GEMMs above, the forward keeping h alone.
 """
 from dataclasses import replace

@@ -343,7 +343,13 @@ def takes(C, grn, dtype, weight_dtype, hidden_kept):
     if (C > MAX_CHANNELS or (grn and not hidden_kept)
             or (dtype == torch.float32 and not INTERPRETED)):
         return False
-    return hidden_kept or weight_dtype == dtype or C <= CONVERTING_RECOMPUTE_MAX_CHANNELS
+    return hidden_kept or _recompute_fits(C, dtype, weight_dtype)
+
+
+def _recompute_fits(C, dtype, weight_dtype):
+    """Whether the grad-hidden kernel recomputing h fits on chip: with weights in the
+    activations' dtype, or converted in registers up to CONVERTING_RECOMPUTE_MAX_CHANNELS."""
+    return weight_dtype == dtype or C <= CONVERTING_RECOMPUTE_MAX_CHANNELS
 
 
 # Where the forward kept h (with GRN it must), the kernels may still recompute it from x: a row
@@ -361,8 +367,7 @@ def recomputes_hidden(C, dtype, weight_dtype, hidden_kept):
     allow, CONVERTING_RECOMPUTE_MAX_CHANNELS)."""
     if not hidden_kept:
         return True
-    return C <= RECOMPUTE_MAX_CHANNELS and (weight_dtype == dtype
-                                            or C <= CONVERTING_RECOMPUTE_MAX_CHANNELS)
+    return C <= RECOMPUTE_MAX_CHANNELS and _recompute_fits(C, dtype, weight_dtype)
 
 
 def channel_pieces(C):
