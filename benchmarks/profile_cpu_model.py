@@ -45,7 +45,8 @@ def _models(size):
 
 
 def profile(model, x, calls):
-    """(total, gemm, strided conv) self CPU ms per call over `calls` profiled calls."""
+    """(total, gemm, strided conv) self CPU ms per call over `calls` profiled calls, and the GEMM
+    and strided-conv op calls per model call (what the split counted, whatever their times)."""
     with torch.no_grad():
         for _ in range(2):
             model(x)
@@ -56,9 +57,11 @@ def profile(model, x, calls):
     events = prof.key_averages(group_by_input_shape=True)
     total = sum(e.self_cpu_time_total for e in events) / 1e3 / calls
     gemm = sum(e.self_cpu_time_total for e in events if e.key in GEMMS) / 1e3 / calls
-    convs = sum(e.self_cpu_time_total for e in events
-                if e.key in CONVS and not _is_depthwise(e)) / 1e3 / calls
-    return total, gemm, convs
+    strided = [e for e in events if e.key in CONVS and not _is_depthwise(e)]
+    convs = sum(e.self_cpu_time_total for e in strided) / 1e3 / calls
+    gemm_calls = sum(e.count for e in events if e.key in GEMMS) / calls
+    conv_calls = sum(e.count for e in strided) / calls
+    return total, gemm, convs, gemm_calls, conv_calls
 
 
 def run(batches, calls, size="tiny", px=224):
@@ -68,10 +71,11 @@ def run(batches, calls, size="tiny", px=224):
         x = torch.randn(batch, 3, px, px).contiguous(memory_format=torch.channels_last)
         measured = {name: profile(m, x, calls) for name, m in models.items()}
         eager_total = measured["eager channels_last"][0]
-        for name, (total, gemm, convs) in measured.items():
+        for name, (total, gemm, convs, gemm_calls, conv_calls) in measured.items():
             rows.append(dict(model=f"convnext_{size}", batch=batch, provider=name,
                              total_ms=total, gemm_ms=gemm, strided_conv_ms=convs,
-                             rest_ms=total - gemm - convs,
+                             rest_ms=total - gemm - convs, gemm_calls=gemm_calls,
+                             strided_conv_calls=conv_calls,
                              bound_vs_eager=eager_total / (gemm + convs)))
     return rows
 

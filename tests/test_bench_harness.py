@@ -100,7 +100,8 @@ def test_suite_writes_schema_tables_and_plots(tmp_path):
 @pytest.mark.skipif(importlib.util.find_spec("timm") is None, reason="needs timm")
 def test_cpu_profile_splits_each_providers_time(tmp_path):
     """profile_cpu_model: per provider, the GEMMs and the strided convs are parts of the total
-    (eager's dwconvs not among the strided convs), and the bound is eager's total over them."""
+    (eager's dwconvs not among the strided convs), and the bound is eager's total over them. What
+    the split counts is asserted by op calls, not by times, which a loaded machine reorders."""
     from benchmarks import profile_cpu_model
     profile_cpu_model.main(["--batch", "1", "--calls", "1", "--out", str(tmp_path)])
     (json_path,) = tmp_path.glob("profile-cpu-*.json")
@@ -113,10 +114,9 @@ def test_cpu_profile_splits_each_providers_time(tmp_path):
         assert r["rest_ms"] > 0
         assert r["bound_vs_eager"] == pytest.approx(
             eager_total / (r["gemm_ms"] + r["strided_conv_ms"]))
-    # eager's 18 dwconvs are rest, not strided convs: 4 strided convs (stem, 3 downsamplings)
-    # cost far less than the 18 pointwise GEMM pairs
-    assert rows[0]["strided_conv_ms"] < rows[0]["gemm_ms"] / 3
-    # the prepacked model's GEMMs are oneDNN's (counted), not MKL's: few left outside them
-    assert rows[2]["gemm_ms"] > rows[2]["rest_ms"]
+    # every provider's GEMMs are counted, MKL's or (prepacked) oneDNN's: 18 blocks' fc1 and fc2
+    # and the head; eager's 18 dwconvs are rest, the strided convs the stem and 3 downsamplings
+    for r in rows:
+        assert (r["gemm_calls"], r["strided_conv_calls"]) == (2 * 18 + 1, 4), r["provider"]
     assert "| convnext_tiny | 1 | ours |" in (tmp_path / json_path.name.replace(
         ".json", ".md")).read_text()
