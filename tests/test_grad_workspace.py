@@ -1,12 +1,13 @@
 """GradWorkspace: gradients with split counts of their own, summed in split order and written in
-their parameters' dtype by one finalize launch (two blocks of partials), or one launch each."""
+their parameters' dtype by one finalize launch (up to three blocks of partials), or one launch
+each."""
 import pytest
 import torch
 
 from numerics import assert_accurate, fresh_generator, kernel_targets, randn
 
 TRITON_DEVICES = [d for b, d in kernel_targets() if b == "triton"]
-# Column counts off the finalize block (1024): programs straddle gradients and the two blocks.
+# Column counts off the finalize block (1024): a program's columns straddle gradients.
 SHAPES = {"dw_weight": (40, 1, 7, 7), "ln_weight": (40,), "gamma": (40,), "fc1_w": (160, 40),
           "fc1_b": (160,), "fc2_w": (40, 160), "fc2_b": (40,)}
 
@@ -23,16 +24,22 @@ def _filled(ws, gen, device):
     return sums
 
 
+@pytest.mark.parametrize("ln_splits", [3, 5], ids=lambda n: f"ln-{n}")
 @pytest.mark.parametrize("gemm_splits", [1, 3, 7], ids=lambda n: f"gemm-{n}")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("device", TRITON_DEVICES)
-def test_two_split_counts_in_one_launch(device, dtype, gemm_splits, poisoned):
+def test_up_to_three_split_counts_in_one_launch(device, dtype, gemm_splits, ln_splits,
+                                                poisoned):
+    """As in the block: the rows' count, the LayerNorm's own, the weight GEMMs' (gamma's with
+    them): one, two or three blocks."""
     from convnext_kernels.triton.common import recorded_launches
     from convnext_kernels.triton.grad_workspace import GradWorkspace, unflatten
     gen, seed = fresh_generator()
-    splits = {name: gemm_splits if name.startswith("fc") else 3 for name in SHAPES}
+    splits = {name: gemm_splits for name in SHAPES}
+    splits.update(dw_weight=3, ln_weight=ln_splits)
     ws = GradWorkspace(SHAPES, splits, dtype, device)
-    assert len(ws.blocks) == (1 if gemm_splits == 3 else 2)
+    runs = [3, ln_splits, gemm_splits]
+    assert len(ws.blocks) == 1 + sum(a != b for a, b in zip(runs, runs[1:]))
     sums = _filled(ws, gen, device)
     with recorded_launches() as launches:
         ws.finalize_flat()
@@ -47,12 +54,12 @@ def test_two_split_counts_in_one_launch(device, dtype, gemm_splits, poisoned):
 
 
 @pytest.mark.parametrize("device", TRITON_DEVICES)
-def test_at_most_two_runs_of_split_counts(device):
-    """finalize reads two blocks: counts alternating over three runs are refused by name."""
+def test_at_most_three_runs_of_split_counts(device):
+    """finalize reads three blocks: counts alternating over four runs are refused by name."""
     from convnext_kernels.triton.grad_workspace import GradWorkspace
-    shapes = {"a": (3,), "b": (3,), "c": (3,)}
-    with pytest.raises(ValueError, match="two blocks"):
-        GradWorkspace(shapes, {"a": 2, "b": 1, "c": 2}, torch.float32, device)
+    shapes = {"a": (3,), "b": (3,), "c": (3,), "d": (3,)}
+    with pytest.raises(ValueError, match="reads 3 blocks"):
+        GradWorkspace(shapes, {"a": 2, "b": 1, "c": 2, "d": 1}, torch.float32, device)
 
 
 @pytest.mark.parametrize("gemm_splits", [1, 3], ids=lambda n: f"gemm-{n}")

@@ -12,7 +12,9 @@ deterministic results.
 Gradients need not share a split count: a weight gradient from a split-K GEMM needs only the
 splits that fill the device with its output tiles, which at ConvNeXt-T stage 4 is one, where a
 reduction over the rows takes four (each split of a [4C, C] gradient is 9.4 MB of fp32). Runs of
-consecutive gradients with one count share a block [splits, columns]; finalize reads two blocks.
+consecutive gradients with one count share a block [splits, columns]; finalize reads up to three
+(in the block: the row reductions', the LayerNorm's from the MLP's grad-hidden kernel, one a row
+tile, and the weight GEMMs').
 A gradient named `direct` whose count is one has no partials: its producer writes it in its
 parameter's dtype straight into the flat buffer (at stage 4 that saves the GEMM gradients' fp32
 write and finalize's read of it, 2 x 19 MB, and their slice of the finalize launch).
@@ -40,51 +42,63 @@ def reduction_splits(rows):
 
 
 @triton.jit
-def _finalize_kernel(a_ptr, b_ptr, out_ptr, columns, a_columns, a_splits, a_stride, b_splits,
-                     b_stride, BLOCK: tl.constexpr, INTERPRETED: tl.constexpr):
-    """out[c] = the sum over splits of block a's column c (c < a_columns) or of block b's column
-    c - a_columns, in split order."""
-    start = tl.program_id(0) * BLOCK
-    cols = start + tl.arange(0, BLOCK)
+def _block_sums(ptr, out_ptr, chunk, columns, splits, stride, BLOCK: tl.constexpr,
+                INTERPRETED: tl.constexpr):
+    """out[c] = the sum over splits of column c of one [splits, columns] block, in split order,
+    for the chunk's BLOCK columns."""
+    cols = chunk * BLOCK + tl.arange(0, BLOCK)
     mask = cols < columns
-    in_a = cols < a_columns
-    # A program's columns lie in one block, or straddle the two and run the larger count
-    # (each column stops at its own).
-    if start + BLOCK <= a_columns:
-        splits = a_splits
-    elif start >= a_columns:
-        splits = b_splits
-    else:
-        splits = tl.maximum(a_splits, b_splits)
     total = tl.zeros([BLOCK], dtype=tl.float32)
-    a_ptrs = a_ptr + cols
-    b_ptrs = b_ptr + (cols - a_columns)
-    for split in range(splits):  # (pointer steps: 64-bit offsets however large the workspace)
-        total += tl.load(a_ptrs, mask=mask & in_a & (split < a_splits), other=0.0)
-        total += tl.load(b_ptrs, mask=mask & ~in_a & (split < b_splits), other=0.0)
-        a_ptrs += a_stride
-        b_ptrs += b_stride
+    ptrs = ptr + cols
+    for _ in range(splits):  # (pointer steps: 64-bit offsets however large the workspace)
+        total += tl.load(ptrs, mask=mask, other=0.0)
+        ptrs += stride
     tl.store(out_ptr + cols, cast_for_store(total, out_ptr.dtype.element_ty, INTERPRETED),
              mask=mask)
 
 
-def finalize_launch(out, a, b=None):
-    """out (contiguous) = the column sums of a [splits, columns] followed by those of b (rows
-    strided, columns contiguous; b may be absent), added in a fixed order, in out's dtype."""
-    b_splits, b_columns = (0, 0) if b is None else b.shape
-    a_splits, a_columns = a.shape
-    columns = a_columns + b_columns
-    assert out.numel() == columns
-    b = a if b is None else b
-    return Launch(_finalize_kernel, (triton.cdiv(columns, _FINALIZE_BLOCK),),
-                  (a, b, out, columns, a_columns, a_splits, a.stride(0), b_splits, b.stride(0)),
+@triton.jit
+def _finalize_kernel(a_ptr, b_ptr, c_ptr, out_ptr, a_columns, b_columns, c_columns, a_splits,
+                     b_splits, c_splits, a_stride, b_stride, c_stride, BLOCK: tl.constexpr,
+                     INTERPRETED: tl.constexpr):
+    """The column sums of up to three blocks, one after another in out: each program sums BLOCK
+    columns of one block over that block's splits."""
+    pid = tl.program_id(0)
+    a_chunks = tl.cdiv(a_columns, BLOCK)
+    b_chunks = tl.cdiv(b_columns, BLOCK)
+    if pid < a_chunks:
+        _block_sums(a_ptr, out_ptr, pid, a_columns, a_splits, a_stride, BLOCK, INTERPRETED)
+    elif pid < a_chunks + b_chunks:
+        _block_sums(b_ptr, out_ptr + a_columns, pid - a_chunks, b_columns, b_splits, b_stride,
+                    BLOCK, INTERPRETED)
+    else:
+        _block_sums(c_ptr, out_ptr + a_columns + b_columns, pid - a_chunks - b_chunks,
+                    c_columns, c_splits, c_stride, BLOCK, INTERPRETED)
+
+
+# Blocks of partials one finalize launch sums.
+MAX_BLOCKS = 3
+
+
+def finalize_launch(out, *blocks):
+    """out (contiguous) = the column sums of each [splits, columns] block (rows strided, columns
+    contiguous), one block's after another's, added in a fixed order, in out's dtype; 1 to
+    MAX_BLOCKS blocks."""
+    assert 1 <= len(blocks) <= MAX_BLOCKS, f"finalize sums 1 to {MAX_BLOCKS} blocks"
+    blocks = list(blocks) + [blocks[0][:0, :0]] * (MAX_BLOCKS - len(blocks))
+    assert out.numel() == sum(b.shape[1] for b in blocks)
+    programs = sum(triton.cdiv(b.shape[1], _FINALIZE_BLOCK) for b in blocks)
+    return Launch(_finalize_kernel, (programs,),
+                  (*blocks, out, *(b.shape[1] for b in blocks), *(b.shape[0] for b in blocks),
+                   *(b.stride(0) for b in blocks)),
                   dict(BLOCK=_FINALIZE_BLOCK, INTERPRETED=INTERPRETED))
 
 
 class GradWorkspace:
     """fp32 partials of the named gradients; see the module docstring. `shapes` maps a gradient's
     name to its shape, in the order of finalize_flat's buffer; `splits` is every gradient's
-    split count, or a map from each name to its own (at most two runs of equal counts); `dtype`
+    split count, or a map from each name to its own (at most MAX_BLOCKS runs of equal counts);
+    `dtype`
     is the dtype gradients are written in (their parameters' dtype). `direct`: names, the last
     of `shapes` (names not in it ignored), whose producers can write in `dtype` (they cast as
     they store); those with one split are written straight into `flat`, the buffer
@@ -111,9 +125,9 @@ class GradWorkspace:
                 runs[-1][2] = columns.stop
             else:
                 runs.append([self.splits[name], columns.start, columns.stop])
-        if len(runs) > 2:
-            raise ValueError(f"GradWorkspace: finalize reads two blocks, the split counts "
-                             f"{self.splits} make {len(runs)}")
+        if len(runs) > MAX_BLOCKS:
+            raise ValueError(f"GradWorkspace: finalize reads {MAX_BLOCKS} blocks, the split "
+                             f"counts {self.splits} make {len(runs)}")
         self.partial = torch.empty(sum(n * (stop - start) for n, start, stop in runs),
                                    device=device, dtype=torch.float32)
         self.blocks, offset = [], 0  # (first column, end column, [splits, columns] view)

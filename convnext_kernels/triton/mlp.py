@@ -49,7 +49,9 @@ writes gH, reads it twice), in 5 launches (4 with h kept).
     x' and the weight gradients made from tiles on chip. Passes over the hidden: 2; GEMMs: 8
     against eager's 6 (h recomputed by each backward kernel); launches: 3 in place of 6. By the
     ledger's model at T2 this beats the two-GEMM forward keeping h with the same two backward
-    kernels reading it (6 passes, 6 GEMMs): 0.236 ms against 0.244 a block.
+    kernels reading it (6 passes, 6 GEMMs): 0.236 ms against 0.244 a block. In the block, at
+    C <= 128 the grad-hidden kernel also takes x' through the LayerNorm that made x
+    (mlp_fused_backward.takes_layer_norm): x' is neither written nor read again.
   C > 192 (T3, T4): grad_x's [64, C] fp32 accumulator no longer fits in registers (C = 384:
     128 a thread at 8 warps, with the tiles beside it), so the backward stays the GEMMs above,
     reading the kept h: tiling C in the grad-hidden kernel would re-read gH per C tile.
@@ -300,10 +302,12 @@ def _grn_coefficients(ws, g, fc2_w, gamma, drop_scale, grn_weight, hidden, G, nx
 
 
 def mlp_backward_into(ws, grad_out, x, fc1_w, fc1_b, fc2_w, gamma, drop_scale, grn_weight,
-                      grn_bias, hidden, y2, G, nx, rows_per_sample, eps, fused):
+                      grn_bias, hidden, y2, G, nx, rows_per_sample, eps, fused, layer_norm=None):
     """The MLP backward with its parameter gradients left as partials in `ws` (names of
     grad_shapes, split as grad_splits with the same `fused`: mlp_fused_backward.takes); returns
-    grad_x. M > 0."""
+    grad_x. M > 0. Where `fused`, a mlp_fused_backward.LayerNormBackward `layer_norm` makes the
+    result the gradient of the input of the LayerNorm that made x."""
+    assert fused or layer_norm is None, "the LayerNorm backward rides on the fused kernels"
     M, C = x.shape
     H = fc1_w.shape[0]
     grn = grn_weight is not None
@@ -319,7 +323,8 @@ def mlp_backward_into(ws, grad_out, x, fc1_w, fc1_b, fc2_w, gamma, drop_scale, g
         grad_hidden, grad_x = x.new_empty(M, H), torch.empty_like(x)
         mlp_fused_backward.grad_hidden_launch(grad_out, x, fc1_w, fc1_b, fc2_w, hidden,
                                               grad_hidden, grad_x, gamma, drop_scale,
-                                              rows_per_sample, grn_scale, grn_coef)()
+                                              rows_per_sample, grn_scale, grn_coef,
+                                              layer_norm)()
         mlp_fused_backward.weight_grad_launch(
             grad_out, x, fc1_w, fc1_b, hidden, grad_hidden, y2, gamma, drop_scale,
             {name: ws[name] for name in GEMM_GRADS if name in ws.shapes}, rows_per_sample,

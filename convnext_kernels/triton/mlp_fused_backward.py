@@ -9,7 +9,10 @@ eager stores it.
 
 Grad-hidden kernel, a program per tile of BLOCK_M rows, looping over the hidden in BLOCK_H
 chunks: h, gA = g' @ fc2_w[:, chunk] and gH = gA * gelu'(h) on chip, gH stored, and
-grad_x += gH @ fc1_w[chunk] in an fp32 [BLOCK_M, C] accumulator stored at the end.
+grad_x += gH @ fc1_w[chunk] in an fp32 [BLOCK_M, C] accumulator stored at the end, or, in the
+block at C <= LAYER_NORM_MAX_CHANNELS (LayerNormBackward), taken through the LayerNorm that
+made x first: its rows are whole there, so the LayerNorm backward's row sums need no other pass,
+and its parameter gradients are per-program partials (grad_hidden_programs splits).
 
 Weight-gradient kernel, two programs per (hidden chunk, row split), each with one fp32
 accumulator, over the split's rows: one makes fc1_w'[chunk] = gH^T @ x and fc1_b' (gH's row
@@ -29,6 +32,8 @@ Each program holds one [64, C] fp32 accumulator, C in one or two power-of-two pi
 third more tensor-core work): channels up to MAX_CHANNELS. The launches count the FLOPs of the
 pieces as run.
 """
+from typing import NamedTuple
+
 import torch
 import triton
 import triton.language as tl
@@ -96,9 +101,11 @@ def _store_sums(ptr, split, stride, cols, mask, values, INTERPRETED: tl.constexp
 
 @triton.jit
 def _grad_hidden_kernel(g_ptr, x_ptr, w1_ptr, b1_ptr, w2_ptr, hidden_ptr, grad_hidden_ptr,
-                        grad_x_ptr, gamma_ptr, drop_scale_ptr, grn_scale_ptr, grn_coef_ptr, M, C,
-                        HID, rows_per_sample, HIDDEN_KEPT: tl.constexpr, GRN: tl.constexpr,
-                        HAS_GAMMA: tl.constexpr,
+                        grad_x_ptr, gamma_ptr, drop_scale_ptr, grn_scale_ptr, grn_coef_ptr,
+                        ln_in_ptr, ln_w_ptr, ln_mean_ptr, ln_rstd_ptr, ln_w_grad_ptr,
+                        ln_b_grad_ptr, ln_grad_stride, M, C, HID, rows_per_sample,
+                        HIDDEN_KEPT: tl.constexpr, GRN: tl.constexpr,
+                        LAYER_NORM: tl.constexpr, HAS_GAMMA: tl.constexpr,
                         HAS_DROP_SCALE: tl.constexpr, BLOCK_M: tl.constexpr,
                         BLOCK_C: tl.constexpr, BLOCK_C2: tl.constexpr, BLOCK_H: tl.constexpr,
                         DOT_FP32: tl.constexpr, INPUT_PRECISION: tl.constexpr,
@@ -156,12 +163,67 @@ def _grad_hidden_kernel(g_ptr, x_ptr, w1_ptr, b1_ptr, w2_ptr, hidden_ptr, grad_h
         acc = mma(grad_hidden, w1, acc, DOT_FP32, INPUT_PRECISION)
         if BLOCK_C2:
             acc2 = mma(grad_hidden, w1_2, acc2, DOT_FP32, INPUT_PRECISION)
-    tl.store(grad_x_ptr + rows[:, None] * C + cols[None, :],
-             cast_for_store(acc, dtype, INTERPRETED), mask=row_mask[:, None] & col_mask[None, :])
-    if BLOCK_C2:
-        tl.store(grad_x_ptr + rows[:, None] * C + cols2[None, :],
-                 cast_for_store(acc2, dtype, INTERPRETED),
-                 mask=row_mask[:, None] & col_mask2[None, :])
+    if LAYER_NORM:  # the MLP's input gradient through the LayerNorm that made x
+        mean = tl.load(ln_mean_ptr + rows, mask=row_mask, other=0.0)
+        rstd = tl.load(ln_rstd_ptr + rows, mask=row_mask, other=0.0)
+        grad_y, xhat, grad_xhat = _layer_norm_piece(acc, ln_in_ptr, ln_w_ptr, rows, row_mask,
+                                                    cols, col_mask, C, mean, rstd, dtype,
+                                                    INTERPRETED)
+        sum_gxhat = tl.sum(grad_xhat, axis=1)
+        sum_gxhat_xhat = tl.sum(grad_xhat * xhat, axis=1)
+        if BLOCK_C2:
+            grad_y2, xhat2, grad_xhat2 = _layer_norm_piece(acc2, ln_in_ptr, ln_w_ptr, rows,
+                                                           row_mask, cols2, col_mask2, C, mean,
+                                                           rstd, dtype, INTERPRETED)
+            sum_gxhat += tl.sum(grad_xhat2, axis=1)
+            sum_gxhat_xhat += tl.sum(grad_xhat2 * xhat2, axis=1)
+        mean_gxhat = sum_gxhat / C
+        mean_gxhat_xhat = sum_gxhat_xhat / C
+        split = tl.program_id(0).to(tl.int64)
+        _layer_norm_piece_out(grad_x_ptr, ln_w_grad_ptr, ln_b_grad_ptr, ln_grad_stride, split,
+                              rows, row_mask, cols, col_mask, C, grad_y, xhat, grad_xhat,
+                              mean_gxhat, mean_gxhat_xhat, rstd, INTERPRETED)
+        if BLOCK_C2:
+            _layer_norm_piece_out(grad_x_ptr, ln_w_grad_ptr, ln_b_grad_ptr, ln_grad_stride,
+                                  split, rows, row_mask, cols2, col_mask2, C, grad_y2, xhat2,
+                                  grad_xhat2, mean_gxhat, mean_gxhat_xhat, rstd, INTERPRETED)
+    else:
+        tl.store(grad_x_ptr + rows[:, None] * C + cols[None, :],
+                 cast_for_store(acc, dtype, INTERPRETED),
+                 mask=row_mask[:, None] & col_mask[None, :])
+        if BLOCK_C2:
+            tl.store(grad_x_ptr + rows[:, None] * C + cols2[None, :],
+                     cast_for_store(acc2, dtype, INTERPRETED),
+                     mask=row_mask[:, None] & col_mask2[None, :])
+
+
+@triton.jit
+def _layer_norm_piece(acc, ln_in_ptr, ln_w_ptr, rows, row_mask, cols, col_mask, C, mean, rstd,
+                      dtype: tl.constexpr, INTERPRETED: tl.constexpr):
+    """For one piece of C: (grad_y rounded to `dtype` as eager stores it, xhat of the
+    LayerNorm's input, grad_y * ln_w), fp32, 0 where masked."""
+    grad_y = cast_for_store(acc, dtype, INTERPRETED).to(tl.float32)
+    ln_in = tile(ln_in_ptr, rows, row_mask, cols, col_mask, C).to(tl.float32)
+    xhat = tl.where(row_mask[:, None] & col_mask[None, :],
+                    (ln_in - mean[:, None]) * rstd[:, None], 0.0)
+    w = tl.load(ln_w_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
+    return grad_y, xhat, grad_y * w[None, :]
+
+
+@triton.jit
+def _layer_norm_piece_out(grad_in_ptr, ln_w_grad_ptr, ln_b_grad_ptr, ln_grad_stride, split, rows,
+                          row_mask, cols, col_mask, C, grad_y, xhat, grad_xhat, mean_gxhat,
+                          mean_gxhat_xhat, rstd, INTERPRETED: tl.constexpr):
+    """For one piece of C: the LayerNorm's input gradient, and this program's partial sums of
+    its weight's (grad_y * xhat) and bias's (grad_y) gradients over its rows."""
+    grad_in = rstd[:, None] * (grad_xhat - mean_gxhat[:, None] - xhat * mean_gxhat_xhat[:, None])
+    tl.store(grad_in_ptr + rows[:, None] * C + cols[None, :],
+             cast_for_store(grad_in, grad_in_ptr.dtype.element_ty, INTERPRETED),
+             mask=row_mask[:, None] & col_mask[None, :])
+    tl.store(ln_w_grad_ptr + split * ln_grad_stride + cols, tl.sum(grad_y * xhat, axis=0),
+             mask=col_mask)
+    tl.store(ln_b_grad_ptr + split * ln_grad_stride + cols, tl.sum(grad_y, axis=0),
+             mask=col_mask)
 
 
 @triton.jit
@@ -408,22 +470,64 @@ def _gemm_flops(M, H, C, hidden):
     return (2 if hidden.numel() else 3) * 2 * M * H * padded_channels(C)
 
 
+# The widest C whose LayerNorm backward the grad-hidden kernel takes in its epilogue: at C = 192
+# the kernel needs more than 255 registers a thread with it (spill stores; kernel report, sm_90),
+# so there the LayerNorm backward stays a launch of its own.
+LAYER_NORM_MAX_CHANNELS = 128
+
+
+def takes_layer_norm(C):
+    """Whether the grad-hidden kernel, where the MLP backward is fused (takes), also takes the
+    LayerNorm backward (LayerNormBackward)."""
+    return C <= LAYER_NORM_MAX_CHANNELS
+
+
+def grad_hidden_programs(M):
+    """The grad-hidden kernel's programs, one per row tile: the split count of the LayerNorm
+    parameter-gradient partials it writes (LayerNormBackward)."""
+    return triton.cdiv(M, _GRAD_HIDDEN_TILE[0])
+
+
+class LayerNormBackward(NamedTuple):
+    """The LayerNorm that made the MLP's input x [M, C], for the grad-hidden kernel to take the
+    input gradient through: its input [M, C] and fp32 mean and rstd [M], its weight [C], and
+    its weight's and bias's gradient partials [grad_hidden_programs(M), C] fp32 (GradWorkspace
+    views, every element written)."""
+    ln_in: torch.Tensor
+    weight: torch.Tensor
+    mean: torch.Tensor
+    rstd: torch.Tensor
+    weight_grad: torch.Tensor
+    bias_grad: torch.Tensor
+
+
 def grad_hidden_launch(g, x, fc1_w, fc1_b, fc2_w, hidden, grad_hidden, grad_x, gamma, drop_scale,
-                       rows_per_sample, grn_scale=None, grn_coef=None):
+                       rows_per_sample, grn_scale=None, grn_coef=None, layer_norm=None):
     """gH into grad_hidden [M, H] and grad_x [M, C]; `hidden` the kept pre-activation or empty;
     with GRN its backward's per-sample scale and coef [samples, H] fp32
-    (grn.grn_coefficients_launch)."""
+    (grn.grn_coefficients_launch). With `layer_norm` (a LayerNormBackward) grad_x receives the
+    gradient of the LayerNorm's input instead of x's, and the LayerNorm's parameter-gradient
+    partials are written: the LayerNorm backward needs whole rows of x's gradient, which this
+    kernel holds, so it costs no launch and no write and read of x's gradient."""
     M, C = x.shape
     H = fc1_w.shape[0]
     unused = grad_x
     block_m, block_h = _GRAD_HIDDEN_TILE
-    return Launch(_grad_hidden_kernel, (triton.cdiv(M, block_m),),
+    if layer_norm is not None:
+        assert takes_layer_norm(C), f"the LayerNorm backward in the grad-hidden kernel at C = {C}"
+        splits = {t.shape[0] for t in (layer_norm.weight_grad, layer_norm.bias_grad)}
+        assert splits == {grad_hidden_programs(M)}, \
+            f"LayerNorm gradient partials for {grad_hidden_programs(M)} programs, not {splits}"
+        assert layer_norm.weight_grad.stride(0) == layer_norm.bias_grad.stride(0)
+    ln = layer_norm if layer_norm is not None else (unused,) * 6
+    flags = _flags(x, hidden, grn_scale is not None, gamma, drop_scale, block_m, block_h)
+    flags["LAYER_NORM"] = layer_norm is not None
+    return Launch(_grad_hidden_kernel, (grad_hidden_programs(M),),
                   (g, x, fc1_w, fc1_b, fc2_w, hidden if hidden.numel() else unused, grad_hidden,
                    grad_x, *(t if t is not None else unused for t in (gamma, drop_scale,
                                                                        grn_scale, grn_coef)),
-                   M, C, H, rows_per_sample),
-                  _flags(x, hidden, grn_scale is not None, gamma, drop_scale, block_m, block_h),
-                  num_warps=_NUM_WARPS, flops=_gemm_flops(M, H, C, hidden))
+                   *ln, ln[4].stride(0), M, C, H, rows_per_sample),
+                  flags, num_warps=_NUM_WARPS, flops=_gemm_flops(M, H, C, hidden))
 
 
 def weight_grad_launch(g, x, fc1_w, fc1_b, hidden, grad_hidden, y2, gamma, drop_scale, grads,
