@@ -17,9 +17,10 @@ take one split: those are written in their dtype into the flat buffer):
                            and grad_y, at C <= 128 taken through the LayerNorm backward in its
                            epilogue into grad_conv, its rows being whole there; h recomputed on
                            chip where the forward was fused) and a weight-gradient kernel
-                           (fc1 and fc2 weights, their biases and layer scale's gradient). V2 at C <= 192: the same two kernels, after a
-                           GEMM that makes only GRN's per-sample sums of gA (not stored) and one
-                           kernel GRN's backward scale and coefficient. Otherwise GEMMs: [fc1
+                           (fc1 and fc2 weights, their biases and layer scale's gradient).
+                           V2 at C <= 192: the same two kernels, after a GEMM that makes only
+                           GRN's per-sample sums of gA (not stored) and one kernel GRN's
+                           backward scale and coefficient. Otherwise GEMMs: [fc1
                            recomputed where the forward was fused], gH (V2: with GRN's
                            per-sample sums per row tile, then one
                            kernel that makes GRN's backward statistics, takes gH through GRN and
