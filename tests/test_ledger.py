@@ -37,8 +37,8 @@ def test_v1_block_fits_the_launch_budget(stage, dtype):
 
 
 # GRN (V2) adds its statistics kernel between fc1 and fc2 (every pixel's sums are needed before
-# fc2) and in the backward a GEMM of its sums and its backward kernel: 10 launches at C <= 128,
-# 11 at C <= 192, 12 above, as triton/whole_block.py lists them.
+# fc2) and in the backward a GEMM of its sums and its backward kernel: 10 launches at C <= 192,
+# 12 above, as triton/whole_block.py lists them.
 @pytest.mark.parametrize("dtype", ["bf16", "autocast"])
 @pytest.mark.parametrize("stage", sorted(ledger.STAGES))
 def test_v2_block_is_one_op_with_its_launches_counted(stage, dtype):

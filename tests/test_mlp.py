@@ -197,13 +197,6 @@ def test_triton_picks_the_fused_backward_up_to_192_channels():
     assert takes(192, False, bf16, fp32, hidden_kept=True)
 
 
-def test_grad_hidden_kernel_takes_the_layer_norm_backward_up_to_128_channels():
-    pytest.importorskip("triton")
-    from convnext_kernels.triton.mlp_fused_backward import takes_layer_norm
-    assert takes_layer_norm(96) and takes_layer_norm(128)
-    assert not takes_layer_norm(192)
-
-
 def test_fused_backward_recomputes_a_kept_hidden_up_to_128_channels():
     pytest.importorskip("triton")
     from convnext_kernels.triton.mlp_fused_backward import recomputes_hidden

@@ -10,9 +10,9 @@ eager stores it.
 Grad-hidden kernel, a program per tile of BLOCK_M rows, looping over the hidden in BLOCK_H
 chunks: h, gA = g' @ fc2_w[:, chunk] and gH = gA * gelu'(h) on chip, gH stored, and
 grad_x += gH @ fc1_w[chunk] in an fp32 [BLOCK_M, C] accumulator stored at the end, or, in the
-block at C <= LAYER_NORM_MAX_CHANNELS (LayerNormBackward), taken through the LayerNorm that
-made x first: its rows are whole there, so the LayerNorm backward's row sums need no other pass,
-and its parameter gradients are per-program partials (grad_hidden_programs splits).
+block (LayerNormBackward), taken through the LayerNorm that made x: its rows are whole there,
+so the LayerNorm backward's row sums need no other pass, and its parameter gradients are
+per-program partials (grad_hidden_programs splits).
 
 Weight-gradient kernel, two programs per (hidden chunk, row split), each with one fp32
 accumulator, over the split's rows: one makes fc1_w'[chunk] = gH^T @ x and fc1_b' (gH's row
@@ -163,46 +163,44 @@ def _grad_hidden_kernel(g_ptr, x_ptr, w1_ptr, b1_ptr, w2_ptr, hidden_ptr, grad_h
         acc = mma(grad_hidden, w1, acc, DOT_FP32, INPUT_PRECISION)
         if BLOCK_C2:
             acc2 = mma(grad_hidden, w1_2, acc2, DOT_FP32, INPUT_PRECISION)
+    # grad_y, rounded to the activations' dtype as eager stores it; with LAYER_NORM a scratch
+    # copy in the output rows, read back below in the loads' layout (the accumulators' layout
+    # held beside the LayerNorm's tiles needs more than 255 registers a thread at C = 192).
+    tl.store(grad_x_ptr + rows[:, None] * C + cols[None, :],
+             cast_for_store(acc, dtype, INTERPRETED), mask=row_mask[:, None] & col_mask[None, :])
+    if BLOCK_C2:
+        tl.store(grad_x_ptr + rows[:, None] * C + cols2[None, :],
+                 cast_for_store(acc2, dtype, INTERPRETED),
+                 mask=row_mask[:, None] & col_mask2[None, :])
     if LAYER_NORM:  # the MLP's input gradient through the LayerNorm that made x
+        tl.debug_barrier()  # (the program's grad_y rows stored by all its threads)
         mean = tl.load(ln_mean_ptr + rows, mask=row_mask, other=0.0)
         rstd = tl.load(ln_rstd_ptr + rows, mask=row_mask, other=0.0)
-        grad_y, xhat, grad_xhat = _layer_norm_piece(acc, ln_in_ptr, ln_w_ptr, rows, row_mask,
-                                                    cols, col_mask, C, mean, rstd, dtype,
-                                                    INTERPRETED)
-        sum_gxhat = tl.sum(grad_xhat, axis=1)
-        sum_gxhat_xhat = tl.sum(grad_xhat * xhat, axis=1)
+        sum_gxhat, sum_gxhat_xhat = _layer_norm_row_sums(
+            grad_x_ptr, ln_in_ptr, ln_w_ptr, rows, row_mask, cols, col_mask, C, mean, rstd)
         if BLOCK_C2:
-            grad_y2, xhat2, grad_xhat2 = _layer_norm_piece(acc2, ln_in_ptr, ln_w_ptr, rows,
-                                                           row_mask, cols2, col_mask2, C, mean,
-                                                           rstd, dtype, INTERPRETED)
-            sum_gxhat += tl.sum(grad_xhat2, axis=1)
-            sum_gxhat_xhat += tl.sum(grad_xhat2 * xhat2, axis=1)
+            sums2 = _layer_norm_row_sums(grad_x_ptr, ln_in_ptr, ln_w_ptr, rows, row_mask, cols2,
+                                         col_mask2, C, mean, rstd)
+            sum_gxhat += sums2[0]
+            sum_gxhat_xhat += sums2[1]
         mean_gxhat = sum_gxhat / C
         mean_gxhat_xhat = sum_gxhat_xhat / C
         split = tl.program_id(0).to(tl.int64)
-        _layer_norm_piece_out(grad_x_ptr, ln_w_grad_ptr, ln_b_grad_ptr, ln_grad_stride, split,
-                              rows, row_mask, cols, col_mask, C, grad_y, xhat, grad_xhat,
-                              mean_gxhat, mean_gxhat_xhat, rstd, INTERPRETED)
+        _layer_norm_piece_out(grad_x_ptr, ln_in_ptr, ln_w_ptr, ln_w_grad_ptr, ln_b_grad_ptr,
+                              ln_grad_stride, split, rows, row_mask, cols, col_mask, C, mean,
+                              rstd, mean_gxhat, mean_gxhat_xhat, INTERPRETED)
         if BLOCK_C2:
-            _layer_norm_piece_out(grad_x_ptr, ln_w_grad_ptr, ln_b_grad_ptr, ln_grad_stride,
-                                  split, rows, row_mask, cols2, col_mask2, C, grad_y2, xhat2,
-                                  grad_xhat2, mean_gxhat, mean_gxhat_xhat, rstd, INTERPRETED)
-    else:
-        tl.store(grad_x_ptr + rows[:, None] * C + cols[None, :],
-                 cast_for_store(acc, dtype, INTERPRETED),
-                 mask=row_mask[:, None] & col_mask[None, :])
-        if BLOCK_C2:
-            tl.store(grad_x_ptr + rows[:, None] * C + cols2[None, :],
-                     cast_for_store(acc2, dtype, INTERPRETED),
-                     mask=row_mask[:, None] & col_mask2[None, :])
+            _layer_norm_piece_out(grad_x_ptr, ln_in_ptr, ln_w_ptr, ln_w_grad_ptr, ln_b_grad_ptr,
+                                  ln_grad_stride, split, rows, row_mask, cols2, col_mask2, C,
+                                  mean, rstd, mean_gxhat, mean_gxhat_xhat, INTERPRETED)
 
 
 @triton.jit
-def _layer_norm_piece(acc, ln_in_ptr, ln_w_ptr, rows, row_mask, cols, col_mask, C, mean, rstd,
-                      dtype: tl.constexpr, INTERPRETED: tl.constexpr):
-    """For one piece of C: (grad_y rounded to `dtype` as eager stores it, xhat of the
-    LayerNorm's input, grad_y * ln_w), fp32, 0 where masked."""
-    grad_y = cast_for_store(acc, dtype, INTERPRETED).to(tl.float32)
+def _layer_norm_piece(grad_ptr, ln_in_ptr, ln_w_ptr, rows, row_mask, cols, col_mask, C, mean,
+                      rstd):
+    """For one piece of C: (grad_y, xhat of the LayerNorm's input, grad_y * ln_w), fp32, 0 where
+    masked."""
+    grad_y = tile(grad_ptr, rows, row_mask, cols, col_mask, C).to(tl.float32)
     ln_in = tile(ln_in_ptr, rows, row_mask, cols, col_mask, C).to(tl.float32)
     xhat = tl.where(row_mask[:, None] & col_mask[None, :],
                     (ln_in - mean[:, None]) * rstd[:, None], 0.0)
@@ -211,14 +209,27 @@ def _layer_norm_piece(acc, ln_in_ptr, ln_w_ptr, rows, row_mask, cols, col_mask, 
 
 
 @triton.jit
-def _layer_norm_piece_out(grad_in_ptr, ln_w_grad_ptr, ln_b_grad_ptr, ln_grad_stride, split, rows,
-                          row_mask, cols, col_mask, C, grad_y, xhat, grad_xhat, mean_gxhat,
-                          mean_gxhat_xhat, rstd, INTERPRETED: tl.constexpr):
-    """For one piece of C: the LayerNorm's input gradient, and this program's partial sums of
-    its weight's (grad_y * xhat) and bias's (grad_y) gradients over its rows."""
+def _layer_norm_row_sums(grad_ptr, ln_in_ptr, ln_w_ptr, rows, row_mask, cols, col_mask, C, mean,
+                         rstd):
+    """For one piece of C: the row sums of grad_xhat = grad_y * ln_w and of grad_xhat * xhat."""
+    _, xhat, grad_xhat = _layer_norm_piece(grad_ptr, ln_in_ptr, ln_w_ptr, rows, row_mask, cols,
+                                           col_mask, C, mean, rstd)
+    return tl.sum(grad_xhat, axis=1), tl.sum(grad_xhat * xhat, axis=1)
+
+
+@triton.jit
+def _layer_norm_piece_out(grad_ptr, ln_in_ptr, ln_w_ptr, ln_w_grad_ptr, ln_b_grad_ptr,
+                          ln_grad_stride, split, rows, row_mask, cols, col_mask, C, mean, rstd,
+                          mean_gxhat, mean_gxhat_xhat, INTERPRETED: tl.constexpr):
+    """For one piece of C: the LayerNorm's input gradient in place of grad_y, and this program's
+    partial sums of the LayerNorm weight's (grad_y * xhat) and bias's (grad_y) gradients over
+    its rows."""
+    grad_y, xhat, grad_xhat = _layer_norm_piece(grad_ptr, ln_in_ptr, ln_w_ptr, rows, row_mask,
+                                                cols, col_mask, C, mean, rstd)
     grad_in = rstd[:, None] * (grad_xhat - mean_gxhat[:, None] - xhat * mean_gxhat_xhat[:, None])
-    tl.store(grad_in_ptr + rows[:, None] * C + cols[None, :],
-             cast_for_store(grad_in, grad_in_ptr.dtype.element_ty, INTERPRETED),
+    tl.debug_barrier()  # (every thread's grad_y of the piece loaded before any is overwritten)
+    tl.store(grad_ptr + rows[:, None] * C + cols[None, :],
+             cast_for_store(grad_in, grad_ptr.dtype.element_ty, INTERPRETED),
              mask=row_mask[:, None] & col_mask[None, :])
     tl.store(ln_w_grad_ptr + split * ln_grad_stride + cols, tl.sum(grad_y * xhat, axis=0),
              mask=col_mask)
@@ -470,18 +481,6 @@ def _gemm_flops(M, H, C, hidden):
     return (2 if hidden.numel() else 3) * 2 * M * H * padded_channels(C)
 
 
-# The widest C whose LayerNorm backward the grad-hidden kernel takes in its epilogue: at C = 192
-# the kernel needs more than 255 registers a thread with it (spill stores; kernel report, sm_90),
-# so there the LayerNorm backward stays a launch of its own.
-LAYER_NORM_MAX_CHANNELS = 128
-
-
-def takes_layer_norm(C):
-    """Whether the grad-hidden kernel, where the MLP backward is fused (takes), also takes the
-    LayerNorm backward (LayerNormBackward)."""
-    return C <= LAYER_NORM_MAX_CHANNELS
-
-
 def grad_hidden_programs(M):
     """The grad-hidden kernel's programs, one per row tile: the split count of the LayerNorm
     parameter-gradient partials it writes (LayerNormBackward)."""
@@ -508,13 +507,13 @@ def grad_hidden_launch(g, x, fc1_w, fc1_b, fc2_w, hidden, grad_hidden, grad_x, g
     (grn.grn_coefficients_launch). With `layer_norm` (a LayerNormBackward) grad_x receives the
     gradient of the LayerNorm's input instead of x's, and the LayerNorm's parameter-gradient
     partials are written: the LayerNorm backward needs whole rows of x's gradient, which this
-    kernel holds, so it costs no launch and no write and read of x's gradient."""
+    kernel holds, so it costs no launch, and x's gradient is read back only by the program that
+    wrote it, from cache, into the rows it then overwrites."""
     M, C = x.shape
     H = fc1_w.shape[0]
     unused = grad_x
     block_m, block_h = _GRAD_HIDDEN_TILE
     if layer_norm is not None:
-        assert takes_layer_norm(C), f"the LayerNorm backward in the grad-hidden kernel at C = {C}"
         splits = {t.shape[0] for t in (layer_norm.weight_grad, layer_norm.bias_grad)}
         assert splits == {grad_hidden_programs(M)}, \
             f"LayerNorm gradient partials for {grad_hidden_programs(M)} programs, not {splits}"

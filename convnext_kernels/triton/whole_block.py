@@ -10,13 +10,13 @@ Forward (V1: 2-3 launches; V2: 4):
                            per-sample sums of gelu's squares (per row tile: matmul.py), one
                            kernel makes GRN's statistics, and fc2 applies GELU and GRN to its
                            input tiles as it loads them
-Backward (V1: 4 launches at C <= 128 in fp16/bf16, 5 at C <= 192, else 7; V2: 6, 7 and 8; all
+Backward (V1: 4 launches at C <= 192 in fp16/bf16, else 7; V2: 6 and 8; all
 parameter gradients as fp32 partials in one GradWorkspace, but the weight gradients where they
 take one split: those are written in their dtype into the flat buffer):
   MLP backward             V1 at C <= 192 (mlp_fused_backward.py): a grad-hidden kernel (gH
-                           and grad_y, at C <= 128 taken through the LayerNorm backward in its
-                           epilogue into grad_conv, its rows being whole there; h recomputed on
-                           chip where the forward was fused) and a weight-gradient kernel
+                           and grad_conv: grad_y taken through the LayerNorm backward in its
+                           epilogue, its rows being whole there; h recomputed on chip where the
+                           forward was fused) and a weight-gradient kernel
                            (fc1 and fc2 weights, their biases and layer scale's gradient).
                            V2 at C <= 192: the same two kernels, after a GEMM that makes only
                            GRN's per-sample sums of gA (not stored) and one kernel GRN's
@@ -27,8 +27,8 @@ take one split: those are written in their dtype into the flat buffer):
                            GELU in place and writes GRN's parameter-gradient partials), fc2 and
                            fc1 weight gradients (split-K partials + bias row sums; the fc2 one
                            also layer scale's gradient, as row dots of its A with y2), grad_y
-  LayerNorm backward       where the grad-hidden kernel does not take it: grad_conv, ln
-                           weight/bias partials
+  LayerNorm backward       where the MLP backward is not fused: grad_conv, ln weight/bias
+                           partials
   dwconv backward          one launch, two kinds of program: the weight gradient's partials in
                            the weight's [C, k*k] order and the bias's, and the input gradient
                            (grad_conv conv the weight read flipped, + grad_out: the residual)
@@ -36,7 +36,7 @@ take one split: those are written in their dtype into the flat buffer):
 Keep or recompute the hidden: the fused forward cannot keep it (it never exists), so the backward
 recomputes it on chip; the two-GEMM forward keeps the pre-activation (written once by fc1's
 epilogue, read by fc2 and by the backward). benchmarks/ledger.py, bf16: V1 6 launches at
-C <= 128, 7 at C <= 192, 10 above; V2 10, 11 and 12.
+C <= 192, 10 above; V2 10 and 12.
 
 Mixed precision: parameters and x may be fp32 under autocast; kernels read them in their dtype
 and convert in registers, so there is no cast launch. Activations are in `dtype`.
@@ -106,10 +106,7 @@ def block_backward(grad_out, x, dw_weight, ln_weight, fc1_w, fc1_b, fc2_w, gamma
     fused = mlp_fused_backward.takes(C, grn_weight is not None, y_rows.dtype, fc1_w.dtype,
                                      hidden.numel() > 0)
     splits = mlp.grad_splits(shapes, M, *fc1_w.shape, grad_out.dtype, x.device, fused)
-    # The fused MLP backward's grad-hidden kernel takes grad_y through the LayerNorm, a split a
-    # program, where it fits.
-    ln_fused = fused and mlp_fused_backward.takes_layer_norm(C)
-    if ln_fused:
+    if fused:  # the grad-hidden kernel takes grad_y through the LayerNorm, a split a program
         splits.update(dict.fromkeys(("ln_weight", "ln_bias"),
                                     mlp_fused_backward.grad_hidden_programs(M)))
     ws = GradWorkspace(shapes, splits, fc1_w.dtype, x.device, direct=_gemm_tail(shapes))
@@ -121,12 +118,12 @@ def block_backward(grad_out, x, dw_weight, ln_weight, fc1_w, fc1_b, fc2_w, gamma
     ln_grads = (ws["ln_weight"], ws["ln_bias"])
     ln_backward = mlp_fused_backward.LayerNormBackward(
         conv.permute(0, 2, 3, 1).reshape(-1, C), ln_weight, mean.reshape(-1), rstd.reshape(-1),
-        *ln_grads) if ln_fused else None
+        *ln_grads) if fused else None
     grad_rows = mlp.mlp_backward_into(ws, g_rows, y_rows, fc1_w, fc1_b, fc2_w, gamma, drop_scale,
                                       grn_weight, grn_bias, hidden, y2, G, nx, max(1, H * W),
                                       grn_eps, fused, ln_backward)
     grad_rows_nchw = grad_rows.view(N, H, W, C).permute(0, 3, 1, 2)
-    if ln_fused:
+    if fused:
         grad_conv = grad_rows_nchw
     else:
         grad_conv = torch.empty_like(conv)
