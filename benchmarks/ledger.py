@@ -51,7 +51,7 @@ CEILINGS = {"bandwidth_GBps": 4300.0, "tensor_TFLOPs": 790.0, "fma_TFLOPs": 67.0
 # The launches that are GEMMs on tensor cores (in bf16 and under autocast): torch's matmuls and
 # our Triton matmul kernels, the fused MLP's among them.
 GEMMS = {"mm", "addmm", "bmm", "_matmul_kernel", "_fused_mlp_kernel", "_grad_hidden_kernel",
-         "_weight_grad_kernel"}
+         "_weight_grad_kernel", "_grn_sums_kernel"}
 
 
 def _tensors(tree):

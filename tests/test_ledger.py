@@ -4,6 +4,7 @@ parameters under autocast, and none of its launchers makes the host wait for the
 (CUDA-graph safe).
 Counted by benchmarks/ledger.py in a dry run (our kernels recorded, not run)."""
 import ast
+import json
 import os
 
 import pytest
@@ -81,3 +82,14 @@ def test_launchers_never_read_device_values_on_the_host():
                       if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
                       and node.func.attr in _HOST_READS]
     assert not found
+
+
+def test_the_model_times_every_tensor_core_kernel_as_a_gemm():
+    """ledger.GEMMS, the launches the model times at the tensor-core rate, are torch's matmuls
+    and the Triton kernels in which the committed kernel report (sm_90) finds tensor-core
+    instructions: a kernel left out would be modeled at the FMA rate, 12x slower."""
+    with open(os.path.join(ROOT, "benchmarks", "results", "kernel_report.json")) as f:
+        rows = json.load(f)["kernels"]
+    tensor_core = {row["kernel"] for row in rows if row["source"] == "triton"
+                   and row["tensor_core"]}
+    assert tensor_core == ledger.GEMMS - {"mm", "addmm", "bmm"}

@@ -150,8 +150,9 @@ def test_keep_hidden_and_both_triton_strategies(backend, device, variant, keep_h
 
 
 @pytest.mark.parametrize("variant,keep_hidden,reads", [
-    ("v1", False, False), ("v1", True, True), ("v2", True, False), ("v2", True, True)],
-    ids=["v1-recompute", "v1-keep-read", "v2-keep-recompute", "v2-keep-read"])
+    ("v1", False, False), ("v1", True, True), ("v2", False, False), ("v2", True, False),
+    ("v2", True, True)],
+    ids=["v1-recompute", "v1-keep-read", "v2-recompute", "v2-keep-recompute", "v2-keep-read"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("device", [d for b, d in TARGETS if b == "triton"])
 def test_fused_backward_over_row_splits_and_hidden_tails(device, dtype, variant, keep_hidden,
@@ -160,8 +161,9 @@ def test_fused_backward_over_row_splits_and_hidden_tails(device, dtype, variant,
     take three row splits, the last one short (2100 rows: 704, 704, 692), and its hidden chunks
     end in a tail (H = 100: 64 + 36 in the weight-gradient kernel, 4 x 32 with 28 masked in the
     grad-hidden one), C = 20 padded to 32, with GRN samples of 700 rows that end inside row
-    tiles; h recomputed from x or the kept h read (`reads`): against float64, and a second run
-    equal bit for bit (the reduction order is fixed)."""
+    tiles; h recomputed from x or the kept h read (`reads`); with GRN and no h kept, GRN in the
+    fused forward and its backward sums from h recomputed (grn_sums_launch): against float64,
+    and a second run equal bit for bit (the reduction order is fixed)."""
     from convnext_kernels.triton import mlp_fused_backward
     shape = (3, 20, 35, 20, 5)
     assert mlp_fused_backward.takes(20, variant == "v2", dtype, dtype, hidden_kept=keep_hidden)
@@ -169,10 +171,18 @@ def test_fused_backward_over_row_splits_and_hidden_tails(device, dtype, variant,
         monkeypatch.setattr(mlp_fused_backward, "RECOMPUTE_MAX_CHANNELS", 0)
     assert mlp_fused_backward.recomputes_hidden(20, dtype, dtype, keep_hidden) != reads
     assert mlp_fused_backward.weight_grad_splits(2100, 100, device) == 3
+    sums_launch, sums_calls = mlp_fused_backward.grn_sums_launch, []
+
+    def counted(*launch_args):
+        sums_calls.append(launch_args)
+        return sums_launch(*launch_args)
+
+    monkeypatch.setattr(mlp_fused_backward, "grn_sums_launch", counted)
     gen, seed = fresh_generator()
     args = _inputs(gen, shape, variant, dtype, device)
     ours = _run(ck.mlp, *args, backend="triton", keep_hidden=keep_hidden)
     again = _run(ck.mlp, *args, backend="triton", keep_hidden=keep_hidden)
+    assert len(sums_calls) == (2 if variant == "v2" and not keep_hidden else 0)
     ref = _run(reference.mlp, *[_to64(a) for a in args])
     eager = _run(reference.mlp, *args)
     _check(ours, ref, eager, dtype, seed, _magnitude_scales(*args[:3], *args[4:]))
@@ -187,9 +197,10 @@ def test_triton_picks_the_fused_backward_up_to_192_channels():
     assert takes(96, False, bf16, bf16, hidden_kept=False)
     assert takes(192, False, torch.float16, torch.float16, hidden_kept=False)
     assert not takes(384, False, bf16, bf16, hidden_kept=True)
-    # GRN: only where the forward kept h (its statistics need the whole sample first)
+    # GRN: where the forward kept h, or where h is recomputed (its backward sums too)
     assert takes(192, True, bf16, bf16, hidden_kept=True)
-    assert not takes(96, True, bf16, bf16, hidden_kept=False)
+    assert takes(96, True, bf16, bf16, hidden_kept=False)
+    assert not takes(192, True, bf16, bf16, hidden_kept=False)
     assert not takes(384, True, bf16, bf16, hidden_kept=True)
     # autocast (fp32 weights): recomputing h up to 128 channels, reading it up to 192
     assert takes(128, False, bf16, fp32, hidden_kept=False)
@@ -316,7 +327,9 @@ def test_triton_picks_the_fused_forward_for_small_c_only():
     assert uses_fused_forward(96, grn=False, keep_hidden=False)
     assert uses_fused_forward(192, grn=False, keep_hidden=False)
     assert not uses_fused_forward(384, grn=False, keep_hidden=False)
-    assert not uses_fused_forward(96, grn=True, keep_hidden=False)
+    # GRN: up to 128 channels (after a GEMM for its sums of squares), where h is recomputed
+    assert uses_fused_forward(96, grn=True, keep_hidden=False)
+    assert not uses_fused_forward(192, grn=True, keep_hidden=False)
     assert not uses_fused_forward(96, grn=False, keep_hidden=True)
     assert not uses_fused_forward(192, grn=False, keep_hidden=False, weight_dtype=torch.float32)
 

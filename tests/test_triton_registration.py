@@ -97,11 +97,12 @@ def test_torch_compile_sees_every_kernel_of_the_block_and_of_an_op():
     assert set(block["kernels"]) == {
         "_dwconv_layer_norm_kernel", "_fused_mlp_kernel", "_grad_hidden_kernel",
         "_weight_grad_kernel", "_dwconv_backward_kernel", "_finalize_kernel"}
-    # V2: GRN's statistics between the two-GEMM forward's GEMMs; in the backward a GEMM of
-    # GRN's sums, its backward kernel (the coefficients alone) and the fused MLP backward's.
+    # V2: a GEMM making GRN's sums of squares alone, GRN's statistics, the fused forward; in the
+    # backward GRN's sums from h recomputed, its backward kernel (the coefficients alone) and
+    # the fused MLP backward's.
     assert set(block_v2["kernels"]) == {
-        "_dwconv_layer_norm_kernel", "_matmul_kernel", "_grn_stats_kernel",
-        "_grn_backward_kernel", "_grad_hidden_kernel", "_weight_grad_kernel",
-        "_dwconv_backward_kernel", "_finalize_kernel"}
+        "_dwconv_layer_norm_kernel", "_matmul_kernel", "_grn_stats_kernel", "_fused_mlp_kernel",
+        "_grn_sums_kernel", "_grn_backward_kernel", "_grad_hidden_kernel",
+        "_weight_grad_kernel", "_dwconv_backward_kernel", "_finalize_kernel"}
     assert set(layer_norm["kernels"]) == {"_layer_norm_forward_kernel",
                                           "_layer_norm_backward_kernel", "_finalize_kernel"}

@@ -2,9 +2,13 @@
 then [* gamma] [* drop_scale per sample] [+ residual], forward and backward.
 
 Forward strategies:
-  fused (C <= FUSED_MAX_CHANNELS, no GRN, hidden not kept): one kernel per row tile loops over
-      the hidden dimension in chunks; each chunk's GELU activations stay in registers and are
-      multiplied into the fc2 accumulator at once, so the [M, H] hidden tensor never exists.
+  fused (C <= FUSED_MAX_CHANNELS, hidden not kept; with GRN up to
+      mlp_fused_backward.RECOMPUTE_MAX_CHANNELS): one kernel per row tile loops over the hidden
+      dimension in chunks; each chunk's GELU activations stay in registers and are multiplied
+      into the fc2 accumulator at once, so the [M, H] hidden tensor never exists. With GRN a
+      GEMM first makes only the per-sample sums of GELU's squares (its output not stored), one
+      kernel GRN's statistics, and the fused kernel applies GRN's per-sample scale and bias to
+      each chunk's GELU output.
   two GEMMs: fc1 with bias + GELU in the epilogue (and GRN's sums of squares, then one kernel
       for GRN's statistics), fc2 with GRN's scale and bias in its prologue and bias, gamma,
       drop_scale and residual in its epilogue. Keeping the hidden for the backward, fc1 stores
@@ -57,19 +61,21 @@ writes gH, reads it twice), in 5 launches (4 with h kept).
     reading the kept h: tiling C in the grad-hidden kernel would re-read gH per C tile.
   GRN (V2), C <= 192: its per-sample statistics need every pixel's GELU output before fc2, and
     its backward statistics every pixel's gA·gelu(h) before gH, so neither direction runs in
-    one pass. The forward keeps h (fc1 stores h and the sums of gelu(h)², one small kernel
-    GRN's statistics, fc2 takes h through GELU and GRN on load); the backward runs one GEMM
-    more before the two kernels: gA = g' @ fc2_w reading h, storing only its per-sample sums of
-    gA·gelu(h) and gA ([N, H] partials, gA itself not stored), then one small kernel
-    (grn.grn_coefficients_launch) GRN's per-sample scale and coefficient [N, H] and its
+    one pass. At C <= 128 no h is kept (mlp_fused_backward.recomputes_hidden: bound by bytes
+    there, as the ledger's model has it): the forward runs fc1 for GRN's sums of gelu(h)²
+    alone, one small kernel GRN's statistics, then the fused kernel with GRN; the backward runs
+    one kernel that makes h and gA = g' @ fc2_w on chip and stores only their per-sample sums
+    of gA·gelu(h) and gA ([N, H] partials: mlp_fused_backward.grn_sums_launch), one small
+    kernel (grn.grn_coefficients_launch) GRN's per-sample scale and coefficient [N, H] and its
     parameter-gradient partials, then the grad-hidden kernel with gA·scale + gelu(h)·coef in
-    place of gA and the weight-gradient kernel with gelu(h)·scale + β in place of gelu(h).
-    Passes over the hidden: 7 (forward: h written, read; backward: h read three times, gH
-    written and read) against the GEMMs' 10 (forward the same; backward: h read and gA written
-    with its sums, both read and gH written in place, h read for fc2_w', gH read twice); GEMMs:
-    7 against eager's 6; backward launches: 4 in place of 5. At C <= 128 the two kernels
-    recompute h from x rather than read it (mlp_fused_backward.recomputes_hidden: bound by
-    bytes there, as the ledger's model has it): 5 passes, 9 GEMMs.
+    place of gA and the weight-gradient kernel with gelu(h)·scale + β in place of gelu(h), both
+    recomputing h. Passes over the hidden: 2 (gH written and read); GEMMs: 11 against eager's
+    6; launches: 3 forward, 4 backward. At C = 192 the forward keeps h (fc1 stores h and the
+    sums of gelu(h)², fc2 takes h through GELU and GRN on load) and the sums are a GEMM reading
+    h, not storing gA; the two kernels read h. Passes: 7 (forward: h written, read; backward: h
+    read three times, gH written and read) against the GEMMs' 10 (forward the same; backward: h
+    read and gA written with its sums, both read and gH written in place, h read for fc2_w',
+    gH read twice); GEMMs: 7 against eager's 6; backward launches: 4 in place of 5.
   GRN (V2), C > 192: the GEMMs above, the forward keeping h alone.
 """
 from dataclasses import replace
@@ -97,8 +103,9 @@ _FUSED_BLOCK_H = 64
 
 @triton.jit
 def _fused_mlp_kernel(x_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, out_ptr, y2_ptr, gamma_ptr,
-                      drop_scale_ptr, residual_ptr, M, C, HID, rows_per_sample,
-                      STORE_Y2: tl.constexpr, HAS_GAMMA: tl.constexpr,
+                      drop_scale_ptr, residual_ptr, grn_scale_ptr, grn_bias_ptr, M, C, HID,
+                      rows_per_sample, GRN: tl.constexpr, STORE_Y2: tl.constexpr,
+                      HAS_GAMMA: tl.constexpr,
                       HAS_DROP_SCALE: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_C2: tl.constexpr,
                       BLOCK_H: tl.constexpr, DOT_FP32: tl.constexpr,
@@ -129,6 +136,12 @@ def _fused_mlp_kernel(x_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, out_ptr, y2_ptr, ga
         pre += tl.load(b1_ptr + offs_h, mask=h_mask, other=0.0).to(tl.float32)[None, :]
         # Rounded to the input dtype before fc2, as eager stores its hidden tensor.
         act = cast_for_store(gelu(pre), dtype, INTERPRETED)
+        if GRN:  # of GELU's output as stored, per sample, as fc2's prologue takes it
+            act = cast_for_store(
+                act.to(tl.float32) * mlp_fused_backward.per_sample(
+                    grn_scale_ptr, rows, row_mask, offs_h, h_mask, HID, rows_per_sample)
+                + tl.load(grn_bias_ptr + offs_h, mask=h_mask, other=0.0).to(tl.float32)[None, :],
+                dtype, INTERPRETED)
         acc = mma(act, tl.trans(w2), acc, DOT_FP32, INPUT_PRECISION)
         if BLOCK_C2:
             acc2 = mma(act, tl.trans(w2_2), acc2, DOT_FP32, INPUT_PRECISION)
@@ -143,15 +156,20 @@ def _fused_mlp_kernel(x_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, out_ptr, y2_ptr, ga
                         HAS_DROP_SCALE, HAS_RESIDUAL, INTERPRETED)
 
 
-def fused_launch(x, w1, b1, w2, b2, out, y2, gamma, drop_scale, residual, rows_per_sample):
+def fused_launch(x, w1, b1, w2, b2, out, y2, gamma, drop_scale, residual, rows_per_sample,
+                 grn_scale=None, grn_bias=None):
+    """With GRN: its forward's per-sample scale [samples, H] fp32 (grn.grn_statistics) and its
+    bias [H]."""
     M, C = x.shape
     block_c, block_c2 = channel_pieces(C)
     block_m = 64 if INTERPRETED or block_c + block_c2 <= 64 else 128
     return Launch(_fused_mlp_kernel, (triton.cdiv(M, block_m),),
                   (x, w1, b1, w2, b2, out, *(t if t is not None else out for t in
-                                             (y2, gamma, drop_scale, residual)),
+                                             (y2, gamma, drop_scale, residual, grn_scale,
+                                              grn_bias)),
                    M, C, w1.shape[0], rows_per_sample),
-                  dict(STORE_Y2=y2 is not None, HAS_GAMMA=gamma is not None,
+                  dict(GRN=grn_scale is not None, STORE_Y2=y2 is not None,
+                       HAS_GAMMA=gamma is not None,
                        HAS_DROP_SCALE=drop_scale is not None,
                        HAS_RESIDUAL=residual is not None, BLOCK_M=block_m, BLOCK_C=block_c,
                        BLOCK_C2=block_c2, BLOCK_H=_FUSED_BLOCK_H, DOT_FP32=dot_in_fp32(x.dtype),
@@ -162,9 +180,10 @@ def fused_launch(x, w1, b1, w2, b2, out, y2, gamma, drop_scale, residual, rows_p
 
 def uses_fused_forward(C, grn, keep_hidden, dtype=torch.bfloat16, weight_dtype=None):
     """The fused forward keeps no hidden, so its backward recomputes h: it serves where the fused
-    backward does that (mlp_fused_backward.takes: V1 in fp16/bf16, as in IEEE fp32 the products
+    backward does that (mlp_fused_backward.takes: in fp16/bf16, as in IEEE fp32 the products
     run on FMA units and its tiles spilled at every size tried; not above 128 channels with
-    weights in another dtype)."""
+    weights in another dtype; with GRN up to mlp_fused_backward.RECOMPUTE_MAX_CHANNELS, after
+    a GEMM that makes only GRN's sums of squares)."""
     weight_dtype = dtype if weight_dtype is None else weight_dtype
     return (C <= FUSED_MAX_CHANNELS and not keep_hidden
             and mlp_fused_backward.takes(C, grn, dtype, weight_dtype, hidden_kept=False))
@@ -188,8 +207,17 @@ def mlp_forward(x, fc1_w, fc1_b, fc2_w, fc2_b, gamma, residual, drop_scale, grn_
         return out, hidden, y2, G, nx
     y2_arg = y2 if save_y2 else None
     if uses_fused_forward(C, grn, keep_hidden, x.dtype, fc1_w.dtype):
+        grn_scale = grn_bias_rows = None
+        if grn:  # its statistics need every pixel's GELU output first: fc1 makes their sums only
+            sumsq = per_sample_partials(1, M, H, rows_per_sample, x.dtype, x.device)[0]
+            matmul_launch(x, fc1_w.t(), x.new_empty(0),
+                          epilogue=Epilogue(GELU, bias=fc1_b, sums=sumsq, sumsq=True,
+                                            store=False),
+                          rows_per_sample=rows_per_sample)()
+            G, nx, grn_scale = grn_statistics(sumsq, samples, grn_weight, eps)
+            grn_bias_rows = grn_bias.reshape(-1).contiguous()
         fused_launch(x, fc1_w, fc1_b, fc2_w, fc2_b, out, y2_arg, gamma, drop_scale, residual,
-                     rows_per_sample)()
+                     rows_per_sample, grn_scale, grn_bias_rows)()
         return out, hidden, y2, G, nx
     # Keeping the hidden, fc1 stores the pre-activation alone (with GRN, and the per-sample sums
     # of its GELU's squares) and fc2 takes it through GELU as it loads it: one pass over [M, H]
@@ -281,19 +309,28 @@ def _output_grad_scales(gamma, drop_scale, rows_per_sample):
     return Prologue(a_row_scale=drop_scale, a_row_div=rows_per_sample, a_col_scale=gamma)
 
 
-def _grn_coefficients(ws, g, fc2_w, gamma, drop_scale, grn_weight, hidden, G, nx, rows_per_sample,
-                      eps):
-    """GRN's backward statistics for the fused backward, no [M, H] tensor written: one GEMM
-    makes gY = g' @ fc2_w's per-sample sums of gY * gelu(h) and of gY (gY itself not stored),
-    one kernel the per-sample scale and coef [samples, H] fp32 from them (and GRN's
-    parameter-gradient partials into ws). Returns (scale, coef)."""
+def _grn_coefficients(ws, g, x, fc1_w, fc1_b, fc2_w, gamma, drop_scale, grn_weight, hidden, G,
+                      nx, rows_per_sample, eps):
+    """GRN's backward statistics for the fused backward, no [M, H] tensor written: the
+    per-sample sums of gY * gelu(h) and of gY, gY = g' @ fc2_w (gY itself not stored), from one
+    GEMM reading the kept h or, where the forward kept none, one kernel recomputing h
+    (mlp_fused_backward.grn_sums_launch); then one kernel the per-sample scale and coef
+    [samples, H] fp32 from them (and GRN's parameter-gradient partials into ws). Returns
+    (scale, coef)."""
     M = g.shape[0]
     H = fc2_w.shape[1]
     samples = M // rows_per_sample
-    grad_dot, grad_sum = per_sample_partials(2, M, H, rows_per_sample, g.dtype, g.device)
-    matmul_launch(g, fc2_w, hidden, _output_grad_scales(gamma, drop_scale, rows_per_sample),
-                  Epilogue(GRN_GRAD, aux=hidden, sums=grad_dot, sums2=grad_sum, store=False),
-                  rows_per_sample=rows_per_sample)()
+    if hidden.numel():
+        grad_dot, grad_sum = per_sample_partials(2, M, H, rows_per_sample, g.dtype, g.device)
+        matmul_launch(g, fc2_w, hidden, _output_grad_scales(gamma, drop_scale, rows_per_sample),
+                      Epilogue(GRN_GRAD, aux=hidden, sums=grad_dot, sums2=grad_sum,
+                               store=False),
+                      rows_per_sample=rows_per_sample)()
+    else:
+        grad_dot, grad_sum = mlp_fused_backward.grn_sums_partials(M, H, rows_per_sample,
+                                                                  g.device)
+        mlp_fused_backward.grn_sums_launch(g, x, fc1_w, fc1_b, fc2_w, gamma, drop_scale,
+                                           rows_per_sample, grad_dot, grad_sum)()
     scale, coef = (torch.empty(samples, H, device=g.device, dtype=torch.float32)
                    for _ in range(2))
     grn_coefficients_launch(G, nx, grn_weight, grad_dot, grad_sum, scale, coef,
@@ -314,9 +351,9 @@ def mlp_backward_into(ws, grad_out, x, fc1_w, fc1_b, fc2_w, gamma, drop_scale, g
     if fused:
         grn_scale = grn_coef = grn_bias_rows = None
         if grn:
-            grn_scale, grn_coef = _grn_coefficients(ws, grad_out, fc2_w, gamma, drop_scale,
-                                                    grn_weight, hidden, G, nx, rows_per_sample,
-                                                    eps)
+            grn_scale, grn_coef = _grn_coefficients(ws, grad_out, x, fc1_w, fc1_b, fc2_w,
+                                                    gamma, drop_scale, grn_weight, hidden, G,
+                                                    nx, rows_per_sample, eps)
             grn_bias_rows = grn_bias.reshape(-1).contiguous()
         if mlp_fused_backward.recomputes_hidden(C, x.dtype, fc1_w.dtype, hidden.numel() > 0):
             hidden = hidden[:0]  # the kernels recompute h (with GRN, after the sums read it)

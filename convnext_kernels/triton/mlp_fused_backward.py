@@ -40,7 +40,8 @@ import triton.language as tl
 
 from .common import INTERPRETED, Launch, cast_for_store, mma, sm_count, tile
 from .grad_workspace import reduction_splits
-from .matmul import as_operand, dot_in_fp32, gelu, gelu_grad, input_precision
+from .matmul import (PerSamplePartials, as_operand, dot_in_fp32, gelu, gelu_grad,
+                     input_precision, store_per_sample_sums)
 
 # The widest C whose accumulators fit on chip: [64, 192] fp32 is 48 registers a thread at
 # 8 warps.
@@ -87,7 +88,7 @@ def weight_chunk(w1_ptr, w2_ptr, h0, BLOCK_H: tl.constexpr, HID, cols, col_mask,
 
 
 @triton.jit
-def _per_sample(stat_ptr, rows, row_mask, offs_h, h_mask, HID, rows_per_sample):
+def per_sample(stat_ptr, rows, row_mask, offs_h, h_mask, HID, rows_per_sample):
     """stat[row's sample, h] of an fp32 [samples, HID] statistic for a [rows, hidden] tile."""
     return tl.load(stat_ptr + (rows // rows_per_sample)[:, None] * HID + offs_h[None, :],
                    mask=row_mask[:, None] & h_mask[None, :], other=0.0)
@@ -153,9 +154,9 @@ def _grad_hidden_kernel(g_ptr, x_ptr, w1_ptr, b1_ptr, w2_ptr, hidden_ptr, grad_h
             pre += tl.load(b1_ptr + offs_h, mask=h_mask, other=0.0).to(tl.float32)[None, :]
             pre = cast_for_store(pre, dtype, INTERPRETED).to(tl.float32)
         if GRN:  # through GRN: grad_act * scale + gelu(h) * coef, per sample and channel
-            grad_act = grad_act * _per_sample(grn_scale_ptr, rows, row_mask, offs_h, h_mask, HID,
+            grad_act = grad_act * per_sample(grn_scale_ptr, rows, row_mask, offs_h, h_mask, HID,
                                               rows_per_sample) \
-                + gelu(pre) * _per_sample(grn_coef_ptr, rows, row_mask, offs_h, h_mask, HID,
+                + gelu(pre) * per_sample(grn_coef_ptr, rows, row_mask, offs_h, h_mask, HID,
                                           rows_per_sample)
         grad_hidden = cast_for_store(grad_act * gelu_grad(pre), dtype, INTERPRETED)
         tl.store(grad_hidden_ptr + rows[:, None] * HID + offs_h[None, :], grad_hidden,
@@ -235,6 +236,54 @@ def _layer_norm_piece_out(grad_ptr, ln_in_ptr, ln_w_ptr, ln_w_grad_ptr, ln_b_gra
              mask=col_mask)
     tl.store(ln_b_grad_ptr + split * ln_grad_stride + cols, tl.sum(grad_y, axis=0),
              mask=col_mask)
+
+
+@triton.jit
+def _grn_sums_kernel(g_ptr, x_ptr, w1_ptr, b1_ptr, w2_ptr, gamma_ptr, drop_scale_ptr, dot_ptr,
+                     sum_ptr, M, C, HID, rows_per_sample, slots, HAS_GAMMA: tl.constexpr,
+                     HAS_DROP_SCALE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+                     BLOCK_C2: tl.constexpr, BLOCK_H: tl.constexpr, DOT_FP32: tl.constexpr,
+                     INPUT_PRECISION: tl.constexpr, INTERPRETED: tl.constexpr):
+    # The grad-hidden kernel's loop with GRN's per-sample sums in place of gH (C in one or two
+    # pieces: the second piece's tiles carry a "2").
+    dtype: tl.constexpr = x_ptr.dtype.element_ty
+    tile_index = tl.program_id(0)
+    rows = (tile_index * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    row_mask = rows < M
+    first_row = tile_index * BLOCK_M
+    last_row = tl.minimum(first_row + BLOCK_M, M) - 1
+    cols = tl.arange(0, BLOCK_C)
+    col_mask = cols < C
+    # (g_ds, the output gradient before gamma, is layer scale's: unused here)
+    g, g_ds = _output_grad(g_ptr, rows, row_mask, cols, col_mask, C, gamma_ptr, drop_scale_ptr,
+                           rows_per_sample, HAS_GAMMA, HAS_DROP_SCALE, dtype, INTERPRETED)
+    x = tile(x_ptr, rows, row_mask, cols, col_mask, C)
+    if BLOCK_C2:
+        cols2 = BLOCK_C + tl.arange(0, BLOCK_C2)
+        col_mask2 = cols2 < C
+        g2, g_ds2 = _output_grad(g_ptr, rows, row_mask, cols2, col_mask2, C, gamma_ptr,
+                                 drop_scale_ptr, rows_per_sample, HAS_GAMMA, HAS_DROP_SCALE,
+                                 dtype, INTERPRETED)
+        x2 = tile(x_ptr, rows, row_mask, cols2, col_mask2, C)
+    for h0 in range(0, HID, BLOCK_H):
+        offs_h, h_mask, w1, w2 = weight_chunk(w1_ptr, w2_ptr, h0, BLOCK_H, HID, cols, col_mask,
+                                              C, dtype, INTERPRETED)
+        pre = mma(x, tl.trans(w1), tl.zeros([BLOCK_M, BLOCK_H], dtype=tl.float32), DOT_FP32,
+                   INPUT_PRECISION)
+        grad_act = mma(g, w2, tl.zeros([BLOCK_M, BLOCK_H], dtype=tl.float32), DOT_FP32,
+                       INPUT_PRECISION)
+        if BLOCK_C2:
+            _, _, w1_2, w2_2 = weight_chunk(w1_ptr, w2_ptr, h0, BLOCK_H, HID, cols2, col_mask2,
+                                            C, dtype, INTERPRETED)
+            pre = mma(x2, tl.trans(w1_2), pre, DOT_FP32, INPUT_PRECISION)
+            grad_act = mma(g2, w2_2, grad_act, DOT_FP32, INPUT_PRECISION)
+        # h as eager stores it (rows past the end: g' is 0 there, so gA is)
+        pre += tl.load(b1_ptr + offs_h, mask=h_mask, other=0.0).to(tl.float32)[None, :]
+        pre = cast_for_store(pre, dtype, INTERPRETED).to(tl.float32)
+        store_per_sample_sums(dot_ptr, grad_act * gelu(pre), rows, row_mask, offs_h, h_mask, HID,
+                              rows_per_sample, tile_index, slots, first_row, last_row)
+        store_per_sample_sums(sum_ptr, grad_act, rows, row_mask, offs_h, h_mask, HID,
+                              rows_per_sample, tile_index, slots, first_row, last_row)
 
 
 @triton.jit
@@ -336,7 +385,7 @@ def _fc2_weight_grad(g_ptr, x_ptr, w1_ptr, b1_ptr, hidden_ptr, y2_ptr, gamma_ptr
         # (rows past the end: g' is 0 there, so gelu(b1) adds nothing)
         act = cast_for_store(gelu(pre), dtype, INTERPRETED)
         if GRN:  # of GELU's output as stored, as eager's GRN takes it
-            act = cast_for_store(act.to(tl.float32) * _per_sample(
+            act = cast_for_store(act.to(tl.float32) * per_sample(
                 grn_scale_ptr, rows, row_mask, offs_h, h_mask, HID, rows_per_sample)
                 + grn_bias[None, :], dtype, INTERPRETED)
         acc = mma(tl.trans(g), act, acc, DOT_FP32, INPUT_PRECISION)
@@ -409,13 +458,15 @@ CONVERTING_RECOMPUTE_MAX_CHANNELS = 128
 def takes(C, grn, dtype, weight_dtype, hidden_kept):
     """Whether the MLP backward runs these kernels: C <= MAX_CHANNELS in fp16/bf16 (in IEEE fp32
     the products run on FMA units, where the fused forward's tiles spilled, so fp32 takes the
-    GEMMs, but in the interpreter, which tests both paths); with GRN where the forward kept h
-    (its statistics need every pixel's GELU output: the forward cannot be fused); with weights
-    in another dtype than the activations (autocast) only up to
-    CONVERTING_RECOMPUTE_MAX_CHANNELS where h is recomputed."""
-    if (C > MAX_CHANNELS or (grn and not hidden_kept)
-            or (dtype == torch.float32 and not INTERPRETED)):
+    GEMMs, but in the interpreter, which tests both paths); with GRN where the forward kept h,
+    or where it did not and h is recomputed (recomputes_hidden: its backward statistics are
+    then made from h recomputed, grn_sums_launch); with weights in another dtype than the
+    activations (autocast) only up to CONVERTING_RECOMPUTE_MAX_CHANNELS where h is
+    recomputed."""
+    if C > MAX_CHANNELS or (dtype == torch.float32 and not INTERPRETED):
         return False
+    if grn and not hidden_kept:  # GRN's backward sums recompute h too (grn_sums_launch)
+        return recomputes_hidden(C, dtype, weight_dtype, hidden_kept=True)
     return hidden_kept or _recompute_fits(C, dtype, weight_dtype)
 
 
@@ -467,12 +518,17 @@ def weight_grad_splits(M, H, device):
     return max(1, min(reduction_splits(M), triton.cdiv(sm_count(device), programs)))
 
 
-def _flags(x, hidden, grn, gamma, drop_scale, block_m, block_h):
+def _tile_flags(x, gamma, drop_scale, block_m, block_h):
     block_c, block_c2 = channel_pieces(x.shape[1])
-    return dict(HIDDEN_KEPT=hidden.numel() > 0, GRN=grn, HAS_GAMMA=gamma is not None,
-                HAS_DROP_SCALE=drop_scale is not None, BLOCK_M=block_m, BLOCK_C=block_c,
-                BLOCK_C2=block_c2, BLOCK_H=block_h, DOT_FP32=dot_in_fp32(x.dtype),
-                INPUT_PRECISION=input_precision(x.dtype), INTERPRETED=INTERPRETED)
+    return dict(HAS_GAMMA=gamma is not None, HAS_DROP_SCALE=drop_scale is not None,
+                BLOCK_M=block_m, BLOCK_C=block_c, BLOCK_C2=block_c2, BLOCK_H=block_h,
+                DOT_FP32=dot_in_fp32(x.dtype), INPUT_PRECISION=input_precision(x.dtype),
+                INTERPRETED=INTERPRETED)
+
+
+def _flags(x, hidden, grn, gamma, drop_scale, block_m, block_h):
+    return dict(HIDDEN_KEPT=hidden.numel() > 0, GRN=grn,
+                **_tile_flags(x, gamma, drop_scale, block_m, block_h))
 
 
 def _gemm_flops(M, H, C, hidden):
@@ -557,3 +613,31 @@ def weight_grad_launch(g, x, fc1_w, fc1_b, hidden, grad_hidden, y2, gamma, drop_
                    *(t.stride(0) for t in named), gamma_out.stride(0)),
                   flags, num_warps=_NUM_WARPS,
                   flops=_gemm_flops(M, H, C, hidden))
+
+
+def grn_sums_partials(M, H, rows_per_sample, device):
+    """The two PerSamplePartials grn_sums_launch writes: [row tiles, slots, H] fp32 each, a row
+    tile the grad-hidden kernel's (as matmul.per_sample_partials lays them out for a GEMM's)."""
+    rows_per_tile = _GRAD_HIDDEN_TILE[0]
+    slots = min((rows_per_tile - 1) // rows_per_sample + 2, rows_per_tile)
+    data = torch.empty(2, triton.cdiv(M, rows_per_tile), slots, H, device=device,
+                       dtype=torch.float32)
+    return [PerSamplePartials(d, rows_per_tile, rows_per_sample) for d in data]
+
+
+def grn_sums_launch(g, x, fc1_w, fc1_b, fc2_w, gamma, drop_scale, rows_per_sample, grad_dot,
+                    grad_sum):
+    """GRN's backward per-sample sums of gA * gelu(h) and of gA into grad_dot and grad_sum
+    (grn_sums_partials), with h and gA = g' @ fc2_w made on chip from x and g: where the
+    forward kept no h, a pass over x and g in place of a GEMM reading h."""
+    M, C = x.shape
+    H = fc1_w.shape[0]
+    block_m, block_h = _GRAD_HIDDEN_TILE
+    assert {p.rows_per_tile for p in (grad_dot, grad_sum)} == {block_m}
+    unused = x
+    return Launch(_grn_sums_kernel, (grad_hidden_programs(M),),
+                  (g, x, fc1_w, fc1_b, fc2_w, *(t if t is not None else unused
+                                                for t in (gamma, drop_scale)),
+                   grad_dot.data, grad_sum.data, M, C, H, rows_per_sample, grad_dot.slots),
+                  _tile_flags(x, gamma, drop_scale, block_m, block_h), num_warps=_NUM_WARPS,
+                  flops=2 * 2 * M * H * padded_channels(C))

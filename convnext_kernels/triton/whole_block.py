@@ -6,10 +6,11 @@ Forward (V1: 2-3 launches; V2: 4):
   MLP                      V1: fused (C <= FUSED_MAX_CHANNELS: the hidden never leaves the chip)
                            or fc1+GELU (keeping the pre-activation) then fc2 with layer scale,
                            drop path and residual in its epilogue. V2: GRN needs every pixel's
-                           GELU output before fc2, so fc1 stores the pre-activation and the
-                           per-sample sums of gelu's squares (per row tile: matmul.py), one
-                           kernel makes GRN's statistics, and fc2 applies GELU and GRN to its
-                           input tiles as it loads them
+                           GELU output before fc2, so fc1 makes the per-sample sums of gelu's
+                           squares (per row tile: matmul.py), one kernel GRN's statistics, and
+                           at C <= 128 the fused kernel applies GRN to each hidden chunk; above,
+                           fc1 also stores the pre-activation and fc2 applies GELU and GRN to
+                           its input tiles as it loads them
 Backward (V1: 4 launches at C <= 192 in fp16/bf16, else 7; V2: 6 and 8; all
 parameter gradients as fp32 partials in one GradWorkspace, but the weight gradients where they
 take one split: those are written in their dtype into the flat buffer):
@@ -18,9 +19,10 @@ take one split: those are written in their dtype into the flat buffer):
                            epilogue, its rows being whole there; h recomputed on chip where the
                            forward was fused) and a weight-gradient kernel
                            (fc1 and fc2 weights, their biases and layer scale's gradient).
-                           V2 at C <= 192: the same two kernels, after a GEMM that makes only
-                           GRN's per-sample sums of gA (not stored) and one kernel GRN's
-                           backward scale and coefficient. Otherwise GEMMs: [fc1
+                           V2 at C <= 192: the same two kernels, after a GEMM (at C <= 128 a
+                           kernel recomputing h and gA) that makes only GRN's per-sample sums
+                           of gA (not stored) and one kernel GRN's backward scale and
+                           coefficient. Otherwise GEMMs: [fc1
                            recomputed where the forward was fused], gH (V2: with GRN's
                            per-sample sums per row tile, then one
                            kernel that makes GRN's backward statistics, takes gH through GRN and
