@@ -75,6 +75,20 @@ def _output_grad(g_ptr, rows, row_mask, cols, col_mask, C, gamma_ptr, drop_scale
 
 
 @triton.jit
+def _row_tiles(g_ptr, x_ptr, rows, row_mask, cols, col_mask, C, gamma_ptr, drop_scale_ptr,
+               rows_per_sample, HIDDEN_KEPT: tl.constexpr, HAS_GAMMA: tl.constexpr,
+               HAS_DROP_SCALE: tl.constexpr, dtype: tl.constexpr, INTERPRETED: tl.constexpr):
+    """(g', x) of a row tile for one piece of C: g' in `dtype`, x the MLP's input (g' in its
+    place, unused, where the kept hidden is read instead)."""
+    g, g_ds = _output_grad(g_ptr, rows, row_mask, cols, col_mask, C, gamma_ptr, drop_scale_ptr,
+                           rows_per_sample, HAS_GAMMA, HAS_DROP_SCALE, dtype, INTERPRETED)
+    x = g
+    if not HIDDEN_KEPT:
+        x = tile(x_ptr, rows, row_mask, cols, col_mask, C)
+    return g, x
+
+
+@triton.jit
 def weight_chunk(w1_ptr, w2_ptr, h0, BLOCK_H: tl.constexpr, HID, cols, col_mask, C,
                  dtype: tl.constexpr, INTERPRETED: tl.constexpr):
     """The hidden chunk from h0: (its columns, their mask, fc1_w's rows [BLOCK_H, piece] and
@@ -117,22 +131,16 @@ def _grad_hidden_kernel(g_ptr, x_ptr, w1_ptr, b1_ptr, w2_ptr, hidden_ptr, grad_h
     row_mask = rows < M
     cols = tl.arange(0, BLOCK_C)
     col_mask = cols < C
-    # (g_ds, the output gradient before gamma, is layer scale's: unused here)
-    g, g_ds = _output_grad(g_ptr, rows, row_mask, cols, col_mask, C, gamma_ptr, drop_scale_ptr,
-                           rows_per_sample, HAS_GAMMA, HAS_DROP_SCALE, dtype, INTERPRETED)
-    x = g  # (unused where the hidden is read)
-    if not HIDDEN_KEPT:
-        x = tile(x_ptr, rows, row_mask, cols, col_mask, C)
+    g, x = _row_tiles(g_ptr, x_ptr, rows, row_mask, cols, col_mask, C, gamma_ptr,
+                      drop_scale_ptr, rows_per_sample, HIDDEN_KEPT, HAS_GAMMA, HAS_DROP_SCALE,
+                      dtype, INTERPRETED)
     acc = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
     if BLOCK_C2:
         cols2 = BLOCK_C + tl.arange(0, BLOCK_C2)
         col_mask2 = cols2 < C
-        g2, g_ds2 = _output_grad(g_ptr, rows, row_mask, cols2, col_mask2, C, gamma_ptr,
-                                 drop_scale_ptr, rows_per_sample, HAS_GAMMA, HAS_DROP_SCALE,
-                                 dtype, INTERPRETED)
-        x2 = g2
-        if not HIDDEN_KEPT:
-            x2 = tile(x_ptr, rows, row_mask, cols2, col_mask2, C)
+        g2, x2 = _row_tiles(g_ptr, x_ptr, rows, row_mask, cols2, col_mask2, C, gamma_ptr,
+                            drop_scale_ptr, rows_per_sample, HIDDEN_KEPT, HAS_GAMMA,
+                            HAS_DROP_SCALE, dtype, INTERPRETED)
         acc2 = tl.zeros([BLOCK_M, BLOCK_C2], dtype=tl.float32)
     for h0 in range(0, HID, BLOCK_H):
         offs_h, h_mask, w1, w2 = weight_chunk(w1_ptr, w2_ptr, h0, BLOCK_H, HID, cols, col_mask,
@@ -254,17 +262,15 @@ def _grn_sums_kernel(g_ptr, x_ptr, w1_ptr, b1_ptr, w2_ptr, gamma_ptr, drop_scale
     last_row = tl.minimum(first_row + BLOCK_M, M) - 1
     cols = tl.arange(0, BLOCK_C)
     col_mask = cols < C
-    # (g_ds, the output gradient before gamma, is layer scale's: unused here)
-    g, g_ds = _output_grad(g_ptr, rows, row_mask, cols, col_mask, C, gamma_ptr, drop_scale_ptr,
-                           rows_per_sample, HAS_GAMMA, HAS_DROP_SCALE, dtype, INTERPRETED)
-    x = tile(x_ptr, rows, row_mask, cols, col_mask, C)
+    g, x = _row_tiles(g_ptr, x_ptr, rows, row_mask, cols, col_mask, C, gamma_ptr,
+                      drop_scale_ptr, rows_per_sample, False, HAS_GAMMA, HAS_DROP_SCALE, dtype,
+                      INTERPRETED)
     if BLOCK_C2:
         cols2 = BLOCK_C + tl.arange(0, BLOCK_C2)
         col_mask2 = cols2 < C
-        g2, g_ds2 = _output_grad(g_ptr, rows, row_mask, cols2, col_mask2, C, gamma_ptr,
-                                 drop_scale_ptr, rows_per_sample, HAS_GAMMA, HAS_DROP_SCALE,
-                                 dtype, INTERPRETED)
-        x2 = tile(x_ptr, rows, row_mask, cols2, col_mask2, C)
+        g2, x2 = _row_tiles(g_ptr, x_ptr, rows, row_mask, cols2, col_mask2, C, gamma_ptr,
+                            drop_scale_ptr, rows_per_sample, False, HAS_GAMMA, HAS_DROP_SCALE,
+                            dtype, INTERPRETED)
     for h0 in range(0, HID, BLOCK_H):
         offs_h, h_mask, w1, w2 = weight_chunk(w1_ptr, w2_ptr, h0, BLOCK_H, HID, cols, col_mask,
                                               C, dtype, INTERPRETED)
