@@ -11,24 +11,23 @@ Forward (V1: 2-3 launches; V2: 4):
                            at C <= 128 the fused kernel applies GRN to each hidden chunk; above,
                            fc1 also stores the pre-activation and fc2 applies GELU and GRN to
                            its input tiles as it loads them
-Backward (V1: 4 launches at C <= 192 in fp16/bf16, else 7; V2: 6 and 8; all
-parameter gradients as fp32 partials in one GradWorkspace, but the weight gradients where they
-take one split: those are written in their dtype into the flat buffer):
+Backward (V1: 4 launches at C <= 192 in fp16/bf16, else 7; V2: 6 and 8; all parameter gradients
+as fp32 partials in one GradWorkspace, but the weight gradients where they take one split: those
+are written in their dtype into the flat buffer):
   MLP backward             V1 at C <= 192 (mlp_fused_backward.py): a grad-hidden kernel (gH
                            and grad_conv: grad_y taken through the LayerNorm backward in its
                            epilogue, its rows being whole there; h recomputed on chip where the
-                           forward was fused) and a weight-gradient kernel
-                           (fc1 and fc2 weights, their biases and layer scale's gradient).
-                           V2 at C <= 192: the same two kernels, after a GEMM (at C <= 128 a
-                           kernel recomputing h and gA) that makes only GRN's per-sample sums
-                           of gA (not stored) and one kernel GRN's backward scale and
-                           coefficient. Otherwise GEMMs: [fc1
-                           recomputed where the forward was fused], gH (V2: with GRN's
-                           per-sample sums per row tile, then one
-                           kernel that makes GRN's backward statistics, takes gH through GRN and
-                           GELU in place and writes GRN's parameter-gradient partials), fc2 and
-                           fc1 weight gradients (split-K partials + bias row sums; the fc2 one
-                           also layer scale's gradient, as row dots of its A with y2), grad_y
+                           forward was fused) and a weight-gradient kernel (fc1 and fc2
+                           weights, their biases and layer scale's gradient). V2 at C <= 192:
+                           the same two kernels, after a GEMM (at C <= 128 a kernel recomputing
+                           h and gA) that makes only GRN's per-sample sums of gA (not stored)
+                           and one kernel GRN's backward scale and coefficient. Otherwise
+                           GEMMs: [fc1 recomputed where the forward was fused], gH (V2: with
+                           GRN's per-sample sums per row tile, then one kernel that makes GRN's
+                           backward statistics, takes gH through GRN and GELU in place and
+                           writes GRN's parameter-gradient partials), fc2 and fc1 weight
+                           gradients (split-K partials + bias row sums; the fc2 one also layer
+                           scale's gradient, as row dots of its A with y2), grad_y
   LayerNorm backward       where the MLP backward is not fused: grad_conv, ln weight/bias
                            partials
   dwconv backward          one launch, two kinds of program: the weight gradient's partials in
