@@ -53,7 +53,7 @@ writes gH, reads it twice), in 5 launches (4 with h kept).
     x' and the weight gradients made from tiles on chip. Passes over the hidden: 2; GEMMs: 8
     against eager's 6 (h recomputed by each backward kernel); launches: 3 in place of 6. By the
     ledger's model at T2 this beats the two-GEMM forward keeping h with the same two backward
-    kernels reading it (6 passes, 6 GEMMs): 0.236 ms against 0.244 a block. In the block, the
+    kernels reading it (6 passes, 6 GEMMs): 0.219 ms against 0.232 a block. In the block, the
     grad-hidden kernel also takes x' through the LayerNorm that made x
     (mlp_fused_backward.LayerNormBackward): x' is not read again.
   C > 192 (T3, T4): grad_x's [64, C] fp32 accumulator no longer fits in registers (C = 384:
