@@ -482,12 +482,12 @@ def _recompute_fits(C, dtype, weight_dtype):
     return weight_dtype == dtype or C <= CONVERTING_RECOMPUTE_MAX_CHANNELS
 
 
-# Where the forward kept h (with GRN it must), the kernels may still recompute it from x: a row
-# of h costs 8C bytes to read and 8C² FLOPs to recompute (x @ fc1_w^T, H = 4C), which pays where
-# the kernels are bound by their bytes and C is below an H200's ridge point, 790 TFLOP/s over
-# 4.3 TB/s = 184 FLOPs a byte. By the ledger's model (V2, bf16, batch 64) the two kernels take
-# 0.197 ms reading h against 0.127 recomputing it at C = 96 (ConvNeXt-T stage 1), and 0.105
-# against 0.120 at C = 192.
+# Recompute h from x or read a kept h: a row of h costs 8C bytes to read and 8C² FLOPs to
+# recompute (x @ fc1_w^T, H = 4C), which pays where the kernels are bound by their bytes and C is
+# below an H200's ridge point, 790 TFLOP/s over 4.3 TB/s = 184 FLOPs a byte. By the ledger's
+# model (V2, bf16, batch 64) the two kernels take 0.207 ms reading h against 0.137 recomputing
+# it at C = 96 (ConvNeXt-T stage 1) and 0.109 against 0.120 at C = 192; the V2 block, which
+# keeps no h where it is recomputed (takes), 0.483 against 0.356 and 0.265 against 0.295.
 RECOMPUTE_MAX_CHANNELS = 128
 
 
