@@ -98,10 +98,9 @@ class GradWorkspace:
     """fp32 partials of the named gradients; see the module docstring. `shapes` maps a gradient's
     name to its shape, in the order of finalize_flat's buffer; `splits` is every gradient's
     split count, or a map from each name to its own (at most MAX_BLOCKS runs of equal counts);
-    `dtype`
-    is the dtype gradients are written in (their parameters' dtype). `direct`: names, the last
-    of `shapes` (names not in it ignored), whose producers can write in `dtype` (they cast as
-    they store); those with one split are written straight into `flat`, the buffer
+    `dtype` is the dtype gradients are written in (their parameters' dtype). `direct`: names,
+    the last of `shapes` (names not in it ignored), whose producers can write in `dtype` (they
+    cast as they store); those with one split are written straight into `flat`, the buffer
     finalize_flat returns, made here."""
 
     def __init__(self, shapes, splits, dtype, device, direct=()):

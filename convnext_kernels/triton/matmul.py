@@ -378,11 +378,13 @@ class PerSamplePartials:
         return self.data.shape[1]
 
 
-def per_sample_partials(count, M, N, rows_per_sample, dtype, device):
-    """`count` PerSamplePartials (one buffer) for GEMMs over M rows whose A operand has `dtype`
-    (which sets their row tile): a tile of R rows spans at most (R - 1) // rows_per_sample + 2
-    samples (4 at ConvNeXt-T stage 4: 128 rows, 49 per sample), and at most R."""
-    rows_per_tile = config(dtype, per_sample_sums=True)[0]["BLOCK_M"]
+def per_sample_partials(count, M, N, rows_per_sample, dtype, device, rows_per_tile=None):
+    """`count` PerSamplePartials (one buffer) for launches over M rows in tiles of
+    `rows_per_tile` rows (by default a GEMM's whose A operand has `dtype`): a tile of R rows
+    spans at most (R - 1) // rows_per_sample + 2 samples (4 at ConvNeXt-T stage 4: 128 rows, 49
+    per sample), and at most R."""
+    if rows_per_tile is None:
+        rows_per_tile = config(dtype, per_sample_sums=True)[0]["BLOCK_M"]
     slots = min((rows_per_tile - 1) // rows_per_sample + 2, rows_per_tile)
     data = torch.empty(count, triton.cdiv(M, rows_per_tile), slots, N, device=device,
                        dtype=torch.float32)

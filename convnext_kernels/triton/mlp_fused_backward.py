@@ -40,8 +40,8 @@ import triton.language as tl
 
 from .common import INTERPRETED, Launch, cast_for_store, mma, sm_count, tile
 from .grad_workspace import reduction_splits
-from .matmul import (PerSamplePartials, as_operand, dot_in_fp32, gelu, gelu_grad,
-                     input_precision, store_per_sample_sums)
+from .matmul import (as_operand, dot_in_fp32, gelu, gelu_grad, input_precision,
+                     per_sample_partials, store_per_sample_sums)
 
 # The widest C whose accumulators fit on chip: [64, 192] fp32 is 48 registers a thread at
 # 8 warps.
@@ -115,6 +115,38 @@ def _store_sums(ptr, split, stride, cols, mask, values, INTERPRETED: tl.constexp
 
 
 @triton.jit
+def _hidden_chunk(x, g, x2, g2, w1_ptr, b1_ptr, w2_ptr, hidden_ptr, h0, rows, row_mask, cols,
+                  col_mask, cols2, col_mask2, C, HID, HIDDEN_KEPT: tl.constexpr,
+                  BLOCK_M: tl.constexpr, BLOCK_C2: tl.constexpr, BLOCK_H: tl.constexpr,
+                  dtype: tl.constexpr, DOT_FP32: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+                  INTERPRETED: tl.constexpr):
+    """For a row tile's hidden chunk from h0, the two pieces of C given as (x, g') and (x2, g2')
+    (the second unused where BLOCK_C2 is 0): (its columns, their mask, fc1_w's rows for each
+    piece, h as eager stores it (made from x, or read where kept) and gA = g' @ fc2_w[:, chunk],
+    both fp32 [BLOCK_M, BLOCK_H])."""
+    offs_h, h_mask, w1, w2 = weight_chunk(w1_ptr, w2_ptr, h0, BLOCK_H, HID, cols, col_mask, C,
+                                          dtype, INTERPRETED)
+    w1_2 = w1
+    pre = tl.zeros([BLOCK_M, BLOCK_H], dtype=tl.float32)
+    if not HIDDEN_KEPT:
+        pre = mma(x, tl.trans(w1), pre, DOT_FP32, INPUT_PRECISION)
+    grad_act = mma(g, w2, tl.zeros([BLOCK_M, BLOCK_H], dtype=tl.float32), DOT_FP32,
+                   INPUT_PRECISION)
+    if BLOCK_C2:
+        _, _, w1_2, w2_2 = weight_chunk(w1_ptr, w2_ptr, h0, BLOCK_H, HID, cols2, col_mask2, C,
+                                        dtype, INTERPRETED)
+        if not HIDDEN_KEPT:
+            pre = mma(x2, tl.trans(w1_2), pre, DOT_FP32, INPUT_PRECISION)
+        grad_act = mma(g2, w2_2, grad_act, DOT_FP32, INPUT_PRECISION)
+    if HIDDEN_KEPT:
+        pre = tile(hidden_ptr, rows, row_mask, offs_h, h_mask, HID).to(tl.float32)
+    else:  # h as eager stores it (rows past the end: g' is 0 there, so gA is)
+        pre += tl.load(b1_ptr + offs_h, mask=h_mask, other=0.0).to(tl.float32)[None, :]
+        pre = cast_for_store(pre, dtype, INTERPRETED).to(tl.float32)
+    return offs_h, h_mask, w1, w1_2, pre, grad_act
+
+
+@triton.jit
 def _grad_hidden_kernel(g_ptr, x_ptr, w1_ptr, b1_ptr, w2_ptr, hidden_ptr, grad_hidden_ptr,
                         grad_x_ptr, gamma_ptr, drop_scale_ptr, grn_scale_ptr, grn_coef_ptr,
                         ln_in_ptr, ln_w_ptr, ln_mean_ptr, ln_rstd_ptr, ln_w_grad_ptr,
@@ -142,25 +174,13 @@ def _grad_hidden_kernel(g_ptr, x_ptr, w1_ptr, b1_ptr, w2_ptr, hidden_ptr, grad_h
                             drop_scale_ptr, rows_per_sample, HIDDEN_KEPT, HAS_GAMMA,
                             HAS_DROP_SCALE, dtype, INTERPRETED)
         acc2 = tl.zeros([BLOCK_M, BLOCK_C2], dtype=tl.float32)
+    else:  # (one piece: the second's names stand for the first, unused)
+        cols2, col_mask2, g2, x2 = cols, col_mask, g, x
     for h0 in range(0, HID, BLOCK_H):
-        offs_h, h_mask, w1, w2 = weight_chunk(w1_ptr, w2_ptr, h0, BLOCK_H, HID, cols, col_mask,
-                                              C, dtype, INTERPRETED)
-        pre = tl.zeros([BLOCK_M, BLOCK_H], dtype=tl.float32)
-        if not HIDDEN_KEPT:
-            pre = mma(x, tl.trans(w1), pre, DOT_FP32, INPUT_PRECISION)
-        grad_act = mma(g, w2, tl.zeros([BLOCK_M, BLOCK_H], dtype=tl.float32), DOT_FP32,
-                       INPUT_PRECISION)
-        if BLOCK_C2:
-            _, _, w1_2, w2_2 = weight_chunk(w1_ptr, w2_ptr, h0, BLOCK_H, HID, cols2, col_mask2,
-                                            C, dtype, INTERPRETED)
-            if not HIDDEN_KEPT:
-                pre = mma(x2, tl.trans(w1_2), pre, DOT_FP32, INPUT_PRECISION)
-            grad_act = mma(g2, w2_2, grad_act, DOT_FP32, INPUT_PRECISION)
-        if HIDDEN_KEPT:
-            pre = tile(hidden_ptr, rows, row_mask, offs_h, h_mask, HID).to(tl.float32)
-        else:  # h as eager stores it
-            pre += tl.load(b1_ptr + offs_h, mask=h_mask, other=0.0).to(tl.float32)[None, :]
-            pre = cast_for_store(pre, dtype, INTERPRETED).to(tl.float32)
+        offs_h, h_mask, w1, w1_2, pre, grad_act = _hidden_chunk(
+            x, g, x2, g2, w1_ptr, b1_ptr, w2_ptr, hidden_ptr, h0, rows, row_mask, cols, col_mask,
+            cols2, col_mask2, C, HID, HIDDEN_KEPT, BLOCK_M, BLOCK_C2, BLOCK_H, dtype, DOT_FP32,
+            INPUT_PRECISION, INTERPRETED)
         if GRN:  # through GRN: grad_act * scale + gelu(h) * coef, per sample and channel
             grad_act = grad_act * per_sample(grn_scale_ptr, rows, row_mask, offs_h, h_mask, HID,
                                               rows_per_sample) \
@@ -252,7 +272,7 @@ def _grn_sums_kernel(g_ptr, x_ptr, w1_ptr, b1_ptr, w2_ptr, gamma_ptr, drop_scale
                      HAS_DROP_SCALE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
                      BLOCK_C2: tl.constexpr, BLOCK_H: tl.constexpr, DOT_FP32: tl.constexpr,
                      INPUT_PRECISION: tl.constexpr, INTERPRETED: tl.constexpr):
-    # The grad-hidden kernel's loop with GRN's per-sample sums in place of gH (C in one or two
+    # The grad-hidden kernel's chunks with GRN's per-sample sums in place of gH (C in one or two
     # pieces: the second piece's tiles carry a "2").
     dtype: tl.constexpr = x_ptr.dtype.element_ty
     tile_index = tl.program_id(0)
@@ -271,21 +291,13 @@ def _grn_sums_kernel(g_ptr, x_ptr, w1_ptr, b1_ptr, w2_ptr, gamma_ptr, drop_scale
         g2, x2 = _row_tiles(g_ptr, x_ptr, rows, row_mask, cols2, col_mask2, C, gamma_ptr,
                             drop_scale_ptr, rows_per_sample, False, HAS_GAMMA, HAS_DROP_SCALE,
                             dtype, INTERPRETED)
+    else:  # (one piece: the second's names stand for the first, unused)
+        cols2, col_mask2, g2, x2 = cols, col_mask, g, x
     for h0 in range(0, HID, BLOCK_H):
-        offs_h, h_mask, w1, w2 = weight_chunk(w1_ptr, w2_ptr, h0, BLOCK_H, HID, cols, col_mask,
-                                              C, dtype, INTERPRETED)
-        pre = mma(x, tl.trans(w1), tl.zeros([BLOCK_M, BLOCK_H], dtype=tl.float32), DOT_FP32,
-                   INPUT_PRECISION)
-        grad_act = mma(g, w2, tl.zeros([BLOCK_M, BLOCK_H], dtype=tl.float32), DOT_FP32,
-                       INPUT_PRECISION)
-        if BLOCK_C2:
-            _, _, w1_2, w2_2 = weight_chunk(w1_ptr, w2_ptr, h0, BLOCK_H, HID, cols2, col_mask2,
-                                            C, dtype, INTERPRETED)
-            pre = mma(x2, tl.trans(w1_2), pre, DOT_FP32, INPUT_PRECISION)
-            grad_act = mma(g2, w2_2, grad_act, DOT_FP32, INPUT_PRECISION)
-        # h as eager stores it (rows past the end: g' is 0 there, so gA is)
-        pre += tl.load(b1_ptr + offs_h, mask=h_mask, other=0.0).to(tl.float32)[None, :]
-        pre = cast_for_store(pre, dtype, INTERPRETED).to(tl.float32)
+        offs_h, h_mask, _, _, pre, grad_act = _hidden_chunk(
+            x, g, x2, g2, w1_ptr, b1_ptr, w2_ptr, x_ptr, h0, rows, row_mask, cols, col_mask,
+            cols2, col_mask2, C, HID, False, BLOCK_M, BLOCK_C2, BLOCK_H, dtype, DOT_FP32,
+            INPUT_PRECISION, INTERPRETED)
         store_per_sample_sums(dot_ptr, grad_act * gelu(pre), rows, row_mask, offs_h, h_mask, HID,
                               rows_per_sample, tile_index, slots, first_row, last_row)
         store_per_sample_sums(sum_ptr, grad_act, rows, row_mask, offs_h, h_mask, HID,
@@ -537,10 +549,16 @@ def _flags(x, hidden, grn, gamma, drop_scale, block_m, block_h):
                 **_tile_flags(x, gamma, drop_scale, block_m, block_h))
 
 
-def _gemm_flops(M, H, C, hidden):
-    """One [M, H, C] product per GEMM the kernel does (three, or two where h is read), C padded
-    as the tensor cores run it."""
-    return (2 if hidden.numel() else 3) * 2 * M * H * padded_channels(C)
+def _gemm_flops(products, M, H, C):
+    """`products` [M, H, C] products (one per GEMM a kernel does), C padded as the tensor cores
+    run it."""
+    return products * 2 * M * H * padded_channels(C)
+
+
+def _backward_flops(M, H, C, hidden):
+    """A fused backward kernel's: three GEMMs where it recomputes h, two where it reads the kept
+    `hidden`."""
+    return _gemm_flops(2 if hidden.numel() else 3, M, H, C)
 
 
 def grad_hidden_programs(M):
@@ -588,7 +606,7 @@ def grad_hidden_launch(g, x, fc1_w, fc1_b, fc2_w, hidden, grad_hidden, grad_x, g
                    grad_x, *(t if t is not None else unused for t in (gamma, drop_scale,
                                                                        grn_scale, grn_coef)),
                    *ln, ln[4].stride(0), M, C, H, rows_per_sample),
-                  flags, num_warps=_NUM_WARPS, flops=_gemm_flops(M, H, C, hidden))
+                  flags, num_warps=_NUM_WARPS, flops=_backward_flops(M, H, C, hidden))
 
 
 def weight_grad_launch(g, x, fc1_w, fc1_b, hidden, grad_hidden, y2, gamma, drop_scale, grads,
@@ -618,17 +636,14 @@ def weight_grad_launch(g, x, fc1_w, fc1_b, hidden, grad_hidden, y2, gamma, drop_
                    *named, gamma_out, M, C, H, rows_per_sample, rows_per_split,
                    *(t.stride(0) for t in named), gamma_out.stride(0)),
                   flags, num_warps=_NUM_WARPS,
-                  flops=_gemm_flops(M, H, C, hidden))
+                  flops=_backward_flops(M, H, C, hidden))
 
 
 def grn_sums_partials(M, H, rows_per_sample, device):
     """The two PerSamplePartials grn_sums_launch writes: [row tiles, slots, H] fp32 each, a row
-    tile the grad-hidden kernel's (as matmul.per_sample_partials lays them out for a GEMM's)."""
-    rows_per_tile = _GRAD_HIDDEN_TILE[0]
-    slots = min((rows_per_tile - 1) // rows_per_sample + 2, rows_per_tile)
-    data = torch.empty(2, triton.cdiv(M, rows_per_tile), slots, H, device=device,
-                       dtype=torch.float32)
-    return [PerSamplePartials(d, rows_per_tile, rows_per_sample) for d in data]
+    tile the grad-hidden kernel's."""
+    return per_sample_partials(2, M, H, rows_per_sample, None, device,
+                               rows_per_tile=_GRAD_HIDDEN_TILE[0])
 
 
 def grn_sums_launch(g, x, fc1_w, fc1_b, fc2_w, gamma, drop_scale, rows_per_sample, grad_dot,
@@ -646,4 +661,4 @@ def grn_sums_launch(g, x, fc1_w, fc1_b, fc2_w, gamma, drop_scale, rows_per_sampl
                                                 for t in (gamma, drop_scale)),
                    grad_dot.data, grad_sum.data, M, C, H, rows_per_sample, grad_dot.slots),
                   _tile_flags(x, gamma, drop_scale, block_m, block_h), num_warps=_NUM_WARPS,
-                  flops=2 * 2 * M * H * padded_channels(C))
+                  flops=_gemm_flops(2, M, H, C))
